@@ -1,0 +1,436 @@
+//! The `ApiKey` aggregate: the rules of a key's life. It holds only what the rules
+//! need; everything shown to users comes from the projections.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use serde::{Deserialize, Serialize};
+
+use crate::commands::{CreateKey, KeyCommand, KeyCommandKind, UpdateKey};
+use crate::error::DomainError;
+use crate::events::{
+    ApiKeyEvent, KeyCreated, KeyDeactivated, KeyDeleted, KeyReactivated, KeyUpdated,
+    API_KEY_AGGREGATE_TYPE,
+};
+use crate::permissions::Permissions;
+use crate::validate;
+
+/// Where a key is in its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyLifecycle {
+    /// No event yet: the id names no key.
+    #[default]
+    Absent,
+    Active,
+    Inactive,
+    Deleted,
+}
+
+/// State of one API key as far as its rules care.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ApiKey {
+    lifecycle: KeyLifecycle,
+    tenant: String,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+impl ApiKey {
+    pub fn lifecycle(&self) -> KeyLifecycle {
+        self.lifecycle
+    }
+
+    /// Rejects commands to keys that do not exist for this tenant, or no longer exist.
+    fn ensure_live_for(&self, tenant: &str) -> Result<(), DomainError> {
+        match self.lifecycle {
+            KeyLifecycle::Absent => Err(DomainError::NotFound),
+            // Another tenant's key must be indistinguishable from no key at all.
+            _ if self.tenant != tenant => Err(DomainError::NotFound),
+            KeyLifecycle::Deleted => Err(DomainError::AlreadyDeleted),
+            KeyLifecycle::Active | KeyLifecycle::Inactive => Ok(()),
+        }
+    }
+
+    fn create(
+        &self,
+        c: CreateKey,
+        tenant: String,
+        actor: String,
+        at: DateTime<Utc>,
+    ) -> Result<ApiKeyEvent, DomainError> {
+        if self.lifecycle != KeyLifecycle::Absent {
+            return Err(DomainError::AlreadyExists);
+        }
+        validate::name(&c.name)?;
+        if let Some(d) = &c.description {
+            validate::description(d)?;
+        }
+        let permissions = Permissions::parse(c.permissions)?;
+        if let Some(exp) = c.expires_at {
+            validate::expires_at(exp, at)?;
+        }
+        if let Some(m) = &c.metadata {
+            validate::metadata(m)?;
+        }
+        Ok(ApiKeyEvent::KeyCreated(KeyCreated {
+            tenant,
+            key_hash: c.key_hash,
+            display_prefix: c.display_prefix,
+            name: c.name,
+            description: c.description,
+            environment: c.environment,
+            permissions,
+            expires_at: c.expires_at,
+            metadata: c.metadata,
+            created_by: actor,
+            created_at: at,
+        }))
+    }
+
+    fn update(&self, u: UpdateKey, at: DateTime<Utc>) -> Result<KeyUpdated, DomainError> {
+        if let Some(n) = &u.name {
+            validate::name(n)?;
+        }
+        if let Some(Some(d)) = &u.description {
+            validate::description(d)?;
+        }
+        let permissions = u.permissions.map(Permissions::parse).transpose()?;
+        if let Some(Some(exp)) = u.expires_at {
+            validate::expires_at(exp, at)?;
+        }
+        if let Some(Some(m)) = &u.metadata {
+            validate::metadata(m)?;
+        }
+        Ok(KeyUpdated {
+            name: u.name,
+            description: u.description,
+            permissions,
+            expires_at: u.expires_at,
+            metadata: u.metadata,
+            updated_at: at,
+        })
+    }
+}
+
+impl Aggregate for ApiKey {
+    const TYPE: &'static str = API_KEY_AGGREGATE_TYPE;
+    type Command = KeyCommand;
+    type Event = ApiKeyEvent;
+    type Error = DomainError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        let KeyCommand {
+            tenant,
+            actor,
+            at,
+            kind,
+        } = command;
+        let event = match kind {
+            KeyCommandKind::CreateKey(c) => self.create(c, tenant, actor, at)?,
+            KeyCommandKind::UpdateKey(u) => {
+                self.ensure_live_for(&tenant)?;
+                let updated = self.update(u, at)?;
+                if updated.is_empty() {
+                    return Ok(());
+                }
+                ApiKeyEvent::KeyUpdated(updated)
+            }
+            KeyCommandKind::DeactivateKey { reason } => {
+                self.ensure_live_for(&tenant)?;
+                if let Some(r) = &reason {
+                    validate::reason(r)?;
+                }
+                if self.lifecycle == KeyLifecycle::Inactive {
+                    return Ok(());
+                }
+                ApiKeyEvent::KeyDeactivated(KeyDeactivated { reason, at })
+            }
+            KeyCommandKind::ReactivateKey => {
+                self.ensure_live_for(&tenant)?;
+                if self.lifecycle == KeyLifecycle::Active {
+                    return Ok(());
+                }
+                ApiKeyEvent::KeyReactivated(KeyReactivated { at })
+            }
+            KeyCommandKind::DeleteKey => {
+                self.ensure_live_for(&tenant)?;
+                ApiKeyEvent::KeyDeleted(KeyDeleted { at })
+            }
+        };
+        sink.write(event, self).await;
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            ApiKeyEvent::KeyCreated(e) => {
+                self.lifecycle = KeyLifecycle::Active;
+                self.tenant = e.tenant;
+                self.expires_at = e.expires_at;
+            }
+            ApiKeyEvent::KeyUpdated(e) => {
+                if let Some(exp) = e.expires_at {
+                    self.expires_at = exp;
+                }
+            }
+            ApiKeyEvent::KeyDeactivated(_) => self.lifecycle = KeyLifecycle::Inactive,
+            ApiKeyEvent::KeyReactivated(_) => self.lifecycle = KeyLifecycle::Active,
+            ApiKeyEvent::KeyDeleted(_) => self.lifecycle = KeyLifecycle::Deleted,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::{Environment, KeyHash};
+    use chrono::TimeZone;
+    use cqrs_es::test::TestFramework;
+
+    type Given = TestFramework<ApiKey>;
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0)
+            .single()
+            .expect("valid time")
+    }
+
+    fn command(kind: KeyCommandKind) -> KeyCommand {
+        KeyCommand {
+            tenant: "acme".into(),
+            actor: "alice".into(),
+            at: t0(),
+            kind,
+        }
+    }
+
+    fn create_cmd() -> CreateKey {
+        CreateKey {
+            key_hash: KeyHash::of("kl_live_example"),
+            display_prefix: "kl_live_exampleX".into(),
+            name: "billing".into(),
+            description: None,
+            environment: Environment::Live,
+            permissions: vec!["keys:read".into()],
+            expires_at: None,
+            metadata: None,
+        }
+    }
+
+    fn created() -> ApiKeyEvent {
+        ApiKeyEvent::KeyCreated(KeyCreated {
+            tenant: "acme".into(),
+            key_hash: KeyHash::of("kl_live_example"),
+            display_prefix: "kl_live_exampleX".into(),
+            name: "billing".into(),
+            description: None,
+            environment: Environment::Live,
+            permissions: Permissions::parse(vec!["keys:read".into()]).expect("valid"),
+            expires_at: None,
+            metadata: None,
+            created_by: "alice".into(),
+            created_at: t0(),
+        })
+    }
+
+    fn deactivated() -> ApiKeyEvent {
+        ApiKeyEvent::KeyDeactivated(KeyDeactivated {
+            reason: None,
+            at: t0(),
+        })
+    }
+
+    fn deleted() -> ApiKeyEvent {
+        ApiKeyEvent::KeyDeleted(KeyDeleted { at: t0() })
+    }
+
+    #[test]
+    fn creating_a_key_records_key_created_with_the_actor() {
+        Given::with(())
+            .given_no_previous_events()
+            .when(command(KeyCommandKind::CreateKey(create_cmd())))
+            .then_expect_events(vec![created()]);
+    }
+
+    #[test]
+    fn creating_over_an_existing_key_is_rejected() {
+        Given::with(())
+            .given(vec![created()])
+            .when(command(KeyCommandKind::CreateKey(create_cmd())))
+            .then_expect_error(DomainError::AlreadyExists);
+    }
+
+    #[test]
+    fn creating_with_an_empty_name_fails_validation_on_name() {
+        let mut c = create_cmd();
+        c.name = String::new();
+        let result = Given::with(())
+            .given_no_previous_events()
+            .when(command(KeyCommandKind::CreateKey(c)))
+            .inspect_result();
+        assert!(matches!(
+            result,
+            Err(DomainError::Validation { field: "name", .. })
+        ));
+    }
+
+    #[test]
+    fn creating_with_a_past_expiry_fails_validation() {
+        let mut c = create_cmd();
+        c.expires_at = Some(t0() - chrono::Duration::seconds(1));
+        let result = Given::with(())
+            .given_no_previous_events()
+            .when(command(KeyCommandKind::CreateKey(c)))
+            .inspect_result();
+        assert!(matches!(
+            result,
+            Err(DomainError::Validation {
+                field: "expires_at",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn creating_with_a_bad_permission_fails_validation() {
+        let mut c = create_cmd();
+        c.permissions = vec!["Keys Read".into()];
+        let result = Given::with(())
+            .given_no_previous_events()
+            .when(command(KeyCommandKind::CreateKey(c)))
+            .inspect_result();
+        assert!(matches!(
+            result,
+            Err(DomainError::Validation {
+                field: "permissions",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn deactivating_an_active_key_records_key_deactivated() {
+        Given::with(())
+            .given(vec![created()])
+            .when(command(KeyCommandKind::DeactivateKey { reason: None }))
+            .then_expect_events(vec![deactivated()]);
+    }
+
+    #[test]
+    fn deactivating_an_inactive_key_records_nothing() {
+        Given::with(())
+            .given(vec![created(), deactivated()])
+            .when(command(KeyCommandKind::DeactivateKey { reason: None }))
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn reactivating_an_inactive_key_records_key_reactivated() {
+        Given::with(())
+            .given(vec![created(), deactivated()])
+            .when(command(KeyCommandKind::ReactivateKey))
+            .then_expect_events(vec![ApiKeyEvent::KeyReactivated(KeyReactivated {
+                at: t0(),
+            })]);
+    }
+
+    #[test]
+    fn reactivating_an_active_key_records_nothing() {
+        Given::with(())
+            .given(vec![created()])
+            .when(command(KeyCommandKind::ReactivateKey))
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn deleting_a_key_records_key_deleted() {
+        Given::with(())
+            .given(vec![created(), deactivated()])
+            .when(command(KeyCommandKind::DeleteKey))
+            .then_expect_events(vec![deleted()]);
+    }
+
+    #[test]
+    fn a_deleted_key_accepts_no_command() {
+        for kind in [
+            KeyCommandKind::DeleteKey,
+            KeyCommandKind::ReactivateKey,
+            KeyCommandKind::DeactivateKey { reason: None },
+            KeyCommandKind::UpdateKey(UpdateKey {
+                name: Some("x".into()),
+                ..UpdateKey::default()
+            }),
+        ] {
+            Given::with(())
+                .given(vec![created(), deleted()])
+                .when(command(kind))
+                .then_expect_error(DomainError::AlreadyDeleted);
+        }
+    }
+
+    #[test]
+    fn commands_to_an_unknown_key_are_not_found() {
+        Given::with(())
+            .given_no_previous_events()
+            .when(command(KeyCommandKind::ReactivateKey))
+            .then_expect_error(DomainError::NotFound);
+    }
+
+    #[test]
+    fn another_tenants_key_looks_absent() {
+        let mut c = command(KeyCommandKind::DeleteKey);
+        c.tenant = "globex".into();
+        Given::with(())
+            .given(vec![created()])
+            .when(c)
+            .then_expect_error(DomainError::NotFound);
+    }
+
+    #[test]
+    fn updating_records_only_the_given_fields() {
+        let update = UpdateKey {
+            name: Some("renamed".into()),
+            description: Some(None),
+            ..UpdateKey::default()
+        };
+        Given::with(())
+            .given(vec![created()])
+            .when(command(KeyCommandKind::UpdateKey(update)))
+            .then_expect_events(vec![ApiKeyEvent::KeyUpdated(KeyUpdated {
+                name: Some("renamed".into()),
+                description: Some(None),
+                updated_at: t0(),
+                ..KeyUpdated::default()
+            })]);
+    }
+
+    #[test]
+    fn an_empty_update_records_nothing() {
+        Given::with(())
+            .given(vec![created()])
+            .when(command(KeyCommandKind::UpdateKey(UpdateKey::default())))
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn an_overlong_deactivation_reason_fails_validation() {
+        let result = Given::with(())
+            .given(vec![created()])
+            .when(command(KeyCommandKind::DeactivateKey {
+                reason: Some("x".repeat(501)),
+            }))
+            .inspect_result();
+        assert!(matches!(
+            result,
+            Err(DomainError::Validation {
+                field: "reason",
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,163 @@
+//! Events of the `ApiKey` aggregate. Their names, fields and the aggregate type are
+//! a persisted contract: renaming any of them orphans stored events. Change them
+//! only by adding a new event version together with an upcaster.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+use crate::key::{Environment, KeyHash};
+use crate::permissions::Permissions;
+
+/// Aggregate type stored with every key event. Persisted: never change it.
+pub const API_KEY_AGGREGATE_TYPE: &str = "ApiKey";
+
+/// Current schema version of every key event.
+pub const EVENT_VERSION: &str = "1.0";
+
+/// Something that happened to an API key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ApiKeyEvent {
+    KeyCreated(KeyCreated),
+    KeyUpdated(KeyUpdated),
+    KeyDeactivated(KeyDeactivated),
+    KeyReactivated(KeyReactivated),
+    KeyDeleted(KeyDeleted),
+}
+
+/// A key was issued. Holds the SHA-256 of the key, never the key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyCreated {
+    pub tenant: String,
+    pub key_hash: KeyHash,
+    pub display_prefix: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub environment: Environment,
+    pub permissions: Permissions,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub metadata: Option<Value>,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Some descriptive fields changed. A field that is absent did not change; for the
+/// nullable fields `Some(None)` means "cleared".
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct KeyUpdated {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub description: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<Permissions>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub metadata: Option<Option<Value>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl KeyUpdated {
+    /// True when the update carries no change at all.
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none()
+            && self.description.is_none()
+            && self.permissions.is_none()
+            && self.expires_at.is_none()
+            && self.metadata.is_none()
+    }
+}
+
+/// The key was disabled; verification answers `DISABLED` until it is reactivated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyDeactivated {
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// The key was enabled again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyReactivated {
+    pub at: DateTime<Utc>,
+}
+
+/// The key was deleted for good. Its events stay for the audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyDeleted {
+    pub at: DateTime<Utc>,
+}
+
+impl ApiKeyEvent {
+    /// The event type name as stored and shown in the audit log.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::KeyCreated(_) => "KeyCreated",
+            Self::KeyUpdated(_) => "KeyUpdated",
+            Self::KeyDeactivated(_) => "KeyDeactivated",
+            Self::KeyReactivated(_) => "KeyReactivated",
+            Self::KeyDeleted(_) => "KeyDeleted",
+        }
+    }
+}
+
+impl DomainEvent for ApiKeyEvent {
+    fn event_type(&self) -> String {
+        self.type_name().to_string()
+    }
+
+    fn event_version(&self) -> String {
+        EVENT_VERSION.to_string()
+    }
+}
+
+/// Deserialises a field that is present (possibly `null`) into `Some(..)`, so that
+/// "absent" (the serde default, `None`) and "explicitly null" stay distinct.
+pub fn present<'de, T, D>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_update_distinguishes_cleared_from_unchanged_fields() {
+        let at = Utc::now();
+        let cleared = KeyUpdated {
+            description: Some(None),
+            updated_at: at,
+            ..KeyUpdated::default()
+        };
+        let json = serde_json::to_value(&cleared).expect("serialise");
+        assert_eq!(json["description"], Value::Null);
+        assert!(json.get("name").is_none());
+        let back: KeyUpdated = serde_json::from_value(json).expect("deserialise");
+        assert_eq!(back, cleared);
+    }
+
+    #[test]
+    fn stored_event_names_are_the_variant_names() {
+        let e = ApiKeyEvent::KeyReactivated(KeyReactivated { at: Utc::now() });
+        let json = serde_json::to_value(&e).expect("serialise");
+        assert!(json.get("KeyReactivated").is_some());
+        assert_eq!(e.event_type(), "KeyReactivated");
+    }
+}

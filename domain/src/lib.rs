@@ -1,0 +1,27 @@
+//! The keyledger domain: the `ApiKey` aggregate and its commands and events, the
+//! key format, hashing and permissions.
+//!
+//! Everything here is pure: no I/O, no clock, no randomness of its own. What the
+//! aggregate needs from the outside world (the time, the hash of a freshly
+//! generated key, the acting user) arrives inside the command, so the rules can be
+//! tested as plain given/when/then.
+
+pub mod aggregate;
+pub mod commands;
+pub mod error;
+pub mod events;
+pub mod key;
+pub mod permissions;
+pub mod usage;
+pub mod validate;
+
+pub use aggregate::{ApiKey, KeyLifecycle};
+pub use commands::{CreateKey, KeyCommand, KeyCommandKind, UpdateKey};
+pub use error::DomainError;
+pub use events::{
+    ApiKeyEvent, KeyCreated, KeyDeactivated, KeyDeleted, KeyReactivated, KeyUpdated,
+    API_KEY_AGGREGATE_TYPE,
+};
+pub use key::{Environment, KeyHash, KeyPrefix, ParsedKey, RawKey};
+pub use permissions::Permissions;
+pub use usage::{KeyUsage, KeyUsageEvent, KeyUsageRecorded, RecordUsage, KEY_USAGE_AGGREGATE_TYPE};

@@ -1,0 +1,20 @@
+//! The one error type of the projections crate.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ProjectionError {
+    /// The projection database failed or is unreachable.
+    #[error("projection database error")]
+    Database(#[from] sqlx::Error),
+    /// A stored event could not be read as any known event. The projection stops
+    /// before it rather than skip it: skipping would make the view silently wrong.
+    #[error("event at position {position} cannot be decoded: {message}")]
+    Decode { position: i64, message: String },
+    /// A query parameter (cursor, filter) is not valid.
+    #[error("{field}: {message}")]
+    InvalidQuery {
+        field: &'static str,
+        message: String,
+    },
+}

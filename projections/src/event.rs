@@ -1,0 +1,144 @@
+//! Events as the projections see them: decoded from a stored row of the global feed,
+//! with their position, their key and the metadata recorded with the command.
+
+use chrono::{DateTime, Utc};
+use keyledger_domain::{
+    ApiKeyEvent, KeyUsageEvent, API_KEY_AGGREGATE_TYPE, KEY_USAGE_AGGREGATE_TYPE,
+};
+use serde_json::Value;
+
+use crate::error::ProjectionError;
+
+/// Metadata keys written with every command. Persisted: never rename.
+pub mod meta_keys {
+    pub const ACTOR: &str = "actor";
+    pub const TENANT: &str = "tenant";
+    pub const REQUEST_ID: &str = "request_id";
+    pub const OCCURRED_AT: &str = "occurred_at";
+}
+
+/// One row of the events table, in global order.
+#[derive(Debug, Clone)]
+pub struct RawEvent {
+    pub position: i64,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: Value,
+    pub metadata: Value,
+}
+
+/// Who did it, for whom, when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventMeta {
+    pub tenant: String,
+    pub actor: Option<String>,
+    pub request_id: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// The events of every aggregate type keyledger stores.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyledgerEvent {
+    Key(ApiKeyEvent),
+    Usage(KeyUsageEvent),
+}
+
+/// A decoded event with its place in the feed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedEvent {
+    pub position: i64,
+    pub key_id: String,
+    pub sequence: i64,
+    pub meta: EventMeta,
+    pub event: KeyledgerEvent,
+}
+
+impl RecordedEvent {
+    /// Decodes a stored row. Rows of aggregate types keyledger does not know
+    /// (another application sharing the table) yield `None`.
+    pub fn decode(raw: RawEvent) -> Result<Option<Self>, ProjectionError> {
+        let position = raw.position;
+        let decode_err = |message: String| ProjectionError::Decode { position, message };
+        let event = match raw.aggregate_type.as_str() {
+            API_KEY_AGGREGATE_TYPE => KeyledgerEvent::Key(
+                serde_json::from_value(raw.payload).map_err(|e| decode_err(e.to_string()))?,
+            ),
+            KEY_USAGE_AGGREGATE_TYPE => KeyledgerEvent::Usage(
+                serde_json::from_value(raw.payload).map_err(|e| decode_err(e.to_string()))?,
+            ),
+            _ => return Ok(None),
+        };
+        let text = |k: &str| {
+            raw.metadata
+                .get(k)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let tenant = match (&event, text(meta_keys::TENANT)) {
+            (_, Some(t)) => t,
+            (KeyledgerEvent::Key(ApiKeyEvent::KeyCreated(c)), None) => c.tenant.clone(),
+            (KeyledgerEvent::Usage(KeyUsageEvent::KeyUsageRecorded(u)), None) => u.tenant.clone(),
+            _ => return Err(decode_err("metadata has no tenant".into())),
+        };
+        let occurred_at = text(meta_keys::OCCURRED_AT)
+            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_else(|| event.time());
+        Ok(Some(Self {
+            position,
+            key_id: raw.aggregate_id,
+            sequence: raw.sequence,
+            meta: EventMeta {
+                tenant,
+                actor: text(meta_keys::ACTOR),
+                request_id: text(meta_keys::REQUEST_ID),
+                occurred_at,
+            },
+            event,
+        }))
+    }
+
+    /// The type name shown in the audit log.
+    pub fn type_name(&self) -> &'static str {
+        match &self.event {
+            KeyledgerEvent::Key(e) => e.type_name(),
+            KeyledgerEvent::Usage(_) => "KeyUsageRecorded",
+        }
+    }
+
+    /// The event's fields as shown in the audit log: never the key hash.
+    pub fn audit_data(&self) -> Value {
+        let mut data = match &self.event {
+            KeyledgerEvent::Key(e) => serde_json::to_value(e),
+            KeyledgerEvent::Usage(e) => serde_json::to_value(e),
+        }
+        .ok()
+        .and_then(|v| match v {
+            // Externally tagged enum: {"KeyCreated": {...}} -> {...}
+            Value::Object(m) => m.into_iter().next().map(|(_, inner)| inner),
+            _ => None,
+        })
+        .unwrap_or(Value::Null);
+        if let Value::Object(m) = &mut data {
+            m.remove("key_hash");
+        }
+        data
+    }
+}
+
+impl KeyledgerEvent {
+    /// The time carried by the event itself.
+    pub fn time(&self) -> DateTime<Utc> {
+        match self {
+            Self::Key(ApiKeyEvent::KeyCreated(e)) => e.created_at,
+            Self::Key(ApiKeyEvent::KeyUpdated(e)) => e.updated_at,
+            Self::Key(ApiKeyEvent::KeyDeactivated(e)) => e.at,
+            Self::Key(ApiKeyEvent::KeyReactivated(e)) => e.at,
+            Self::Key(ApiKeyEvent::KeyDeleted(e)) => e.at,
+            Self::Usage(KeyUsageEvent::KeyUsageRecorded(e)) => e.last_used_at,
+        }
+    }
+}

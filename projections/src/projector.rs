@@ -1,0 +1,110 @@
+//! `Projections`: the read side of one node. It applies batches of the global feed
+//! to the SQL projections and to the in-memory verification index, and answers
+//! queries. Callers serialise `apply` (the tailer holds a lock); applying the same
+//! event twice is harmless.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::audit::{AuditFilter, AuditPage};
+use crate::checkpoint::Checkpoints;
+use crate::db::ProjectionDb;
+use crate::error::ProjectionError;
+use crate::event::RecordedEvent;
+use crate::key_list::{KeyPage, KeyRow, ListFilter};
+use crate::sql;
+use crate::verification::VerificationIndex;
+
+/// Calls the same function of the SQLite or PostgreSQL SQL module.
+macro_rules! dispatch {
+    ($db:expr, $f:ident ( $($arg:expr),* )) => {
+        match $db {
+            ProjectionDb::Sqlite(p) => sql::sqlite::$f(p, $($arg),*).await,
+            ProjectionDb::Postgres(p) => sql::postgres::$f(p, $($arg),*).await,
+        }
+    };
+}
+
+/// The projections of one node.
+#[derive(Debug)]
+pub struct Projections {
+    db: ProjectionDb,
+    index: Arc<VerificationIndex>,
+}
+
+impl Projections {
+    /// Opens the projections and fills the verification index from the key list.
+    pub async fn open(db: ProjectionDb) -> Result<Self, ProjectionError> {
+        let index = Arc::new(VerificationIndex::new());
+        dispatch!(&db, load_index(&index))?;
+        Ok(Self { db, index })
+    }
+
+    /// Opens the SQL projections only, with an empty index: for tools that read
+    /// the views (the `audit` command) and never verify.
+    pub fn unloaded(db: ProjectionDb) -> Self {
+        Self {
+            db,
+            index: Arc::new(VerificationIndex::new()),
+        }
+    }
+
+    pub fn index(&self) -> &Arc<VerificationIndex> {
+        &self.index
+    }
+
+    pub fn db(&self) -> &ProjectionDb {
+        &self.db
+    }
+
+    /// Checkpoints of the SQL projections as stored.
+    pub async fn checkpoints(&self) -> Result<Checkpoints, ProjectionError> {
+        dispatch!(&self.db, checkpoints())
+    }
+
+    /// Where the feed must be read from so that no projection misses an event.
+    pub async fn resume_position(&self) -> Result<i64, ProjectionError> {
+        let stored = self.checkpoints().await?;
+        Ok(stored.min().min(self.index.checkpoint()))
+    }
+
+    /// Applies a batch read from the feed up to position `through` (which may lie
+    /// beyond the last decoded event when the batch ended with foreign rows).
+    pub async fn apply(
+        &self,
+        events: &[RecordedEvent],
+        through: i64,
+    ) -> Result<(), ProjectionError> {
+        dispatch!(&self.db, apply_batch(events, through))?;
+        for e in events {
+            self.index.apply(e);
+        }
+        self.index.advance_to(through);
+        Ok(())
+    }
+
+    /// One page of a tenant's keys, newest first.
+    pub async fn list_keys(
+        &self,
+        tenant: &str,
+        filter: &ListFilter,
+        now: DateTime<Utc>,
+    ) -> Result<KeyPage, ProjectionError> {
+        dispatch!(&self.db, list_keys(tenant, filter, now))
+    }
+
+    /// One key of a tenant, by id or by its display prefix when that is unique.
+    pub async fn get_key(
+        &self,
+        tenant: &str,
+        id_or_prefix: &str,
+    ) -> Result<Option<KeyRow>, ProjectionError> {
+        dispatch!(&self.db, get_key(tenant, id_or_prefix))
+    }
+
+    /// One page of the audit log.
+    pub async fn audit(&self, filter: &AuditFilter) -> Result<AuditPage, ProjectionError> {
+        dispatch!(&self.db, audit(filter))
+    }
+}

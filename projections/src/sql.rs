@@ -1,0 +1,476 @@
+//! SQL of the projection tables, written once and compiled for SQLite and
+//! PostgreSQL (`backend!` below). Only `$n` parameters and BIGINT/TEXT columns are
+//! used, so the text is valid on both engines. Times are epoch milliseconds.
+
+use chrono::{DateTime, Utc};
+use keyledger_domain::{ApiKeyEvent, Environment, KeyHash, KeyUsageEvent, Permissions};
+use serde_json::Value;
+
+use crate::audit::{AuditEntry, AuditFilter, AuditPage, Order};
+use crate::checkpoint::{self, Checkpoints};
+use crate::error::ProjectionError;
+use crate::event::{KeyledgerEvent, RecordedEvent};
+use crate::key_list::{KeyPage, KeyRow, ListFilter, STATUS_ACTIVE, STATUS_INACTIVE};
+use crate::verification::{IndexedKey, VerificationIndex};
+
+const KEY_COLUMNS: &str = "id, tenant, key_hash, prefix, name, description, environment, \
+    permissions, status, created_at, created_by, updated_at, expires_at, last_used_at, \
+    usage_count, metadata, created_position";
+
+const AUDIT_COLUMNS: &str =
+    "position, tenant, key_id, sequence, event_type, occurred_at, actor, request_id, data";
+
+#[derive(sqlx::FromRow)]
+struct KeyRecord {
+    id: String,
+    tenant: String,
+    key_hash: String,
+    prefix: String,
+    name: String,
+    description: Option<String>,
+    environment: String,
+    permissions: String,
+    status: String,
+    created_at: i64,
+    created_by: String,
+    updated_at: i64,
+    expires_at: Option<i64>,
+    last_used_at: Option<i64>,
+    usage_count: i64,
+    metadata: Option<String>,
+    created_position: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct AuditRecord {
+    position: i64,
+    tenant: String,
+    key_id: String,
+    sequence: i64,
+    event_type: String,
+    occurred_at: i64,
+    actor: Option<String>,
+    request_id: Option<String>,
+    data: String,
+}
+
+fn time(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+fn json_text(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".to_string())
+}
+
+impl KeyRecord {
+    fn into_row(self) -> KeyRow {
+        KeyRow {
+            id: self.id,
+            tenant: self.tenant,
+            prefix: self.prefix,
+            name: self.name,
+            description: self.description,
+            environment: self.environment,
+            permissions: serde_json::from_str(&self.permissions).unwrap_or_default(),
+            status: self.status,
+            created_at: time(self.created_at),
+            created_by: self.created_by,
+            updated_at: time(self.updated_at),
+            expires_at: self.expires_at.map(time),
+            last_used_at: self.last_used_at.map(time),
+            usage_count: self.usage_count,
+            metadata: self.metadata.and_then(|m| serde_json::from_str(&m).ok()),
+            created_position: self.created_position,
+        }
+    }
+
+    fn into_indexed(self) -> Option<(KeyHash, IndexedKey)> {
+        let hash = KeyHash::from_hex(&self.key_hash).ok()?;
+        let environment: Environment = self.environment.parse().ok()?;
+        let permissions: Vec<String> = serde_json::from_str(&self.permissions).ok()?;
+        let key = IndexedKey::new(
+            &self.id,
+            &self.tenant,
+            &self.name,
+            environment,
+            Permissions::parse(permissions).ok()?,
+            self.expires_at.map(time),
+            self.status == STATUS_ACTIVE,
+        );
+        Some((hash, key))
+    }
+}
+
+impl AuditRecord {
+    fn into_entry(self) -> AuditEntry {
+        AuditEntry {
+            position: self.position,
+            tenant: self.tenant,
+            key_id: self.key_id,
+            sequence: self.sequence,
+            event_type: self.event_type,
+            occurred_at: time(self.occurred_at),
+            actor: self.actor,
+            request_id: self.request_id,
+            data: serde_json::from_str(&self.data).unwrap_or(Value::Null),
+        }
+    }
+}
+
+/// Generates the same functions for one sqlx database type.
+macro_rules! backend {
+    ($module:ident, $db:ty, snapshot = $snapshot:expr) => {
+        pub(crate) mod $module {
+            use super::*;
+            use sqlx::{Pool, Transaction};
+
+            type Db = $db;
+
+            pub(crate) async fn checkpoints(pool: &Pool<Db>) -> Result<Checkpoints, ProjectionError> {
+                let rows: Vec<(String, i64)> =
+                    sqlx::query_as("SELECT name, position FROM projection_checkpoints")
+                        .fetch_all(pool)
+                        .await?;
+                Ok(to_checkpoints(&rows))
+            }
+
+            /// Applies a batch to the key list and the audit log in one transaction,
+            /// skipping what each has applied already, and moves both checkpoints to
+            /// `through`. Returns the checkpoints now stored.
+            pub(crate) async fn apply_batch(
+                pool: &Pool<Db>,
+                events: &[RecordedEvent],
+                through: i64,
+            ) -> Result<Checkpoints, ProjectionError> {
+                let mut tx = pool.begin().await?;
+                // Write first: it takes the write lock (SQLite) or the row locks
+                // (PostgreSQL) before reading the checkpoints, so two appliers never
+                // both apply the same events, and SQLite never has to upgrade a
+                // stale read snapshot.
+                sqlx::query("UPDATE projection_checkpoints SET position = position")
+                    .execute(&mut *tx)
+                    .await?;
+                let rows: Vec<(String, i64)> =
+                    sqlx::query_as("SELECT name, position FROM projection_checkpoints")
+                        .fetch_all(&mut *tx)
+                        .await?;
+                let current = to_checkpoints(&rows);
+                for e in events {
+                    if e.position > current.key_list {
+                        apply_key_list(&mut tx, e).await?;
+                    }
+                    if e.position > current.audit_log {
+                        apply_audit(&mut tx, e).await?;
+                    }
+                }
+                let next = Checkpoints {
+                    key_list: current.key_list.max(through),
+                    audit_log: current.audit_log.max(through),
+                };
+                for (name, pos) in [
+                    (checkpoint::KEY_LIST, next.key_list),
+                    (checkpoint::AUDIT_LOG, next.audit_log),
+                ] {
+                    sqlx::query("UPDATE projection_checkpoints SET position = $1 WHERE name = $2")
+                        .bind(pos)
+                        .bind(name)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(next)
+            }
+
+            async fn apply_key_list(
+                tx: &mut Transaction<'_, Db>,
+                e: &RecordedEvent,
+            ) -> Result<(), ProjectionError> {
+                let at = e.event.time().timestamp_millis();
+                match &e.event {
+                    KeyledgerEvent::Key(ApiKeyEvent::KeyCreated(c)) => {
+                        sqlx::query(&format!(
+                            "INSERT INTO key_list ({KEY_COLUMNS}) VALUES \
+                             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, 0, $14, $15) \
+                             ON CONFLICT (id) DO NOTHING"
+                        ))
+                        .bind(&e.key_id)
+                        .bind(&c.tenant)
+                        .bind(c.key_hash.to_hex())
+                        .bind(&c.display_prefix)
+                        .bind(&c.name)
+                        .bind(&c.description)
+                        .bind(c.environment.as_str())
+                        .bind(json_text(&c.permissions))
+                        .bind(STATUS_ACTIVE)
+                        .bind(c.created_at.timestamp_millis())
+                        .bind(&c.created_by)
+                        .bind(at)
+                        .bind(c.expires_at.map(|t| t.timestamp_millis()))
+                        .bind(c.metadata.as_ref().map(json_text))
+                        .bind(e.position)
+                        .execute(&mut **tx)
+                        .await?;
+                    }
+                    KeyledgerEvent::Key(ApiKeyEvent::KeyUpdated(u)) => {
+                        let mut sets: Vec<(&str, Option<String>, Option<i64>)> = Vec::new();
+                        if let Some(n) = &u.name {
+                            sets.push(("name", Some(n.clone()), None));
+                        }
+                        if let Some(d) = &u.description {
+                            sets.push(("description", d.clone(), None));
+                        }
+                        if let Some(p) = &u.permissions {
+                            sets.push(("permissions", Some(json_text(p)), None));
+                        }
+                        if let Some(m) = &u.metadata {
+                            sets.push(("metadata", m.as_ref().map(json_text), None));
+                        }
+                        for (column, text, _) in sets {
+                            sqlx::query(&format!(
+                                "UPDATE key_list SET {column} = $1 WHERE id = $2"
+                            ))
+                            .bind(text)
+                            .bind(&e.key_id)
+                            .execute(&mut **tx)
+                            .await?;
+                        }
+                        if let Some(exp) = u.expires_at {
+                            sqlx::query("UPDATE key_list SET expires_at = $1 WHERE id = $2")
+                                .bind(exp.map(|t| t.timestamp_millis()))
+                                .bind(&e.key_id)
+                                .execute(&mut **tx)
+                                .await?;
+                        }
+                        set_updated(tx, &e.key_id, at).await?;
+                    }
+                    KeyledgerEvent::Key(ApiKeyEvent::KeyDeactivated(_)) => {
+                        set_status(tx, &e.key_id, STATUS_INACTIVE, at).await?;
+                    }
+                    KeyledgerEvent::Key(ApiKeyEvent::KeyReactivated(_)) => {
+                        set_status(tx, &e.key_id, STATUS_ACTIVE, at).await?;
+                    }
+                    KeyledgerEvent::Key(ApiKeyEvent::KeyDeleted(_)) => {
+                        sqlx::query("DELETE FROM key_list WHERE id = $1")
+                            .bind(&e.key_id)
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                    KeyledgerEvent::Usage(KeyUsageEvent::KeyUsageRecorded(u)) => {
+                        sqlx::query(
+                            "UPDATE key_list SET usage_count = usage_count + $1, \
+                             last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $2 \
+                             THEN $2 ELSE last_used_at END WHERE id = $3",
+                        )
+                        .bind(i64::try_from(u.count).unwrap_or(i64::MAX))
+                        .bind(u.last_used_at.timestamp_millis())
+                        .bind(&e.key_id)
+                        .execute(&mut **tx)
+                        .await?;
+                    }
+                }
+                Ok(())
+            }
+
+            async fn set_status(
+                tx: &mut Transaction<'_, Db>,
+                key_id: &str,
+                status: &str,
+                at: i64,
+            ) -> Result<(), ProjectionError> {
+                sqlx::query("UPDATE key_list SET status = $1, updated_at = $2 WHERE id = $3")
+                    .bind(status)
+                    .bind(at)
+                    .bind(key_id)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            }
+
+            async fn set_updated(
+                tx: &mut Transaction<'_, Db>,
+                key_id: &str,
+                at: i64,
+            ) -> Result<(), ProjectionError> {
+                sqlx::query("UPDATE key_list SET updated_at = $1 WHERE id = $2")
+                    .bind(at)
+                    .bind(key_id)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            }
+
+            async fn apply_audit(
+                tx: &mut Transaction<'_, Db>,
+                e: &RecordedEvent,
+            ) -> Result<(), ProjectionError> {
+                sqlx::query(&format!(
+                    "INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                     ON CONFLICT (position) DO NOTHING"
+                ))
+                .bind(e.position)
+                .bind(&e.meta.tenant)
+                .bind(&e.key_id)
+                .bind(e.sequence)
+                .bind(e.type_name())
+                .bind(e.meta.occurred_at.timestamp_millis())
+                .bind(&e.meta.actor)
+                .bind(&e.meta.request_id)
+                .bind(json_text(&e.audit_data()))
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+
+            /// Fills the index from the key list, reading rows and checkpoint from
+            /// one snapshot; returns the checkpoint the index is now at.
+            pub(crate) async fn load_index(
+                pool: &Pool<Db>,
+                index: &VerificationIndex,
+            ) -> Result<i64, ProjectionError> {
+                let mut tx = pool.begin().await?;
+                if let Some(sql) = $snapshot {
+                    sqlx::query(sql).execute(&mut *tx).await?;
+                }
+                let cp: Option<i64> = sqlx::query_scalar(
+                    "SELECT position FROM projection_checkpoints WHERE name = $1",
+                )
+                .bind(checkpoint::KEY_LIST)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let records: Vec<KeyRecord> =
+                    sqlx::query_as(&format!("SELECT {KEY_COLUMNS} FROM key_list"))
+                        .fetch_all(&mut *tx)
+                        .await?;
+                tx.commit().await?;
+                for record in records {
+                    match record.into_indexed() {
+                        Some((hash, key)) => index.insert(hash, key),
+                        None => tracing::warn!("skipping an unreadable key_list row"),
+                    }
+                }
+                let cp = cp.unwrap_or(0);
+                index.set_checkpoint(cp);
+                Ok(cp)
+            }
+
+            pub(crate) async fn list_keys(
+                pool: &Pool<Db>,
+                tenant: &str,
+                filter: &ListFilter,
+                now: DateTime<Utc>,
+            ) -> Result<KeyPage, ProjectionError> {
+                let limit = i64::from(filter.limit.max(1));
+                let records: Vec<KeyRecord> = sqlx::query_as(&format!(
+                    "SELECT {KEY_COLUMNS} FROM key_list \
+                     WHERE tenant = $1 AND created_position < $2 \
+                     AND ($3 IS NULL OR environment = $3) \
+                     AND ($4 IS NULL \
+                       OR ($4 = 'active' AND status = 'active' AND (expires_at IS NULL OR expires_at > $5)) \
+                       OR ($4 = 'inactive' AND status = 'inactive') \
+                       OR ($4 = 'expired' AND status = 'active' AND expires_at IS NOT NULL AND expires_at <= $5)) \
+                     ORDER BY created_position DESC LIMIT $6"
+                ))
+                .bind(tenant)
+                .bind(filter.before_position.unwrap_or(i64::MAX))
+                .bind(&filter.environment)
+                .bind(filter.status.map(|s| s.as_str()))
+                .bind(now.timestamp_millis())
+                .bind(limit + 1)
+                .fetch_all(pool)
+                .await?;
+                let mut keys: Vec<KeyRow> = records.into_iter().map(KeyRecord::into_row).collect();
+                let more = keys.len() as i64 > limit;
+                keys.truncate(limit as usize);
+                let next_before = if more {
+                    keys.last().map(|k| k.created_position)
+                } else {
+                    None
+                };
+                Ok(KeyPage { keys, next_before })
+            }
+
+            pub(crate) async fn get_key(
+                pool: &Pool<Db>,
+                tenant: &str,
+                id_or_prefix: &str,
+            ) -> Result<Option<KeyRow>, ProjectionError> {
+                let by_id: Option<KeyRecord> = sqlx::query_as(&format!(
+                    "SELECT {KEY_COLUMNS} FROM key_list WHERE tenant = $1 AND id = $2"
+                ))
+                .bind(tenant)
+                .bind(id_or_prefix)
+                .fetch_optional(pool)
+                .await?;
+                if let Some(r) = by_id {
+                    return Ok(Some(r.into_row()));
+                }
+                let by_prefix: Vec<KeyRecord> = sqlx::query_as(&format!(
+                    "SELECT {KEY_COLUMNS} FROM key_list WHERE tenant = $1 AND prefix = $2 LIMIT 2"
+                ))
+                .bind(tenant)
+                .bind(id_or_prefix)
+                .fetch_all(pool)
+                .await?;
+                // A display prefix names a key only when it is unique in the tenant.
+                Ok(match <[KeyRecord; 1]>::try_from(by_prefix) {
+                    Ok([one]) => Some(one.into_row()),
+                    Err(_) => None,
+                })
+            }
+
+            pub(crate) async fn audit(
+                pool: &Pool<Db>,
+                filter: &AuditFilter,
+            ) -> Result<AuditPage, ProjectionError> {
+                let limit = i64::from(filter.limit.max(1));
+                let (cmp, dir, start) = match filter.order {
+                    Order::Asc => (">", "ASC", i64::MIN),
+                    Order::Desc => ("<", "DESC", i64::MAX),
+                };
+                let records: Vec<AuditRecord> = sqlx::query_as(&format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit_log \
+                     WHERE ($1 IS NULL OR tenant = $1) AND position {cmp} $2 \
+                     AND ($3 IS NULL OR key_id = $3) AND ($4 IS NULL OR actor = $4) \
+                     AND ($5 IS NULL OR event_type = $5) \
+                     AND ($6 IS NULL OR occurred_at >= $6) AND ($7 IS NULL OR occurred_at < $7) \
+                     ORDER BY position {dir} LIMIT $8"
+                ))
+                .bind(&filter.tenant)
+                .bind(filter.after_position.unwrap_or(start))
+                .bind(&filter.key_id)
+                .bind(&filter.actor)
+                .bind(&filter.event_type)
+                .bind(filter.since.map(|t| t.timestamp_millis()))
+                .bind(filter.until.map(|t| t.timestamp_millis()))
+                .bind(limit + 1)
+                .fetch_all(pool)
+                .await?;
+                let mut events: Vec<AuditEntry> =
+                    records.into_iter().map(AuditRecord::into_entry).collect();
+                let more = events.len() as i64 > limit;
+                events.truncate(limit as usize);
+                let next_position = if more { events.last().map(|e| e.position) } else { None };
+                Ok(AuditPage { events, next_position })
+            }
+        }
+    };
+}
+
+fn to_checkpoints(rows: &[(String, i64)]) -> Checkpoints {
+    let mut cps = Checkpoints::default();
+    for (name, pos) in rows {
+        match name.as_str() {
+            checkpoint::KEY_LIST => cps.key_list = *pos,
+            checkpoint::AUDIT_LOG => cps.audit_log = *pos,
+            _ => {}
+        }
+    }
+    cps
+}
+
+backend!(sqlite, sqlx::Sqlite, snapshot = None::<&str>);
+backend!(
+    postgres,
+    sqlx::Postgres,
+    snapshot = Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+);

@@ -1,0 +1,306 @@
+//! The verification index: key hash -> what verification needs, in memory.
+//!
+//! Reads never block writers: both maps are `papaya` lock-free maps, and an entry
+//! is an immutable `Arc` replaced whole on change. Usage is counted in atomics that
+//! belong to the key (shared by every version of its entry), so counting takes no
+//! lock shared by all requests and never waits on the store.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use keyledger_domain::{ApiKeyEvent, Environment, KeyHash, KeyUsageEvent, ParsedKey, Permissions};
+use serde::Serialize;
+
+use crate::event::{KeyledgerEvent, RecordedEvent};
+
+/// Uses of one key not yet flushed to the store.
+#[derive(Debug, Default)]
+pub struct UsageCounter {
+    count: AtomicU64,
+    last_used_ms: AtomicI64,
+}
+
+impl UsageCounter {
+    fn record(&self, at_ms: i64) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.last_used_ms.fetch_max(at_ms, Ordering::Relaxed);
+    }
+}
+
+/// What verification needs to know about one key.
+#[derive(Debug)]
+pub struct IndexedKey {
+    pub key_id: Box<str>,
+    pub tenant: Box<str>,
+    pub name: Box<str>,
+    pub environment: Environment,
+    pub permissions: Permissions,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub active: bool,
+    usage: Arc<UsageCounter>,
+}
+
+impl IndexedKey {
+    /// Builds an entry for the index (from the key list at start, or from events).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        key_id: &str,
+        tenant: &str,
+        name: &str,
+        environment: Environment,
+        permissions: Permissions,
+        expires_at: Option<DateTime<Utc>>,
+        active: bool,
+    ) -> Self {
+        Self {
+            key_id: key_id.into(),
+            tenant: tenant.into(),
+            name: name.into(),
+            environment,
+            permissions,
+            expires_at,
+            active,
+            usage: Arc::default(),
+        }
+    }
+}
+
+/// Outcome codes of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum VerificationCode {
+    Valid,
+    NotFound,
+    Disabled,
+    Expired,
+    WrongEnvironment,
+    InsufficientPermissions,
+}
+
+/// A verification question.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyRequest<'a> {
+    /// The presented key; never logged.
+    pub key: &'a str,
+    pub environment: Option<Environment>,
+    pub permissions: &'a [String],
+}
+
+/// A verification answer; `key` is set when the key exists.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    pub code: VerificationCode,
+    pub key: Option<Arc<IndexedKey>>,
+}
+
+impl Verification {
+    pub fn valid(&self) -> bool {
+        self.code == VerificationCode::Valid
+    }
+}
+
+/// Uses of one key taken out of the counters for flushing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainedUsage {
+    pub key_id: String,
+    pub tenant: String,
+    pub count: u64,
+    pub last_used_at: DateTime<Utc>,
+}
+
+/// The in-memory verification index of this node.
+#[derive(Debug, Default)]
+pub struct VerificationIndex {
+    by_hash: papaya::HashMap<KeyHash, Arc<IndexedKey>>,
+    by_id: papaya::HashMap<Box<str>, KeyHash>,
+    checkpoint: AtomicI64,
+}
+
+impl VerificationIndex {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of keys held.
+    pub fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Last global position applied.
+    pub fn checkpoint(&self) -> i64 {
+        self.checkpoint.load(Ordering::Acquire)
+    }
+
+    /// Adds a key as loaded from the key list at start.
+    pub fn insert(&self, hash: KeyHash, key: IndexedKey) {
+        self.by_id.pin().insert(key.key_id.clone(), hash);
+        self.by_hash.pin().insert(hash, Arc::new(key));
+    }
+
+    /// Sets the checkpoint after a bulk load.
+    pub fn set_checkpoint(&self, position: i64) {
+        self.checkpoint.store(position, Ordering::Release);
+    }
+
+    /// Answers a verification. A malformed key or one failing its checksum is
+    /// `NOT_FOUND` without any lookup. Counts a use when the answer is `VALID`.
+    pub fn verify(&self, req: VerifyRequest<'_>, now: DateTime<Utc>) -> Verification {
+        let not_found = Verification {
+            code: VerificationCode::NotFound,
+            key: None,
+        };
+        let Ok(parsed) = ParsedKey::parse(req.key) else {
+            return not_found;
+        };
+        let hash = parsed.hash();
+        let Some(key) = self.by_hash.pin().get(&hash).cloned() else {
+            return not_found;
+        };
+        let code = if !key.active {
+            VerificationCode::Disabled
+        } else if key.expires_at.is_some_and(|e| e <= now) {
+            VerificationCode::Expired
+        } else if req.environment.is_some_and(|env| env != key.environment) {
+            VerificationCode::WrongEnvironment
+        } else if !key.permissions.grants_all(req.permissions) {
+            VerificationCode::InsufficientPermissions
+        } else {
+            key.usage.record(now.timestamp_millis());
+            VerificationCode::Valid
+        };
+        Verification {
+            code,
+            key: Some(key),
+        }
+    }
+
+    /// Applies one event if it is newer than the checkpoint.
+    pub fn apply(&self, event: &RecordedEvent) {
+        if event.position <= self.checkpoint() {
+            return;
+        }
+        match &event.event {
+            KeyledgerEvent::Key(ApiKeyEvent::KeyCreated(c)) => self.insert(
+                c.key_hash,
+                IndexedKey::new(
+                    &event.key_id,
+                    &c.tenant,
+                    &c.name,
+                    c.environment,
+                    c.permissions.clone(),
+                    c.expires_at,
+                    true,
+                ),
+            ),
+            KeyledgerEvent::Key(ApiKeyEvent::KeyUpdated(u)) => self.replace(&event.key_id, |k| {
+                let mut next = k.clone_with_same_usage();
+                if let Some(name) = &u.name {
+                    next.name = name.as_str().into();
+                }
+                if let Some(p) = &u.permissions {
+                    next.permissions = p.clone();
+                }
+                if let Some(exp) = u.expires_at {
+                    next.expires_at = exp;
+                }
+                next
+            }),
+            KeyledgerEvent::Key(ApiKeyEvent::KeyDeactivated(_)) => {
+                self.replace(&event.key_id, |k| IndexedKey {
+                    active: false,
+                    ..k.clone_with_same_usage()
+                })
+            }
+            KeyledgerEvent::Key(ApiKeyEvent::KeyReactivated(_)) => {
+                self.replace(&event.key_id, |k| IndexedKey {
+                    active: true,
+                    ..k.clone_with_same_usage()
+                })
+            }
+            KeyledgerEvent::Key(ApiKeyEvent::KeyDeleted(_)) => {
+                if let Some(hash) = self.by_id.pin().remove(event.key_id.as_str()) {
+                    self.by_hash.pin().remove(hash);
+                }
+            }
+            KeyledgerEvent::Usage(KeyUsageEvent::KeyUsageRecorded(_)) => {}
+        }
+        self.checkpoint.store(event.position, Ordering::Release);
+    }
+
+    /// Moves the checkpoint over positions that carry nothing for this index.
+    pub fn advance_to(&self, position: i64) {
+        self.checkpoint.fetch_max(position, Ordering::AcqRel);
+    }
+
+    fn replace(&self, key_id: &str, f: impl FnOnce(&IndexedKey) -> IndexedKey) {
+        let Some(hash) = self.by_id.pin().get(key_id).copied() else {
+            return;
+        };
+        let map = self.by_hash.pin();
+        if let Some(current) = map.get(&hash) {
+            let next = f(current);
+            map.insert(hash, Arc::new(next));
+        }
+    }
+
+    /// Takes every pending use out of the counters.
+    pub fn drain_usage(&self) -> Vec<DrainedUsage> {
+        let map = self.by_hash.pin();
+        map.values()
+            .filter_map(|k| {
+                let count = k.usage.count.swap(0, Ordering::AcqRel);
+                if count == 0 {
+                    return None;
+                }
+                let ms = k.usage.last_used_ms.load(Ordering::Acquire);
+                Some(DrainedUsage {
+                    key_id: k.key_id.to_string(),
+                    tenant: k.tenant.to_string(),
+                    count,
+                    last_used_at: DateTime::from_timestamp_millis(ms).unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    /// Puts back uses whose flush failed, so they go out with the next one.
+    pub fn restore_usage(&self, usage: &DrainedUsage) {
+        let Some(hash) = self.by_id.pin().get(usage.key_id.as_str()).copied() else {
+            return;
+        };
+        if let Some(k) = self.by_hash.pin().get(&hash) {
+            k.usage.count.fetch_add(usage.count, Ordering::AcqRel);
+            k.usage
+                .last_used_ms
+                .fetch_max(usage.last_used_at.timestamp_millis(), Ordering::AcqRel);
+        }
+    }
+
+    /// Pending (unflushed) uses of all keys.
+    pub fn pending_usage(&self) -> u64 {
+        let map = self.by_hash.pin();
+        map.values()
+            .map(|k| k.usage.count.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+impl IndexedKey {
+    fn clone_with_same_usage(&self) -> IndexedKey {
+        IndexedKey {
+            key_id: self.key_id.clone(),
+            tenant: self.tenant.clone(),
+            name: self.name.clone(),
+            environment: self.environment,
+            permissions: self.permissions.clone(),
+            expires_at: self.expires_at,
+            active: self.active,
+            usage: Arc::clone(&self.usage),
+        }
+    }
+}

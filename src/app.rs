@@ -1,0 +1,160 @@
+//! Wiring: open the store, fill the projections, bind the listener, run the
+//! background tasks (tailer, usage flusher) and shut down in order.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use keyledger_projections::Projections;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::config::{Config, StoreConfig};
+use crate::error::Error;
+use crate::http::auth::TokenVerifier;
+use crate::http::{router, AppState};
+use crate::secret::ServerSecret;
+use crate::service::KeyService;
+use crate::store::sqlite::SqliteStore;
+use crate::store::EventStore;
+use crate::tailer::Tailer;
+use crate::usage::UsageFlusher;
+
+/// A built, not yet serving, keyledger node.
+pub struct Application {
+    listener: TcpListener,
+    address: SocketAddr,
+    state: AppState,
+    tailer: Arc<Tailer>,
+    clock: Clock,
+    config: Config,
+}
+
+/// Opens the configured event store, applying migrations.
+pub async fn open_store(config: &Config) -> Result<EventStore, Error> {
+    match &config.store {
+        StoreConfig::Sqlite => {
+            std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+                Error::Config(format!(
+                    "cannot create data directory {}: {e}",
+                    config.data_dir.display()
+                ))
+            })?;
+            Ok(EventStore::Sqlite(
+                SqliteStore::open(&config.sqlite_path()).await?,
+            ))
+        }
+        StoreConfig::Postgres(_) => Err(Error::Config(
+            "PostgreSQL is not supported by this build yet".into(),
+        )),
+    }
+}
+
+/// The token secret: from the configuration, or the file in the data directory.
+pub fn server_secret(config: &Config) -> Result<ServerSecret, Error> {
+    match &config.jwt_secret {
+        Some(s) => ServerSecret::from_env_value(s),
+        None => {
+            std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+                Error::Config(format!(
+                    "cannot create data directory {}: {e}",
+                    config.data_dir.display()
+                ))
+            })?;
+            ServerSecret::load_or_create(&config.secret_path())
+        }
+    }
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Self, Error> {
+        Self::build_with_clock(config, Clock::system()).await
+    }
+
+    /// Builds with a given clock (tests move it instead of sleeping).
+    pub async fn build_with_clock(config: Config, clock: Clock) -> Result<Self, Error> {
+        let secret = server_secret(&config)?;
+        let store = Arc::new(open_store(&config).await?);
+        let projections = Arc::new(Projections::open(store.projection_db()).await?);
+        let tailer = Arc::new(Tailer::new(store.clone(), projections.clone()));
+        // Events committed before a crash may not have reached the projections.
+        let caught_up = tailer.catch_up().await?;
+        tracing::info!(
+            keys = projections.index().len(),
+            events_applied_at_start = caught_up,
+            "projections ready"
+        );
+        let service = Arc::new(KeyService::new(
+            store.clone(),
+            projections,
+            tailer.clone(),
+            clock.clone(),
+            config.key_prefix.clone(),
+        ));
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.listen)))?;
+        let address = listener
+            .local_addr()
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let state = AppState {
+            service,
+            tokens: Arc::new(TokenVerifier::hs256(secret.expose())),
+            store,
+            max_body_bytes: config.max_body_bytes,
+        };
+        Ok(Self {
+            listener,
+            address,
+            state,
+            tailer,
+            clock,
+            config,
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then drains requests, flushes usage and
+    /// applies the last events.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        let stop = CancellationToken::new();
+        let tailer_task = tokio::spawn(
+            self.tailer
+                .clone()
+                .run(self.config.poll_interval, stop.clone()),
+        );
+        let flusher = UsageFlusher {
+            store: self.state.store.clone(),
+            index: self.state.service.projections().index().clone(),
+            tailer: self.tailer.clone(),
+            clock: self.clock.clone(),
+        };
+        let flusher_task =
+            tokio::spawn(flusher.run(self.config.usage_flush_interval, stop.clone()));
+        let app = router::router(self.state.clone());
+        tracing::info!(address = %self.address, "listening on http://{}", self.address);
+        let served = axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
+        stop.cancel();
+        let _ = flusher_task.await;
+        let _ = tailer_task.await;
+        served.map_err(|e| Error::Internal(format!("server: {e}")))?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

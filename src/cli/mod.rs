@@ -1,0 +1,119 @@
+//! The `keyledger` command line: serve, token, migrate, audit.
+
+mod audit;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{store_from_url, Config};
+use crate::error::Error;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keyledger",
+    version,
+    about = "Event-sourced API-key lifecycle service"
+)]
+pub struct Cli {
+    /// Directory of the embedded database and the generated server secret.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYLEDGER_DATA_DIR",
+        default_value = "./data"
+    )]
+    data_dir: PathBuf,
+    /// postgres://... selects PostgreSQL; unset means the embedded SQLite store.
+    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP API.
+    Serve(serve::ServeArgs),
+    /// Mint a management token signed with the server secret.
+    Token {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        subject: String,
+        /// Lifetime, e.g. 1h, 30m, 7d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+    /// Create or upgrade the database schema, then exit.
+    Migrate,
+    /// Print the audit log.
+    Audit(audit::AuditArgs),
+}
+
+impl Cli {
+    fn config(&self) -> Result<Config, Error> {
+        let mut config = Config::new(self.data_dir.clone());
+        config.store = store_from_url(self.database_url.as_deref())?;
+        config.jwt_secret = std::env::var("KEYLEDGER_JWT_SECRET")
+            .ok()
+            .filter(|s| !s.is_empty());
+        Ok(config)
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keyledger: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("keyledger: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, Error> {
+    let config = cli.config()?;
+    match cli.command {
+        Command::Serve(args) => serve::run(args, config).await,
+        Command::Token {
+            tenant,
+            subject,
+            ttl,
+        } => {
+            let secret = crate::app::server_secret(&config)?;
+            let token = crate::http::auth::mint(secret.expose(), &tenant, &subject, ttl)?;
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            crate::app::open_store(&config).await?;
+            println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(args) => audit::run(args, config).await,
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,57 @@
+//! The one error type of the binary crate. `http/error.rs` maps it to status codes
+//! and JSON bodies in one place; the CLI prints it.
+
+use keyledger_domain::DomainError;
+use keyledger_projections::ProjectionError;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    /// A rule of the domain rejected the command.
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// The request is not JSON, or not the JSON we can read.
+    #[error("{0}")]
+    MalformedRequest(String),
+    /// A field of the request is invalid; `field` names it.
+    #[error("{field}: {message}")]
+    Validation { field: String, message: String },
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// Missing, malformed, badly signed or expired management credential.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// An API key was presented where a management token is required.
+    #[error("API keys cannot manage keys: use a management token")]
+    ApiKeyNotAllowed,
+    /// No such key for this tenant.
+    #[error("key not found")]
+    KeyNotFound,
+    /// No such route.
+    #[error("no such route")]
+    RouteNotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// Concurrent commands on one key kept colliding.
+    #[error("the key was changed concurrently; retry the request")]
+    Conflict,
+    /// The event store cannot be reached; nothing was written.
+    #[error("event store unavailable")]
+    StoreUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Anything else; the cause is logged, never sent to a client.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Validation {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}

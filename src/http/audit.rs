@@ -1,0 +1,150 @@
+//! The audit log of a tenant, and the full history of one key.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use keyledger_projections::audit::{AuditEntry, AuditFilter, Order};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::Error;
+use crate::http::auth::Management;
+use crate::http::error::ErrorBody;
+use crate::http::extract::ApiQuery;
+use crate::http::keys::cursor;
+use crate::http::AppState;
+
+/// Most events a key's history returns (a key rarely has more than a handful;
+/// usage events are one per flush interval).
+const KEY_HISTORY_LIMIT: u32 = 10_000;
+
+/// One event as the audit log shows it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditEvent {
+    /// Global position, increasing in commit order.
+    pub position: i64,
+    pub key_id: String,
+    /// Position within the key's stream.
+    pub sequence: i64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub occurred_at: DateTime<Utc>,
+    pub actor: Option<String>,
+    pub request_id: Option<String>,
+    /// The event's fields; never a secret or hash.
+    #[schema(value_type = Object)]
+    pub data: Value,
+}
+
+impl From<AuditEntry> for AuditEvent {
+    fn from(e: AuditEntry) -> Self {
+        Self {
+            position: e.position,
+            key_id: e.key_id,
+            sequence: e.sequence,
+            event_type: e.event_type,
+            occurred_at: e.occurred_at,
+            actor: e.actor,
+            request_id: e.request_id,
+            data: e.data,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditList {
+    pub events: Vec<AuditEvent>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct KeyHistory {
+    pub events: Vec<AuditEvent>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditParams {
+    pub key_id: Option<String>,
+    pub actor: Option<String>,
+    /// Event type, e.g. `KeyDeactivated`.
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub event_type: Option<String>,
+    /// Inclusive lower bound (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// Exclusive upper bound (RFC 3339).
+    pub until: Option<DateTime<Utc>>,
+    /// 1-1000, default 100.
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+    /// `asc` (default) or `desc`.
+    pub order: Option<String>,
+}
+
+/// GET /v1/audit
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditParams),
+    responses((status = 200, body = AuditList), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    Management(actor): Management,
+    ApiQuery(params): ApiQuery<AuditParams>,
+) -> Result<Json<AuditList>, Error> {
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Error::validation("limit", "must be between 1 and 1000"));
+    }
+    let order = match params.order.as_deref() {
+        None | Some("asc") => Order::Asc,
+        Some("desc") => Order::Desc,
+        Some(_) => return Err(Error::validation("order", "must be asc or desc")),
+    };
+    let filter = AuditFilter {
+        tenant: None,
+        key_id: params.key_id,
+        actor: params.actor,
+        event_type: params.event_type,
+        since: params.since,
+        until: params.until,
+        after_position: cursor(params.cursor.as_deref())?,
+        order,
+        limit,
+    };
+    let page = state.service.audit(&actor, filter).await?;
+    Ok(Json(AuditList {
+        events: page.events.into_iter().map(AuditEvent::from).collect(),
+        next_cursor: page.next_position.map(|p| p.to_string()),
+    }))
+}
+
+/// GET /v1/keys/{id}/events
+#[utoipa::path(get, path = "/v1/keys/{id}/events", tag = "audit",
+    params(("id" = String, Path, description = "key id (also after deletion)")),
+    responses((status = 200, body = KeyHistory), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn key_events(
+    State(state): State<AppState>,
+    Management(actor): Management,
+    Path(id): Path<String>,
+) -> Result<Json<KeyHistory>, Error> {
+    // A live key may be named by its display prefix; a deleted one only by id.
+    let key_id = match state.service.get(&actor, &id).await {
+        Ok(row) => row.id,
+        Err(Error::KeyNotFound) => id,
+        Err(e) => return Err(e),
+    };
+    let filter = AuditFilter {
+        key_id: Some(key_id),
+        limit: KEY_HISTORY_LIMIT,
+        ..AuditFilter::default()
+    };
+    let page = state.service.audit(&actor, filter).await?;
+    if page.events.is_empty() {
+        return Err(Error::KeyNotFound);
+    }
+    Ok(Json(KeyHistory {
+        events: page.events.into_iter().map(AuditEvent::from).collect(),
+    }))
+}

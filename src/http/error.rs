@@ -1,0 +1,144 @@
+//! `Error` -> HTTP status and the contract's JSON body
+//! `{"error":{"code","message","details"?}}`. The message of a 5xx is generic;
+//! the cause goes to the log, never to the client.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use keyledger_domain::DomainError;
+use keyledger_projections::ProjectionError;
+use serde::Serialize;
+use serde_json::{json, Value};
+use utoipa::ToSchema;
+
+use crate::error::Error;
+use crate::store::is_unavailable;
+
+/// The error body of every failed request.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable code, e.g. `validation_failed`.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+    /// For `validation_failed`: `{"field": <name>}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<Value>,
+}
+
+struct Parts {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    details: Option<Value>,
+}
+
+fn parts(error: &Error) -> Parts {
+    let p = |status, code, message: String| Parts {
+        status,
+        code,
+        message,
+        details: None,
+    };
+    match error {
+        Error::Domain(DomainError::Validation { field, message }) => Parts {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "validation_failed",
+            message: format!("{field}: {message}"),
+            details: Some(json!({ "field": field })),
+        },
+        Error::Validation { field, message } => Parts {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "validation_failed",
+            message: format!("{field}: {message}"),
+            details: Some(json!({ "field": field })),
+        },
+        Error::Projection(ProjectionError::InvalidQuery { field, message }) => Parts {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "validation_failed",
+            message: format!("{field}: {message}"),
+            details: Some(json!({ "field": field })),
+        },
+        Error::Domain(DomainError::NotFound | DomainError::AlreadyDeleted) | Error::KeyNotFound => {
+            p(
+                StatusCode::NOT_FOUND,
+                "key_not_found",
+                "key not found".into(),
+            )
+        }
+        Error::Domain(DomainError::AlreadyExists) => p(
+            StatusCode::CONFLICT,
+            "conflict",
+            "key already exists".into(),
+        ),
+        Error::Conflict => p(StatusCode::CONFLICT, "conflict", error.to_string()),
+        Error::MalformedRequest(m) => p(StatusCode::BAD_REQUEST, "malformed_request", m.clone()),
+        Error::PayloadTooLarge { .. } => p(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            error.to_string(),
+        ),
+        Error::Unauthorized(m) => p(StatusCode::UNAUTHORIZED, "unauthorized", m.clone()),
+        Error::ApiKeyNotAllowed => p(
+            StatusCode::FORBIDDEN,
+            "api_key_not_allowed",
+            error.to_string(),
+        ),
+        Error::RouteNotFound => p(StatusCode::NOT_FOUND, "not_found", error.to_string()),
+        Error::MethodNotAllowed => p(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            error.to_string(),
+        ),
+        Error::StoreUnavailable(_) => unavailable(),
+        Error::Projection(ProjectionError::Database(e)) if is_unavailable(e) => unavailable(),
+        Error::Domain(DomainError::MalformedKey { .. } | DomainError::InvalidKeyPrefix)
+        | Error::Projection(_)
+        | Error::Config(_)
+        | Error::Internal(_) => p(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the server log".into(),
+        ),
+    }
+}
+
+fn unavailable() -> Parts {
+    Parts {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "store_unavailable",
+        message: "the event store is unavailable; nothing was changed, retry later".into(),
+        details: None,
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let parts = parts(&self);
+        if parts.status.is_server_error() {
+            tracing::error!(error = %self, cause = ?std::error::Error::source(&self), "request failed");
+        } else {
+            tracing::debug!(code = parts.code, "request rejected");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: parts.code.to_string(),
+                message: parts.message,
+                details: parts.details,
+            },
+        };
+        let mut response = (parts.status, Json(body)).into_response();
+        if parts.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

@@ -1,0 +1,207 @@
+//! Extractors that turn bad input into the contract's errors: JSON bodies (400 for
+//! broken JSON, 422 naming the field for unknown fields and wrong types, 413 for
+//! oversize bodies), query strings, and the request id.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+use serde_json::error::Category;
+
+use crate::error::Error;
+use crate::http::AppState;
+
+/// A JSON body, parsed strictly.
+pub struct ApiJson<T>(pub T);
+
+/// A JSON body that may be absent (an empty body reads as `T::default()`).
+pub struct OptionalJson<T>(pub T);
+
+async fn body_bytes(req: Request, state: &AppState) -> Result<Bytes, Error> {
+    Bytes::from_request(req, state).await.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::PayloadTooLarge {
+                limit: state.max_body_bytes,
+            }
+        } else {
+            Error::MalformedRequest("the request body could not be read".into())
+        }
+    })
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
+        let bytes = body_bytes(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(Error::MalformedRequest(
+                "the request body is empty; a JSON object is required".into(),
+            ));
+        }
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJson<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
+        let bytes = body_bytes(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        parse_json(&bytes).map(OptionalJson)
+    }
+}
+
+/// Parses JSON, telling syntax errors (400) from data errors (422 with the field).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            Category::Data => {
+                let message = redact(&inner.to_string());
+                let field = if path == "." {
+                    unknown_field_name(&message).unwrap_or_else(|| "body".into())
+                } else {
+                    path
+                };
+                Error::validation(field, message)
+            }
+            Category::Syntax | Category::Eof | Category::Io => {
+                Error::MalformedRequest(format!("invalid JSON: {}", redact(&inner.to_string())))
+            }
+        }
+    })?;
+    de.end()
+        .map_err(|_| Error::MalformedRequest("invalid JSON: trailing characters".into()))?;
+    Ok(value)
+}
+
+fn unknown_field_name(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next().map(str::to_owned)
+}
+
+/// Removes long quoted values from serde's messages: they may be a raw key sent in
+/// the wrong field, and a raw key must never appear in an error message.
+pub fn redact(message: &str) -> String {
+    const MAX_ECHO: usize = 24;
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find(['`', '"']) {
+        let quote = rest[start..].chars().next().unwrap_or('"');
+        out.push_str(&rest[..=start]);
+        let after = &rest[start + 1..];
+        match after.find(quote) {
+            Some(end) => {
+                let inner = &after[..end];
+                if inner.chars().count() > MAX_ECHO {
+                    out.push_str("<redacted>");
+                } else {
+                    out.push_str(inner);
+                }
+                out.push(quote);
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str("<redacted>");
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A query string, parsed; bad values are 422 naming the parameter.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Error> {
+        let query = parts.uri.query().unwrap_or_default();
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded_parse(query));
+        serde_path_to_error::deserialize(de)
+            .map(ApiQuery)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                Error::validation(path, redact(&e.into_inner().to_string()))
+            })
+    }
+}
+
+fn form_urlencoded_parse(query: &str) -> form_urlencoded::Parse<'_> {
+    form_urlencoded::parse(query.as_bytes())
+}
+
+/// The request id: from `X-Request-Id` when the client sent one, else generated
+/// by the request-id layer.
+pub struct RequestId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Error> {
+        let id = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 200)
+            .map(str::to_owned)
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        Ok(RequestId(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        name: String,
+        limit: Option<u32>,
+    }
+
+    #[test]
+    fn broken_json_is_malformed() {
+        let r = parse_json::<Body>(br#"{"name": "#);
+        assert!(matches!(r, Err(Error::MalformedRequest(_))));
+    }
+
+    #[test]
+    fn unknown_fields_name_the_field() {
+        let r = parse_json::<Body>(br#"{"name": "a", "colour": 1}"#);
+        match r {
+            Err(Error::Validation { field, .. }) => assert_eq!(field, "colour"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let r = parse_json::<Body>(br#"{"name": "a", "limit": "x"}"#);
+        match r {
+            Err(Error::Validation { field, .. }) => assert_eq!(field, "limit"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn long_values_are_never_echoed() {
+        let key = "kl_live_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcd2W1EFr";
+        let body = format!(r#"{{"name": "a", "limit": "{key}"}}"#);
+        let r = parse_json::<Body>(body.as_bytes());
+        let message = format!("{:?}", r.err());
+        assert!(!message.contains(key), "{message}");
+    }
+}

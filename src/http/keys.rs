@@ -1,0 +1,319 @@
+//! Key management: create, list, get, update, deactivate, reactivate, delete.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use keyledger_domain::events::present;
+use keyledger_domain::{Environment, UpdateKey};
+use keyledger_projections::key_list::{KeyRow, KeyStatus, ListFilter};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::Error;
+use crate::http::auth::Management;
+use crate::http::error::ErrorBody;
+use crate::http::extract::{ApiJson, ApiQuery, OptionalJson};
+use crate::http::AppState;
+use crate::service::NewKey;
+
+/// A key as users see it: never the hash, never the raw key.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct KeyView {
+    /// `key_` + UUIDv7.
+    pub id: String,
+    /// Display prefix, e.g. `kl_live_AbCdEfGh`.
+    pub prefix: String,
+    pub name: String,
+    pub description: Option<String>,
+    /// `live` or `test`.
+    pub environment: String,
+    pub permissions: Vec<String>,
+    /// `active`, `inactive` or `expired`.
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+    pub updated_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub usage_count: i64,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+}
+
+impl KeyView {
+    pub fn from_row(row: KeyRow, now: DateTime<Utc>) -> Self {
+        let status = row.status_at(now).as_str().to_string();
+        Self {
+            id: row.id,
+            prefix: row.prefix,
+            name: row.name,
+            description: row.description,
+            environment: row.environment,
+            permissions: row.permissions,
+            status,
+            created_at: row.created_at,
+            created_by: row.created_by,
+            updated_at: row.updated_at,
+            expires_at: row.expires_at,
+            last_used_at: row.last_used_at,
+            usage_count: row.usage_count,
+            metadata: row.metadata,
+        }
+    }
+}
+
+/// The answer to a create: the key view plus the raw key, shown this once.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct KeyCreatedView {
+    #[serde(flatten)]
+    pub view: KeyView,
+    /// The raw API key. It is not stored and cannot be shown again.
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    /// 1-100 characters.
+    pub name: String,
+    /// At most 500 characters.
+    pub description: Option<String>,
+    /// `live` (default) or `test`.
+    pub environment: Option<String>,
+    /// At most 50, each 1-64 of `[a-z0-9:._*-]`.
+    pub permissions: Option<Vec<String>>,
+    /// Must be in the future.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// A JSON object of at most 4 KiB.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+}
+
+/// Fields to change; absent fields stay, `null` clears the nullable ones.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKeyRequest {
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub description: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub permissions: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Option<Value>>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeactivateRequest {
+    /// Why; recorded in the audit log. At most 500 characters.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmptyRequest {}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// `active`, `inactive` or `expired`.
+    pub status: Option<String>,
+    /// `live` or `test`.
+    pub environment: Option<String>,
+    /// 1-100, default 50.
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct KeyList {
+    pub keys: Vec<KeyView>,
+    pub next_cursor: Option<String>,
+}
+
+fn environment(value: Option<&str>) -> Result<Option<Environment>, Error> {
+    value.map(|v| Ok(v.parse::<Environment>()?)).transpose()
+}
+
+/// Parses a page cursor (a position we handed out).
+pub fn cursor(value: Option<&str>) -> Result<Option<i64>, Error> {
+    value
+        .map(|c| {
+            c.parse::<i64>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| Error::validation("cursor", "not a cursor returned by this API"))
+        })
+        .transpose()
+}
+
+/// POST /v1/keys
+#[utoipa::path(post, path = "/v1/keys", tag = "keys", request_body = CreateKeyRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "not yet supported; ignored")),
+    responses((status = 201, body = KeyCreatedView), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    Management(actor): Management,
+    ApiJson(body): ApiJson<CreateKeyRequest>,
+) -> Result<impl IntoResponse, Error> {
+    let new = NewKey {
+        name: body.name,
+        description: body.description,
+        environment: environment(body.environment.as_deref())?.unwrap_or(Environment::Live),
+        permissions: body.permissions.unwrap_or_default(),
+        expires_at: body.expires_at,
+        metadata: body.metadata,
+    };
+    let issued = state.service.create(&actor, new).await?;
+    let now = state.service.clock().now();
+    let view = KeyCreatedView {
+        view: KeyView::from_row(issued.view, now),
+        key: issued.raw.into_exposed(),
+    };
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// GET /v1/keys
+#[utoipa::path(get, path = "/v1/keys", tag = "keys", params(ListParams),
+    responses((status = 200, body = KeyList), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    Management(actor): Management,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<KeyList>, Error> {
+    let status = params
+        .status
+        .as_deref()
+        .map(|s| {
+            KeyStatus::parse(s)
+                .ok_or_else(|| Error::validation("status", "must be active, inactive or expired"))
+        })
+        .transpose()?;
+    let env = environment(params.environment.as_deref())?;
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=100).contains(&limit) {
+        return Err(Error::validation("limit", "must be between 1 and 100"));
+    }
+    let filter = ListFilter {
+        status,
+        environment: env.map(|e| e.as_str().to_string()),
+        before_position: cursor(params.cursor.as_deref())?,
+        limit,
+    };
+    let page = state.service.list(&actor, &filter).await?;
+    let now = state.service.clock().now();
+    Ok(Json(KeyList {
+        keys: page
+            .keys
+            .into_iter()
+            .map(|k| KeyView::from_row(k, now))
+            .collect(),
+        next_cursor: page.next_before.map(|p| p.to_string()),
+    }))
+}
+
+/// GET /v1/keys/{id}
+#[utoipa::path(get, path = "/v1/keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "key id, or its display prefix when unique")),
+    responses((status = 200, body = KeyView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get(
+    State(state): State<AppState>,
+    Management(actor): Management,
+    Path(id): Path<String>,
+) -> Result<Json<KeyView>, Error> {
+    let row = state.service.get(&actor, &id).await?;
+    Ok(Json(KeyView::from_row(row, state.service.clock().now())))
+}
+
+/// PATCH /v1/keys/{id}
+#[utoipa::path(patch, path = "/v1/keys/{id}", tag = "keys", request_body = UpdateKeyRequest,
+    params(("id" = String, Path, description = "key id")),
+    responses((status = 200, body = KeyView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update(
+    State(state): State<AppState>,
+    Management(actor): Management,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateKeyRequest>,
+) -> Result<Json<KeyView>, Error> {
+    let update = UpdateKey {
+        name: body
+            .name
+            .map(|n| n.ok_or_else(|| Error::validation("name", "cannot be null")))
+            .transpose()?,
+        description: body.description,
+        permissions: body
+            .permissions
+            .map(|p| p.ok_or_else(|| Error::validation("permissions", "cannot be null; use []")))
+            .transpose()?,
+        expires_at: body.expires_at,
+        metadata: body.metadata,
+    };
+    let row = state.service.update(&actor, &id, update).await?;
+    Ok(Json(KeyView::from_row(row, state.service.clock().now())))
+}
+
+/// POST /v1/keys/{id}/deactivate
+#[utoipa::path(post, path = "/v1/keys/{id}/deactivate", tag = "keys", request_body(content = DeactivateRequest, description = "optional"),
+    params(("id" = String, Path, description = "key id")),
+    responses((status = 200, body = KeyView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn deactivate(
+    State(state): State<AppState>,
+    Management(actor): Management,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<DeactivateRequest>,
+) -> Result<Json<KeyView>, Error> {
+    let row = state.service.deactivate(&actor, &id, body.reason).await?;
+    Ok(Json(KeyView::from_row(row, state.service.clock().now())))
+}
+
+/// POST /v1/keys/{id}/reactivate
+#[utoipa::path(post, path = "/v1/keys/{id}/reactivate", tag = "keys",
+    params(("id" = String, Path, description = "key id")),
+    responses((status = 200, body = KeyView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn reactivate(
+    State(state): State<AppState>,
+    Management(actor): Management,
+    Path(id): Path<String>,
+    OptionalJson(_body): OptionalJson<EmptyRequest>,
+) -> Result<Json<KeyView>, Error> {
+    let row = state.service.reactivate(&actor, &id).await?;
+    Ok(Json(KeyView::from_row(row, state.service.clock().now())))
+}
+
+/// DELETE /v1/keys/{id}
+#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "key id")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Management(actor): Management,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Error> {
+    state.service.delete(&actor, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,27 @@
+//! The HTTP API (axum). One file per resource; extractors do auth and parsing;
+//! `error.rs` is the only place errors become status codes.
+
+pub mod audit;
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod keys;
+pub mod openapi;
+pub mod router;
+pub mod verify;
+
+use std::sync::Arc;
+
+use crate::service::KeyService;
+use crate::store::EventStore;
+use auth::TokenVerifier;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<KeyService>,
+    pub tokens: Arc<TokenVerifier>,
+    pub store: Arc<EventStore>,
+    pub max_body_bytes: usize,
+}

@@ -1,0 +1,88 @@
+//! POST /v1/keys/verify: the hot path. Answers from the in-memory index only.
+
+use axum::extract::State;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use keyledger_domain::Environment;
+use keyledger_projections::{VerificationCode, VerifyRequest};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::Error;
+use crate::http::error::ErrorBody;
+use crate::http::extract::ApiJson;
+use crate::http::AppState;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyBody {
+    /// The presented API key.
+    pub key: String,
+    /// Required environment (`live` or `test`), if any.
+    pub environment: Option<String>,
+    /// Permissions that must all be granted.
+    pub permissions: Option<Vec<String>>,
+}
+
+/// The verification answer. Key fields are present when the key exists.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct VerificationView {
+    pub valid: bool,
+    /// `VALID`, `NOT_FOUND`, `DISABLED`, `EXPIRED`, `WRONG_ENVIRONMENT`, `INSUFFICIENT_PERMISSIONS`.
+    pub code: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+fn code_name(code: VerificationCode) -> &'static str {
+    match code {
+        VerificationCode::Valid => "VALID",
+        VerificationCode::NotFound => "NOT_FOUND",
+        VerificationCode::Disabled => "DISABLED",
+        VerificationCode::Expired => "EXPIRED",
+        VerificationCode::WrongEnvironment => "WRONG_ENVIRONMENT",
+        VerificationCode::InsufficientPermissions => "INSUFFICIENT_PERMISSIONS",
+    }
+}
+
+/// POST /v1/keys/verify
+#[utoipa::path(post, path = "/v1/keys/verify", tag = "verification", request_body = VerifyBody,
+    responses((status = 200, body = VerificationView), (status = 400, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn verify(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<VerifyBody>,
+) -> Result<Json<VerificationView>, Error> {
+    let environment = body
+        .environment
+        .as_deref()
+        .map(str::parse::<Environment>)
+        .transpose()?;
+    let permissions = body.permissions.unwrap_or_default();
+    let answer = state.service.verify(VerifyRequest {
+        key: &body.key,
+        environment,
+        permissions: &permissions,
+    });
+    let key = answer.key.as_deref();
+    Ok(Json(VerificationView {
+        valid: answer.valid(),
+        code: code_name(answer.code).to_string(),
+        key_id: key.map(|k| k.key_id.to_string()),
+        tenant: key.map(|k| k.tenant.to_string()),
+        name: key.map(|k| k.name.to_string()),
+        environment: key.map(|k| k.environment.as_str().to_string()),
+        permissions: key.map(|k| k.permissions.as_slice().to_vec()),
+        expires_at: key.and_then(|k| k.expires_at),
+    }))
+}

@@ -1,0 +1,21 @@
+//! keyledger: an event-sourced API-key lifecycle service.
+//!
+//! Commands go through the `ApiKey` aggregate (cqrs-es) into an append-only event
+//! store with a global position; the tailer feeds every event, in commit order,
+//! to the projections (key list, audit log, in-memory verification index).
+
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod secret;
+pub mod service;
+pub mod store;
+pub mod tailer;
+pub mod usage;
+
+pub use app::Application;
+pub use config::Config;
+pub use error::Error;

@@ -1,0 +1,204 @@
+//! The key service: what the HTTP API and the CLI can do with keys, in terms of
+//! commands, the tailer and the projections. A command returns only after this
+//! node's projections include its events, so a key can be verified (and listed)
+//! the moment its create call returns.
+
+use std::sync::Arc;
+
+use keyledger_domain::{
+    CreateKey, Environment, KeyCommand, KeyCommandKind, KeyPrefix, RawKey, UpdateKey,
+};
+use keyledger_projections::audit::{AuditFilter, AuditPage};
+use keyledger_projections::event::meta_keys;
+use keyledger_projections::key_list::{KeyPage, KeyRow, ListFilter};
+use keyledger_projections::{Projections, Verification, VerifyRequest};
+use uuid::Uuid;
+
+use crate::clock::Clock;
+use crate::error::Error;
+use crate::store::{EventMetadata, EventStore};
+use crate::tailer::Tailer;
+
+/// Who is asking: from the management token and the request.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub tenant: String,
+    pub subject: String,
+    pub request_id: String,
+}
+
+/// A new key: its view and the raw key, which exists only in this value.
+#[derive(Debug)]
+pub struct IssuedKey {
+    pub view: KeyRow,
+    pub raw: RawKey,
+}
+
+/// What a create request asks for.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub name: String,
+    pub description: Option<String>,
+    pub environment: Environment,
+    pub permissions: Vec<String>,
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+pub struct KeyService {
+    store: Arc<EventStore>,
+    projections: Arc<Projections>,
+    tailer: Arc<Tailer>,
+    clock: Clock,
+    prefix: KeyPrefix,
+}
+
+impl KeyService {
+    pub fn new(
+        store: Arc<EventStore>,
+        projections: Arc<Projections>,
+        tailer: Arc<Tailer>,
+        clock: Clock,
+        prefix: KeyPrefix,
+    ) -> Self {
+        Self {
+            store,
+            projections,
+            tailer,
+            clock,
+            prefix,
+        }
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn projections(&self) -> &Arc<Projections> {
+        &self.projections
+    }
+
+    pub fn store(&self) -> &Arc<EventStore> {
+        &self.store
+    }
+
+    /// Issues a key. The raw key is generated here (CSPRNG), hashed, and only the
+    /// hash and display prefix enter the command.
+    pub async fn create(&self, actor: &Actor, new: NewKey) -> Result<IssuedKey, Error> {
+        let raw = RawKey::generate(&self.prefix, new.environment, &mut rand::rng());
+        let parsed = raw.parsed();
+        let key_id = format!("key_{}", Uuid::now_v7().simple());
+        let kind = KeyCommandKind::CreateKey(CreateKey {
+            key_hash: parsed.hash(),
+            display_prefix: parsed.display_prefix(),
+            name: new.name,
+            description: new.description,
+            environment: new.environment,
+            permissions: new.permissions,
+            expires_at: new.expires_at,
+            metadata: new.metadata,
+        });
+        self.command(actor, &key_id, kind).await?;
+        let view = self.get(actor, &key_id).await?;
+        Ok(IssuedKey { view, raw })
+    }
+
+    pub async fn update(
+        &self,
+        actor: &Actor,
+        id: &str,
+        update: UpdateKey,
+    ) -> Result<KeyRow, Error> {
+        let key_id = self.resolve(actor, id).await?;
+        self.command(actor, &key_id, KeyCommandKind::UpdateKey(update))
+            .await?;
+        self.get(actor, &key_id).await
+    }
+
+    pub async fn deactivate(
+        &self,
+        actor: &Actor,
+        id: &str,
+        reason: Option<String>,
+    ) -> Result<KeyRow, Error> {
+        let key_id = self.resolve(actor, id).await?;
+        self.command(actor, &key_id, KeyCommandKind::DeactivateKey { reason })
+            .await?;
+        self.get(actor, &key_id).await
+    }
+
+    pub async fn reactivate(&self, actor: &Actor, id: &str) -> Result<KeyRow, Error> {
+        let key_id = self.resolve(actor, id).await?;
+        self.command(actor, &key_id, KeyCommandKind::ReactivateKey)
+            .await?;
+        self.get(actor, &key_id).await
+    }
+
+    pub async fn delete(&self, actor: &Actor, id: &str) -> Result<(), Error> {
+        let key_id = self.resolve(actor, id).await?;
+        self.command(actor, &key_id, KeyCommandKind::DeleteKey)
+            .await
+    }
+
+    /// One key of the caller's tenant, by id or unique display prefix.
+    pub async fn get(&self, actor: &Actor, id: &str) -> Result<KeyRow, Error> {
+        self.projections
+            .get_key(&actor.tenant, id)
+            .await?
+            .ok_or(Error::KeyNotFound)
+    }
+
+    pub async fn list(&self, actor: &Actor, filter: &ListFilter) -> Result<KeyPage, Error> {
+        Ok(self
+            .projections
+            .list_keys(&actor.tenant, filter, self.clock.now())
+            .await?)
+    }
+
+    /// Audit entries of the caller's tenant.
+    pub async fn audit(&self, actor: &Actor, mut filter: AuditFilter) -> Result<AuditPage, Error> {
+        filter.tenant = Some(actor.tenant.clone());
+        Ok(self.projections.audit(&filter).await?)
+    }
+
+    /// Verification from the in-memory index; never touches a store.
+    pub fn verify(&self, request: VerifyRequest<'_>) -> Verification {
+        self.projections.index().verify(request, self.clock.now())
+    }
+
+    /// Maps an id or display prefix to the key id, within the caller's tenant.
+    async fn resolve(&self, actor: &Actor, id: &str) -> Result<String, Error> {
+        Ok(self.get(actor, id).await?.id)
+    }
+
+    async fn command(
+        &self,
+        actor: &Actor,
+        key_id: &str,
+        kind: KeyCommandKind,
+    ) -> Result<(), Error> {
+        let at = self.clock.now();
+        let command = KeyCommand {
+            tenant: actor.tenant.clone(),
+            actor: actor.subject.clone(),
+            at,
+            kind,
+        };
+        let metadata = EventMetadata::from([
+            (meta_keys::ACTOR.to_string(), actor.subject.clone()),
+            (meta_keys::TENANT.to_string(), actor.tenant.clone()),
+            (meta_keys::REQUEST_ID.to_string(), actor.request_id.clone()),
+            (meta_keys::OCCURRED_AT.to_string(), at.to_rfc3339()),
+        ]);
+        let result = self.store.execute(key_id, command, metadata).await;
+        match result {
+            // A deleted key answers 404 everywhere, commands included.
+            Err(Error::Domain(keyledger_domain::DomainError::AlreadyDeleted))
+            | Err(Error::Domain(keyledger_domain::DomainError::NotFound)) => {
+                Err(Error::KeyNotFound)
+            }
+            Err(e) => Err(e),
+            Ok(()) => self.tailer.catch_up().await.map(|_| ()),
+        }
+    }
+}

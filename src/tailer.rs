@@ -1,0 +1,81 @@
+//! The tailer: reads the global feed from the projections' checkpoint and applies
+//! it, in batches, in commit order. It runs after every local command (so the
+//! command's response includes its effect), on wake-ups, and on a polling timer so
+//! that events written by other processes arrive too.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyledger_projections::{Projections, RecordedEvent};
+use tokio::sync::{Mutex, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+use crate::store::EventStore;
+
+/// Events read per round trip.
+const BATCH: i64 = 1000;
+
+pub struct Tailer {
+    store: Arc<EventStore>,
+    projections: Arc<Projections>,
+    // One applier at a time per node: applying is idempotent, but serialising
+    // avoids doing the same work twice.
+    lock: Mutex<()>,
+    wake: Notify,
+}
+
+impl Tailer {
+    pub fn new(store: Arc<EventStore>, projections: Arc<Projections>) -> Self {
+        Self {
+            store,
+            projections,
+            lock: Mutex::new(()),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Applies everything committed so far; returns the number of events applied.
+    pub async fn catch_up(&self) -> Result<usize, Error> {
+        let _guard = self.lock.lock().await;
+        let mut applied = 0;
+        loop {
+            let from = self.projections.resume_position().await?;
+            let raws = self.store.read_feed(from, BATCH).await?;
+            let Some(through) = raws.last().map(|r| r.position) else {
+                return Ok(applied);
+            };
+            let full = raws.len() as i64 == BATCH;
+            let mut events = Vec::with_capacity(raws.len());
+            for raw in raws {
+                if let Some(e) = RecordedEvent::decode(raw)? {
+                    events.push(e);
+                }
+            }
+            self.projections.apply(&events, through).await?;
+            applied += events.len();
+            if !full {
+                return Ok(applied);
+            }
+        }
+    }
+
+    /// Asks the background loop to catch up now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Keeps the projections fresh until cancelled.
+    pub async fn run(self: Arc<Self>, poll: Duration, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(poll) => {}
+            }
+            if let Err(e) = self.catch_up().await {
+                tracing::warn!(error = %e, "projection catch-up failed; will retry");
+            }
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Write-behind usage: verification counts uses in memory; this task flushes them
+//! as one `KeyUsageRecorded` per used key per interval, and once more at shutdown.
+//! A crash loses at most one interval of counts; a failed flush puts the counts
+//! back for the next one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyledger_domain::{KeyUsage, RecordUsage};
+use keyledger_projections::event::meta_keys;
+use keyledger_projections::VerificationIndex;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::error::Error;
+use crate::store::{EventMetadata, EventStore};
+use crate::tailer::Tailer;
+
+/// The actor recorded on usage events.
+pub const USAGE_ACTOR: &str = "keyledger:usage";
+
+pub struct UsageFlusher {
+    pub store: Arc<EventStore>,
+    pub index: Arc<VerificationIndex>,
+    pub tailer: Arc<Tailer>,
+    pub clock: Clock,
+}
+
+impl UsageFlusher {
+    /// Flushes every pending count; returns how many keys were flushed.
+    pub async fn flush(&self) -> Result<usize, Error> {
+        let drained = self.index.drain_usage();
+        let mut flushed = 0;
+        let mut failure = None;
+        for usage in &drained {
+            if failure.is_some() {
+                self.index.restore_usage(usage);
+                continue;
+            }
+            let event = KeyUsage::record(RecordUsage {
+                tenant: usage.tenant.clone(),
+                count: usage.count,
+                last_used_at: usage.last_used_at,
+            })?;
+            let metadata = EventMetadata::from([
+                (meta_keys::ACTOR.to_string(), USAGE_ACTOR.to_string()),
+                (meta_keys::TENANT.to_string(), usage.tenant.clone()),
+                (
+                    meta_keys::OCCURRED_AT.to_string(),
+                    self.clock.now().to_rfc3339(),
+                ),
+            ]);
+            match self
+                .store
+                .record_usage(&usage.key_id, event, metadata)
+                .await
+            {
+                Ok(()) => flushed += 1,
+                Err(e) => {
+                    self.index.restore_usage(usage);
+                    failure = Some(e);
+                }
+            }
+        }
+        if flushed > 0 {
+            self.tailer.catch_up().await?;
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(flushed),
+        }
+    }
+
+    /// Flushes every `interval` until cancelled, then once more.
+    pub async fn run(self, interval: Duration, stop: CancellationToken) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            if let Err(e) = self.flush().await {
+                tracing::warn!(error = %e, "usage flush failed; counts kept for the next one");
+            }
+        }
+        match self.flush().await {
+            Ok(n) => tracing::info!(keys = n, "final usage flush done"),
+            Err(e) => tracing::error!(error = %e, "final usage flush failed; counts lost"),
+        }
+    }
+}
