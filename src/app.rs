@@ -16,6 +16,7 @@ use crate::http::auth::TokenVerifier;
 use crate::http::{router, AppState};
 use crate::secret::ServerSecret;
 use crate::service::KeyService;
+use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::EventStore;
 use crate::tailer::Tailer;
@@ -45,9 +46,7 @@ pub async fn open_store(config: &Config) -> Result<EventStore, Error> {
                 SqliteStore::open(&config.sqlite_path()).await?,
             ))
         }
-        StoreConfig::Postgres(_) => Err(Error::Config(
-            "PostgreSQL is not supported by this build yet".into(),
-        )),
+        StoreConfig::Postgres(url) => Ok(EventStore::Postgres(PostgresStore::open(url).await?)),
     }
 }
 
@@ -134,6 +133,14 @@ impl Application {
                 .clone()
                 .run(self.config.poll_interval, stop.clone()),
         );
+        let listener_task = match self.state.store.as_ref() {
+            EventStore::Postgres(pg) => Some(tokio::spawn(crate::store::postgres::listen(
+                pg.pool.clone(),
+                self.tailer.clone(),
+                stop.clone(),
+            ))),
+            EventStore::Sqlite(_) => None,
+        };
         let flusher = UsageFlusher {
             store: self.state.store.clone(),
             index: self.state.service.projections().index().clone(),
@@ -153,6 +160,9 @@ impl Application {
         stop.cancel();
         let _ = flusher_task.await;
         let _ = tailer_task.await;
+        if let Some(task) = listener_task {
+            let _ = task.await;
+        }
         served.map_err(|e| Error::Internal(format!("server: {e}")))?;
         tracing::info!("stopped");
         Ok(())

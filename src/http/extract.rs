@@ -66,7 +66,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
             Category::Data => {
                 let message = redact(&inner.to_string());
                 let field = if path == "." {
-                    unknown_field_name(&message).unwrap_or_else(|| "body".into())
+                    named_field(&message).unwrap_or_else(|| "body".into())
                 } else {
                     path
                 };
@@ -82,8 +82,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     Ok(value)
 }
 
-fn unknown_field_name(message: &str) -> Option<String> {
-    let rest = message.strip_prefix("unknown field `")?;
+/// The field serde names in an unknown-field or missing-field message.
+fn named_field(message: &str) -> Option<String> {
+    let rest = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("missing field `"))?;
     rest.split('`').next().map(str::to_owned)
 }
 
@@ -192,6 +195,15 @@ mod tests {
         let r = parse_json::<Body>(br#"{"name": "a", "limit": "x"}"#);
         match r {
             Err(Error::Validation { field, .. }) => assert_eq!(field, "limit"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_fields_name_the_field() {
+        let r = parse_json::<Body>(br#"{"limit": 1}"#);
+        match r {
+            Err(Error::Validation { field, .. }) => assert_eq!(field, "name"),
             other => panic!("unexpected {other:?}"),
         }
     }

@@ -4,6 +4,7 @@
 
 mod errors;
 pub mod feed;
+pub mod postgres;
 pub mod sqlite;
 
 use std::collections::HashMap;
@@ -16,6 +17,7 @@ use rand::Rng;
 
 use crate::error::Error;
 pub use errors::is_unavailable;
+use postgres::PostgresStore;
 use sqlite::SqliteStore;
 
 /// How often a command is retried when another command on the same key committed
@@ -28,6 +30,7 @@ pub type EventMetadata = HashMap<String, String>;
 /// An event store backend.
 pub enum EventStore {
     Sqlite(SqliteStore),
+    Postgres(PostgresStore),
 }
 
 impl EventStore {
@@ -43,6 +46,11 @@ impl EventStore {
         for attempt in 0..CONFLICT_RETRIES {
             let result = match self {
                 Self::Sqlite(s) => {
+                    s.keys
+                        .execute_with_metadata(key_id, command.clone(), metadata.clone())
+                        .await
+                }
+                Self::Postgres(s) => {
                     s.keys
                         .execute_with_metadata(key_id, command.clone(), metadata.clone())
                         .await
@@ -70,6 +78,7 @@ impl EventStore {
         for attempt in 0..CONFLICT_RETRIES {
             let result = match self {
                 Self::Sqlite(s) => s.append_usage(key_id, &event, &metadata).await,
+                Self::Postgres(s) => s.append_usage(key_id, &event, &metadata).await,
             };
             match result {
                 Err(Error::Conflict) => backoff(attempt).await,
@@ -83,6 +92,7 @@ impl EventStore {
     pub async fn read_feed(&self, after: i64, limit: i64) -> Result<Vec<RawEvent>, Error> {
         match self {
             Self::Sqlite(s) => feed::read_sqlite(&s.pool, after, limit).await,
+            Self::Postgres(s) => feed::read_postgres(&s.pool, after, limit).await,
         }
     }
 
@@ -90,6 +100,7 @@ impl EventStore {
     pub async fn head(&self) -> Result<i64, Error> {
         match self {
             Self::Sqlite(s) => feed::head_sqlite(&s.pool).await,
+            Self::Postgres(s) => feed::head_postgres(&s.pool).await,
         }
     }
 
@@ -97,6 +108,7 @@ impl EventStore {
     pub fn projection_db(&self) -> keyledger_projections::ProjectionDb {
         match self {
             Self::Sqlite(s) => keyledger_projections::ProjectionDb::Sqlite(s.pool.clone()),
+            Self::Postgres(s) => keyledger_projections::ProjectionDb::Postgres(s.pool.clone()),
         }
     }
 }

@@ -1,0 +1,121 @@
+//! PostgreSQL through postgres-es: many nodes over one database. Appends are
+//! ordered by the trigger in migrations/postgres; each node's tailer is woken by
+//! LISTEN/NOTIFY (`listen`) and also polls, so a lost notification only delays.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cqrs_es::persist::{PersistedEventRepository, PersistedEventStore};
+use cqrs_es::{Aggregate, CqrsFramework};
+use keyledger_domain::{ApiKey, KeyUsage, KeyUsageEvent};
+use postgres_es::PostgresEventRepository;
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+use crate::store::feed::store_error;
+use crate::store::sqlite::{persistence_error, serialize_usage};
+use crate::store::EventMetadata;
+use crate::tailer::Tailer;
+
+/// Migrations of the PostgreSQL store, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Channel the events trigger notifies.
+pub const NOTIFY_CHANNEL: &str = "keyledger_events";
+
+/// How long a command waits for a connection before answering 503.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub type KeyFramework = CqrsFramework<ApiKey, PersistedEventStore<PostgresEventRepository, ApiKey>>;
+
+pub struct PostgresStore {
+    pub pool: PgPool,
+    pub keys: KeyFramework,
+}
+
+impl PostgresStore {
+    /// Connects and applies migrations (sqlx serialises concurrent migrators
+    /// with an advisory lock, so several nodes may start together).
+    pub async fn open(url: &str) -> Result<Self, Error> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect(url)
+            .await
+            .map_err(store_error)?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| Error::Internal(format!("postgres migrations: {e}")))?;
+        let keys = CqrsFramework::new(
+            // Never a snapshot store: cqrs-es 0.5 snapshots apply events twice.
+            PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone())),
+            vec![],
+            (),
+        );
+        Ok(Self { pool, keys })
+    }
+
+    pub(crate) async fn append_usage(
+        &self,
+        key_id: &str,
+        event: &KeyUsageEvent,
+        metadata: &EventMetadata,
+    ) -> Result<(), Error> {
+        let last: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(sequence) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
+        )
+        .bind(KeyUsage::TYPE)
+        .bind(key_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(store_error)?;
+        let sequence = usize::try_from(last.unwrap_or(0) + 1).unwrap_or(usize::MAX);
+        let serialized = serialize_usage(key_id, sequence, event, metadata)?;
+        PostgresEventRepository::new(self.pool.clone())
+            .persist::<KeyUsage>(&[serialized], None)
+            .await
+            .map_err(persistence_error)
+    }
+}
+
+/// Wakes the tailer on every notification until cancelled; reconnects by itself.
+pub async fn listen(pool: PgPool, tailer: Arc<Tailer>, stop: CancellationToken) {
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot LISTEN; polling only until it works");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        if let Err(e) = listener.listen(NOTIFY_CHANNEL).await {
+            tracing::warn!(error = %e, "LISTEN failed; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        // Anything committed while we were not listening is caught up now.
+        tailer.wake();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                received = listener.try_recv() => match received {
+                    Ok(Some(_)) => tailer.wake(),
+                    // The connection dropped and will be re-established:
+                    // notifications may have been missed, so catch up.
+                    Ok(None) => tailer.wake(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "notification listener failed; reconnecting");
+                        break;
+                    }
+                },
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
