@@ -163,6 +163,9 @@ impl Application {
         if let Some(task) = listener_task {
             let _ = task.await;
         }
+        // Close the pool so SQLite checkpoints its WAL and PostgreSQL sessions end
+        // before the process (or a test) moves on.
+        self.state.store.close().await;
         served.map_err(|e| Error::Internal(format!("server: {e}")))?;
         tracing::info!("stopped");
         Ok(())

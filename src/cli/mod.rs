@@ -1,6 +1,7 @@
 //! The `keyledger` command line: serve, token, migrate, audit.
 
 mod audit;
+mod bench;
 mod serve;
 
 use std::path::PathBuf;
@@ -52,6 +53,8 @@ enum Command {
     Migrate,
     /// Print the audit log.
     Audit(audit::AuditArgs),
+    /// Measure running nodes (see BENCHMARKS.md).
+    Bench(bench::BenchArgs),
 }
 
 impl Cli {
@@ -105,6 +108,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(args) => audit::run(args, config).await,
+        Command::Bench(args) => bench::run(args, config).await,
     }
 }
 

@@ -68,7 +68,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
                 let field = if path == "." {
                     named_field(&message).unwrap_or_else(|| "body".into())
                 } else {
-                    path
+                    redact_path(&path)
                 };
                 Error::validation(field, message)
             }
@@ -121,6 +121,22 @@ pub fn redact(message: &str) -> String {
     out
 }
 
+/// A field path as serde_path_to_error prints it, with long segments redacted: an
+/// unknown field's path is the client's key, which may be a raw key.
+fn redact_path(path: &str) -> String {
+    const MAX_ECHO: usize = 24;
+    path.split('.')
+        .map(|segment| {
+            if segment.chars().count() > MAX_ECHO {
+                "<redacted>"
+            } else {
+                segment
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 /// A query string, parsed; bad values are 422 naming the parameter.
 pub struct ApiQuery<T>(pub T);
 
@@ -134,7 +150,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
             .map(ApiQuery)
             .map_err(|e| {
                 let path = e.path().to_string();
-                Error::validation(path, redact(&e.into_inner().to_string()))
+                Error::validation(redact_path(&path), redact(&e.into_inner().to_string()))
             })
     }
 }
@@ -206,6 +222,15 @@ mod tests {
             Err(Error::Validation { field, .. }) => assert_eq!(field, "name"),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_raw_key_used_as_a_field_name_is_never_echoed() {
+        let key = "kl_live_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcd2W1EFr";
+        let body = format!(r#"{{"name": "a", "{key}": 1}}"#);
+        let r = parse_json::<Body>(body.as_bytes());
+        let message = format!("{:?}", r.err());
+        assert!(!message.contains(key), "{message}");
     }
 
     #[test]

@@ -21,7 +21,9 @@ pub fn sqlx_unavailable(e: &sqlx::Error) -> bool {
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
+        | sqlx::Error::WorkerCrashed
+        // A peer that answers garbage (a dying proxy or pooler) is as good as gone.
+        | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => {
             // SQLite: SQLITE_BUSY (5) / SQLITE_LOCKED (6) after the busy timeout.
             // PostgreSQL: class 08 (connection), 57P (shutdown), 53 (resources).

@@ -104,6 +104,14 @@ impl EventStore {
         }
     }
 
+    /// Closes the connection pool, waiting for connections in use.
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(s) => s.pool.close().await,
+            Self::Postgres(s) => s.pool.close().await,
+        }
+    }
+
     /// The projection database of this store.
     pub fn projection_db(&self) -> keyledger_projections::ProjectionDb {
         match self {

@@ -1,0 +1,422 @@
+//! The real `keyledger` binary as a user runs it: `serve` with no secret configured,
+//! `token` minting with the generated secret, a lifecycle over HTTP, a graceful
+//! SIGTERM, then `audit` and `migrate`. Logs are captured at trace level to prove
+//! the raw key never reaches them.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_keyledger");
+
+/// Environment a developer's shell might carry that would change what is tested.
+const CLEARED_ENV: [&str; 7] = [
+    "KEYLEDGER_JWT_SECRET",
+    "DATABASE_URL",
+    "KEYLEDGER_DATA_DIR",
+    "KEYLEDGER_LISTEN",
+    "KEYLEDGER_KEY_PREFIX",
+    "KEYLEDGER_USAGE_FLUSH_SECS",
+    "RUST_LOG",
+];
+
+fn keyledger() -> Command {
+    let mut command = Command::new(BIN);
+    for var in CLEARED_ENV {
+        command.env_remove(var);
+    }
+    command.env("NO_COLOR", "1");
+    command
+}
+
+/// Runs a short CLI command to completion, asserting success; returns stdout.
+fn run_ok(args: &[&str]) -> String {
+    let output = keyledger().args(args).output().expect("run keyledger");
+    assert!(
+        output.status.success(),
+        "keyledger {args:?} failed with {}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8 stdout")
+}
+
+/// Removes ANSI escape sequences (`ESC [ ... letter`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A `keyledger serve` child process with its output captured.
+struct Server {
+    child: Child,
+    address: String,
+    stderr: Arc<Mutex<String>>,
+    stderr_reader: Option<JoinHandle<()>>,
+    stdout_reader: Option<JoinHandle<String>>,
+}
+
+impl Server {
+    fn start(data_dir: &Path) -> Server {
+        let mut child = keyledger()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "trace")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn keyledger serve");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel::<String>();
+        let pipe = child.stderr.take().expect("stderr");
+        let captured = stderr.clone();
+        let stderr_reader = std::thread::spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = strip_ansi(&String::from_utf8_lossy(&buf));
+                        captured.lock().expect("lock").push_str(&line);
+                        let _ = tx.send(line);
+                    }
+                }
+            }
+        });
+        let mut stdout = child.stdout.take().expect("stdout");
+        let stdout_reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stdout.read_to_string(&mut text);
+            text
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let address = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.split("listening on http://").nth(1) {
+                        let address = rest.split_whitespace().next().expect("address");
+                        break address.to_string();
+                    }
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "no `listening on http://` line within 30 s ({e}); stderr:\n{}",
+                        stderr.lock().expect("lock")
+                    );
+                }
+            }
+        };
+        Server {
+            child,
+            address: format!("http://{address}"),
+            stderr,
+            stderr_reader: Some(stderr_reader),
+            stdout_reader: Some(stdout_reader),
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit; returns its exit
+    /// status and everything it wrote.
+    fn terminate(mut self) -> (ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        let killed = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(killed.success(), "kill -TERM {pid}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("keyledger did not exit within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if let Some(h) = self.stderr_reader.take() {
+            h.join().expect("stderr reader");
+        }
+        let stdout = self
+            .stdout_reader
+            .take()
+            .map(|h| h.join().expect("stdout reader"))
+            .unwrap_or_default();
+        let stderr = self.stderr.lock().expect("lock").clone();
+        (status, format!("{stdout}{stderr}"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Only reached when a test panics before `terminate`: do not leak the child.
+        if self.stdout_reader.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_token_lifecycle_sigterm_and_audit_work_from_the_command_line_without_leaking_the_key(
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let server = Server::start(&data);
+
+    let secret_path = data.join("jwt-secret");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&secret_path)
+            .expect("serve created the secret file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the secret file is private");
+    }
+    let secret = std::fs::read_to_string(&secret_path).expect("secret");
+    assert!(secret.trim().len() >= 32, "a long random secret");
+
+    let token = run_ok(&[
+        "token",
+        "--tenant",
+        "t",
+        "--subject",
+        "s",
+        "--data-dir",
+        data.to_str().expect("utf-8 path"),
+    ]);
+    let token = token.trim();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", server.address);
+    let health = client.get(url("/healthz")).send().await.expect("healthz");
+    assert_eq!(health.status(), 200);
+
+    let created = client
+        .post(url("/v1/keys"))
+        .bearer_auth(token)
+        .json(&json!({"name": "cli", "permissions": ["keys:read"]}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.expect("json");
+    let id = created["id"].as_str().expect("id").to_string();
+    let key = created["key"].as_str().expect("key").to_string();
+    assert_eq!(
+        created["created_by"], "s",
+        "the token's subject is the actor"
+    );
+
+    let verify = |key: String| {
+        let client = client.clone();
+        let url = url("/v1/keys/verify");
+        async move {
+            let v: Value = client
+                .post(url)
+                .json(&json!({ "key": key }))
+                .send()
+                .await
+                .expect("verify")
+                .json()
+                .await
+                .expect("json");
+            v["code"].as_str().expect("code").to_string()
+        }
+    };
+    assert_eq!(verify(key.clone()).await, "VALID");
+
+    let deactivated = client
+        .post(url(&format!("/v1/keys/{id}/deactivate")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("deactivate");
+    assert_eq!(deactivated.status(), 200);
+    assert_eq!(verify(key.clone()).await, "DISABLED");
+
+    let deleted = client
+        .delete(url(&format!("/v1/keys/{id}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(verify(key.clone()).await, "NOT_FOUND");
+
+    let (status, logs) = server.terminate();
+    assert!(
+        status.success(),
+        "graceful shutdown exits 0, got {status}:\n{logs}"
+    );
+    assert!(logs.contains("shutting down"), "the shutdown is logged");
+    assert!(
+        logs.contains("TRACE") || logs.contains("DEBUG"),
+        "the logs really were verbose"
+    );
+    assert!(logs.contains(&id), "the logs are about this key");
+    assert!(!logs.contains(&key), "the raw key is in the logs");
+    let hidden = &key[16..];
+    assert!(
+        !logs.contains(hidden),
+        "the secret part of the key is in the logs"
+    );
+    assert!(
+        !logs.contains(secret.trim()),
+        "the server secret is in the logs"
+    );
+    assert!(!logs.contains(token), "the management token is in the logs");
+
+    for entry in std::fs::read_dir(&data).expect("data dir") {
+        let path = entry.expect("entry").path();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("read {}: {e}", path.display()),
+        };
+        assert!(
+            !contains(&bytes, key.as_bytes()) && !contains(&bytes, hidden.as_bytes()),
+            "{} contains the raw key",
+            path.display()
+        );
+    }
+    assert!(data.join("keyledger.db").exists(), "the embedded database");
+
+    let data_arg = data.to_str().expect("utf-8 path");
+    let table = run_ok(&["audit", "--data-dir", data_arg]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].contains("TYPE") && lines[0].contains("KEY_ID"),
+        "a header: {table}"
+    );
+    let types: Vec<&str> = ["KeyCreated", "KeyDeactivated", "KeyDeleted"]
+        .into_iter()
+        .filter(|t| lines.iter().any(|l| l.contains(t) && l.contains(&id)))
+        .collect();
+    assert_eq!(
+        types,
+        ["KeyCreated", "KeyDeactivated", "KeyDeleted"],
+        "{table}"
+    );
+    assert!(!table.contains(&key));
+
+    let json_out = run_ok(&["audit", "--json", "--data-dir", data_arg]);
+    let entries: Value = serde_json::from_str(&json_out).expect("audit --json is JSON");
+    let entries = entries.as_array().expect("an array of events");
+    let key_types: Vec<&str> = entries
+        .iter()
+        .filter(|e| e["key_id"] == id.as_str())
+        .filter(|e| e["type"] != "KeyUsageRecorded")
+        .map(|e| e["type"].as_str().expect("type"))
+        .collect();
+    assert_eq!(key_types, ["KeyCreated", "KeyDeactivated", "KeyDeleted"]);
+    assert!(entries
+        .iter()
+        .all(|e| e["type"].is_string() && e["position"].is_i64()));
+    assert!(entries.iter().all(|e| e["tenant"] == "t"));
+    assert!(entries
+        .iter()
+        .filter(|e| e["type"] == "KeyUsageRecorded")
+        .all(|e| e["actor"] == "keyledger:usage"));
+    assert!(!json_out.contains(&key));
+
+    let filtered = run_ok(&["audit", "--json", "--key", &id, "--data-dir", data_arg]);
+    let filtered: Value = serde_json::from_str(&filtered).expect("json");
+    assert!(filtered
+        .as_array()
+        .expect("array")
+        .iter()
+        .all(|e| e["key_id"] == id.as_str()));
+}
+
+#[test]
+fn migrate_creates_the_embedded_database_in_a_new_data_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("fresh");
+    assert!(!data.exists());
+    run_ok(&["migrate", "--data-dir", data.to_str().expect("utf-8 path")]);
+    let db = data.join("keyledger.db");
+    assert!(db.exists(), "migrate created {}", db.display());
+    assert!(std::fs::metadata(&db).expect("stat").len() > 0);
+    // Migrating again is a no-op that succeeds.
+    run_ok(&["migrate", "--data-dir", data.to_str().expect("utf-8 path")]);
+    // And the migrated store has an empty audit log.
+    let out = run_ok(&[
+        "audit",
+        "--json",
+        "--data-dir",
+        data.to_str().expect("utf-8 path"),
+    ]);
+    let entries: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(entries, json!([]));
+}
+
+#[test]
+fn a_token_from_the_command_line_is_signed_with_the_data_dir_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8 path");
+    let token = run_ok(&[
+        "token",
+        "--tenant",
+        "acme",
+        "--subject",
+        "ops",
+        "--ttl",
+        "5m",
+        "--data-dir",
+        data,
+    ]);
+    let secret = std::fs::read_to_string(dir.path().join("jwt-secret")).expect("secret file");
+    let claims = keyledger::http::auth::TokenVerifier::hs256(secret.trim().as_bytes())
+        .verify(token.trim())
+        .expect("verifies with the data dir secret");
+    assert_eq!(claims.tenant, "acme");
+    assert_eq!(claims.sub, "ops");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert!(
+        claims.exp > now && claims.exp <= now + 5 * 60 + 5,
+        "--ttl 5m"
+    );
+    assert!(
+        keyledger::http::auth::TokenVerifier::hs256(b"another secret")
+            .verify(token.trim())
+            .is_err()
+    );
+}

@@ -1,0 +1,222 @@
+//! The PostgreSQL store under several nodes: the global feed never skips an event
+//! that commits late, and a revocation on one node reaches the others.
+
+#[path = "../api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use helpers::{spawn_app, start, Backend, TestApp, TestStore};
+use keyledger_domain::{ApiKeyEvent, Environment, KeyCreated, KeyPrefix, Permissions, RawKey};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use sqlx::Connection;
+
+/// A second node over the same PostgreSQL database as `app`.
+async fn second_node(app: &TestApp) -> TestApp {
+    let store = TestStore {
+        backend: Backend::Postgres,
+        data_dir: tempfile::tempdir().expect("tempdir"),
+        database_url: app.store.database_url.clone(),
+        owns_database: false,
+    };
+    start(store, |_| {}).await
+}
+
+/// Polls `node` until the key's verification code is `want`; returns how long it took.
+async fn until_code(node: &TestApp, key: &str, want: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        let code = node.verify_code(key).await;
+        if code == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "node never answered {want}, still {code}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_that_commits_late_reaches_every_projection() {
+    let Some(app) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let (_, first_key) = app.create_key("before").await;
+    let url = app.store.database_url.clone().expect("postgres url");
+
+    // Hold an append transaction open: it has drawn its position and not committed.
+    let held_key = RawKey::generate(&KeyPrefix::default(), Environment::Live, &mut rand::rng());
+    let parsed = held_key.parsed();
+    let event = ApiKeyEvent::KeyCreated(KeyCreated {
+        tenant: helpers::TENANT.into(),
+        key_hash: parsed.hash(),
+        display_prefix: parsed.display_prefix(),
+        name: "held".into(),
+        description: None,
+        environment: Environment::Live,
+        permissions: Permissions::default(),
+        expires_at: None,
+        metadata: None,
+        created_by: "held-writer".into(),
+        created_at: Utc::now(),
+    });
+    let metadata = json!({"tenant": helpers::TENANT, "actor": "held-writer", "occurred_at": Utc::now().to_rfc3339()});
+    let mut held = sqlx::PgConnection::connect(&url).await.expect("connect");
+    let mut tx = held.begin().await.expect("begin");
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         VALUES ('ApiKey', 'key_held', 1, 'KeyCreated', '1.0', $1, $2)",
+    )
+    .bind(serde_json::to_value(&event).expect("payload"))
+    .bind(metadata)
+    .execute(&mut *tx)
+    .await
+    .expect("held insert");
+
+    // Other writers start while it is open.
+    let mut writers = Vec::new();
+    for i in 0..5 {
+        let client = app.client.clone();
+        let url = app.url("/v1/keys");
+        let token = app.token.clone();
+        writers.push(tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"name": format!("during-{i}")}))
+                .send()
+                .await
+                .expect("request")
+                .json::<serde_json::Value>()
+                .await
+                .expect("json")
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // While it is open, no later position may be visible to any reader.
+    let mut reader = sqlx::PgConnection::connect(&url).await.expect("connect");
+    let visible: Vec<i64> = sqlx::query_scalar("SELECT global_position FROM events ORDER BY 1")
+        .fetch_all(&mut reader)
+        .await
+        .expect("positions");
+    assert_eq!(
+        visible,
+        vec![1],
+        "only the event committed before the held one is visible"
+    );
+
+    tx.commit().await.expect("commit held");
+    let mut created = Vec::new();
+    for w in writers {
+        let body = w.await.expect("writer");
+        created.push(body["key"].as_str().expect("created key").to_string());
+    }
+
+    // Every projection has every event: audit log, key list, verification index.
+    let audit = app.get("/v1/audit?limit=1000").await;
+    let positions: Vec<i64> = audit.body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["position"].as_i64().expect("position"))
+        .collect();
+    assert_eq!(positions, (1..=7).collect::<Vec<i64>>());
+    let held_view = app.get("/v1/keys/key_held").await;
+    assert_eq!(held_view.status, StatusCode::OK, "{}", held_view.text);
+    assert_eq!(app.verify_code(held_key.expose()).await, "VALID");
+    assert_eq!(app.verify_code(&first_key).await, "VALID");
+    for key in &created {
+        assert_eq!(app.verify_code(key).await, "VALID");
+    }
+    let list = app.get("/v1/keys?limit=100").await;
+    assert_eq!(list.body["keys"].as_array().expect("keys").len(), 7);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_on_one_node_fails_verification_on_another() {
+    let Some(a) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let b = second_node(&a).await;
+    let (id, key) = a.create_key("shared").await;
+    until_code(&b, &key, "VALID").await;
+
+    let r = a
+        .send(Method::POST, &format!("/v1/keys/{id}/deactivate"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let took = until_code(&b, &key, "DISABLED").await;
+    eprintln!("deactivation reached node B in {took:?}");
+
+    let r = a
+        .send(Method::POST, &format!("/v1/keys/{id}/reactivate"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    until_code(&b, &key, "VALID").await;
+
+    let r = a
+        .send(Method::DELETE, &format!("/v1/keys/{id}"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    until_code(&b, &key, "NOT_FOUND").await;
+
+    // Node B serves the same views: the key is gone there too, its history is not.
+    assert_eq!(
+        b.get(&format!("/v1/keys/{id}")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let history = b.get(&format!("/v1/keys/{id}/events")).await;
+    assert_eq!(history.body["events"].as_array().expect("events").len(), 4);
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_table_refuses_update_and_delete() {
+    let Some(app) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    app.create_key("immutable").await;
+    let url = app.store.database_url.clone().expect("postgres url");
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+    for sql in [
+        "UPDATE events SET event_type = 'Forged'",
+        "DELETE FROM events",
+        "TRUNCATE events",
+    ] {
+        let err = sqlx::query(sql).execute(&mut conn).await.expect_err(sql);
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+        .fetch_one(&mut conn)
+        .await
+        .expect("count");
+    assert_eq!(count, 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_events_table_refuses_update_and_delete() {
+    let Some(app) = spawn_app(Backend::Sqlite).await else {
+        return;
+    };
+    app.create_key("immutable").await;
+    let store = app.stop().await;
+    let path = store.data_dir.path().join("keyledger.db");
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("open");
+    for sql in [
+        "UPDATE events SET event_type = 'Forged'",
+        "DELETE FROM events",
+    ] {
+        let err = sqlx::query(sql).execute(&mut conn).await.expect_err(sql);
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+}
