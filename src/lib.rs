@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod integrity;
 pub mod secret;
 pub mod service;
 pub mod store;

@@ -25,6 +25,9 @@ pub struct Actor {
     pub tenant: String,
     pub subject: String,
     pub request_id: String,
+    /// Address of the client that sent the request.
+    pub client_addr: Option<String>,
+    pub user_agent: Option<String>,
 }
 
 /// A new key: its view and the raw key, which exists only in this value.
@@ -184,12 +187,18 @@ impl KeyService {
             at,
             kind,
         };
-        let metadata = EventMetadata::from([
+        let mut metadata = EventMetadata::from([
             (meta_keys::ACTOR.to_string(), actor.subject.clone()),
             (meta_keys::TENANT.to_string(), actor.tenant.clone()),
             (meta_keys::REQUEST_ID.to_string(), actor.request_id.clone()),
             (meta_keys::OCCURRED_AT.to_string(), at.to_rfc3339()),
         ]);
+        if let Some(addr) = &actor.client_addr {
+            metadata.insert(meta_keys::CLIENT_ADDR.to_string(), addr.clone());
+        }
+        if let Some(agent) = &actor.user_agent {
+            metadata.insert(meta_keys::USER_AGENT.to_string(), agent.clone());
+        }
         let result = self.store.execute(key_id, command, metadata).await;
         match result {
             // A deleted key answers 404 everywhere, commands included.

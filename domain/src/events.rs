@@ -13,8 +13,27 @@ use crate::permissions::Permissions;
 /// Aggregate type stored with every key event. Persisted: never change it.
 pub const API_KEY_AGGREGATE_TYPE: &str = "ApiKey";
 
-/// Current schema version of every key event.
+/// Current schema version of every key event except `KeyCreated` (see
+/// [`KEY_CREATED_VERSION`]): `KeyUpdated`, `KeyDeactivated`, `KeyReactivated` and
+/// `KeyDeleted` are all still at their first version, "1.0".
 pub const EVENT_VERSION: &str = "1.0";
+
+/// Current schema version of `KeyCreated`: "2.0", the shape of [`KeyCreated`].
+///
+/// History (stored events of every version must keep loading; the upcaster in
+/// [`crate::upcast`] lifts older ones to this shape before they are deserialised):
+///
+/// - "1.0": written by earlier builds. `permissions` was either a JSON array of
+///   strings (the current shape) or, in the prototype format, a single
+///   space-separated string in OAuth-scope style (`"keys:read keys:write"`). There
+///   was no `environment` field (every key was implicitly `"live"`) and no
+///   `metadata` field; `description` and `expires_at` could be absent instead of
+///   `null`. Earlier builds of this project also labelled KeyCreated events that
+///   already had the full current shape as "1.0"; those upcast unchanged.
+/// - "2.0": the current [`KeyCreated`] struct: `permissions` is a JSON array,
+///   `environment` (`"live"` or `"test"`), `description`, `expires_at` and
+///   `metadata` are always present (possibly `null`).
+pub const KEY_CREATED_VERSION: &str = "2.0";
 
 /// Something that happened to an API key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,7 +139,14 @@ impl DomainEvent for ApiKeyEvent {
     }
 
     fn event_version(&self) -> String {
-        EVENT_VERSION.to_string()
+        match self {
+            Self::KeyCreated(_) => KEY_CREATED_VERSION,
+            Self::KeyUpdated(_)
+            | Self::KeyDeactivated(_)
+            | Self::KeyReactivated(_)
+            | Self::KeyDeleted(_) => EVENT_VERSION,
+        }
+        .to_string()
     }
 }
 

@@ -7,11 +7,13 @@
 //! tested as plain given/when/then.
 
 pub mod aggregate;
+pub mod chain;
 pub mod commands;
 pub mod error;
 pub mod events;
 pub mod key;
 pub mod permissions;
+pub mod upcast;
 pub mod usage;
 pub mod validate;
 

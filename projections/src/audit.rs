@@ -16,6 +16,11 @@ pub struct AuditEntry {
     pub actor: Option<String>,
     pub request_id: Option<String>,
     pub data: Value,
+    pub client_addr: Option<String>,
+    pub user_agent: Option<String>,
+    /// Chain hash of the event when it was projected (None for rows projected
+    /// by builds before tamper evidence).
+    pub event_hash: Option<String>,
 }
 
 /// Reading direction of the audit log.

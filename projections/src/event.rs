@@ -2,6 +2,7 @@
 //! with their position, their key and the metadata recorded with the command.
 
 use chrono::{DateTime, Utc};
+use cqrs_es::persist::SerializedEvent;
 use keyledger_domain::{
     ApiKeyEvent, KeyUsageEvent, API_KEY_AGGREGATE_TYPE, KEY_USAGE_AGGREGATE_TYPE,
 };
@@ -15,6 +16,8 @@ pub mod meta_keys {
     pub const TENANT: &str = "tenant";
     pub const REQUEST_ID: &str = "request_id";
     pub const OCCURRED_AT: &str = "occurred_at";
+    pub const CLIENT_ADDR: &str = "client_addr";
+    pub const USER_AGENT: &str = "user_agent";
 }
 
 /// One row of the events table, in global order.
@@ -30,12 +33,34 @@ pub struct RawEvent {
     pub metadata: Value,
 }
 
+impl RawEvent {
+    /// The fields its chain hash covers.
+    pub fn stored_fields(&self) -> keyledger_domain::chain::StoredFields<'_> {
+        keyledger_domain::chain::StoredFields {
+            aggregate_type: &self.aggregate_type,
+            aggregate_id: &self.aggregate_id,
+            sequence: self.sequence,
+            event_type: &self.event_type,
+            event_version: &self.event_version,
+            payload: &self.payload,
+            metadata: &self.metadata,
+        }
+    }
+
+    /// This event's chain hash.
+    pub fn chain_hash(&self) -> String {
+        keyledger_domain::chain::event_hash(self.stored_fields())
+    }
+}
+
 /// Who did it, for whom, when.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventMeta {
     pub tenant: String,
     pub actor: Option<String>,
     pub request_id: Option<String>,
+    pub client_addr: Option<String>,
+    pub user_agent: Option<String>,
     pub occurred_at: DateTime<Utc>,
 }
 
@@ -54,6 +79,8 @@ pub struct RecordedEvent {
     pub sequence: i64,
     pub meta: EventMeta,
     pub event: KeyledgerEvent,
+    /// Chain hash of the stored event (see `keyledger_domain::chain`).
+    pub hash: String,
 }
 
 impl RecordedEvent {
@@ -62,14 +89,50 @@ impl RecordedEvent {
     pub fn decode(raw: RawEvent) -> Result<Option<Self>, ProjectionError> {
         let position = raw.position;
         let decode_err = |message: String| ProjectionError::Decode { position, message };
-        let event = match raw.aggregate_type.as_str() {
-            API_KEY_AGGREGATE_TYPE => KeyledgerEvent::Key(
+        if raw.aggregate_type != API_KEY_AGGREGATE_TYPE
+            && raw.aggregate_type != KEY_USAGE_AGGREGATE_TYPE
+        {
+            return Ok(None);
+        }
+        let hash = raw.chain_hash();
+        let RawEvent {
+            aggregate_type,
+            aggregate_id,
+            sequence,
+            event_type,
+            event_version,
+            payload,
+            metadata,
+            ..
+        } = raw;
+        // Events written by older builds are brought to the current shape first.
+        let upcast = keyledger_domain::upcast::upcast(SerializedEvent::new(
+            aggregate_id,
+            usize::try_from(sequence).unwrap_or_default(),
+            aggregate_type,
+            event_type,
+            event_version,
+            payload,
+            metadata,
+        ));
+        let raw = RawEvent {
+            position,
+            aggregate_type: upcast.aggregate_type,
+            aggregate_id: upcast.aggregate_id,
+            sequence,
+            event_type: upcast.event_type,
+            event_version: upcast.event_version,
+            payload: upcast.payload,
+            metadata: upcast.metadata,
+        };
+        let event = if raw.aggregate_type == API_KEY_AGGREGATE_TYPE {
+            KeyledgerEvent::Key(
                 serde_json::from_value(raw.payload).map_err(|e| decode_err(e.to_string()))?,
-            ),
-            KEY_USAGE_AGGREGATE_TYPE => KeyledgerEvent::Usage(
+            )
+        } else {
+            KeyledgerEvent::Usage(
                 serde_json::from_value(raw.payload).map_err(|e| decode_err(e.to_string()))?,
-            ),
-            _ => return Ok(None),
+            )
         };
         let text = |k: &str| {
             raw.metadata
@@ -95,9 +158,12 @@ impl RecordedEvent {
                 tenant,
                 actor: text(meta_keys::ACTOR),
                 request_id: text(meta_keys::REQUEST_ID),
+                client_addr: text(meta_keys::CLIENT_ADDR),
+                user_agent: text(meta_keys::USER_AGENT),
                 occurred_at,
             },
             event,
+            hash,
         }))
     }
 

@@ -103,6 +103,15 @@ impl Projections {
         dispatch!(&self.db, get_key(tenant, id_or_prefix))
     }
 
+    /// Recorded chain hashes of the audit log, by position, after `after`.
+    pub async fn audit_hashes(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, Option<String>)>, ProjectionError> {
+        dispatch!(&self.db, audit_hashes(after, limit))
+    }
+
     /// One page of the audit log.
     pub async fn audit(&self, filter: &AuditFilter) -> Result<AuditPage, ProjectionError> {
         dispatch!(&self.db, audit(filter))

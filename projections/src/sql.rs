@@ -17,8 +17,8 @@ const KEY_COLUMNS: &str = "id, tenant, key_hash, prefix, name, description, envi
     permissions, status, created_at, created_by, updated_at, expires_at, last_used_at, \
     usage_count, metadata, created_position";
 
-const AUDIT_COLUMNS: &str =
-    "position, tenant, key_id, sequence, event_type, occurred_at, actor, request_id, data";
+const AUDIT_COLUMNS: &str = "position, tenant, key_id, sequence, event_type, occurred_at, \
+    actor, request_id, data, client_addr, user_agent, event_hash";
 
 #[derive(sqlx::FromRow)]
 struct KeyRecord {
@@ -52,6 +52,9 @@ struct AuditRecord {
     actor: Option<String>,
     request_id: Option<String>,
     data: String,
+    client_addr: Option<String>,
+    user_agent: Option<String>,
+    event_hash: Option<String>,
 }
 
 fn time(ms: i64) -> DateTime<Utc> {
@@ -113,6 +116,9 @@ impl AuditRecord {
             actor: self.actor,
             request_id: self.request_id,
             data: serde_json::from_str(&self.data).unwrap_or(Value::Null),
+            client_addr: self.client_addr,
+            user_agent: self.user_agent,
+            event_hash: self.event_hash,
         }
     }
 }
@@ -304,7 +310,7 @@ macro_rules! backend {
                 e: &RecordedEvent,
             ) -> Result<(), ProjectionError> {
                 sqlx::query(&format!(
-                    "INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                    "INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
                      ON CONFLICT (position) DO NOTHING"
                 ))
                 .bind(e.position)
@@ -316,6 +322,9 @@ macro_rules! backend {
                 .bind(&e.meta.actor)
                 .bind(&e.meta.request_id)
                 .bind(json_text(&e.audit_data()))
+                .bind(&e.meta.client_addr)
+                .bind(&e.meta.user_agent)
+                .bind(&e.hash)
                 .execute(&mut **tx)
                 .await?;
                 Ok(())
@@ -416,6 +425,22 @@ macro_rules! backend {
                     Ok([one]) => Some(one.into_row()),
                     Err(_) => None,
                 })
+            }
+
+            /// (position, event_hash) of audit rows after `after`, in order.
+            pub(crate) async fn audit_hashes(
+                pool: &Pool<Db>,
+                after: i64,
+                limit: i64,
+            ) -> Result<Vec<(i64, Option<String>)>, ProjectionError> {
+                Ok(sqlx::query_as(
+                    "SELECT position, event_hash FROM audit_log WHERE position > $1 \
+                     ORDER BY position LIMIT $2",
+                )
+                .bind(after)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?)
             }
 
             pub(crate) async fn audit(

@@ -115,6 +115,9 @@ pub struct VerificationIndex {
     by_hash: papaya::HashMap<KeyHash, Arc<IndexedKey>>,
     by_id: papaya::HashMap<Box<str>, KeyHash>,
     checkpoint: AtomicI64,
+    /// Uses of keys deleted before their counts were flushed. Touched only on
+    /// deletion and flush, never on the verification path.
+    orphaned: std::sync::Mutex<Vec<DrainedUsage>>,
 }
 
 impl VerificationIndex {
@@ -224,7 +227,12 @@ impl VerificationIndex {
             }
             KeyledgerEvent::Key(ApiKeyEvent::KeyDeleted(_)) => {
                 if let Some(hash) = self.by_id.pin().remove(event.key_id.as_str()) {
-                    self.by_hash.pin().remove(hash);
+                    if let Some(gone) = self.by_hash.pin().remove(hash) {
+                        // Uses counted before the deletion still happened.
+                        if let Some(usage) = take_usage(gone) {
+                            self.orphans().push(usage);
+                        }
+                    }
                 }
             }
             KeyledgerEvent::Usage(KeyUsageEvent::KeyUsageRecorded(_)) => {}
@@ -248,29 +256,25 @@ impl VerificationIndex {
         }
     }
 
-    /// Takes every pending use out of the counters.
+    /// Takes every pending use out of the counters (deleted keys' included).
     pub fn drain_usage(&self) -> Vec<DrainedUsage> {
+        let mut drained = std::mem::take(&mut *self.orphans());
         let map = self.by_hash.pin();
-        map.values()
-            .filter_map(|k| {
-                let count = k.usage.count.swap(0, Ordering::AcqRel);
-                if count == 0 {
-                    return None;
-                }
-                let ms = k.usage.last_used_ms.load(Ordering::Acquire);
-                Some(DrainedUsage {
-                    key_id: k.key_id.to_string(),
-                    tenant: k.tenant.to_string(),
-                    count,
-                    last_used_at: DateTime::from_timestamp_millis(ms).unwrap_or_default(),
-                })
-            })
-            .collect()
+        drained.extend(map.values().filter_map(|k| take_usage(k)));
+        drained
+    }
+
+    fn orphans(&self) -> std::sync::MutexGuard<'_, Vec<DrainedUsage>> {
+        // A poisoned lock only means a panic elsewhere; the list is still valid.
+        self.orphaned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Puts back uses whose flush failed, so they go out with the next one.
     pub fn restore_usage(&self, usage: &DrainedUsage) {
         let Some(hash) = self.by_id.pin().get(usage.key_id.as_str()).copied() else {
+            self.orphans().push(usage.clone());
             return;
         };
         if let Some(k) = self.by_hash.pin().get(&hash) {
@@ -288,6 +292,21 @@ impl VerificationIndex {
             .map(|k| k.usage.count.load(Ordering::Relaxed))
             .sum()
     }
+}
+
+/// Moves a key's pending uses out of its counters.
+fn take_usage(k: &IndexedKey) -> Option<DrainedUsage> {
+    let count = k.usage.count.swap(0, Ordering::AcqRel);
+    if count == 0 {
+        return None;
+    }
+    let ms = k.usage.last_used_ms.load(Ordering::Acquire);
+    Some(DrainedUsage {
+        key_id: k.key_id.to_string(),
+        tenant: k.tenant.to_string(),
+        count,
+        last_used_at: DateTime::from_timestamp_millis(ms).unwrap_or_default(),
+    })
 }
 
 impl IndexedKey {

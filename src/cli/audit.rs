@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
-use clap::Args;
+use clap::{Args, Subcommand};
 use keyledger_projections::audit::{AuditFilter, Order};
 
 use crate::config::Config;
@@ -11,7 +11,10 @@ use crate::error::Error;
 use crate::http::audit::AuditEvent;
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct AuditArgs {
+    #[command(subcommand)]
+    action: Option<AuditAction>,
     /// Only this tenant (default: all tenants).
     #[arg(long)]
     tenant: Option<String>,
@@ -38,9 +41,34 @@ pub struct AuditArgs {
     json: bool,
 }
 
+#[derive(Debug, Subcommand)]
+enum AuditAction {
+    /// Walk every hash chain; exit 1 naming the first event that was altered.
+    Verify,
+}
+
 pub async fn run(args: AuditArgs, config: Config) -> Result<ExitCode, Error> {
     let store = crate::app::open_store(&config).await?;
     let projections = keyledger_projections::Projections::unloaded(store.projection_db());
+    if let Some(AuditAction::Verify) = args.action {
+        let report = crate::integrity::verify_chains(&store, &projections).await?;
+        return Ok(match report.first_broken {
+            None => {
+                println!(
+                    "ok: {} events verified, every chain intact ({} written before chaining)",
+                    report.events, report.unlinked
+                );
+                ExitCode::SUCCESS
+            }
+            Some(b) => {
+                println!(
+                    "TAMPERED: event at position {} ({} {} sequence {}): {}",
+                    b.position, b.aggregate_type, b.aggregate_id, b.sequence, b.reason
+                );
+                ExitCode::FAILURE
+            }
+        });
+    }
     let page = projections
         .audit(&AuditFilter {
             tenant: args.tenant,

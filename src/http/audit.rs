@@ -35,6 +35,11 @@ pub struct AuditEvent {
     /// The event's fields; never a secret or hash.
     #[schema(value_type = Object)]
     pub data: Value,
+    /// IP address of the client that sent the command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_addr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
 }
 
 impl From<AuditEntry> for AuditEvent {
@@ -48,6 +53,8 @@ impl From<AuditEntry> for AuditEvent {
             actor: e.actor,
             request_id: e.request_id,
             data: e.data,
+            client_addr: e.client_addr,
+            user_agent: e.user_agent,
         }
     }
 }

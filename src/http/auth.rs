@@ -4,8 +4,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::header::{AUTHORIZATION, USER_AGENT};
 use axum::http::request::Parts;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -117,10 +119,21 @@ impl FromRequestParts<AppState> for Management {
         }
         let claims = state.tokens.verify(token)?;
         let RequestId(request_id) = RequestId::from_request_parts(parts, state).await?;
+        let client_addr = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip().to_string());
+        let user_agent = parts
+            .headers
+            .get(USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(256).collect());
         Ok(Management(Actor {
             tenant: claims.tenant,
             subject: claims.sub,
             request_id,
+            client_addr,
+            user_agent,
         }))
     }
 }

@@ -40,8 +40,14 @@ pub struct VerificationView {
     pub environment: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub permissions: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<DateTime<Utc>>,
+    /// Present (possibly null) when the key exists.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "keyledger_domain::events::present"
+    )]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    pub expires_at: Option<Option<DateTime<Utc>>>,
 }
 
 fn code_name(code: VerificationCode) -> &'static str {
@@ -83,6 +89,6 @@ pub async fn verify(
         name: key.map(|k| k.name.to_string()),
         environment: key.map(|k| k.environment.as_str().to_string()),
         permissions: key.map(|k| k.permissions.as_slice().to_vec()),
-        expires_at: key.and_then(|k| k.expires_at),
+        expires_at: key.map(|k| k.expires_at),
     }))
 }

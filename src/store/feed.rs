@@ -12,6 +12,10 @@ const FEED_SQL: &str = "SELECT global_position, aggregate_type, aggregate_id, se
      event_type, event_version, payload, metadata FROM events \
      WHERE global_position > $1 ORDER BY global_position LIMIT $2";
 
+const EVENT_AT_SQL: &str = "SELECT global_position, aggregate_type, aggregate_id, sequence, \
+     event_type, event_version, payload, metadata FROM events \
+     WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3";
+
 const HEAD_SQL: &str = "SELECT MAX(global_position) FROM events";
 
 /// Maps a store read error: unreachable -> 503, anything else -> internal.
@@ -23,8 +27,27 @@ pub fn store_error(e: sqlx::Error) -> Error {
     }
 }
 
+fn to_raw<R: Row>(r: R) -> Result<RawEvent, sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    serde_json::Value: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(RawEvent {
+        position: r.try_get(0)?,
+        aggregate_type: r.try_get(1)?,
+        aggregate_id: r.try_get(2)?,
+        sequence: r.try_get(3)?,
+        event_type: r.try_get(4)?,
+        event_version: r.try_get(5)?,
+        payload: r.try_get(6)?,
+        metadata: r.try_get(7)?,
+    })
+}
+
 macro_rules! feed_functions {
-    ($read:ident, $head:ident, $pool:ty) => {
+    ($read:ident, $head:ident, $event_at:ident, $pool:ty) => {
         /// Events after `after` in commit order, at most `limit`.
         pub async fn $read(pool: &$pool, after: i64, limit: i64) -> Result<Vec<RawEvent>, Error> {
             let rows = sqlx::query(FEED_SQL)
@@ -34,20 +57,26 @@ macro_rules! feed_functions {
                 .await
                 .map_err(store_error)?;
             rows.into_iter()
-                .map(|r| {
-                    Ok(RawEvent {
-                        position: r.try_get(0)?,
-                        aggregate_type: r.try_get(1)?,
-                        aggregate_id: r.try_get(2)?,
-                        sequence: r.try_get(3)?,
-                        event_type: r.try_get(4)?,
-                        event_version: r.try_get(5)?,
-                        payload: r.try_get(6)?,
-                        metadata: r.try_get(7)?,
-                    })
-                })
+                .map(to_raw)
                 .collect::<Result<Vec<_>, sqlx::Error>>()
                 .map_err(store_error)
+        }
+
+        /// One event of a stream, by sequence.
+        pub async fn $event_at(
+            pool: &$pool,
+            aggregate_type: &str,
+            aggregate_id: &str,
+            sequence: i64,
+        ) -> Result<Option<RawEvent>, Error> {
+            let row = sqlx::query(EVENT_AT_SQL)
+                .bind(aggregate_type)
+                .bind(aggregate_id)
+                .bind(sequence)
+                .fetch_optional(pool)
+                .await
+                .map_err(store_error)?;
+            row.map(to_raw).transpose().map_err(store_error)
         }
 
         /// Position of the newest committed event (0 when none).
@@ -61,5 +90,10 @@ macro_rules! feed_functions {
     };
 }
 
-feed_functions!(read_sqlite, head_sqlite, sqlx::SqlitePool);
-feed_functions!(read_postgres, head_postgres, sqlx::PgPool);
+feed_functions!(read_sqlite, head_sqlite, event_at_sqlite, sqlx::SqlitePool);
+feed_functions!(
+    read_postgres,
+    head_postgres,
+    event_at_postgres,
+    sqlx::PgPool
+);

@@ -1,6 +1,11 @@
 //! The event store behind one type: commands through cqrs-es, usage appends, and
 //! the global feed in commit order. Backends: embedded SQLite (default) and
 //! PostgreSQL.
+//!
+//! Commands run through cqrs-es's `EventStore` (load, handle, commit) rather than
+//! `CqrsFramework::execute`, because the chain link (`prev_hash`, see
+//! `keyledger_domain::chain`) must be the hash of exactly the event the aggregate
+//! was loaded up to: the loaded context tells us that sequence.
 
 mod errors;
 pub mod feed;
@@ -10,8 +15,11 @@ pub mod sqlite;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use cqrs_es::AggregateError;
-use keyledger_domain::{DomainError, KeyCommand, KeyUsageEvent};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEvent};
+use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventStore as _};
+use keyledger_domain::chain::{GENESIS, PREV_HASH};
+use keyledger_domain::{ApiKey, DomainError, KeyCommand, KeyUsage, KeyUsageEvent};
 use keyledger_projections::RawEvent;
 use rand::Rng;
 
@@ -44,28 +52,75 @@ impl EventStore {
         metadata: EventMetadata,
     ) -> Result<(), Error> {
         for attempt in 0..CONFLICT_RETRIES {
-            let result = match self {
-                Self::Sqlite(s) => {
-                    s.keys
-                        .execute_with_metadata(key_id, command.clone(), metadata.clone())
-                        .await
-                }
-                Self::Postgres(s) => {
-                    s.keys
-                        .execute_with_metadata(key_id, command.clone(), metadata.clone())
-                        .await
-                }
-            };
-            match result {
-                Ok(()) => return Ok(()),
-                Err(AggregateError::AggregateConflict) => {
+            match self
+                .execute_once(key_id, command.clone(), metadata.clone())
+                .await
+            {
+                Err(Error::Conflict) => {
                     tracing::debug!(key_id, attempt, "optimistic concurrency conflict, retrying");
                     backoff(attempt).await;
                 }
-                Err(e) => return Err(map_aggregate_error(e)),
+                other => return other,
             }
         }
         Err(Error::Conflict)
+    }
+
+    async fn execute_once(
+        &self,
+        key_id: &str,
+        command: KeyCommand,
+        mut metadata: EventMetadata,
+    ) -> Result<(), Error> {
+        let mut context = match self {
+            Self::Sqlite(s) => s.events.load_aggregate(key_id).await,
+            Self::Postgres(s) => s.events.load_aggregate(key_id).await,
+        }
+        .map_err(map_aggregate_error)?;
+        let sink = EventSink::default();
+        context
+            .aggregate
+            .handle(command, &(), &sink)
+            .await
+            .map_err(Error::Domain)?;
+        let events = sink.collect().await;
+        if events.is_empty() {
+            return Ok(());
+        }
+        let prev = self
+            .hash_at(ApiKey::TYPE, key_id, context.current_sequence)
+            .await?;
+        metadata.insert(PREV_HASH.to_string(), prev);
+        match self {
+            Self::Sqlite(s) => s.events.commit(events, context, metadata).await,
+            Self::Postgres(s) => s.events.commit(events, context, metadata).await,
+        }
+        .map(|_| ())
+        .map_err(map_aggregate_error)
+    }
+
+    /// The chain hash of event `sequence` of a stream (`GENESIS` before the first).
+    async fn hash_at(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: usize,
+    ) -> Result<String, Error> {
+        if sequence == 0 {
+            return Ok(GENESIS.to_string());
+        }
+        let seq = i64::try_from(sequence).map_err(|e| Error::Internal(e.to_string()))?;
+        let event = match self {
+            Self::Sqlite(s) => {
+                feed::event_at_sqlite(&s.pool, aggregate_type, aggregate_id, seq).await?
+            }
+            Self::Postgres(s) => {
+                feed::event_at_postgres(&s.pool, aggregate_type, aggregate_id, seq).await?
+            }
+        };
+        event
+            .map(|e| e.chain_hash())
+            .ok_or_else(|| Error::Internal(format!("event {aggregate_id}#{sequence} vanished")))
     }
 
     /// Appends one usage event to the key's usage stream (never loads its history).
@@ -76,16 +131,64 @@ impl EventStore {
         metadata: EventMetadata,
     ) -> Result<(), Error> {
         for attempt in 0..CONFLICT_RETRIES {
-            let result = match self {
-                Self::Sqlite(s) => s.append_usage(key_id, &event, &metadata).await,
-                Self::Postgres(s) => s.append_usage(key_id, &event, &metadata).await,
-            };
-            match result {
+            match self.append_usage(key_id, &event, metadata.clone()).await {
                 Err(Error::Conflict) => backoff(attempt).await,
                 other => return other,
             }
         }
         Err(Error::Conflict)
+    }
+
+    async fn append_usage(
+        &self,
+        key_id: &str,
+        event: &KeyUsageEvent,
+        mut metadata: EventMetadata,
+    ) -> Result<(), Error> {
+        let last = self.last_sequence(KeyUsage::TYPE, key_id).await?;
+        let prev = self.hash_at(KeyUsage::TYPE, key_id, last).await?;
+        metadata.insert(PREV_HASH.to_string(), prev);
+        let serialized = serialize_usage(key_id, last + 1, event, &metadata)?;
+        match self {
+            Self::Sqlite(s) => {
+                s.repository()
+                    .persist::<KeyUsage>(&[serialized], None)
+                    .await
+            }
+            Self::Postgres(s) => {
+                s.repository()
+                    .persist::<KeyUsage>(&[serialized], None)
+                    .await
+            }
+        }
+        .map_err(persistence_error)
+    }
+
+    async fn last_sequence(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<usize, Error> {
+        const SQL: &str =
+            "SELECT MAX(sequence) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2";
+        let last: Option<i64> = match self {
+            Self::Sqlite(s) => {
+                sqlx::query_scalar(SQL)
+                    .bind(aggregate_type)
+                    .bind(aggregate_id)
+                    .fetch_one(&s.pool)
+                    .await
+            }
+            Self::Postgres(s) => {
+                sqlx::query_scalar(SQL)
+                    .bind(aggregate_type)
+                    .bind(aggregate_id)
+                    .fetch_one(&s.pool)
+                    .await
+            }
+        }
+        .map_err(feed::store_error)?;
+        Ok(usize::try_from(last.unwrap_or(0)).unwrap_or(0))
     }
 
     /// Events after `position` in commit order, at most `limit`.
@@ -125,6 +228,41 @@ async fn backoff(attempt: usize) {
     let max_ms = 2u64 << attempt.min(6);
     let ms = rand::rng().random_range(0..=max_ms);
     tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// Builds the stored form of a usage event, as cqrs-es would.
+fn serialize_usage(
+    key_id: &str,
+    sequence: usize,
+    event: &KeyUsageEvent,
+    metadata: &EventMetadata,
+) -> Result<SerializedEvent, Error> {
+    let payload = serde_json::to_value(event).map_err(|e| Error::Internal(e.to_string()))?;
+    let metadata = serde_json::to_value(metadata).map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(SerializedEvent::new(
+        key_id.to_string(),
+        sequence,
+        KeyUsage::TYPE.to_string(),
+        event.event_type(),
+        event.event_version(),
+        payload,
+        metadata,
+    ))
+}
+
+fn persistence_error(e: PersistenceError) -> Error {
+    match e {
+        PersistenceError::OptimisticLockError => Error::Conflict,
+        PersistenceError::ConnectionError(cause) => Error::StoreUnavailable(cause),
+        PersistenceError::DeserializationError(cause) => Error::Internal(cause.to_string()),
+        PersistenceError::UnknownError(cause) => {
+            if is_unavailable(cause.as_ref()) {
+                Error::StoreUnavailable(cause)
+            } else {
+                Error::Internal(cause.to_string())
+            }
+        }
+    }
 }
 
 fn map_aggregate_error(e: AggregateError<DomainError>) -> Error {

@@ -5,9 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cqrs_es::persist::{PersistedEventRepository, PersistedEventStore};
-use cqrs_es::{Aggregate, CqrsFramework};
-use keyledger_domain::{ApiKey, KeyUsage, KeyUsageEvent};
+use cqrs_es::persist::PersistedEventStore;
+use keyledger_domain::ApiKey;
 use postgres_es::PostgresEventRepository;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
@@ -15,8 +14,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 use crate::store::feed::store_error;
-use crate::store::sqlite::{persistence_error, serialize_usage};
-use crate::store::EventMetadata;
 use crate::tailer::Tailer;
 
 /// Migrations of the PostgreSQL store, embedded in the binary.
@@ -28,11 +25,9 @@ pub const NOTIFY_CHANNEL: &str = "keyledger_events";
 /// How long a command waits for a connection before answering 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
-pub type KeyFramework = CqrsFramework<ApiKey, PersistedEventStore<PostgresEventRepository, ApiKey>>;
-
 pub struct PostgresStore {
     pub pool: PgPool,
-    pub keys: KeyFramework,
+    pub events: PersistedEventStore<PostgresEventRepository, ApiKey>,
 }
 
 impl PostgresStore {
@@ -49,35 +44,15 @@ impl PostgresStore {
             .run(&pool)
             .await
             .map_err(|e| Error::Internal(format!("postgres migrations: {e}")))?;
-        let keys = CqrsFramework::new(
-            // Never a snapshot store: cqrs-es 0.5 snapshots apply events twice.
-            PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone())),
-            vec![],
-            (),
-        );
-        Ok(Self { pool, keys })
+        // Never a snapshot store: cqrs-es 0.5 snapshots apply events twice.
+        let events =
+            PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()))
+                .with_upcasters(keyledger_domain::upcast::upcasters());
+        Ok(Self { pool, events })
     }
 
-    pub(crate) async fn append_usage(
-        &self,
-        key_id: &str,
-        event: &KeyUsageEvent,
-        metadata: &EventMetadata,
-    ) -> Result<(), Error> {
-        let last: Option<i64> = sqlx::query_scalar(
-            "SELECT MAX(sequence) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
-        )
-        .bind(KeyUsage::TYPE)
-        .bind(key_id)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(store_error)?;
-        let sequence = usize::try_from(last.unwrap_or(0) + 1).unwrap_or(usize::MAX);
-        let serialized = serialize_usage(key_id, sequence, event, metadata)?;
+    pub(crate) fn repository(&self) -> PostgresEventRepository {
         PostgresEventRepository::new(self.pool.clone())
-            .persist::<KeyUsage>(&[serialized], None)
-            .await
-            .map_err(persistence_error)
     }
 }
 

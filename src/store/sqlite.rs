@@ -4,28 +4,21 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use cqrs_es::persist::{
-    PersistedEventRepository, PersistedEventStore, PersistenceError, SerializedEvent,
-};
-use cqrs_es::{Aggregate, CqrsFramework, DomainEvent};
-use keyledger_domain::{ApiKey, KeyUsage, KeyUsageEvent};
+use cqrs_es::persist::PersistedEventStore;
+use keyledger_domain::ApiKey;
 use sqlite_es::SqliteEventRepository;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
 use crate::error::Error;
-use crate::store::errors::is_unavailable;
 use crate::store::feed::store_error;
-use crate::store::EventMetadata;
 
 /// Migrations of the embedded store, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-pub type KeyFramework = CqrsFramework<ApiKey, PersistedEventStore<SqliteEventRepository, ApiKey>>;
-
 pub struct SqliteStore {
     pub pool: SqlitePool,
-    pub keys: KeyFramework,
+    pub events: PersistedEventStore<SqliteEventRepository, ApiKey>,
 }
 
 impl SqliteStore {
@@ -49,69 +42,13 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| Error::Internal(format!("sqlite migrations: {e}")))?;
-        let keys = CqrsFramework::new(
-            // Never a snapshot store: cqrs-es 0.5 snapshots apply events twice.
-            PersistedEventStore::new_event_store(SqliteEventRepository::new(pool.clone())),
-            vec![],
-            (),
-        );
-        Ok(Self { pool, keys })
+        // Never a snapshot store: cqrs-es 0.5 snapshots apply events twice.
+        let events = PersistedEventStore::new_event_store(SqliteEventRepository::new(pool.clone()))
+            .with_upcasters(keyledger_domain::upcast::upcasters());
+        Ok(Self { pool, events })
     }
 
-    pub(crate) async fn append_usage(
-        &self,
-        key_id: &str,
-        event: &KeyUsageEvent,
-        metadata: &EventMetadata,
-    ) -> Result<(), Error> {
-        let last: Option<i64> = sqlx::query_scalar(
-            "SELECT MAX(sequence) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
-        )
-        .bind(KeyUsage::TYPE)
-        .bind(key_id)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(store_error)?;
-        let sequence = usize::try_from(last.unwrap_or(0) + 1).unwrap_or(usize::MAX);
-        let serialized = serialize_usage(key_id, sequence, event, metadata)?;
+    pub(crate) fn repository(&self) -> SqliteEventRepository {
         SqliteEventRepository::new(self.pool.clone())
-            .persist::<KeyUsage>(&[serialized], None)
-            .await
-            .map_err(persistence_error)
-    }
-}
-
-/// Builds the stored form of a usage event, as cqrs-es would.
-pub(crate) fn serialize_usage(
-    key_id: &str,
-    sequence: usize,
-    event: &KeyUsageEvent,
-    metadata: &EventMetadata,
-) -> Result<SerializedEvent, Error> {
-    let payload = serde_json::to_value(event).map_err(|e| Error::Internal(e.to_string()))?;
-    let metadata = serde_json::to_value(metadata).map_err(|e| Error::Internal(e.to_string()))?;
-    Ok(SerializedEvent::new(
-        key_id.to_string(),
-        sequence,
-        KeyUsage::TYPE.to_string(),
-        event.event_type(),
-        event.event_version(),
-        payload,
-        metadata,
-    ))
-}
-
-pub(crate) fn persistence_error(e: PersistenceError) -> Error {
-    match e {
-        PersistenceError::OptimisticLockError => Error::Conflict,
-        PersistenceError::ConnectionError(cause) => Error::StoreUnavailable(cause),
-        PersistenceError::DeserializationError(cause) => Error::Internal(cause.to_string()),
-        PersistenceError::UnknownError(cause) => {
-            if is_unavailable(cause.as_ref()) {
-                Error::StoreUnavailable(cause)
-            } else {
-                Error::Internal(cause.to_string())
-            }
-        }
     }
 }

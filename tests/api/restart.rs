@@ -14,6 +14,7 @@ backend_tests!(
     keys_take_commands_normally_after_a_restart,
     usage_counted_before_a_graceful_stop_is_flushed_and_shown_after_restart,
     usage_is_flushed_periodically_while_the_server_runs,
+    usage_of_a_key_deleted_before_the_flush_is_still_recorded,
 );
 
 /// What a client can observe about the keys: list, each key, its history, the
@@ -331,5 +332,30 @@ async fn usage_is_flushed_periodically_while_the_server_runs(backend: Backend) {
     assert_eq!(usage_events(&app.key_events(&id).await).len(), usage.len());
     let view = app.get(&format!("/v1/keys/{id}")).await;
     assert_eq!(view.body["usage_count"], USES);
+    app.stop().await;
+}
+
+async fn usage_of_a_key_deleted_before_the_flush_is_still_recorded(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let (id, key) = app.create_key("short-lived").await;
+    for _ in 0..3 {
+        assert_eq!(app.verify_code(&key).await, "VALID");
+    }
+    let r = app
+        .send(Method::DELETE, &format!("/v1/keys/{id}"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let app = app.restart().await;
+    let history = app.get(&format!("/v1/keys/{id}/events")).await;
+    let usage: Vec<&Value> = history.body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["type"] == "KeyUsageRecorded")
+        .collect();
+    assert_eq!(usage.len(), 1, "{}", history.text);
+    assert_eq!(usage[0]["data"]["count"], 3);
     app.stop().await;
 }

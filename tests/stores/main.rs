@@ -220,3 +220,119 @@ async fn the_sqlite_events_table_refuses_update_and_delete() {
         assert!(err.to_string().contains("append-only"), "{sql}: {err}");
     }
 }
+
+mod tamper {
+    use super::*;
+    use keyledger::integrity::verify_chains;
+    use keyledger_projections::Projections;
+
+    crate::backend_tests!(
+        audit_verify_names_exactly_the_event_edited_behind_the_database_s_back,
+        audit_verify_catches_an_edit_of_the_newest_event_of_a_chain,
+    );
+
+    /// Rewrites the payload of the event at `position`, bypassing the
+    /// append-only trigger the way an intruder with database access would.
+    async fn tamper(store: &TestStore, position: i64, from: &str, to: &str) {
+        match store.backend {
+            Backend::Sqlite => {
+                let path = store.data_dir.path().join("keyledger.db");
+                let mut c =
+                    sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+                        .await
+                        .expect("open");
+                sqlx::query("DROP TRIGGER events_no_update")
+                    .execute(&mut c)
+                    .await
+                    .expect("drop trigger");
+                let r = sqlx::query("UPDATE events SET payload = replace(payload, $1, $2) WHERE global_position = $3")
+                    .bind(from)
+                    .bind(to)
+                    .bind(position)
+                    .execute(&mut c)
+                    .await
+                    .expect("tamper");
+                assert_eq!(r.rows_affected(), 1);
+            }
+            Backend::Postgres => {
+                let url = store.database_url.clone().expect("url");
+                let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
+                sqlx::query("ALTER TABLE events DISABLE TRIGGER events_no_update_delete")
+                    .execute(&mut c)
+                    .await
+                    .expect("disable trigger");
+                let r = sqlx::query("UPDATE events SET payload = replace(payload::text, $1, $2)::json WHERE global_position = $3")
+                    .bind(from)
+                    .bind(to)
+                    .bind(position)
+                    .execute(&mut c)
+                    .await
+                    .expect("tamper");
+                assert_eq!(r.rows_affected(), 1);
+                sqlx::query("ALTER TABLE events ENABLE TRIGGER events_no_update_delete")
+                    .execute(&mut c)
+                    .await
+                    .expect("enable trigger");
+            }
+        }
+    }
+
+    async fn verify(store: &TestStore) -> keyledger::integrity::ChainReport {
+        let events = keyledger::app::open_store(&store.config())
+            .await
+            .expect("open store");
+        let projections = Projections::unloaded(events.projection_db());
+        let report = verify_chains(&events, &projections).await.expect("verify");
+        events.close().await;
+        report
+    }
+
+    async fn history(app: &TestApp) -> String {
+        let (id, _) = app.create_key("first").await;
+        let r = app
+            .post(
+                &format!("/v1/keys/{id}/deactivate"),
+                json!({"reason": "rotating"}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        let r = app
+            .send(Method::POST, &format!("/v1/keys/{id}/reactivate"), None)
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        app.create_key("second").await;
+        id
+    }
+
+    async fn audit_verify_names_exactly_the_event_edited_behind_the_database_s_back(
+        backend: Backend,
+    ) {
+        let Some(app) = spawn_app(backend).await else {
+            return;
+        };
+        history(&app).await;
+        let store = app.stop().await;
+        let clean = verify(&store).await;
+        assert_eq!(clean.events, 4);
+        assert_eq!(clean.first_broken, None);
+
+        // Position 2 is the deactivation; its reason is edited.
+        tamper(&store, 2, "rotating", "routine").await;
+        let report = verify(&store).await;
+        let broken = report.first_broken.expect("tampering detected");
+        assert_eq!(broken.position, 2, "{broken:?}");
+        assert_eq!(broken.sequence, 2);
+    }
+
+    async fn audit_verify_catches_an_edit_of_the_newest_event_of_a_chain(backend: Backend) {
+        let Some(app) = spawn_app(backend).await else {
+            return;
+        };
+        history(&app).await;
+        let store = app.stop().await;
+        // Position 4 is the only event of the second key: no successor links to it.
+        tamper(&store, 4, "second", "fourth").await;
+        let report = verify(&store).await;
+        assert_eq!(report.first_broken.expect("tampering detected").position, 4);
+    }
+}
