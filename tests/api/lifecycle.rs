@@ -61,11 +61,17 @@ async fn full_lifecycle_create_verify_deactivate_reactivate_delete_audit(backend
     );
     let audit = app.get("/v1/audit").await;
     assert_eq!(audit.status, StatusCode::OK);
-    assert!(audit.body["events"]
-        .as_array()
-        .expect("events")
+    let events = audit.body["events"].as_array().expect("events");
+    assert!(events.iter().all(|e| e["actor"] == "alice"));
+    // Provenance: every command event records where it came from and its request id.
+    assert!(
+        events.iter().all(|e| e["client_addr"] == "127.0.0.1"),
+        "{}",
+        audit.text
+    );
+    assert!(events
         .iter()
-        .all(|e| e["actor"] == "alice"));
+        .all(|e| e["request_id"].as_str().is_some_and(|r| !r.is_empty())));
     assert!(!audit.text.contains(&key));
     app.stop().await;
 }
