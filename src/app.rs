@@ -77,6 +77,7 @@ impl Application {
         let store = Arc::new(open_store(&config).await?);
         let projections = Arc::new(Projections::open(store.projection_db()).await?);
         let tailer = Arc::new(Tailer::new(store.clone(), projections.clone()));
+        tailer.remember_generation().await?;
         // Events committed before a crash may not have reached the projections.
         let caught_up = tailer.catch_up().await?;
         tracing::info!(

@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod integrity;
+pub mod rebuild;
 pub mod secret;
 pub mod service;
 pub mod store;

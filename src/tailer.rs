@@ -23,6 +23,8 @@ pub struct Tailer {
     // avoids doing the same work twice.
     lock: Mutex<()>,
     wake: Notify,
+    /// The key-list rebuild generation this node's index was loaded at.
+    generation: std::sync::atomic::AtomicI64,
 }
 
 impl Tailer {
@@ -32,7 +34,35 @@ impl Tailer {
             projections,
             lock: Mutex::new(()),
             wake: Notify::new(),
+            generation: std::sync::atomic::AtomicI64::new(0),
         }
+    }
+
+    /// Records the rebuild generation the index was loaded at (at start).
+    pub async fn remember_generation(&self) -> Result<(), Error> {
+        let g = self.projections.reload_generation().await?;
+        self.generation
+            .store(g, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Reloads the verification index when the key list was rebuilt since it was
+    /// loaded. Verification keeps using the old index until the new one is in.
+    pub async fn reload_if_rebuilt(&self) -> Result<bool, Error> {
+        let g = self.projections.reload_generation().await?;
+        if g == self.generation.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(false);
+        }
+        let _guard = self.lock.lock().await;
+        self.projections.reload_index().await?;
+        self.generation
+            .store(g, std::sync::atomic::Ordering::Release);
+        tracing::info!(
+            generation = g,
+            keys = self.projections.index().len(),
+            "verification index reloaded after a rebuild"
+        );
+        Ok(true)
     }
 
     /// Applies everything committed so far; returns the number of events applied.
@@ -72,6 +102,9 @@ impl Tailer {
                 () = stop.cancelled() => return,
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(poll) => {}
+            }
+            if let Err(e) = self.reload_if_rebuilt().await {
+                tracing::warn!(error = %e, "verification index reload failed; will retry");
             }
             if let Err(e) = self.catch_up().await {
                 tracing::warn!(error = %e, "projection catch-up failed; will retry");

@@ -14,6 +14,8 @@ pub const STATUS_INACTIVE: &str = "inactive";
 pub struct KeyRow {
     pub id: String,
     pub tenant: String,
+    /// Lowercase hex SHA-256 of the key; never shown to API clients.
+    pub key_hash: String,
     pub prefix: String,
     pub name: String,
     pub description: Option<String>,

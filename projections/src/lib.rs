@@ -14,6 +14,7 @@ pub mod error;
 pub mod event;
 pub mod key_list;
 pub mod projector;
+pub mod replay;
 mod sql;
 pub mod verification;
 
@@ -21,6 +22,7 @@ pub use db::ProjectionDb;
 pub use error::ProjectionError;
 pub use event::{EventMeta, KeyledgerEvent, RawEvent, RecordedEvent};
 pub use projector::Projections;
+pub use sql::Table;
 pub use verification::{
     DrainedUsage, IndexedKey, Verification, VerificationCode, VerificationIndex, VerifyRequest,
 };

@@ -7,13 +7,14 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use crate::audit::AuditEntry;
 use crate::audit::{AuditFilter, AuditPage};
 use crate::checkpoint::Checkpoints;
 use crate::db::ProjectionDb;
 use crate::error::ProjectionError;
 use crate::event::RecordedEvent;
 use crate::key_list::{KeyPage, KeyRow, ListFilter};
-use crate::sql;
+use crate::sql::{self, Table};
 use crate::verification::VerificationIndex;
 
 /// Calls the same function of the SQLite or PostgreSQL SQL module.
@@ -101,6 +102,47 @@ impl Projections {
         id_or_prefix: &str,
     ) -> Result<Option<KeyRow>, ProjectionError> {
         dispatch!(&self.db, get_key(tenant, id_or_prefix))
+    }
+
+    /// The key list and its checkpoint, read from one snapshot.
+    pub async fn key_list_snapshot(&self) -> Result<(i64, Vec<KeyRow>), ProjectionError> {
+        dispatch!(&self.db, key_list_snapshot())
+    }
+
+    /// Creates an empty scratch table for rebuilding `table`.
+    pub async fn prepare_scratch(&self, table: Table, suffix: &str) -> Result<(), ProjectionError> {
+        dispatch!(&self.db, prepare_scratch(table, suffix))
+    }
+
+    pub async fn load_scratch_keys(&self, rows: &[KeyRow]) -> Result<(), ProjectionError> {
+        dispatch!(&self.db, load_scratch_keys(rows))
+    }
+
+    pub async fn load_scratch_audit(&self, rows: &[AuditEntry]) -> Result<(), ProjectionError> {
+        dispatch!(&self.db, load_scratch_audit(rows))
+    }
+
+    /// Swaps a loaded scratch table in atomically, at checkpoint `position`.
+    pub async fn swap_in(
+        &self,
+        table: Table,
+        position: i64,
+        suffix: &str,
+    ) -> Result<(), ProjectionError> {
+        dispatch!(&self.db, swap_in(table, position, suffix))
+    }
+
+    /// How many times the key list was rebuilt (nodes reload their index when it changes).
+    pub async fn reload_generation(&self) -> Result<i64, ProjectionError> {
+        dispatch!(&self.db, reload_generation())
+    }
+
+    /// Loads a fresh verification index from the key list and swaps it in; the
+    /// caller must hold the tailer lock.
+    pub async fn reload_index(&self) -> Result<(), ProjectionError> {
+        let fresh = dispatch!(&self.db, fresh_index())?;
+        self.index.replace_with(fresh);
+        Ok(())
     }
 
     /// Recorded chain hashes of the audit log, by position, after `after`.

@@ -70,6 +70,7 @@ impl KeyRecord {
         KeyRow {
             id: self.id,
             tenant: self.tenant,
+            key_hash: self.key_hash,
             prefix: self.prefix,
             name: self.name,
             description: self.description,
@@ -88,20 +89,24 @@ impl KeyRecord {
     }
 
     fn into_indexed(self) -> Option<(KeyHash, IndexedKey)> {
-        let hash = KeyHash::from_hex(&self.key_hash).ok()?;
-        let environment: Environment = self.environment.parse().ok()?;
-        let permissions: Vec<String> = serde_json::from_str(&self.permissions).ok()?;
-        let key = IndexedKey::new(
-            &self.id,
-            &self.tenant,
-            &self.name,
-            environment,
-            Permissions::parse(permissions).ok()?,
-            self.expires_at.map(time),
-            self.status == STATUS_ACTIVE,
-        );
-        Some((hash, key))
+        into_indexed(&self.into_row())
     }
+}
+
+/// The verification-index entry of a key-list row.
+pub(crate) fn into_indexed(row: &KeyRow) -> Option<(KeyHash, IndexedKey)> {
+    let hash = KeyHash::from_hex(&row.key_hash).ok()?;
+    let environment: Environment = row.environment.parse().ok()?;
+    let key = IndexedKey::new(
+        &row.id,
+        &row.tenant,
+        &row.name,
+        environment,
+        Permissions::parse(row.permissions.clone()).ok()?,
+        row.expires_at,
+        row.status == STATUS_ACTIVE,
+    );
+    Some((hash, key))
 }
 
 impl AuditRecord {
@@ -124,8 +129,79 @@ impl AuditRecord {
 }
 
 /// Generates the same functions for one sqlx database type.
+/// Checkpoint row whose value counts rebuilds of the key list: every node reloads
+/// its verification index when it changes.
+pub(crate) const VERIFICATION_RELOAD: &str = "verification_reload";
+
+/// Which SQL projection a rebuild targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    KeyList,
+    AuditLog,
+}
+
+impl Table {
+    pub fn live(self) -> &'static str {
+        match self {
+            Self::KeyList => "key_list",
+            Self::AuditLog => "audit_log",
+        }
+    }
+
+    fn scratch(self) -> &'static str {
+        match self {
+            Self::KeyList => "key_list_rebuild",
+            Self::AuditLog => "audit_log_rebuild",
+        }
+    }
+
+    fn checkpoint(self) -> &'static str {
+        match self {
+            Self::KeyList => checkpoint::KEY_LIST,
+            Self::AuditLog => checkpoint::AUDIT_LOG,
+        }
+    }
+
+    /// DDL of a fresh table; constraint and index names carry `suffix` because
+    /// PostgreSQL index names are global and the table is renamed after loading.
+    fn ddl(self, table: &str, int: &str, strict: &str, suffix: &str) -> Vec<String> {
+        match self {
+            Self::KeyList => vec![
+                format!(
+                    "CREATE TABLE {table} (id TEXT NOT NULL, tenant TEXT NOT NULL, key_hash TEXT NOT NULL, \
+                     prefix TEXT NOT NULL, name TEXT NOT NULL, description TEXT, environment TEXT NOT NULL, \
+                     permissions TEXT NOT NULL, status TEXT NOT NULL, created_at {int} NOT NULL, \
+                     created_by TEXT NOT NULL, updated_at {int} NOT NULL, expires_at {int}, \
+                     last_used_at {int}, usage_count {int} NOT NULL DEFAULT 0, metadata TEXT, \
+                     created_position {int} NOT NULL, CONSTRAINT key_list_pk_{suffix} PRIMARY KEY (id)){strict}"
+                ),
+            ],
+            Self::AuditLog => vec![format!(
+                "CREATE TABLE {table} (position {int} NOT NULL, tenant TEXT NOT NULL, key_id TEXT NOT NULL, \
+                 sequence {int} NOT NULL, event_type TEXT NOT NULL, occurred_at {int} NOT NULL, actor TEXT, \
+                 request_id TEXT, data TEXT NOT NULL, client_addr TEXT, user_agent TEXT, event_hash TEXT, \
+                 CONSTRAINT audit_log_pk_{suffix} PRIMARY KEY (position)){strict}"
+            )],
+        }
+    }
+
+    /// Secondary indexes, built after the bulk load.
+    fn indexes(self, table: &str, suffix: &str) -> Vec<String> {
+        match self {
+            Self::KeyList => vec![
+                format!("CREATE INDEX key_list_by_tenant_{suffix} ON {table} (tenant, created_position)"),
+                format!("CREATE INDEX key_list_by_prefix_{suffix} ON {table} (tenant, prefix)"),
+            ],
+            Self::AuditLog => vec![
+                format!("CREATE INDEX audit_log_by_tenant_{suffix} ON {table} (tenant, position)"),
+                format!("CREATE INDEX audit_log_by_key_{suffix} ON {table} (key_id, position)"),
+            ],
+        }
+    }
+}
+
 macro_rules! backend {
-    ($module:ident, $db:ty, snapshot = $snapshot:expr) => {
+    ($module:ident, $db:ty, snapshot = $snapshot:expr, int = $int:expr, strict = $strict:expr) => {
         pub(crate) mod $module {
             use super::*;
             use sqlx::{Pool, Transaction};
@@ -427,6 +503,173 @@ macro_rules! backend {
                 })
             }
 
+            /// The key list and its checkpoint, read from one snapshot.
+            pub(crate) async fn key_list_snapshot(
+                pool: &Pool<Db>,
+            ) -> Result<(i64, Vec<KeyRow>), ProjectionError> {
+                let mut tx = pool.begin().await?;
+                if let Some(sql) = $snapshot {
+                    sqlx::query(sql).execute(&mut *tx).await?;
+                }
+                let cp: Option<i64> = sqlx::query_scalar(
+                    "SELECT position FROM projection_checkpoints WHERE name = $1",
+                )
+                .bind(checkpoint::KEY_LIST)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let records: Vec<KeyRecord> =
+                    sqlx::query_as(&format!("SELECT {KEY_COLUMNS} FROM key_list"))
+                        .fetch_all(&mut *tx)
+                        .await?;
+                tx.commit().await?;
+                Ok((cp.unwrap_or(0), records.into_iter().map(KeyRecord::into_row).collect()))
+            }
+
+            /// Drops any leftover scratch table and creates an empty one.
+            pub(crate) async fn prepare_scratch(
+                pool: &Pool<Db>,
+                table: Table,
+                suffix: &str,
+            ) -> Result<(), ProjectionError> {
+                sqlx::query(&format!("DROP TABLE IF EXISTS {}", table.scratch()))
+                    .execute(pool)
+                    .await?;
+                for ddl in table.ddl(table.scratch(), $int, $strict, suffix) {
+                    sqlx::query(&ddl).execute(pool).await?;
+                }
+                Ok(())
+            }
+
+            /// Bulk-loads key rows into the scratch key list.
+            pub(crate) async fn load_scratch_keys(
+                pool: &Pool<Db>,
+                rows: &[KeyRow],
+            ) -> Result<(), ProjectionError> {
+                let mut tx = pool.begin().await?;
+                for chunk in rows.chunks(500) {
+                    let mut q = sqlx::QueryBuilder::<Db>::new(format!(
+                        "INSERT INTO {} ({KEY_COLUMNS}) ",
+                        Table::KeyList.scratch()
+                    ));
+                    q.push_values(chunk, |mut b, r| {
+                        b.push_bind(r.id.clone())
+                            .push_bind(r.tenant.clone())
+                            .push_bind(r.key_hash.clone())
+                            .push_bind(r.prefix.clone())
+                            .push_bind(r.name.clone())
+                            .push_bind(r.description.clone())
+                            .push_bind(r.environment.clone())
+                            .push_bind(json_text(&r.permissions))
+                            .push_bind(r.status.clone())
+                            .push_bind(r.created_at.timestamp_millis())
+                            .push_bind(r.created_by.clone())
+                            .push_bind(r.updated_at.timestamp_millis())
+                            .push_bind(r.expires_at.map(|t| t.timestamp_millis()))
+                            .push_bind(r.last_used_at.map(|t| t.timestamp_millis()))
+                            .push_bind(r.usage_count)
+                            .push_bind(r.metadata.as_ref().map(json_text))
+                            .push_bind(r.created_position);
+                    });
+                    q.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            /// Bulk-loads audit rows into the scratch audit log.
+            pub(crate) async fn load_scratch_audit(
+                pool: &Pool<Db>,
+                rows: &[AuditEntry],
+            ) -> Result<(), ProjectionError> {
+                let mut tx = pool.begin().await?;
+                for chunk in rows.chunks(1000) {
+                    let mut q = sqlx::QueryBuilder::<Db>::new(format!(
+                        "INSERT INTO {} ({AUDIT_COLUMNS}) ",
+                        Table::AuditLog.scratch()
+                    ));
+                    q.push_values(chunk, |mut b, r| {
+                        b.push_bind(r.position)
+                            .push_bind(r.tenant.clone())
+                            .push_bind(r.key_id.clone())
+                            .push_bind(r.sequence)
+                            .push_bind(r.event_type.clone())
+                            .push_bind(r.occurred_at.timestamp_millis())
+                            .push_bind(r.actor.clone())
+                            .push_bind(r.request_id.clone())
+                            .push_bind(json_text(&r.data))
+                            .push_bind(r.client_addr.clone())
+                            .push_bind(r.user_agent.clone())
+                            .push_bind(r.event_hash.clone());
+                    });
+                    q.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            /// Indexes the scratch table and swaps it in for the live one in one
+            /// transaction, setting the projection's checkpoint to `position`.
+            /// Events after `position` are then applied by the normal tailer.
+            pub(crate) async fn swap_in(
+                pool: &Pool<Db>,
+                table: Table,
+                position: i64,
+                suffix: &str,
+            ) -> Result<(), ProjectionError> {
+                for ddl in table.indexes(table.scratch(), suffix) {
+                    sqlx::query(&ddl).execute(pool).await?;
+                }
+                let mut tx = pool.begin().await?;
+                // Take the appliers' lock first (see apply_batch).
+                sqlx::query("UPDATE projection_checkpoints SET position = position")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(&format!("DROP TABLE {}", table.live()))
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(&format!(
+                    "ALTER TABLE {} RENAME TO {}",
+                    table.scratch(),
+                    table.live()
+                ))
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("UPDATE projection_checkpoints SET position = $1 WHERE name = $2")
+                    .bind(position)
+                    .bind(table.checkpoint())
+                    .execute(&mut *tx)
+                    .await?;
+                if table == Table::KeyList {
+                    sqlx::query(
+                        "INSERT INTO projection_checkpoints (name, position) VALUES ($1, 1) \
+                         ON CONFLICT (name) DO UPDATE SET position = projection_checkpoints.position + 1",
+                    )
+                    .bind(VERIFICATION_RELOAD)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            /// The rebuild counter of the key list (see `VERIFICATION_RELOAD`).
+            pub(crate) async fn reload_generation(pool: &Pool<Db>) -> Result<i64, ProjectionError> {
+                let g: Option<i64> = sqlx::query_scalar(
+                    "SELECT position FROM projection_checkpoints WHERE name = $1",
+                )
+                .bind(VERIFICATION_RELOAD)
+                .fetch_optional(pool)
+                .await?;
+                Ok(g.unwrap_or(0))
+            }
+
+            /// Fills a fresh index from the key list (for a reload).
+            pub(crate) async fn fresh_index(pool: &Pool<Db>) -> Result<VerificationIndex, ProjectionError> {
+                let index = VerificationIndex::new();
+                load_index(pool, &index).await?;
+                Ok(index)
+            }
+
             /// (position, event_hash) of audit rows after `after`, in order.
             pub(crate) async fn audit_hashes(
                 pool: &Pool<Db>,
@@ -493,9 +736,17 @@ fn to_checkpoints(rows: &[(String, i64)]) -> Checkpoints {
     cps
 }
 
-backend!(sqlite, sqlx::Sqlite, snapshot = None::<&str>);
+backend!(
+    sqlite,
+    sqlx::Sqlite,
+    snapshot = None::<&str>,
+    int = "INTEGER",
+    strict = " STRICT"
+);
 backend!(
     postgres,
     sqlx::Postgres,
-    snapshot = Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    snapshot = Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"),
+    int = "BIGINT",
+    strict = ""
 );

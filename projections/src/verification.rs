@@ -109,11 +109,19 @@ pub struct DrainedUsage {
     pub last_used_at: DateTime<Utc>,
 }
 
-/// The in-memory verification index of this node.
+/// The two maps of an index generation.
 #[derive(Debug, Default)]
-pub struct VerificationIndex {
+struct Maps {
     by_hash: papaya::HashMap<KeyHash, Arc<IndexedKey>>,
     by_id: papaya::HashMap<Box<str>, KeyHash>,
+}
+
+/// The in-memory verification index of this node. The maps sit behind an
+/// `ArcSwap` so a rebuilt generation replaces them atomically while
+/// verifications keep reading the old one.
+#[derive(Debug, Default)]
+pub struct VerificationIndex {
+    maps: arc_swap::ArcSwap<Maps>,
     checkpoint: AtomicI64,
     /// Uses of keys deleted before their counts were flushed. Touched only on
     /// deletion and flush, never on the verification path.
@@ -127,7 +135,23 @@ impl VerificationIndex {
 
     /// Number of keys held.
     pub fn len(&self) -> usize {
-        self.by_hash.len()
+        self.maps.load().by_hash.len()
+    }
+
+    /// Replaces this index's contents with a freshly loaded generation, carrying
+    /// over uses not yet flushed. The caller holds the tailer lock.
+    pub fn replace_with(&self, fresh: VerificationIndex) {
+        let old = self.maps.swap(fresh.maps.load_full());
+        self.checkpoint.store(fresh.checkpoint(), Ordering::Release);
+        let pending: Vec<DrainedUsage> = old
+            .by_hash
+            .pin()
+            .values()
+            .filter_map(|k| take_usage(k))
+            .collect();
+        for usage in &pending {
+            self.restore_usage(usage);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -141,8 +165,9 @@ impl VerificationIndex {
 
     /// Adds a key as loaded from the key list at start.
     pub fn insert(&self, hash: KeyHash, key: IndexedKey) {
-        self.by_id.pin().insert(key.key_id.clone(), hash);
-        self.by_hash.pin().insert(hash, Arc::new(key));
+        let maps = self.maps.load();
+        maps.by_id.pin().insert(key.key_id.clone(), hash);
+        maps.by_hash.pin().insert(hash, Arc::new(key));
     }
 
     /// Sets the checkpoint after a bulk load.
@@ -161,7 +186,7 @@ impl VerificationIndex {
             return not_found;
         };
         let hash = parsed.hash();
-        let Some(key) = self.by_hash.pin().get(&hash).cloned() else {
+        let Some(key) = self.maps.load().by_hash.pin().get(&hash).cloned() else {
             return not_found;
         };
         let code = if !key.active {
@@ -226,8 +251,11 @@ impl VerificationIndex {
                 })
             }
             KeyledgerEvent::Key(ApiKeyEvent::KeyDeleted(_)) => {
-                if let Some(hash) = self.by_id.pin().remove(event.key_id.as_str()) {
-                    if let Some(gone) = self.by_hash.pin().remove(hash) {
+                let maps = self.maps.load();
+                let by_id = maps.by_id.pin();
+                let by_hash = maps.by_hash.pin();
+                if let Some(hash) = by_id.remove(event.key_id.as_str()) {
+                    if let Some(gone) = by_hash.remove(hash) {
                         // Uses counted before the deletion still happened.
                         if let Some(usage) = take_usage(gone) {
                             self.orphans().push(usage);
@@ -246,10 +274,11 @@ impl VerificationIndex {
     }
 
     fn replace(&self, key_id: &str, f: impl FnOnce(&IndexedKey) -> IndexedKey) {
-        let Some(hash) = self.by_id.pin().get(key_id).copied() else {
+        let maps = self.maps.load();
+        let Some(hash) = maps.by_id.pin().get(key_id).copied() else {
             return;
         };
-        let map = self.by_hash.pin();
+        let map = maps.by_hash.pin();
         if let Some(current) = map.get(&hash) {
             let next = f(current);
             map.insert(hash, Arc::new(next));
@@ -259,7 +288,8 @@ impl VerificationIndex {
     /// Takes every pending use out of the counters (deleted keys' included).
     pub fn drain_usage(&self) -> Vec<DrainedUsage> {
         let mut drained = std::mem::take(&mut *self.orphans());
-        let map = self.by_hash.pin();
+        let maps = self.maps.load();
+        let map = maps.by_hash.pin();
         drained.extend(map.values().filter_map(|k| take_usage(k)));
         drained
     }
@@ -273,11 +303,13 @@ impl VerificationIndex {
 
     /// Puts back uses whose flush failed, so they go out with the next one.
     pub fn restore_usage(&self, usage: &DrainedUsage) {
-        let Some(hash) = self.by_id.pin().get(usage.key_id.as_str()).copied() else {
+        let maps = self.maps.load();
+        let Some(hash) = maps.by_id.pin().get(usage.key_id.as_str()).copied() else {
             self.orphans().push(usage.clone());
             return;
         };
-        if let Some(k) = self.by_hash.pin().get(&hash) {
+        let by_hash = maps.by_hash.pin();
+        if let Some(k) = by_hash.get(&hash) {
             k.usage.count.fetch_add(usage.count, Ordering::AcqRel);
             k.usage
                 .last_used_ms
@@ -287,7 +319,8 @@ impl VerificationIndex {
 
     /// Pending (unflushed) uses of all keys.
     pub fn pending_usage(&self) -> u64 {
-        let map = self.by_hash.pin();
+        let maps = self.maps.load();
+        let map = maps.by_hash.pin();
         map.values()
             .map(|k| k.usage.count.load(Ordering::Relaxed))
             .sum()

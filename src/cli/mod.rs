@@ -2,6 +2,7 @@
 
 mod audit;
 mod bench;
+mod projections;
 mod serve;
 
 use std::path::PathBuf;
@@ -53,6 +54,11 @@ enum Command {
     Migrate,
     /// Print the audit log.
     Audit(audit::AuditArgs),
+    /// Rebuild, inspect or check the projections.
+    Projections {
+        #[command(subcommand)]
+        command: projections::ProjectionsCommand,
+    },
     /// Measure running nodes (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
@@ -109,6 +115,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         }
         Command::Audit(args) => audit::run(args, config).await,
         Command::Bench(args) => bench::run(args, config).await,
+        Command::Projections { command } => projections::run(command, config).await,
     }
 }
 

@@ -5,5 +5,6 @@ mod concurrency;
 mod errors;
 mod helpers;
 mod lifecycle;
+mod rebuild;
 mod restart;
 mod secrecy;

@@ -1,0 +1,161 @@
+//! Rebuilding and checking projections while the server keeps serving.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keyledger::rebuild::{check, rebuild, Which};
+use keyledger_projections::Projections;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use sqlx::Connection;
+
+use crate::backend_tests;
+use crate::helpers::{spawn_app, Backend, TestApp};
+
+backend_tests!(
+    check_catches_a_corrupted_row_and_rebuild_repairs_it,
+    verification_keeps_answering_through_a_rebuild_and_after_the_swap,
+);
+
+async fn open_tool(app: &TestApp) -> (keyledger::store::EventStore, Projections) {
+    let store = keyledger::app::open_store(&app.store.config())
+        .await
+        .expect("open store");
+    let projections = Projections::unloaded(store.projection_db());
+    (store, projections)
+}
+
+/// Corrupts one key-list row directly in the database.
+async fn corrupt(app: &TestApp, id: &str) {
+    const SQL: &str = "UPDATE key_list SET name = 'corrupted', usage_count = 999 WHERE id = $1";
+    let affected = match app.store.backend {
+        Backend::Sqlite => {
+            let path = app.store.data_dir.path().join("keyledger.db");
+            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+                .await
+                .expect("open");
+            sqlx::query(SQL)
+                .bind(id)
+                .execute(&mut c)
+                .await
+                .expect("corrupt")
+                .rows_affected()
+        }
+        Backend::Postgres => {
+            let url = app.store.database_url.clone().expect("url");
+            let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
+            sqlx::query(SQL)
+                .bind(id)
+                .execute(&mut c)
+                .await
+                .expect("corrupt")
+                .rows_affected()
+        }
+    };
+    assert_eq!(affected, 1);
+}
+
+async fn check_catches_a_corrupted_row_and_rebuild_repairs_it(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let (id, _) = app.create_key("precious").await;
+    let (other, _) = app.create_key("other").await;
+    let r = app
+        .post(&format!("/v1/keys/{other}/deactivate"), json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let (store, projections) = open_tool(&app).await;
+    assert_eq!(
+        check(&store, &projections).await.expect("check"),
+        Vec::<String>::new()
+    );
+
+    corrupt(&app, &id).await;
+    let diffs = check(&store, &projections).await.expect("check");
+    assert_eq!(diffs.len(), 1, "{diffs:?}");
+    assert!(
+        diffs[0].contains(&id) && diffs[0].contains("corrupted"),
+        "{diffs:?}"
+    );
+    assert_eq!(
+        app.get(&format!("/v1/keys/{id}")).await.body["name"],
+        "corrupted"
+    );
+
+    let report = rebuild(&store, &projections, Which::All, &|_, _| {})
+        .await
+        .expect("rebuild");
+    assert_eq!(report.events, 3);
+    assert_eq!(
+        check(&store, &projections).await.expect("check"),
+        Vec::<String>::new()
+    );
+    let view = app.get(&format!("/v1/keys/{id}")).await;
+    assert_eq!(view.body["name"], "precious");
+    assert_eq!(view.body["usage_count"], 0);
+    assert_eq!(
+        app.get(&format!("/v1/keys/{other}")).await.body["status"],
+        "inactive"
+    );
+    store.close().await;
+    app.stop().await;
+}
+
+async fn verification_keeps_answering_through_a_rebuild_and_after_the_swap(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let mut keys = Vec::new();
+    for i in 0..20 {
+        keys.push(app.create_key(&format!("k{i}")).await);
+    }
+    let app = Arc::new(app);
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let verifier = {
+        let (app, stop, answered) = (app.clone(), stop.clone(), answered.clone());
+        let key = keys[0].1.clone();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                assert_eq!(app.verify_code(&key).await, "VALID");
+                answered.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let (store, projections) = open_tool(&app).await;
+    for _ in 0..3 {
+        rebuild(&store, &projections, Which::All, &|_, _| {})
+            .await
+            .expect("rebuild");
+    }
+    // A command after the swap lands in the rebuilt tables and in the index.
+    let (id, key) = &keys[1];
+    let r = app
+        .send(Method::POST, &format!("/v1/keys/{id}/deactivate"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(app.verify_code(key).await, "DISABLED");
+    // The node notices the rebuild and reloads its index; keys stay verifiable.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    verifier
+        .await
+        .expect("verifier never saw anything but VALID");
+    assert!(answered.load(Ordering::SeqCst) > 0);
+    assert_eq!(app.verify_code(key).await, "DISABLED");
+    for (_, k) in keys.iter().skip(2) {
+        assert_eq!(app.verify_code(k).await, "VALID");
+    }
+    let list = app.get("/v1/keys?limit=100").await;
+    assert_eq!(list.body["keys"].as_array().expect("keys").len(), 20);
+    assert_eq!(
+        check(&store, &projections).await.expect("check"),
+        Vec::<String>::new()
+    );
+    store.close().await;
+}
