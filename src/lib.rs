@@ -13,6 +13,7 @@ pub mod http;
 pub mod integrity;
 pub mod rebuild;
 pub mod secret;
+pub mod seed;
 pub mod service;
 pub mod store;
 pub mod tailer;

@@ -21,6 +21,21 @@ pub struct BenchArgs {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// Write N keys and M events straight into the event store.
+    Seed {
+        /// Number of keys to create.
+        #[arg(long, default_value_t = 1000)]
+        keys: u64,
+        /// Number of events in all (at least one per key).
+        #[arg(long, default_value_t = 10_000)]
+        events: u64,
+        /// Tenant of the seeded keys.
+        #[arg(long, default_value = "bench")]
+        tenant: String,
+        /// Write the raw keys here, one per line (for verification load tests).
+        #[arg(long)]
+        keys_out: Option<std::path::PathBuf>,
+    },
     /// Revoke keys through node A and time until node B refuses them.
     Propagation {
         /// Base URL of the node that receives the commands.
@@ -37,6 +52,36 @@ enum BenchCommand {
 
 pub async fn run(args: BenchArgs, config: Config) -> Result<ExitCode, Error> {
     match args.command {
+        BenchCommand::Seed {
+            keys,
+            events,
+            tenant,
+            keys_out,
+        } => {
+            let store = crate::app::open_store(&config).await?;
+            let started = Instant::now();
+            let mut file = keys_out
+                .map(|p| {
+                    std::fs::File::create(&p)
+                        .map(std::io::BufWriter::new)
+                        .map_err(|e| Error::Config(format!("{}: {e}", p.display())))
+                })
+                .transpose()?;
+            let out = file.as_mut().map(|f| f as &mut dyn std::io::Write);
+            let seeded = crate::seed::seed(&store, &tenant, keys, events, out).await?;
+            if let Some(mut f) = file {
+                std::io::Write::flush(&mut f).map_err(|e| Error::Internal(e.to_string()))?;
+            }
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "seeded keys={} events={} in {secs:.1} s ({:.0} events/s)",
+                seeded.keys,
+                seeded.events,
+                seeded.events as f64 / secs.max(0.001)
+            );
+            store.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
         BenchCommand::Propagation {
             node_a,
             node_b,
