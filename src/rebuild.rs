@@ -11,9 +11,11 @@
 
 use std::time::Instant;
 
+use keyledger_projections::audit::AuditEntry;
 use keyledger_projections::audit::{AuditFilter, Order};
 use keyledger_projections::replay::{audit_entry, diff_audit, diff_key_lists, KeyListFold};
-use keyledger_projections::{Projections, RecordedEvent, Table};
+use keyledger_projections::{Projections, RawEvent, RecordedEvent, Table};
+use tokio::sync::mpsc;
 
 use crate::error::Error;
 use crate::store::EventStore;
@@ -98,6 +100,10 @@ async fn page(
 }
 
 /// Rebuilds the chosen projections while nodes keep serving.
+///
+/// Reading the feed, folding, and bulk-loading overlap: a reader future fetches
+/// the next page and a writer future loads the previous batch while this one is
+/// folded (the database works while we compute).
 pub async fn rebuild(
     store: &EventStore,
     projections: &Projections,
@@ -114,38 +120,77 @@ pub async fn rebuild(
     let with_keys = tables.contains(&Table::KeyList);
     let with_audit = tables.contains(&Table::AuditLog);
     let total = u64::try_from(head).unwrap_or(0);
-    let mut fold = KeyListFold::default();
-    let mut audit = Vec::new();
-    let mut done = 0u64;
-    let mut after = 0;
     progress.update(0, total);
-    loop {
-        let (events, last, seen) = page(store, after, head).await?;
-        let Some(last) = last else { break };
-        for e in &events {
-            if with_keys {
-                fold.apply(e);
-            }
-            if with_audit {
-                audit.push(audit_entry(e));
+
+    let (page_tx, mut page_rx) = mpsc::channel::<Vec<RawEvent>>(4);
+    let (audit_tx, mut audit_rx) = mpsc::channel::<Vec<AuditEntry>>(2);
+    let reader = async move {
+        let mut after = 0;
+        loop {
+            let mut raws = store.read_feed(after, PAGE).await?;
+            raws.retain(|r| r.position <= head);
+            let Some(last) = raws.last().map(|r| r.position) else {
+                return Ok::<_, Error>(());
+            };
+            after = last;
+            if page_tx.send(raws).await.is_err() {
+                return Ok(());
             }
         }
-        if audit.len() >= AUDIT_FLUSH {
-            projections.load_scratch_audit(&audit).await?;
-            audit.clear();
+    };
+    let writer = async {
+        while let Some(batch) = audit_rx.recv().await {
+            projections.load_scratch_audit(&batch).await?;
         }
-        done += seen;
-        after = last;
-        progress.update(done, total);
-    }
-    if with_audit && !audit.is_empty() {
-        projections.load_scratch_audit(&audit).await?;
-    }
+        Ok::<_, Error>(())
+    };
+    let folder = async move {
+        let mut fold = KeyListFold::default();
+        let mut audit = Vec::with_capacity(AUDIT_FLUSH);
+        let mut done = 0u64;
+        while let Some(raws) = page_rx.recv().await {
+            done += raws.len() as u64;
+            for raw in raws {
+                let Some(e) = RecordedEvent::decode(raw)? else {
+                    continue;
+                };
+                if with_keys {
+                    fold.apply(&e);
+                }
+                if with_audit {
+                    audit.push(audit_entry(&e));
+                }
+            }
+            if audit.len() >= AUDIT_FLUSH {
+                let full = std::mem::replace(&mut audit, Vec::with_capacity(AUDIT_FLUSH));
+                if audit_tx.send(full).await.is_err() {
+                    break;
+                }
+            }
+            progress.update(done, total);
+        }
+        if !audit.is_empty() {
+            let _ = audit_tx.send(audit).await;
+        }
+        drop(audit_tx);
+        Ok::<_, Error>((fold, done))
+    };
+    let (read, written, folded) = tokio::join!(reader, writer, folder);
+    read?;
+    written?;
+    let (fold, done) = folded?;
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), "events replayed");
     if with_keys {
         projections.load_scratch_keys(&fold.into_rows()).await?;
+        tracing::info!(seconds = started.elapsed().as_secs_f64(), "key list loaded");
     }
     for t in &tables {
         projections.swap_in(*t, head, &suffix).await?;
+        tracing::info!(
+            seconds = started.elapsed().as_secs_f64(),
+            table = t.live(),
+            "swapped in"
+        );
     }
     Ok(RebuildReport {
         events: done,

@@ -420,3 +420,53 @@ fn a_token_from_the_command_line_is_signed_with_the_data_dir_secret() {
             .is_err()
     );
 }
+
+/// Runs the binary with a data dir and returns (success, stdout, stderr).
+fn keyledger_in(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyledger"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .env_remove("DATABASE_URL")
+        .env_remove("KEYLEDGER_JWT_SECRET")
+        .output()
+        .expect("run keyledger");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn projections_tools_rebuild_report_and_check_seeded_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ok, out, err) = keyledger_in(
+        dir.path(),
+        &["bench", "seed", "--keys", "5", "--events", "20"],
+    );
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = keyledger_in(dir.path(), &["projections", "rebuild"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("20 events") && out.contains("events/s"),
+        "{out}"
+    );
+    // Not a terminal: progress comes as plain lines.
+    assert!(err.contains("rebuild: 20/20 events"), "{err}");
+    let (ok, out, _) = keyledger_in(dir.path(), &["projections", "status"]);
+    assert!(ok);
+    let key_list = out
+        .lines()
+        .find(|l| l.starts_with("key_list"))
+        .expect("key_list line");
+    assert_eq!(
+        key_list.split_whitespace().collect::<Vec<_>>(),
+        ["key_list", "20", "0"]
+    );
+    let (ok, out, _) = keyledger_in(dir.path(), &["projections", "check"]);
+    assert!(ok, "{out}");
+    let (ok, out, _) = keyledger_in(dir.path(), &["audit", "verify"]);
+    assert!(ok, "{out}");
+    assert!(out.starts_with("ok: 20 events verified"), "{out}");
+}

@@ -115,11 +115,17 @@ impl Projections {
     }
 
     pub async fn load_scratch_keys(&self, rows: &[KeyRow]) -> Result<(), ProjectionError> {
-        dispatch!(&self.db, load_scratch_keys(rows))
+        match &self.db {
+            ProjectionDb::Sqlite(p) => sql::sqlite::load_scratch_keys(p, rows).await,
+            ProjectionDb::Postgres(p) => sql::copy::load_scratch_keys(p, rows).await,
+        }
     }
 
     pub async fn load_scratch_audit(&self, rows: &[AuditEntry]) -> Result<(), ProjectionError> {
-        dispatch!(&self.db, load_scratch_audit(rows))
+        match &self.db {
+            ProjectionDb::Sqlite(p) => sql::sqlite::load_scratch_audit(p, rows).await,
+            ProjectionDb::Postgres(p) => sql::copy::load_scratch_audit(p, rows).await,
+        }
     }
 
     /// Swaps a loaded scratch table in atomically, at checkpoint `position`.

@@ -540,7 +540,8 @@ macro_rules! backend {
                 Ok(())
             }
 
-            /// Bulk-loads key rows into the scratch key list.
+            /// Bulk-loads key rows into the scratch key list (PostgreSQL uses COPY).
+            #[allow(dead_code)]
             pub(crate) async fn load_scratch_keys(
                 pool: &Pool<Db>,
                 rows: &[KeyRow],
@@ -576,7 +577,8 @@ macro_rules! backend {
                 Ok(())
             }
 
-            /// Bulk-loads audit rows into the scratch audit log.
+            /// Bulk-loads audit rows into the scratch audit log (PostgreSQL uses COPY).
+            #[allow(dead_code)]
             pub(crate) async fn load_scratch_audit(
                 pool: &Pool<Db>,
                 rows: &[AuditEntry],
@@ -750,3 +752,126 @@ backend!(
     int = "BIGINT",
     strict = ""
 );
+
+/// Bulk loads through `COPY … FROM STDIN` (PostgreSQL only): several times faster
+/// than multi-row INSERTs for rebuilds.
+pub(crate) mod copy {
+    use super::*;
+    use sqlx::PgPool;
+
+    /// Appends one field in COPY text format.
+    fn field(out: &mut String, value: Option<&str>) {
+        match value {
+            None => out.push_str("\\N"),
+            Some(v) => {
+                for c in v.chars() {
+                    match c {
+                        '\\' => out.push_str("\\\\"),
+                        '\t' => out.push_str("\\t"),
+                        '\n' => out.push_str("\\n"),
+                        '\r' => out.push_str("\\r"),
+                        c => out.push(c),
+                    }
+                }
+            }
+        }
+    }
+
+    fn row(out: &mut String, fields: &[Option<&str>]) {
+        for (i, f) in fields.iter().enumerate() {
+            if i > 0 {
+                out.push('\t');
+            }
+            field(out, *f);
+        }
+        out.push('\n');
+    }
+
+    async fn copy(
+        pool: &PgPool,
+        table: &str,
+        columns: &str,
+        data: String,
+    ) -> Result<(), ProjectionError> {
+        let mut conn = pool.acquire().await?;
+        let mut copy = conn
+            .copy_in_raw(&format!("COPY {table} ({columns}) FROM STDIN"))
+            .await?;
+        copy.send(data.into_bytes()).await?;
+        copy.finish().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn load_scratch_audit(
+        pool: &PgPool,
+        rows: &[AuditEntry],
+    ) -> Result<(), ProjectionError> {
+        let mut data = String::with_capacity(rows.len() * 400);
+        for r in rows {
+            let (position, sequence, occurred) = (
+                r.position.to_string(),
+                r.sequence.to_string(),
+                r.occurred_at.timestamp_millis().to_string(),
+            );
+            let json = json_text(&r.data);
+            row(
+                &mut data,
+                &[
+                    Some(&position),
+                    Some(&r.tenant),
+                    Some(&r.key_id),
+                    Some(&sequence),
+                    Some(&r.event_type),
+                    Some(&occurred),
+                    r.actor.as_deref(),
+                    r.request_id.as_deref(),
+                    Some(&json),
+                    r.client_addr.as_deref(),
+                    r.user_agent.as_deref(),
+                    r.event_hash.as_deref(),
+                ],
+            );
+        }
+        copy(pool, Table::AuditLog.scratch(), AUDIT_COLUMNS, data).await
+    }
+
+    pub(crate) async fn load_scratch_keys(
+        pool: &PgPool,
+        rows: &[KeyRow],
+    ) -> Result<(), ProjectionError> {
+        let mut data = String::with_capacity(rows.len() * 400);
+        for r in rows {
+            let permissions = json_text(&r.permissions);
+            let created = r.created_at.timestamp_millis().to_string();
+            let updated = r.updated_at.timestamp_millis().to_string();
+            let expires = r.expires_at.map(|t| t.timestamp_millis().to_string());
+            let used = r.last_used_at.map(|t| t.timestamp_millis().to_string());
+            let count = r.usage_count.to_string();
+            let metadata = r.metadata.as_ref().map(json_text);
+            let position = r.created_position.to_string();
+            row(
+                &mut data,
+                &[
+                    Some(&r.id),
+                    Some(&r.tenant),
+                    Some(&r.key_hash),
+                    Some(&r.prefix),
+                    Some(&r.name),
+                    r.description.as_deref(),
+                    Some(&r.environment),
+                    Some(&permissions),
+                    Some(&r.status),
+                    Some(&created),
+                    Some(&r.created_by),
+                    Some(&updated),
+                    expires.as_deref(),
+                    used.as_deref(),
+                    Some(&count),
+                    metadata.as_deref(),
+                    Some(&position),
+                ],
+            );
+        }
+        copy(pool, Table::KeyList.scratch(), KEY_COLUMNS, data).await
+    }
+}

@@ -62,6 +62,16 @@ async fn check_catches_a_corrupted_row_and_rebuild_repairs_it(backend: Backend) 
     };
     let (id, _) = app.create_key("precious").await;
     let (other, _) = app.create_key("other").await;
+    // Characters that bulk loading must escape (COPY text format on PostgreSQL).
+    let tricky = "tab\there\nnew line \\ backslash \r \\N";
+    let r = app
+        .send(
+            Method::PATCH,
+            &format!("/v1/keys/{other}"),
+            Some(json!({"description": tricky})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let r = app
         .post(&format!("/v1/keys/{other}/deactivate"), json!({}))
         .await;
@@ -87,7 +97,7 @@ async fn check_catches_a_corrupted_row_and_rebuild_repairs_it(backend: Backend) 
     let report = rebuild(&store, &projections, Which::All, &|_, _| {})
         .await
         .expect("rebuild");
-    assert_eq!(report.events, 3);
+    assert_eq!(report.events, 4);
     assert_eq!(
         check(&store, &projections).await.expect("check"),
         Vec::<String>::new()
