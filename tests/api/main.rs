@@ -8,3 +8,4 @@ mod lifecycle;
 mod rebuild;
 mod restart;
 mod secrecy;
+mod upcast;
