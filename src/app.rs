@@ -100,9 +100,14 @@ impl Application {
             .map_err(|e| Error::Internal(e.to_string()))?;
         let state = AppState {
             service,
-            tokens: Arc::new(TokenVerifier::hs256(secret.expose())),
+            tokens: Arc::new(TokenVerifier::with_idp(
+                secret.expose(),
+                config.idp.as_ref(),
+            )?),
             store,
             max_body_bytes: config.max_body_bytes,
+            sealer: Arc::new(crate::idempotency::Sealer::from_secret(secret.expose())),
+            metrics: crate::metrics::handle(),
         };
         Ok(Self {
             listener,

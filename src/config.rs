@@ -28,6 +28,40 @@ pub struct Config {
     /// How often a node polls the feed when no notification arrives.
     pub poll_interval: Duration,
     pub max_body_bytes: usize,
+    /// Management tokens from an identity provider (RS256/ES256), besides the
+    /// HS256 tokens of the server secret; `None` means HS256 only.
+    pub idp: Option<IdpConfig>,
+}
+
+/// Which RS256/ES256 management tokens of an identity provider are accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdpConfig {
+    /// PEM files of the provider's public keys (RSA or EC P-256), at least one.
+    pub public_keys: Vec<PathBuf>,
+    /// Required value of `iss`, if any.
+    pub issuer: Option<String>,
+    /// Required value in `aud`, if any (without it, `aud` is not checked).
+    pub audience: Option<String>,
+    /// Claim naming the tenant the caller may see.
+    pub tenant_claim: String,
+    /// Claim naming the actor recorded in events.
+    pub actor_claim: String,
+}
+
+impl IdpConfig {
+    pub const DEFAULT_TENANT_CLAIM: &'static str = "tenant";
+    pub const DEFAULT_ACTOR_CLAIM: &'static str = "sub";
+
+    /// Keys from these files, no issuer or audience check, claims `tenant` and `sub`.
+    pub fn new(public_keys: Vec<PathBuf>) -> Self {
+        Self {
+            public_keys,
+            issuer: None,
+            audience: None,
+            tenant_claim: Self::DEFAULT_TENANT_CLAIM.to_string(),
+            actor_claim: Self::DEFAULT_ACTOR_CLAIM.to_string(),
+        }
+    }
 }
 
 impl Config {
@@ -42,6 +76,7 @@ impl Config {
             usage_flush_interval: Duration::from_secs(60),
             poll_interval: Duration::from_millis(500),
             max_body_bytes: 64 * 1024,
+            idp: None,
         }
     }
 

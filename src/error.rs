@@ -32,6 +32,9 @@ pub enum Error {
     RouteNotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// An `Idempotency-Key` was reused with a different request.
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyKeyReused,
     /// Concurrent commands on one key kept colliding.
     #[error("the key was changed concurrently; retry the request")]
     Conflict,

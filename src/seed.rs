@@ -134,6 +134,7 @@ pub async fn seed(
                 metadata: None,
                 created_by: "bench-seed".into(),
                 created_at: now,
+                rotated_from: None,
             });
             ids.push(id.clone());
             let (stream, _) = key_streams

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use keyledger_domain::{
-    CreateKey, Environment, KeyCommand, KeyCommandKind, KeyPrefix, RawKey, UpdateKey,
+    CreateKey, DomainError, Environment, KeyCommand, KeyCommandKind, KeyPrefix, RawKey, UpdateKey,
 };
 use keyledger_projections::audit::{AuditFilter, AuditPage};
 use keyledger_projections::event::meta_keys;
@@ -88,6 +88,15 @@ impl KeyService {
     /// Issues a key. The raw key is generated here (CSPRNG), hashed, and only the
     /// hash and display prefix enter the command.
     pub async fn create(&self, actor: &Actor, new: NewKey) -> Result<IssuedKey, Error> {
+        self.issue(actor, new, None).await
+    }
+
+    async fn issue(
+        &self,
+        actor: &Actor,
+        new: NewKey,
+        rotated_from: Option<String>,
+    ) -> Result<IssuedKey, Error> {
         let raw = RawKey::generate(&self.prefix, new.environment, &mut rand::rng());
         let parsed = raw.parsed();
         let key_id = format!("key_{}", Uuid::now_v7().simple());
@@ -100,10 +109,52 @@ impl KeyService {
             permissions: new.permissions,
             expires_at: new.expires_at,
             metadata: new.metadata,
+            rotated_from,
         });
         self.command(actor, &key_id, kind).await?;
         let view = self.get(actor, &key_id).await?;
         Ok(IssuedKey { view, raw })
+    }
+
+    /// Rotates a key: issues its successor (same name, description, permissions,
+    /// environment and metadata), then lets the old key expire after `grace`
+    /// (never later than it already would). The successor is created first so a
+    /// failure never leaves the old key pointing at a key nobody received; if the
+    /// old key refuses (deleted or already rotated, e.g. by a concurrent
+    /// rotation), the successor is deleted again.
+    pub async fn rotate(
+        &self,
+        actor: &Actor,
+        id: &str,
+        grace: chrono::Duration,
+    ) -> Result<IssuedKey, Error> {
+        let old = self.get(actor, id).await?;
+        if old.rotated_to.is_some() {
+            return Err(Error::Domain(DomainError::AlreadyRotated));
+        }
+        let new = NewKey {
+            name: old.name,
+            description: old.description,
+            environment: old.environment.parse::<Environment>()?,
+            permissions: old.permissions,
+            expires_at: None,
+            metadata: old.metadata,
+        };
+        let issued = self.issue(actor, new, Some(old.id.clone())).await?;
+        let rotate = KeyCommandKind::RotateKey {
+            successor: issued.view.id.clone(),
+            grace,
+        };
+        if let Err(e) = self.command(actor, &old.id, rotate).await {
+            if let Err(undo) = self
+                .command(actor, &issued.view.id, KeyCommandKind::DeleteKey)
+                .await
+            {
+                tracing::error!(error = %undo, key_id = %issued.view.id, "could not delete the successor of a failed rotation");
+            }
+            return Err(e);
+        }
+        Ok(issued)
     }
 
     pub async fn update(

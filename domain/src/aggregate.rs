@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::commands::{CreateKey, KeyCommand, KeyCommandKind, UpdateKey};
 use crate::error::DomainError;
 use crate::events::{
-    ApiKeyEvent, KeyCreated, KeyDeactivated, KeyDeleted, KeyReactivated, KeyUpdated,
+    ApiKeyEvent, KeyCreated, KeyDeactivated, KeyDeleted, KeyExpirySet, KeyReactivated, KeyUpdated,
     API_KEY_AGGREGATE_TYPE,
 };
 use crate::permissions::Permissions;
@@ -32,6 +32,8 @@ pub struct ApiKey {
     lifecycle: KeyLifecycle,
     tenant: String,
     expires_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    rotated_to: Option<String>,
 }
 
 impl ApiKey {
@@ -83,6 +85,7 @@ impl ApiKey {
             metadata: c.metadata,
             created_by: actor,
             created_at: at,
+            rotated_from: c.rotated_from,
         }))
     }
 
@@ -161,6 +164,26 @@ impl Aggregate for ApiKey {
                 self.ensure_live_for(&tenant)?;
                 ApiKeyEvent::KeyDeleted(KeyDeleted { at })
             }
+            KeyCommandKind::RotateKey { successor, grace } => {
+                self.ensure_live_for(&tenant)?;
+                if self.rotated_to.is_some() {
+                    return Err(DomainError::AlreadyRotated);
+                }
+                if grace < chrono::Duration::zero() {
+                    return Err(DomainError::validation(
+                        "grace_period_seconds",
+                        "must not be negative",
+                    ));
+                }
+                // Rotation never extends a key's life.
+                let end = at + grace;
+                let expires_at = self.expires_at.map_or(end, |own| own.min(end));
+                ApiKeyEvent::KeyExpirySet(KeyExpirySet {
+                    expires_at,
+                    rotated_to: Some(successor),
+                    at,
+                })
+            }
         };
         sink.write(event, self).await;
         Ok(())
@@ -181,6 +204,12 @@ impl Aggregate for ApiKey {
             ApiKeyEvent::KeyDeactivated(_) => self.lifecycle = KeyLifecycle::Inactive,
             ApiKeyEvent::KeyReactivated(_) => self.lifecycle = KeyLifecycle::Active,
             ApiKeyEvent::KeyDeleted(_) => self.lifecycle = KeyLifecycle::Deleted,
+            ApiKeyEvent::KeyExpirySet(e) => {
+                self.expires_at = Some(e.expires_at);
+                if e.rotated_to.is_some() {
+                    self.rotated_to = e.rotated_to;
+                }
+            }
         }
     }
 }
@@ -219,6 +248,7 @@ mod tests {
             permissions: vec!["keys:read".into()],
             expires_at: None,
             metadata: None,
+            rotated_from: None,
         }
     }
 
@@ -235,6 +265,7 @@ mod tests {
             metadata: None,
             created_by: "alice".into(),
             created_at: t0(),
+            rotated_from: None,
         })
     }
 
@@ -407,6 +438,67 @@ mod tests {
                 updated_at: t0(),
                 ..KeyUpdated::default()
             })]);
+    }
+
+    fn rotate(hours: i64) -> KeyCommandKind {
+        KeyCommandKind::RotateKey {
+            successor: "key_next".into(),
+            grace: chrono::Duration::hours(hours),
+        }
+    }
+
+    #[test]
+    fn rotating_sets_expiry_after_the_grace_period_and_links_the_successor() {
+        Given::with(())
+            .given(vec![created()])
+            .when(command(rotate(24)))
+            .then_expect_events(vec![ApiKeyEvent::KeyExpirySet(KeyExpirySet {
+                expires_at: t0() + chrono::Duration::hours(24),
+                rotated_to: Some("key_next".into()),
+                at: t0(),
+            })]);
+    }
+
+    #[test]
+    fn rotation_never_extends_a_keys_life() {
+        let soon = t0() + chrono::Duration::hours(1);
+        let mut update = KeyUpdated {
+            expires_at: Some(Some(soon)),
+            updated_at: t0(),
+            ..KeyUpdated::default()
+        };
+        update.name = None;
+        Given::with(())
+            .given(vec![created(), ApiKeyEvent::KeyUpdated(update)])
+            .when(command(rotate(24)))
+            .then_expect_events(vec![ApiKeyEvent::KeyExpirySet(KeyExpirySet {
+                expires_at: soon,
+                rotated_to: Some("key_next".into()),
+                at: t0(),
+            })]);
+    }
+
+    #[test]
+    fn a_rotated_key_cannot_be_rotated_again() {
+        Given::with(())
+            .given(vec![
+                created(),
+                ApiKeyEvent::KeyExpirySet(KeyExpirySet {
+                    expires_at: t0(),
+                    rotated_to: Some("key_next".into()),
+                    at: t0(),
+                }),
+            ])
+            .when(command(rotate(1)))
+            .then_expect_error(DomainError::AlreadyRotated);
+    }
+
+    #[test]
+    fn a_deleted_key_cannot_be_rotated() {
+        Given::with(())
+            .given(vec![created(), deleted()])
+            .when(command(rotate(1)))
+            .then_expect_error(DomainError::AlreadyDeleted);
     }
 
     #[test]

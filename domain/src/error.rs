@@ -18,6 +18,9 @@ pub enum DomainError {
     /// The key was deleted; deleted keys accept no command.
     #[error("key was deleted")]
     AlreadyDeleted,
+    /// The key was rotated already; it has a successor.
+    #[error("key was already rotated")]
+    AlreadyRotated,
     /// A create command hit an id that already has events.
     #[error("key already exists")]
     AlreadyExists,

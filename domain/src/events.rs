@@ -43,6 +43,7 @@ pub enum ApiKeyEvent {
     KeyDeactivated(KeyDeactivated),
     KeyReactivated(KeyReactivated),
     KeyDeleted(KeyDeleted),
+    KeyExpirySet(KeyExpirySet),
 }
 
 /// A key was issued. Holds the SHA-256 of the key, never the key.
@@ -59,6 +60,10 @@ pub struct KeyCreated {
     pub metadata: Option<Value>,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
+    /// The key this one replaces, when issued by a rotation. Absent in events
+    /// written before rotation existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_from: Option<String>,
 }
 
 /// Some descriptive fields changed. A field that is absent did not change; for the
@@ -120,6 +125,15 @@ pub struct KeyDeleted {
     pub at: DateTime<Utc>,
 }
 
+/// The key's expiry was set by a rotation: it stays valid for the grace period
+/// (never longer than it already would), and `rotated_to` names its successor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyExpirySet {
+    pub expires_at: DateTime<Utc>,
+    pub rotated_to: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
 impl ApiKeyEvent {
     /// The event type name as stored and shown in the audit log.
     pub fn type_name(&self) -> &'static str {
@@ -129,6 +143,7 @@ impl ApiKeyEvent {
             Self::KeyDeactivated(_) => "KeyDeactivated",
             Self::KeyReactivated(_) => "KeyReactivated",
             Self::KeyDeleted(_) => "KeyDeleted",
+            Self::KeyExpirySet(_) => "KeyExpirySet",
         }
     }
 }
@@ -144,7 +159,8 @@ impl DomainEvent for ApiKeyEvent {
             Self::KeyUpdated(_)
             | Self::KeyDeactivated(_)
             | Self::KeyReactivated(_)
-            | Self::KeyDeleted(_) => EVENT_VERSION,
+            | Self::KeyDeleted(_)
+            | Self::KeyExpirySet(_) => EVENT_VERSION,
         }
         .to_string()
     }

@@ -21,7 +21,7 @@ pub use aggregate::{ApiKey, KeyLifecycle};
 pub use commands::{CreateKey, KeyCommand, KeyCommandKind, UpdateKey};
 pub use error::DomainError;
 pub use events::{
-    ApiKeyEvent, KeyCreated, KeyDeactivated, KeyDeleted, KeyReactivated, KeyUpdated,
+    ApiKeyEvent, KeyCreated, KeyDeactivated, KeyDeleted, KeyExpirySet, KeyReactivated, KeyUpdated,
     API_KEY_AGGREGATE_TYPE,
 };
 pub use key::{Environment, KeyHash, KeyPrefix, ParsedKey, RawKey};

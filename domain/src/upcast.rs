@@ -154,6 +154,7 @@ mod tests {
             metadata: Some(json!({"team": "infra"})),
             created_by: "alice".to_owned(),
             created_at: t0(),
+            rotated_from: None,
         })
     }
 
@@ -199,6 +200,7 @@ mod tests {
             metadata: None,
             created_by: "alice".to_owned(),
             created_at: t0(),
+            rotated_from: None,
         });
         assert_eq!(event, expected);
         // Permissions deserialise unvalidated, so the upcaster itself must have

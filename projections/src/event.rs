@@ -66,6 +66,8 @@ pub struct EventMeta {
 
 /// The events of every aggregate type keyledger stores.
 #[derive(Debug, Clone, PartialEq)]
+// Boxing the large variant would add an allocation per event on the replay path.
+#[allow(clippy::large_enum_variant)]
 pub enum KeyledgerEvent {
     Key(ApiKeyEvent),
     Usage(KeyUsageEvent),
@@ -204,6 +206,7 @@ impl KeyledgerEvent {
             Self::Key(ApiKeyEvent::KeyDeactivated(e)) => e.at,
             Self::Key(ApiKeyEvent::KeyReactivated(e)) => e.at,
             Self::Key(ApiKeyEvent::KeyDeleted(e)) => e.at,
+            Self::Key(ApiKeyEvent::KeyExpirySet(e)) => e.at,
             Self::Usage(KeyUsageEvent::KeyUsageRecorded(e)) => e.last_used_at,
         }
     }

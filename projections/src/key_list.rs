@@ -30,6 +30,8 @@ pub struct KeyRow {
     pub usage_count: i64,
     pub metadata: Option<Value>,
     pub created_position: i64,
+    pub rotated_from: Option<String>,
+    pub rotated_to: Option<String>,
 }
 
 /// What a reader sees: `inactive` wins over `expired`, matching verification

@@ -65,6 +65,8 @@ impl KeyListFold {
                     usage_count: 0,
                     metadata: c.metadata.clone(),
                     created_position: e.position,
+                    rotated_from: c.rotated_from.clone(),
+                    rotated_to: None,
                 });
             }
             KeyledgerEvent::Key(ApiKeyEvent::KeyUpdated(u)) => {
@@ -92,6 +94,15 @@ impl KeyListFold {
             }
             KeyledgerEvent::Key(ApiKeyEvent::KeyReactivated(_)) => {
                 self.set_status(e, STATUS_ACTIVE, at)
+            }
+            KeyledgerEvent::Key(ApiKeyEvent::KeyExpirySet(x)) => {
+                if let Some(row) = self.rows.get_mut(&e.key_id) {
+                    row.expires_at = Some(ms(x.expires_at));
+                    if x.rotated_to.is_some() {
+                        row.rotated_to = x.rotated_to.clone();
+                    }
+                    row.updated_at = at;
+                }
             }
             KeyledgerEvent::Key(ApiKeyEvent::KeyDeleted(_)) => {
                 self.rows.remove(&e.key_id);
@@ -190,6 +201,8 @@ fn row_fields_diff(want: &KeyRow, got: &KeyRow) -> String {
     field!(usage_count);
     field!(metadata);
     field!(created_position);
+    field!(rotated_from);
+    field!(rotated_to);
     parts.join("; ")
 }
 

@@ -15,7 +15,7 @@ use crate::verification::{IndexedKey, VerificationIndex};
 
 const KEY_COLUMNS: &str = "id, tenant, key_hash, prefix, name, description, environment, \
     permissions, status, created_at, created_by, updated_at, expires_at, last_used_at, \
-    usage_count, metadata, created_position";
+    usage_count, metadata, created_position, rotated_from, rotated_to";
 
 const AUDIT_COLUMNS: &str = "position, tenant, key_id, sequence, event_type, occurred_at, \
     actor, request_id, data, client_addr, user_agent, event_hash";
@@ -39,6 +39,8 @@ struct KeyRecord {
     usage_count: i64,
     metadata: Option<String>,
     created_position: i64,
+    rotated_from: Option<String>,
+    rotated_to: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -85,6 +87,8 @@ impl KeyRecord {
             usage_count: self.usage_count,
             metadata: self.metadata.and_then(|m| serde_json::from_str(&m).ok()),
             created_position: self.created_position,
+            rotated_from: self.rotated_from,
+            rotated_to: self.rotated_to,
         }
     }
 
@@ -173,7 +177,8 @@ impl Table {
                      permissions TEXT NOT NULL, status TEXT NOT NULL, created_at {int} NOT NULL, \
                      created_by TEXT NOT NULL, updated_at {int} NOT NULL, expires_at {int}, \
                      last_used_at {int}, usage_count {int} NOT NULL DEFAULT 0, metadata TEXT, \
-                     created_position {int} NOT NULL, CONSTRAINT key_list_pk_{suffix} PRIMARY KEY (id)){strict}"
+                     created_position {int} NOT NULL, rotated_from TEXT, rotated_to TEXT, \
+                     CONSTRAINT key_list_pk_{suffix} PRIMARY KEY (id)){strict}"
                 ),
             ],
             Self::AuditLog => vec![format!(
@@ -272,7 +277,7 @@ macro_rules! backend {
                     KeyledgerEvent::Key(ApiKeyEvent::KeyCreated(c)) => {
                         sqlx::query(&format!(
                             "INSERT INTO key_list ({KEY_COLUMNS}) VALUES \
-                             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, 0, $14, $15) \
+                             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, 0, $14, $15, $16, NULL) \
                              ON CONFLICT (id) DO NOTHING"
                         ))
                         .bind(&e.key_id)
@@ -290,6 +295,7 @@ macro_rules! backend {
                         .bind(c.expires_at.map(|t| t.timestamp_millis()))
                         .bind(c.metadata.as_ref().map(json_text))
                         .bind(e.position)
+                        .bind(&c.rotated_from)
                         .execute(&mut **tx)
                         .await?;
                     }
@@ -330,6 +336,18 @@ macro_rules! backend {
                     }
                     KeyledgerEvent::Key(ApiKeyEvent::KeyReactivated(_)) => {
                         set_status(tx, &e.key_id, STATUS_ACTIVE, at).await?;
+                    }
+                    KeyledgerEvent::Key(ApiKeyEvent::KeyExpirySet(x)) => {
+                        sqlx::query(
+                            "UPDATE key_list SET expires_at = $1, \
+                             rotated_to = COALESCE($2, rotated_to), updated_at = $3 WHERE id = $4",
+                        )
+                        .bind(x.expires_at.timestamp_millis())
+                        .bind(&x.rotated_to)
+                        .bind(at)
+                        .bind(&e.key_id)
+                        .execute(&mut **tx)
+                        .await?;
                     }
                     KeyledgerEvent::Key(ApiKeyEvent::KeyDeleted(_)) => {
                         sqlx::query("DELETE FROM key_list WHERE id = $1")
@@ -569,7 +587,9 @@ macro_rules! backend {
                             .push_bind(r.last_used_at.map(|t| t.timestamp_millis()))
                             .push_bind(r.usage_count)
                             .push_bind(r.metadata.as_ref().map(json_text))
-                            .push_bind(r.created_position);
+                            .push_bind(r.created_position)
+                            .push_bind(r.rotated_from.clone())
+                            .push_bind(r.rotated_to.clone());
                     });
                     q.build().execute(&mut *tx).await?;
                 }
@@ -869,6 +889,8 @@ pub(crate) mod copy {
                     Some(&count),
                     metadata.as_deref(),
                     Some(&position),
+                    r.rotated_from.as_deref(),
+                    r.rotated_to.as_deref(),
                 ],
             );
         }

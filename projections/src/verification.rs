@@ -250,6 +250,12 @@ impl VerificationIndex {
                     ..k.clone_with_same_usage()
                 })
             }
+            KeyledgerEvent::Key(ApiKeyEvent::KeyExpirySet(x)) => {
+                self.replace(&event.key_id, |k| IndexedKey {
+                    expires_at: Some(x.expires_at),
+                    ..k.clone_with_same_usage()
+                })
+            }
             KeyledgerEvent::Key(ApiKeyEvent::KeyDeleted(_)) => {
                 let maps = self.maps.load();
                 let by_id = maps.by_id.pin();

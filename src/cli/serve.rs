@@ -1,6 +1,7 @@
 //! `keyledger serve`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use clap::Args;
 use keyledger_domain::KeyPrefix;
 
 use crate::app::Application;
-use crate::config::{Config, StoreConfig};
+use crate::config::{Config, IdpConfig, StoreConfig};
 use crate::error::Error;
 
 #[derive(Debug, Args)]
@@ -22,6 +23,74 @@ pub struct ServeArgs {
     /// Seconds between usage flushes.
     #[arg(long, env = "KEYLEDGER_USAGE_FLUSH_SECS", default_value_t = 60)]
     usage_flush_secs: u64,
+    /// PEM public key (RSA or EC P-256) of an identity provider whose RS256/ES256
+    /// management tokens are accepted besides HS256 ones; repeatable.
+    #[arg(
+        long = "jwt-public-key",
+        value_name = "PATH",
+        env = "KEYLEDGER_JWT_PUBLIC_KEYS",
+        value_delimiter = ','
+    )]
+    jwt_public_keys: Vec<PathBuf>,
+    /// Required `iss` of identity-provider tokens.
+    #[arg(long, env = "KEYLEDGER_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// Required `aud` of identity-provider tokens (unchecked when unset).
+    #[arg(long, env = "KEYLEDGER_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// Claim of identity-provider tokens naming the tenant [default: tenant].
+    #[arg(long, env = "KEYLEDGER_JWT_TENANT_CLAIM")]
+    jwt_tenant_claim: Option<String>,
+    /// Claim of identity-provider tokens naming the actor [default: sub].
+    #[arg(long, env = "KEYLEDGER_JWT_ACTOR_CLAIM")]
+    jwt_actor_claim: Option<String>,
+}
+
+impl ServeArgs {
+    /// The identity-provider settings; `None` without public keys (HS256 only).
+    fn idp(&self) -> Result<Option<IdpConfig>, Error> {
+        let non_empty = |value: &Option<String>, name: &str| -> Result<Option<String>, Error> {
+            match value.as_deref().map(str::trim) {
+                None => Ok(None),
+                Some("") => Err(Error::Config(format!("{name} must not be empty"))),
+                Some(v) => Ok(Some(v.to_string())),
+            }
+        };
+        let issuer = non_empty(&self.jwt_issuer, "KEYLEDGER_JWT_ISSUER")?;
+        let audience = non_empty(&self.jwt_audience, "KEYLEDGER_JWT_AUDIENCE")?;
+        let tenant_claim = non_empty(&self.jwt_tenant_claim, "KEYLEDGER_JWT_TENANT_CLAIM")?;
+        let actor_claim = non_empty(&self.jwt_actor_claim, "KEYLEDGER_JWT_ACTOR_CLAIM")?;
+        let public_keys: Vec<PathBuf> = self
+            .jwt_public_keys
+            .iter()
+            .filter(|p| !p.as_os_str().is_empty())
+            .cloned()
+            .collect();
+        if public_keys.is_empty() {
+            if issuer.is_some()
+                || audience.is_some()
+                || tenant_claim.is_some()
+                || actor_claim.is_some()
+            {
+                return Err(Error::Config(
+                    "KEYLEDGER_JWT_ISSUER, _AUDIENCE, _TENANT_CLAIM and _ACTOR_CLAIM apply to \
+                     identity-provider tokens: set KEYLEDGER_JWT_PUBLIC_KEYS (--jwt-public-key) too"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        }
+        let mut idp = IdpConfig::new(public_keys);
+        idp.issuer = issuer;
+        idp.audience = audience;
+        if let Some(claim) = tenant_claim {
+            idp.tenant_claim = claim;
+        }
+        if let Some(claim) = actor_claim {
+            idp.actor_claim = claim;
+        }
+        Ok(Some(idp))
+    }
 }
 
 pub async fn run(args: ServeArgs, mut config: Config) -> Result<ExitCode, Error> {
@@ -34,6 +103,7 @@ pub async fn run(args: ServeArgs, mut config: Config) -> Result<ExitCode, Error>
         ));
     }
     config.usage_flush_interval = Duration::from_secs(args.usage_flush_secs);
+    config.idp = args.idp()?;
     match &config.store {
         StoreConfig::Sqlite => tracing::info!(
             data = %config.sqlite_path().display(),

@@ -72,10 +72,20 @@ fn parts(error: &Error) -> Parts {
                 "key not found".into(),
             )
         }
+        Error::Domain(DomainError::AlreadyRotated) => p(
+            StatusCode::CONFLICT,
+            "conflict",
+            "key was already rotated; rotate its successor instead".into(),
+        ),
         Error::Domain(DomainError::AlreadyExists) => p(
             StatusCode::CONFLICT,
             "conflict",
             "key already exists".into(),
+        ),
+        Error::IdempotencyKeyReused => p(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            error.to_string(),
         ),
         Error::Conflict => p(StatusCode::CONFLICT, "conflict", error.to_string()),
         Error::MalformedRequest(m) => p(StatusCode::BAD_REQUEST, "malformed_request", m.clone()),

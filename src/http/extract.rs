@@ -56,6 +56,60 @@ impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJson<T> {
     }
 }
 
+/// A JSON body that may be absent, with its raw bytes (for request fingerprints).
+pub struct OptionalJsonBytes<T>(pub T, pub Bytes);
+
+impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJsonBytes<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
+        let bytes = body_bytes(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJsonBytes(T::default(), bytes));
+        }
+        parse_json(&bytes).map(|v| OptionalJsonBytes(v, bytes))
+    }
+}
+
+/// A required JSON body with its raw bytes (for request fingerprints).
+pub struct JsonBytes<T>(pub T, pub Bytes);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBytes<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
+        let bytes = body_bytes(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(Error::MalformedRequest(
+                "the request body is empty; a JSON object is required".into(),
+            ));
+        }
+        parse_json(&bytes).map(|v| JsonBytes(v, bytes))
+    }
+}
+
+/// The `Idempotency-Key` header, when sent (1-255 visible ASCII characters).
+pub struct IdempotencyKey(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Error> {
+        let Some(value) = parts.headers.get("idempotency-key") else {
+            return Ok(IdempotencyKey(None));
+        };
+        let text = value
+            .to_str()
+            .ok()
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && v.len() <= 255 && v.bytes().all(|b| b.is_ascii_graphic()))
+            .ok_or_else(|| {
+                Error::validation("Idempotency-Key", "must be 1-255 visible ASCII characters")
+            })?;
+        Ok(IdempotencyKey(Some(text.to_string())))
+    }
+}
+
 /// Parses JSON, telling syntax errors (400) from data errors (422 with the field).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     let mut de = serde_json::Deserializer::from_slice(bytes);

@@ -2,7 +2,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use keyledger_domain::events::present;
@@ -15,8 +15,12 @@ use utoipa::{IntoParams, ToSchema};
 use crate::error::Error;
 use crate::http::auth::Management;
 use crate::http::error::ErrorBody;
-use crate::http::extract::{ApiJson, ApiQuery, OptionalJson};
+use crate::http::extract::{
+    ApiJson, ApiQuery, IdempotencyKey, JsonBytes, OptionalJson, OptionalJsonBytes,
+};
 use crate::http::AppState;
+use crate::idempotency::{request_hash, Claim, Idempotency};
+use crate::service::Actor;
 use crate::service::NewKey;
 
 /// A key as users see it: never the hash, never the raw key.
@@ -41,6 +45,12 @@ pub struct KeyView {
     pub usage_count: i64,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+    /// The key this one replaced (rotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_from: Option<String>,
+    /// The key that replaced this one (rotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_to: Option<String>,
 }
 
 impl KeyView {
@@ -61,6 +71,8 @@ impl KeyView {
             last_used_at: row.last_used_at,
             usage_count: row.usage_count,
             metadata: row.metadata,
+            rotated_from: row.rotated_from,
+            rotated_to: row.rotated_to,
         }
     }
 }
@@ -124,6 +136,16 @@ pub struct DeactivateRequest {
 #[serde(deny_unknown_fields)]
 pub struct EmptyRequest {}
 
+/// Longest grace period of a rotation: 30 days.
+pub const MAX_GRACE_SECONDS: i64 = 2_592_000;
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    /// How long the old key stays valid: 0-2592000, default 86400.
+    pub grace_period_seconds: Option<i64>,
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
@@ -161,7 +183,7 @@ pub fn cursor(value: Option<&str>) -> Result<Option<i64>, Error> {
 
 /// POST /v1/keys
 #[utoipa::path(post, path = "/v1/keys", tag = "keys", request_body = CreateKeyRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "not yet supported; ignored")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key and body returns the first response (same raw key) for 24 h")),
     responses((status = 201, body = KeyCreatedView), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
@@ -169,8 +191,9 @@ pub fn cursor(value: Option<&str>) -> Result<Option<i64>, Error> {
 pub async fn create(
     State(state): State<AppState>,
     Management(actor): Management,
-    ApiJson(body): ApiJson<CreateKeyRequest>,
-) -> Result<impl IntoResponse, Error> {
+    IdempotencyKey(idem): IdempotencyKey,
+    JsonBytes(body, raw): JsonBytes<CreateKeyRequest>,
+) -> Result<Response, Error> {
     let new = NewKey {
         name: body.name,
         description: body.description,
@@ -179,13 +202,58 @@ pub async fn create(
         expires_at: body.expires_at,
         metadata: body.metadata,
     };
-    let issued = state.service.create(&actor, new).await?;
-    let now = state.service.clock().now();
-    let view = KeyCreatedView {
+    let service = state.service.clone();
+    let run_actor = actor.clone();
+    idempotent(&state, &actor, idem, "POST /v1/keys", &raw, async move {
+        let issued = service.create(&run_actor, new).await?;
+        Ok(created_view(issued, service.clock().now()))
+    })
+    .await
+}
+
+fn created_view(issued: crate::service::IssuedKey, now: chrono::DateTime<Utc>) -> KeyCreatedView {
+    KeyCreatedView {
         view: KeyView::from_row(issued.view, now),
         key: issued.raw.into_exposed(),
+    }
+}
+
+/// Runs a key-issuing command once per `Idempotency-Key`: the first request
+/// runs and its answer is kept; retries get that answer back.
+async fn idempotent(
+    state: &AppState,
+    actor: &Actor,
+    key: Option<String>,
+    route: &str,
+    body: &[u8],
+    run: impl std::future::Future<Output = Result<KeyCreatedView, Error>>,
+) -> Result<Response, Error> {
+    let Some(key) = key else {
+        return Ok((StatusCode::CREATED, Json(run.await?)).into_response());
     };
-    Ok((StatusCode::CREATED, Json(view)))
+    let store = Idempotency {
+        store: state.store.as_ref(),
+        sealer: state.sealer.as_ref(),
+        clock: state.service.clock(),
+    };
+    match store
+        .claim(&actor.tenant, &key, &request_hash(route, body))
+        .await?
+    {
+        Claim::Replay(first) => Ok((StatusCode::CREATED, Json(first)).into_response()),
+        Claim::Owned => match run.await {
+            Ok(view) => {
+                let value =
+                    serde_json::to_value(&view).map_err(|e| Error::Internal(e.to_string()))?;
+                store.complete(&actor.tenant, &key, value.clone()).await?;
+                Ok((StatusCode::CREATED, Json(value)).into_response())
+            }
+            Err(e) => {
+                store.release(&actor.tenant, &key).await;
+                Err(e)
+            }
+        },
+    }
 }
 
 /// GET /v1/keys
@@ -316,4 +384,37 @@ pub async fn delete(
 ) -> Result<StatusCode, Error> {
     state.service.delete(&actor, &id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// POST /v1/keys/{id}/rotate
+#[utoipa::path(post, path = "/v1/keys/{id}/rotate", tag = "keys", request_body(content = RotateRequest, description = "optional"),
+    params(("id" = String, Path, description = "key id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key and body returns the first response for 24 h")),
+    responses((status = 201, body = KeyCreatedView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn rotate(
+    State(state): State<AppState>,
+    Management(actor): Management,
+    Path(id): Path<String>,
+    IdempotencyKey(idem): IdempotencyKey,
+    OptionalJsonBytes(body, raw): OptionalJsonBytes<RotateRequest>,
+) -> Result<Response, Error> {
+    let grace = body.grace_period_seconds.unwrap_or(86_400);
+    if !(0..=MAX_GRACE_SECONDS).contains(&grace) {
+        return Err(Error::validation(
+            "grace_period_seconds",
+            format!("must be between 0 and {MAX_GRACE_SECONDS}"),
+        ));
+    }
+    let service = state.service.clone();
+    let run_actor = actor.clone();
+    let route = format!("POST /v1/keys/{id}/rotate");
+    idempotent(&state, &actor, idem, &route, &raw, async move {
+        let issued = service
+            .rotate(&run_actor, &id, chrono::Duration::seconds(grace))
+            .await?;
+        Ok(created_view(issued, service.clock().now()))
+    })
+    .await
 }

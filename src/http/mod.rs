@@ -7,7 +7,9 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod keys;
+pub mod metrics;
 pub mod openapi;
+pub mod proxy_auth;
 pub mod router;
 pub mod verify;
 
@@ -24,4 +26,8 @@ pub struct AppState {
     pub tokens: Arc<TokenVerifier>,
     pub store: Arc<EventStore>,
     pub max_body_bytes: usize,
+    /// Seals raw keys kept for idempotent replays.
+    pub sealer: Arc<crate::idempotency::Sealer>,
+    /// Renders the process-wide Prometheus recorder (`GET /metrics`).
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }

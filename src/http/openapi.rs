@@ -4,15 +4,15 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::http::{audit, error, health, keys, verify};
+use crate::http::{audit, error, health, keys, metrics, proxy_auth, verify};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "keyledger", description = "Event-sourced API-key lifecycle service"),
     paths(
         keys::create, keys::list, keys::get, keys::update, keys::deactivate,
-        keys::reactivate, keys::delete, verify::verify, audit::list, audit::key_events,
-        health::live, health::ready
+        keys::reactivate, keys::delete, keys::rotate, verify::verify, proxy_auth::auth, audit::list, audit::key_events,
+        health::live, health::ready, metrics::render
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     modifiers(&BearerAuth),

@@ -2,6 +2,7 @@
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
+use axum::middleware::from_fn;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -10,28 +11,33 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use crate::error::Error;
-use crate::http::{audit, health, keys, openapi, verify, AppState};
+use crate::http::{audit, health, keys, metrics, openapi, proxy_auth, verify, AppState};
 
 pub fn router(state: AppState) -> Router {
     let max_body = state.max_body_bytes;
     Router::new()
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/verify", post(verify::verify))
+        .route("/v1/auth", get(proxy_auth::auth))
         .route(
             "/v1/keys/{id}",
             get(keys::get).patch(keys::update).delete(keys::delete),
         )
         .route("/v1/keys/{id}/deactivate", post(keys::deactivate))
         .route("/v1/keys/{id}/reactivate", post(keys::reactivate))
+        .route("/v1/keys/{id}/rotate", post(keys::rotate))
         .route("/v1/keys/{id}/events", get(audit::key_events))
         .route("/v1/audit", get(audit::list))
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
+        .route("/metrics", get(metrics::render))
         .route("/openapi.json", get(openapi::document))
         .fallback(|| async { Error::RouteNotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(CatchPanicLayer::custom(|_panic| panic_response()))
+        // Outside the panic catcher, so that a panic is recorded as the 500 it becomes.
+        .layer(from_fn(metrics::track))
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

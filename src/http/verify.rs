@@ -50,7 +50,8 @@ pub struct VerificationView {
     pub expires_at: Option<Option<DateTime<Utc>>>,
 }
 
-fn code_name(code: VerificationCode) -> &'static str {
+/// The contract's name of a verification code.
+pub fn code_name(code: VerificationCode) -> &'static str {
     match code {
         VerificationCode::Valid => "VALID",
         VerificationCode::NotFound => "NOT_FOUND",
@@ -80,10 +81,12 @@ pub async fn verify(
         environment,
         permissions: &permissions,
     });
+    let code = code_name(answer.code);
+    crate::metrics::verification(code);
     let key = answer.key.as_deref();
     Ok(Json(VerificationView {
         valid: answer.valid(),
-        code: code_name(answer.code).to_string(),
+        code: code.to_string(),
         key_id: key.map(|k| k.key_id.to_string()),
         tenant: key.map(|k| k.tenant.to_string()),
         name: key.map(|k| k.name.to_string()),

@@ -4,8 +4,13 @@
 mod concurrency;
 mod errors;
 mod helpers;
+mod idempotency;
+mod idp;
 mod lifecycle;
+mod metrics;
+mod proxy_auth;
 mod rebuild;
 mod restart;
+mod rotation;
 mod secrecy;
 mod upcast;

@@ -64,6 +64,7 @@ async fn an_append_that_commits_late_reaches_every_projection() {
         metadata: None,
         created_by: "held-writer".into(),
         created_at: Utc::now(),
+        rotated_from: None,
     });
     let metadata = json!({"tenant": helpers::TENANT, "actor": "held-writer", "occurred_at": Utc::now().to_rfc3339()});
     let mut held = sqlx::PgConnection::connect(&url).await.expect("connect");
@@ -335,4 +336,34 @@ mod tamper {
         let report = verify(&store).await;
         assert_eq!(report.first_broken.expect("tampering detected").position, 4);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_holds_across_nodes() {
+    let Some(a) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let b = second_node(&a).await;
+    let send = |node: &TestApp| {
+        node.client
+            .post(node.url("/v1/keys"))
+            .bearer_auth(&node.token)
+            .header("Idempotency-Key", "cross-node")
+            .json(&json!({"name": "once across nodes"}))
+            .send()
+    };
+    let replies =
+        futures::future::join_all((0..8).map(|i| send(if i % 2 == 0 { &a } else { &b }))).await;
+    let mut keys = std::collections::HashSet::new();
+    for r in replies {
+        let r = r.expect("request");
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let body: serde_json::Value = r.json().await.expect("json");
+        keys.insert(body["key"].as_str().expect("key").to_string());
+    }
+    assert_eq!(keys.len(), 1, "every node answered with the same key");
+    let list = b.get("/v1/keys").await;
+    assert_eq!(list.body["keys"].as_array().expect("keys").len(), 1);
+    b.stop().await;
+    a.stop().await;
 }

@@ -1,0 +1,174 @@
+//! GET /metrics (Prometheus text format) and the middleware that records
+//! request latency and key commands for every request.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::http::AppState;
+use crate::metrics::{INDEX_KEYS, PROJECTION_LAG};
+
+/// The content type of the Prometheus text exposition format.
+pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4";
+
+/// GET /metrics
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text exposition format (version 0.0.4)",
+        body = String, content_type = "text/plain")))]
+pub async fn render(State(state): State<AppState>) -> Response {
+    let mut body = state.metrics.render();
+    let projections = state.service.projections();
+    let index = projections.index();
+    // This node's own state, computed now: lag needs the store's head, and an
+    // unreachable store must not fail the scrape (the lag lines are left out).
+    let mut lags: Vec<(&str, i64)> = Vec::with_capacity(3);
+    if let Ok(head) = state.store.head().await {
+        match projections.checkpoints().await {
+            Ok(c) => {
+                lags.push(("key_list", head - c.key_list));
+                lags.push(("audit_log", head - c.audit_log));
+            }
+            Err(e) => tracing::debug!(error = %e, "metrics: checkpoints unavailable"),
+        }
+        lags.push(("verification", head - index.checkpoint()));
+    }
+    if !lags.is_empty() {
+        let _ = writeln!(
+            body,
+            "# HELP {PROJECTION_LAG} Events committed but not yet applied to the projection on this node.\n\
+             # TYPE {PROJECTION_LAG} gauge"
+        );
+        for (projection, lag) in lags {
+            let _ = writeln!(
+                body,
+                "{PROJECTION_LAG}{{projection=\"{projection}\"}} {}",
+                lag.max(0)
+            );
+        }
+    }
+    let _ = writeln!(
+        body,
+        "# HELP {INDEX_KEYS} Keys in this node's in-memory verification index.\n\
+         # TYPE {INDEX_KEYS} gauge\n\
+         {INDEX_KEYS} {}",
+        index.len()
+    );
+    ([(CONTENT_TYPE, CONTENT_TYPE_TEXT)], body).into_response()
+}
+
+/// Middleware (`axum::middleware::from_fn`): latency of every request by method,
+/// route and status; for key commands also the command and its outcome.
+pub async fn track(request: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = method_name(request.method());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let command = route
+        .as_deref()
+        .and_then(|r| command_name(request.method(), r));
+    let response = next.run(request).await;
+    let status = response.status();
+    crate::metrics::request(
+        method,
+        route.unwrap_or_else(|| "unmatched".to_owned()),
+        status.as_u16(),
+        start.elapsed(),
+    );
+    if let Some(command) = command {
+        crate::metrics::command(command, outcome(status));
+    }
+    response
+}
+
+/// Standard methods by name; anything else is "other" (label values stay bounded).
+fn method_name(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
+
+/// The key command a request is, by method and route; `None` for reads,
+/// verification and everything outside `/v1/keys`.
+fn command_name(method: &Method, route: &str) -> Option<&'static str> {
+    let command = match (method, route) {
+        (&Method::POST, "/v1/keys") => "create",
+        (&Method::PATCH, "/v1/keys/{id}") => "update",
+        (&Method::DELETE, "/v1/keys/{id}") => "delete",
+        (&Method::POST, "/v1/keys/{id}/deactivate") => "deactivate",
+        (&Method::POST, "/v1/keys/{id}/reactivate") => "reactivate",
+        (&Method::POST, "/v1/keys/{id}/rotate") => "rotate",
+        _ => return None,
+    };
+    Some(command)
+}
+
+/// `ok` for success, `rejected` for the caller's error, `error` for ours.
+fn outcome(status: StatusCode) -> &'static str {
+    if status.is_server_error() {
+        "error"
+    } else if status.is_client_error() {
+        "rejected"
+    } else {
+        "ok"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_by_method_and_route() {
+        assert_eq!(command_name(&Method::POST, "/v1/keys"), Some("create"));
+        assert_eq!(command_name(&Method::GET, "/v1/keys"), None);
+        assert_eq!(command_name(&Method::POST, "/v1/keys/verify"), None);
+        assert_eq!(command_name(&Method::GET, "/v1/keys/{id}"), None);
+        assert_eq!(
+            command_name(&Method::PATCH, "/v1/keys/{id}"),
+            Some("update")
+        );
+        assert_eq!(
+            command_name(&Method::DELETE, "/v1/keys/{id}"),
+            Some("delete")
+        );
+        assert_eq!(
+            command_name(&Method::POST, "/v1/keys/{id}/deactivate"),
+            Some("deactivate")
+        );
+        assert_eq!(
+            command_name(&Method::POST, "/v1/keys/{id}/reactivate"),
+            Some("reactivate")
+        );
+        assert_eq!(
+            command_name(&Method::POST, "/v1/keys/{id}/rotate"),
+            Some("rotate")
+        );
+        assert_eq!(command_name(&Method::GET, "/v1/keys/{id}/events"), None);
+        assert_eq!(command_name(&Method::GET, "/v1/audit"), None);
+    }
+
+    #[test]
+    fn outcome_by_status_class() {
+        assert_eq!(outcome(StatusCode::CREATED), "ok");
+        assert_eq!(outcome(StatusCode::NO_CONTENT), "ok");
+        assert_eq!(outcome(StatusCode::NOT_FOUND), "rejected");
+        assert_eq!(outcome(StatusCode::UNPROCESSABLE_ENTITY), "rejected");
+        assert_eq!(outcome(StatusCode::SERVICE_UNAVAILABLE), "error");
+    }
+}

@@ -1,0 +1,116 @@
+//! GET /v1/auth: verification for reverse proxies (nginx `auth_request`, Envoy
+//! ext_authz). The key comes in a header, the answer is the status code plus
+//! headers the proxy can forward to the upstream.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use keyledger_projections::{VerificationCode, VerifyRequest};
+use serde_json::json;
+
+use crate::http::error::ErrorBody;
+use crate::http::verify::code_name;
+use crate::http::AppState;
+
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+static X_REQUIRED_PERMISSIONS: HeaderName = HeaderName::from_static("x-required-permissions");
+static X_KEY_ID: HeaderName = HeaderName::from_static("x-key-id");
+static X_KEY_TENANT: HeaderName = HeaderName::from_static("x-key-tenant");
+static X_KEY_PERMISSIONS: HeaderName = HeaderName::from_static("x-key-permissions");
+static X_KEY_CODE: HeaderName = HeaderName::from_static("x-key-code");
+
+/// The presented key: `X-Api-Key`, else `Authorization: Bearer`.
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get(&X_API_KEY).and_then(|v| v.to_str().ok()) {
+        return Some(v.trim());
+    }
+    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = auth.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn refusal(status: StatusCode, code: &'static str, verification: &str, message: &str) -> Response {
+    let body = json!({"error": {"code": code, "message": message, "details": {"verification": verification}}});
+    let mut response = (status, Json(body)).into_response();
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(verification) {
+        headers.insert(X_KEY_CODE.clone(), v);
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"keyledger\", error=\"invalid_token\""),
+        );
+    }
+    response
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// GET /v1/auth
+#[utoipa::path(get, path = "/v1/auth", tag = "verification",
+    params(
+        ("X-Api-Key" = Option<String>, Header, description = "the API key (or Authorization: Bearer <key>)"),
+        ("X-Required-Permissions" = Option<String>, Header, description = "comma-separated permissions that must all be granted"),
+    ),
+    responses(
+        (status = 204, description = "valid; X-Key-Id, X-Key-Tenant and X-Key-Permissions set"),
+        (status = 401, body = ErrorBody, description = "missing, unknown, disabled or expired key"),
+        (status = 403, body = ErrorBody, description = "a required permission is missing"),
+    ))]
+pub async fn auth(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(key) = presented_key(&headers) else {
+        return refusal(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "NOT_FOUND",
+            "no API key presented",
+        );
+    };
+    let required: Vec<String> = headers
+        .get(&X_REQUIRED_PERMISSIONS)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let answer = state.service.verify(VerifyRequest {
+        key,
+        environment: None,
+        permissions: &required,
+    });
+    let code = code_name(answer.code);
+    crate::metrics::verification(code);
+    match (answer.code, answer.key.as_deref()) {
+        (VerificationCode::Valid, Some(k)) => {
+            let mut response = StatusCode::NO_CONTENT.into_response();
+            let h = response.headers_mut();
+            h.insert(X_KEY_ID.clone(), header_value(&k.key_id));
+            h.insert(X_KEY_TENANT.clone(), header_value(&k.tenant));
+            h.insert(
+                X_KEY_PERMISSIONS.clone(),
+                header_value(&k.permissions.as_slice().join(",")),
+            );
+            response
+        }
+        (VerificationCode::InsufficientPermissions, _) => refusal(
+            StatusCode::FORBIDDEN,
+            "insufficient_permissions",
+            code,
+            "the key lacks a required permission",
+        ),
+        _ => refusal(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            code,
+            "the API key is not valid",
+        ),
+    }
+}
