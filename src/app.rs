@@ -85,13 +85,16 @@ impl Application {
             events_applied_at_start = caught_up,
             "projections ready"
         );
-        let service = Arc::new(KeyService::new(
-            store.clone(),
-            projections,
-            tailer.clone(),
-            clock.clone(),
-            config.key_prefix.clone(),
-        ));
+        let service = Arc::new(
+            KeyService::new(
+                store.clone(),
+                projections,
+                tailer.clone(),
+                clock.clone(),
+                config.key_prefix.clone(),
+            )
+            .with_key_limit(config.max_keys_per_tenant),
+        );
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.listen)))?;
@@ -106,6 +109,10 @@ impl Application {
             )?),
             store,
             max_body_bytes: config.max_body_bytes,
+            body_read_timeout: config.body_read_timeout,
+            failures: Arc::new(crate::http::limit::FailureLimiter::new(
+                config.verify_failure_limit,
+            )),
             sealer: Arc::new(crate::idempotency::Sealer::from_secret(secret.expose())),
             metrics: crate::metrics::handle(),
         };

@@ -28,6 +28,12 @@ pub struct Config {
     /// How often a node polls the feed when no notification arrives.
     pub poll_interval: Duration,
     pub max_body_bytes: usize,
+    /// How long a client may take to send its request body.
+    pub body_read_timeout: Duration,
+    /// Most keys a tenant may hold (live keys: deleted ones do not count).
+    pub max_keys_per_tenant: u64,
+    /// Failed verifications a client address may make per minute before 429.
+    pub verify_failure_limit: u32,
     /// Management tokens from an identity provider (RS256/ES256), besides the
     /// HS256 tokens of the server secret; `None` means HS256 only.
     pub idp: Option<IdpConfig>,
@@ -76,6 +82,9 @@ impl Config {
             usage_flush_interval: Duration::from_secs(60),
             poll_interval: Duration::from_millis(500),
             max_body_bytes: 64 * 1024,
+            body_read_timeout: Duration::from_secs(10),
+            max_keys_per_tenant: 10_000,
+            verify_failure_limit: 100,
             idp: None,
         }
     }

@@ -35,6 +35,15 @@ pub enum Error {
     /// An `Idempotency-Key` was reused with a different request.
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyKeyReused,
+    /// The tenant holds as many keys as it may.
+    #[error("this tenant already holds {limit} keys, the most it may; delete some first")]
+    KeyLimitReached { limit: u64 },
+    /// Too many failed verifications from one client address.
+    #[error("too many failed verifications from this address; retry in a minute")]
+    RateLimited,
+    /// The client did not send its body in time.
+    #[error("the request body was not received in time")]
+    RequestTimeout,
     /// Concurrent commands on one key kept colliding.
     #[error("the key was changed concurrently; retry the request")]
     Conflict,

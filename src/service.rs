@@ -54,6 +54,7 @@ pub struct KeyService {
     tailer: Arc<Tailer>,
     clock: Clock,
     prefix: KeyPrefix,
+    max_keys: u64,
 }
 
 impl KeyService {
@@ -70,7 +71,16 @@ impl KeyService {
             tailer,
             clock,
             prefix,
+            max_keys: u64::MAX,
         }
+    }
+
+    /// Caps the live keys of each tenant (creation only; rotation may replace
+    /// a key at the cap). Checked against the key list, so concurrent creates
+    /// can overshoot by a few: a guard against runaway scripts, not a quota.
+    pub fn with_key_limit(mut self, max_keys: u64) -> Self {
+        self.max_keys = max_keys;
+        self
     }
 
     pub fn clock(&self) -> &Clock {
@@ -88,6 +98,12 @@ impl KeyService {
     /// Issues a key. The raw key is generated here (CSPRNG), hashed, and only the
     /// hash and display prefix enter the command.
     pub async fn create(&self, actor: &Actor, new: NewKey) -> Result<IssuedKey, Error> {
+        let held = self.projections.count_keys(&actor.tenant).await?;
+        if held >= self.max_keys {
+            return Err(Error::KeyLimitReached {
+                limit: self.max_keys,
+            });
+        }
         self.issue(actor, new, None).await
     }
 

@@ -692,6 +692,15 @@ macro_rules! backend {
                 Ok(index)
             }
 
+            /// Number of live keys of a tenant.
+            pub(crate) async fn count_keys(pool: &Pool<Db>, tenant: &str) -> Result<u64, ProjectionError> {
+                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM key_list WHERE tenant = $1")
+                    .bind(tenant)
+                    .fetch_one(pool)
+                    .await?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            }
+
             /// (position, event_hash) of audit rows after `after`, in order.
             pub(crate) async fn audit_hashes(
                 pool: &Pool<Db>,

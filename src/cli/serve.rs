@@ -23,6 +23,12 @@ pub struct ServeArgs {
     /// Seconds between usage flushes.
     #[arg(long, env = "KEYLEDGER_USAGE_FLUSH_SECS", default_value_t = 60)]
     usage_flush_secs: u64,
+    /// Most keys one tenant may hold.
+    #[arg(long, env = "KEYLEDGER_MAX_KEYS_PER_TENANT", default_value_t = 10_000)]
+    max_keys_per_tenant: u64,
+    /// Failed verifications per client address per minute before answering 429.
+    #[arg(long, env = "KEYLEDGER_VERIFY_FAILURE_LIMIT", default_value_t = 100)]
+    verify_failure_limit: u32,
     /// PEM public key (RSA or EC P-256) of an identity provider whose RS256/ES256
     /// management tokens are accepted besides HS256 ones; repeatable.
     #[arg(
@@ -103,6 +109,8 @@ pub async fn run(args: ServeArgs, mut config: Config) -> Result<ExitCode, Error>
         ));
     }
     config.usage_flush_interval = Duration::from_secs(args.usage_flush_secs);
+    config.max_keys_per_tenant = args.max_keys_per_tenant;
+    config.verify_failure_limit = args.verify_failure_limit;
     config.idp = args.idp()?;
     match &config.store {
         StoreConfig::Sqlite => tracing::info!(

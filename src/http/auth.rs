@@ -82,6 +82,7 @@ impl TokenVerifier {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
         Self {
             key: DecodingKey::from_secret(secret),
             validation,
@@ -107,7 +108,7 @@ impl TokenVerifier {
                 "token is malformed or its algorithm is not accepted (HS256, RS256, ES256)".into(),
             )
         })?;
-        match header.alg {
+        let claims = match header.alg {
             Algorithm::HS256 => self.verify_hs256(token),
             alg @ (Algorithm::RS256 | Algorithm::ES256) => match &self.idp {
                 Some(idp) => idp.verify(token, alg),
@@ -118,7 +119,16 @@ impl TokenVerifier {
             alg => Err(Error::Unauthorized(format!(
                 "token algorithm {alg:?} is not accepted (HS256, RS256, ES256)"
             ))),
+        }?;
+        // A token "issued" in the future is forged or from a badly skewed clock.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        if claims.iat.is_some_and(|iat| iat > now + LEEWAY_SECS) {
+            return Err(Error::Unauthorized("token is issued in the future".into()));
         }
+        Ok(claims)
     }
 
     fn verify_hs256(&self, token: &str) -> Result<Claims, Error> {

@@ -82,6 +82,22 @@ fn parts(error: &Error) -> Parts {
             "conflict",
             "key already exists".into(),
         ),
+        Error::KeyLimitReached { .. } => Parts {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "key_limit_reached",
+            message: error.to_string(),
+            details: Some(json!({ "field": "tenant" })),
+        },
+        Error::RateLimited => p(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            error.to_string(),
+        ),
+        Error::RequestTimeout => p(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            error.to_string(),
+        ),
         Error::IdempotencyKeyReused => p(
             StatusCode::UNPROCESSABLE_ENTITY,
             "idempotency_key_reused",
@@ -144,6 +160,11 @@ impl IntoResponse for Error {
             },
         };
         let mut response = (parts.status, Json(body)).into_response();
+        if parts.status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        }
         if parts.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

@@ -19,7 +19,9 @@ pub struct ApiJson<T>(pub T);
 pub struct OptionalJson<T>(pub T);
 
 async fn body_bytes(req: Request, state: &AppState) -> Result<Bytes, Error> {
-    Bytes::from_request(req, state).await.map_err(|r| {
+    // A client that trickles its body (slowloris) must not hold a task forever.
+    let read = tokio::time::timeout(state.body_read_timeout, Bytes::from_request(req, state));
+    read.await.map_err(|_| Error::RequestTimeout)?.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Error::PayloadTooLarge {
                 limit: state.max_body_bytes,
@@ -229,6 +231,22 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
             .map(str::to_owned)
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         Ok(RequestId(id))
+    }
+}
+
+/// The address of the connected client, when the server knows it.
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Error> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
     }
 }
 

@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod keys;
+pub mod limit;
 pub mod metrics;
 pub mod openapi;
 pub mod proxy_auth;
@@ -26,6 +27,9 @@ pub struct AppState {
     pub tokens: Arc<TokenVerifier>,
     pub store: Arc<EventStore>,
     pub max_body_bytes: usize,
+    pub body_read_timeout: std::time::Duration,
+    /// Failed verifications per client address.
+    pub failures: Arc<limit::FailureLimiter>,
     /// Seals raw keys kept for idempotent replays.
     pub sealer: Arc<crate::idempotency::Sealer>,
     /// Renders the process-wide Prometheus recorder (`GET /metrics`).

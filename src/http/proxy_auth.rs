@@ -10,6 +10,7 @@ use keyledger_projections::{VerificationCode, VerifyRequest};
 use serde_json::json;
 
 use crate::http::error::ErrorBody;
+use crate::http::extract::ClientAddr;
 use crate::http::verify::code_name;
 use crate::http::AppState;
 
@@ -60,8 +61,17 @@ fn header_value(s: &str) -> HeaderValue {
         (status = 204, description = "valid; X-Key-Id, X-Key-Tenant and X-Key-Permissions set"),
         (status = 401, body = ErrorBody, description = "missing, unknown, disabled or expired key"),
         (status = 403, body = ErrorBody, description = "a required permission is missing"),
+        (status = 429, body = ErrorBody, description = "too many failed verifications from this address"),
     ))]
-pub async fn auth(State(state): State<AppState>, headers: HeaderMap) -> Response {
+pub async fn auth(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
+) -> Response {
+    let now = state.service.clock().now().timestamp();
+    if client.is_some_and(|ip| state.failures.blocked(ip, now)) {
+        return crate::error::Error::RateLimited.into_response();
+    }
     let Some(key) = presented_key(&headers) else {
         return refusal(
             StatusCode::UNAUTHORIZED,
@@ -88,6 +98,9 @@ pub async fn auth(State(state): State<AppState>, headers: HeaderMap) -> Response
     });
     let code = code_name(answer.code);
     crate::metrics::verification(code);
+    if let (false, Some(ip)) = (answer.valid(), client) {
+        state.failures.record_failure(ip, now);
+    }
     match (answer.code, answer.key.as_deref()) {
         (VerificationCode::Valid, Some(k)) => {
             let mut response = StatusCode::NO_CONTENT.into_response();

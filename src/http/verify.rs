@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use crate::error::Error;
 use crate::http::error::ErrorBody;
-use crate::http::extract::ApiJson;
+use crate::http::extract::{ApiJson, ClientAddr};
 use crate::http::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -65,11 +65,16 @@ pub fn code_name(code: VerificationCode) -> &'static str {
 /// POST /v1/keys/verify
 #[utoipa::path(post, path = "/v1/keys/verify", tag = "verification", request_body = VerifyBody,
     responses((status = 200, body = VerificationView), (status = 400, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn verify(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     ApiJson(body): ApiJson<VerifyBody>,
 ) -> Result<Json<VerificationView>, Error> {
+    let now = state.service.clock().now().timestamp();
+    if client.is_some_and(|ip| state.failures.blocked(ip, now)) {
+        return Err(Error::RateLimited);
+    }
     let environment = body
         .environment
         .as_deref()
@@ -83,6 +88,9 @@ pub async fn verify(
     });
     let code = code_name(answer.code);
     crate::metrics::verification(code);
+    if let (false, Some(ip)) = (answer.valid(), client) {
+        state.failures.record_failure(ip, now);
+    }
     let key = answer.key.as_deref();
     Ok(Json(VerificationView {
         valid: answer.valid(),

@@ -1,6 +1,7 @@
 //! End-to-end tests: a real server on a random port over a real store. Every
 //! behaviour runs once per backend (`backend_tests!`).
 
+mod abuse;
 mod concurrency;
 mod errors;
 mod helpers;
