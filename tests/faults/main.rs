@@ -1,5 +1,6 @@
 //! Faults: the database goes away under a running node and comes back.
 
+mod chaos;
 #[path = "../api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
@@ -92,3 +93,7 @@ async fn a_postgres_outage_keeps_verification_answering_and_heals_by_itself() {
     assert_eq!(types, ["KeyCreated", "KeyCreated"]);
     app.stop().await;
 }
+
+crate::backend_tests!(nothing_acknowledged_is_lost_across_kill_9);
+
+use chaos::nothing_acknowledged_is_lost_across_kill_9;
