@@ -90,12 +90,16 @@ pub struct KeyCreatedView {
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
     /// 1-100 characters.
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub name: String,
     /// At most 500 characters.
+    #[schema(max_length = 500)]
     pub description: Option<String>,
     /// `live` (default) or `test`.
+    #[schema(pattern = "^(live|test)$")]
     pub environment: Option<String>,
     /// At most 50, each 1-64 of `[a-z0-9:._*-]`.
+    #[schema(max_items = 50, value_type = Option<Vec<PermissionName>>)]
     pub permissions: Option<Vec<String>>,
     /// Must be in the future.
     pub expires_at: Option<DateTime<Utc>>,
@@ -104,18 +108,23 @@ pub struct CreateKeyRequest {
     pub metadata: Option<Value>,
 }
 
+/// A permission: 1-64 characters of `[a-z0-9:._*-]`.
+#[derive(ToSchema)]
+#[schema(pattern = "^[a-z0-9:._*-]{1,64}$")]
+pub struct PermissionName(#[allow(dead_code)] String);
+
 /// Fields to change; absent fields stay, `null` clears the nullable ones.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKeyRequest {
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = String, required = false, min_length = 1, max_length = 100, pattern = r"\S")]
     pub name: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 500)]
     pub description: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(value_type = Vec<PermissionName>, required = false, max_items = 50)]
     pub permissions: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<DateTime<Utc>>)]
@@ -129,6 +138,7 @@ pub struct UpdateKeyRequest {
 #[serde(deny_unknown_fields)]
 pub struct DeactivateRequest {
     /// Why; recorded in the audit log. At most 500 characters.
+    #[schema(max_length = 500)]
     pub reason: Option<String>,
 }
 
@@ -143,6 +153,7 @@ pub const MAX_GRACE_SECONDS: i64 = 2_592_000;
 #[serde(deny_unknown_fields)]
 pub struct RotateRequest {
     /// How long the old key stays valid: 0-2592000, default 86400.
+    #[schema(minimum = 0, maximum = 2592000)]
     pub grace_period_seconds: Option<i64>,
 }
 
@@ -150,12 +161,16 @@ pub struct RotateRequest {
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// `active`, `inactive` or `expired`.
+    #[param(pattern = "^(active|inactive|expired)$")]
     pub status: Option<String>,
     /// `live` or `test`.
+    #[param(pattern = "^(live|test)$")]
     pub environment: Option<String>,
     /// 1-100, default 50.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[1-9][0-9]{0,17}$")]
     pub cursor: Option<String>,
 }
 
@@ -183,10 +198,10 @@ pub fn cursor(value: Option<&str>) -> Result<Option<i64>, Error> {
 
 /// POST /v1/keys
 #[utoipa::path(post, path = "/v1/keys", tag = "keys", request_body = CreateKeyRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key and body returns the first response (same raw key) for 24 h")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "a retry with the same key and body returns the first response (same raw key) for 24 h")),
     responses((status = 201, body = KeyCreatedView), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+        (status = 408, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create(
     State(state): State<AppState>,
@@ -314,7 +329,7 @@ pub async fn get(
 #[utoipa::path(patch, path = "/v1/keys/{id}", tag = "keys", request_body = UpdateKeyRequest,
     params(("id" = String, Path, description = "key id")),
     responses((status = 200, body = KeyView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+        (status = 404, body = ErrorBody), (status = 408, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn update(
     State(state): State<AppState>,
@@ -342,8 +357,8 @@ pub async fn update(
 /// POST /v1/keys/{id}/deactivate
 #[utoipa::path(post, path = "/v1/keys/{id}/deactivate", tag = "keys", request_body(content = DeactivateRequest, description = "optional"),
     params(("id" = String, Path, description = "key id")),
-    responses((status = 200, body = KeyView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
+    responses((status = 200, body = KeyView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 408, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn deactivate(
     State(state): State<AppState>,
@@ -358,8 +373,8 @@ pub async fn deactivate(
 /// POST /v1/keys/{id}/reactivate
 #[utoipa::path(post, path = "/v1/keys/{id}/reactivate", tag = "keys",
     params(("id" = String, Path, description = "key id")),
-    responses((status = 200, body = KeyView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody)),
+    responses((status = 200, body = KeyView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 408, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn reactivate(
     State(state): State<AppState>,
@@ -389,9 +404,9 @@ pub async fn delete(
 /// POST /v1/keys/{id}/rotate
 #[utoipa::path(post, path = "/v1/keys/{id}/rotate", tag = "keys", request_body(content = RotateRequest, description = "optional"),
     params(("id" = String, Path, description = "key id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key and body returns the first response for 24 h")),
-    responses((status = 201, body = KeyCreatedView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "a retry with the same key and body returns the first response for 24 h")),
+    responses((status = 201, body = KeyCreatedView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 408, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn rotate(
     State(state): State<AppState>,

@@ -19,6 +19,7 @@ pub struct VerifyBody {
     /// The presented API key.
     pub key: String,
     /// Required environment (`live` or `test`), if any.
+    #[schema(pattern = "^(live|test)$")]
     pub environment: Option<String>,
     /// Permissions that must all be granted.
     pub permissions: Option<Vec<String>>,
