@@ -314,3 +314,42 @@ mod tests {
         assert!(!message.contains(key), "{message}");
     }
 }
+
+#[cfg(test)]
+mod fuzz_smoke {
+    //! The fuzz targets' properties (fuzz/), run briefly with proptest in the suite.
+    use super::*;
+    use crate::http::keys::{CreateKeyRequest, UpdateKeyRequest};
+    use crate::http::verify::VerifyBody;
+    use proptest::prelude::*;
+
+    fn only_client_errors<T: DeserializeOwned>(data: &[u8]) -> bool {
+        matches!(
+            parse_json::<T>(data),
+            Ok(_) | Err(Error::MalformedRequest(_)) | Err(Error::Validation { .. })
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_give_a_value_or_a_client_error(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            prop_assert!(only_client_errors::<CreateKeyRequest>(&data));
+            prop_assert!(only_client_errors::<UpdateKeyRequest>(&data));
+            prop_assert!(only_client_errors::<VerifyBody>(&data));
+        }
+
+        #[test]
+        fn json_shaped_input_gives_a_value_or_a_client_error(
+            name in ".{0,120}", env in "[a-z]{0,6}", perms in proptest::collection::vec("[a-zA-Z0-9:*_ -]{0,70}", 0..60)
+        ) {
+            let body = serde_json::json!({"name": name, "environment": env, "permissions": perms});
+            prop_assert!(only_client_errors::<CreateKeyRequest>(body.to_string().as_bytes()));
+        }
+
+        #[test]
+        fn garbage_tokens_are_unauthorized(token in ".{0,300}") {
+            let verifier = crate::http::auth::TokenVerifier::hs256(b"smoke-secret");
+            prop_assert!(matches!(verifier.verify(&token), Err(Error::Unauthorized(_))));
+        }
+    }
+}
