@@ -130,10 +130,6 @@ impl Application {
         self.address
     }
 
-    pub fn state(&self) -> &AppState {
-        &self.state
-    }
-
     /// Serves until `shutdown` resolves, then drains requests, flushes usage and
     /// applies the last events.
     pub async fn run_until_stopped(

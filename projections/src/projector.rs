@@ -55,10 +55,6 @@ impl Projections {
         &self.index
     }
 
-    pub fn db(&self) -> &ProjectionDb {
-        &self.db
-    }
-
     /// Checkpoints of the SQL projections as stored.
     pub async fn checkpoints(&self) -> Result<Checkpoints, ProjectionError> {
         dispatch!(&self.db, checkpoints())

@@ -322,15 +322,6 @@ impl VerificationIndex {
                 .fetch_max(usage.last_used_at.timestamp_millis(), Ordering::AcqRel);
         }
     }
-
-    /// Pending (unflushed) uses of all keys.
-    pub fn pending_usage(&self) -> u64 {
-        let maps = self.maps.load();
-        let map = maps.by_hash.pin();
-        map.values()
-            .map(|k| k.usage.count.load(Ordering::Relaxed))
-            .sum()
-    }
 }
 
 /// Moves a key's pending uses out of its counters.

@@ -36,13 +36,8 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
-        let bytes = body_bytes(req, state).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(Error::MalformedRequest(
-                "the request body is empty; a JSON object is required".into(),
-            ));
-        }
-        parse_json(&bytes).map(ApiJson)
+        let JsonBytes(value, _) = JsonBytes::from_request(req, state).await?;
+        Ok(ApiJson(value))
     }
 }
 
@@ -50,11 +45,8 @@ impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJson<T> {
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Error> {
-        let bytes = body_bytes(req, state).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(OptionalJson(T::default()));
-        }
-        parse_json(&bytes).map(OptionalJson)
+        let OptionalJsonBytes(value, _) = OptionalJsonBytes::from_request(req, state).await?;
+        Ok(OptionalJson(value))
     }
 }
 
