@@ -47,6 +47,10 @@ pub async fn open_store(config: &Config) -> Result<EventStore, Error> {
             ))
         }
         StoreConfig::Postgres(url) => Ok(EventStore::Postgres(PostgresStore::open(url).await?)),
+        #[cfg(feature = "kurrentdb")]
+        StoreConfig::Kurrent(k) => Ok(EventStore::Kurrent(Box::new(
+            crate::store::kurrent::KurrentStore::open(k, &config.data_dir).await?,
+        ))),
     }
 }
 
@@ -78,7 +82,9 @@ impl Application {
         let projections = Arc::new(Projections::open(store.projection_db()).await?);
         let tailer = Arc::new(Tailer::new(store.clone(), projections.clone()));
         tailer.remember_generation().await?;
-        // Events committed before a crash may not have reached the projections.
+        // Events committed before a crash may not have been numbered yet, or
+        // may not have reached the projections.
+        store.sequence_pending().await?;
         let caught_up = tailer.catch_up().await?;
         tracing::info!(
             keys = projections.index().len(),
@@ -149,6 +155,16 @@ impl Application {
                 stop.clone(),
             ))),
             EventStore::Sqlite(_) => None,
+            #[cfg(feature = "kurrentdb")]
+            EventStore::Kurrent(k) => {
+                Some(tokio::spawn(crate::store::kurrent::subscription::listen(
+                    k.client().clone(),
+                    k.naming().prefix().to_string(),
+                    self.state.service.projections().clone(),
+                    self.tailer.clone(),
+                    stop.clone(),
+                )))
+            }
         };
         let flusher = UsageFlusher {
             store: self.state.store.clone(),

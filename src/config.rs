@@ -14,7 +14,46 @@ pub enum StoreConfig {
     Sqlite,
     /// PostgreSQL at this URL.
     Postgres(String),
+    /// Events in KurrentDB, projections in SQLite or PostgreSQL.
+    #[cfg(feature = "kurrentdb")]
+    Kurrent(KurrentConfig),
 }
+
+/// The KurrentDB (EventStoreDB) event store.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KurrentConfig {
+    /// Connection string (`kurrentdb://`, `kurrent://`, `esdb://`, `+discover`).
+    pub url: String,
+    /// Prefix of keyledger's stream names, so deployments (and test runs) can
+    /// share a server. Persisted: changing it orphans the stored streams.
+    pub namespace: String,
+    /// PostgreSQL for the projections; `None` means an SQLite file in the data
+    /// directory.
+    pub projections_url: Option<String>,
+}
+
+impl std::fmt::Debug for KurrentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URLs may hold passwords.
+        f.debug_struct("KurrentConfig")
+            .field("namespace", &self.namespace)
+            .field("projections_in_postgres", &self.projections_url.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Default KurrentDB stream namespace.
+pub const DEFAULT_KURRENT_NAMESPACE: &str = "keyledger";
+
+/// URL schemes of KurrentDB / EventStoreDB connection strings.
+const KURRENT_SCHEMES: [&str; 6] = [
+    "kurrentdb://",
+    "kurrentdb+discover://",
+    "kurrent://",
+    "kurrent+discover://",
+    "esdb://",
+    "esdb+discover://",
+];
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -111,5 +150,146 @@ pub fn store_from_url(url: Option<&str>) -> Result<StoreConfig, crate::Error> {
         Some(_) => Err(crate::Error::Config(
             "DATABASE_URL must start with postgres:// or postgresql://".into(),
         )),
+    }
+}
+
+/// Chooses the store from `--event-store` (`KEYLEDGER_EVENT_STORE`) and
+/// `DATABASE_URL`. Without an event store, `DATABASE_URL` decides as in
+/// `store_from_url`. A KurrentDB connection string selects KurrentDB, with the
+/// projections in PostgreSQL when `DATABASE_URL` is also given. A PostgreSQL URL
+/// or `sqlite` may be given as the event store too.
+pub fn store_from_urls(
+    event_store: Option<&str>,
+    database_url: Option<&str>,
+    kurrent_namespace: &str,
+) -> Result<StoreConfig, crate::Error> {
+    let Some(event_store) = event_store.map(str::trim).filter(|u| !u.is_empty()) else {
+        return store_from_url(database_url);
+    };
+    let database_url = database_url.map(str::trim).filter(|u| !u.is_empty());
+    if KURRENT_SCHEMES.iter().any(|s| event_store.starts_with(s)) {
+        let projections_url = match store_from_url(database_url)? {
+            StoreConfig::Postgres(url) => Some(url),
+            _ => None,
+        };
+        return kurrent_store(KurrentConfig {
+            url: event_store.to_string(),
+            namespace: kurrent_namespace.to_string(),
+            projections_url,
+        });
+    }
+    let chosen = if event_store == "sqlite" {
+        StoreConfig::Sqlite
+    } else {
+        store_from_url(Some(event_store)).map_err(|_| {
+            crate::Error::Config(
+                "--event-store must be sqlite, a postgres:// URL, or a KurrentDB connection \
+                 string (kurrentdb://, kurrent://, esdb://, esdb+discover://)"
+                    .into(),
+            )
+        })?
+    };
+    match (database_url, &chosen) {
+        (None, _) => Ok(chosen),
+        (Some(db), StoreConfig::Postgres(url)) if db == url => Ok(chosen),
+        (Some(_), _) => Err(crate::Error::Config(
+            "DATABASE_URL is only used with a KurrentDB event store (for its projections); \
+             give the SQL event store once, in --event-store or in DATABASE_URL"
+                .into(),
+        )),
+    }
+}
+
+#[cfg(feature = "kurrentdb")]
+fn kurrent_store(config: KurrentConfig) -> Result<StoreConfig, crate::Error> {
+    Ok(StoreConfig::Kurrent(config))
+}
+
+#[cfg(not(feature = "kurrentdb"))]
+fn kurrent_store(_config: KurrentConfig) -> Result<StoreConfig, crate::Error> {
+    Err(crate::Error::Config(
+        "this keyledger was built without KurrentDB support: rebuild with `--features kurrentdb`"
+            .into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PG: &str = "postgres://u@h/db";
+
+    #[test]
+    fn without_an_event_store_database_url_decides() {
+        assert_eq!(
+            store_from_urls(None, None, "keyledger").expect("store"),
+            StoreConfig::Sqlite
+        );
+        assert_eq!(
+            store_from_urls(Some(" "), Some(PG), "keyledger").expect("store"),
+            StoreConfig::Postgres(PG.into())
+        );
+    }
+
+    #[test]
+    fn sql_event_stores_can_be_named_once() {
+        assert_eq!(
+            store_from_urls(Some("sqlite"), None, "keyledger").expect("store"),
+            StoreConfig::Sqlite
+        );
+        assert_eq!(
+            store_from_urls(Some(PG), Some(PG), "keyledger").expect("store"),
+            StoreConfig::Postgres(PG.into())
+        );
+        assert!(store_from_urls(Some("sqlite"), Some(PG), "keyledger").is_err());
+        assert!(store_from_urls(Some("mysql://x"), None, "keyledger").is_err());
+    }
+
+    #[cfg(feature = "kurrentdb")]
+    #[test]
+    fn every_kurrent_scheme_selects_kurrentdb_with_projections_where_database_url_says() {
+        for url in [
+            "kurrentdb://admin:changeit@127.0.0.1:2113?tls=false",
+            "kurrent://127.0.0.1:2113",
+            "esdb://127.0.0.1:2113?tls=false",
+            "esdb+discover://cluster.example:2113",
+        ] {
+            let StoreConfig::Kurrent(k) = store_from_urls(Some(url), None, "kl").expect("store")
+            else {
+                panic!("{url} did not select KurrentDB");
+            };
+            assert_eq!(k.url, url);
+            assert_eq!(k.namespace, "kl");
+            assert_eq!(k.projections_url, None);
+        }
+        let StoreConfig::Kurrent(k) =
+            store_from_urls(Some("esdb://h:2113"), Some(PG), "kl").expect("store")
+        else {
+            panic!("not KurrentDB");
+        };
+        assert_eq!(k.projections_url.as_deref(), Some(PG));
+        assert!(store_from_urls(Some("esdb://h:2113"), Some("mysql://x"), "kl").is_err());
+    }
+
+    #[cfg(feature = "kurrentdb")]
+    #[test]
+    fn kurrent_config_debug_hides_the_password() {
+        let config = KurrentConfig {
+            url: "kurrentdb://admin:changeit@h:2113".into(),
+            namespace: "kl".into(),
+            projections_url: Some("postgres://u:secret@h/db".into()),
+        };
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("changeit") && !shown.contains("secret"),
+            "{shown}"
+        );
+    }
+
+    #[cfg(not(feature = "kurrentdb"))]
+    #[test]
+    fn a_kurrent_url_without_the_feature_says_how_to_get_it() {
+        let err = store_from_urls(Some("kurrentdb://h:2113"), None, "kl").expect_err("refused");
+        assert!(err.to_string().contains("--features kurrentdb"), "{err}");
     }
 }

@@ -115,6 +115,18 @@ macro_rules! on_pool {
                 let $pool = &s.pool;
                 $body
             }
+            // KurrentDB holds events only: the claims live with the projections.
+            #[cfg(feature = "kurrentdb")]
+            EventStore::Kurrent(k) => match &k.side {
+                crate::store::kurrent::SideDb::Sqlite(s) => {
+                    let $pool = &s.pool;
+                    $body
+                }
+                crate::store::kurrent::SideDb::Postgres(s) => {
+                    let $pool = &s.pool;
+                    $body
+                }
+            },
         }
     };
 }

@@ -231,6 +231,26 @@ async fn write(store: &EventStore, rows: &[Row]) -> Result<u64, Error> {
     match store {
         EventStore::Sqlite(s) => write_rows!(s.pool, sqlx::Sqlite, rows),
         EventStore::Postgres(s) => write_rows!(s.pool, sqlx::Postgres, rows),
+        // One append per event, each expecting the previous revision: slower than
+        // the bulk INSERT, but the same checks as a command's append.
+        #[cfg(feature = "kurrentdb")]
+        EventStore::Kurrent(k) => {
+            for r in rows {
+                let sequence = usize::try_from(r.sequence)
+                    .map_err(|e| Error::Internal(format!("seeded sequence: {e}")))?;
+                k.append(&[cqrs_es::persist::SerializedEvent::new(
+                    r.aggregate_id.clone(),
+                    sequence,
+                    r.aggregate_type.to_string(),
+                    r.event_type.clone(),
+                    r.event_version.clone(),
+                    r.payload.clone(),
+                    r.metadata.clone(),
+                )])
+                .await?;
+            }
+        }
     }
+    store.sequence_pending().await?;
     Ok(rows.len() as u64)
 }

@@ -232,8 +232,14 @@ impl KeyService {
     }
 
     /// Verification from the in-memory index; never touches a store.
-    pub fn verify(&self, request: VerifyRequest<'_>) -> Verification {
-        self.projections.index().verify(request, self.clock.now())
+    pub fn verify<R>(
+        &self,
+        request: VerifyRequest<'_>,
+        answer: impl FnOnce(Verification<'_>) -> R,
+    ) -> R {
+        self.projections
+            .index()
+            .verify(request, self.clock.now(), answer)
     }
 
     /// Maps an id or display prefix to the key id, within the caller's tenant.

@@ -75,7 +75,8 @@ impl Tailer {
             let Some(through) = raws.last().map(|r| r.position) else {
                 return Ok(applied);
             };
-            let full = raws.len() as i64 == BATCH;
+            // A KurrentDB read may return more than asked, to finish a multi-event append.
+            let full = raws.len() as i64 >= BATCH;
             let mut events = Vec::with_capacity(raws.len());
             for raw in raws {
                 if let Some(e) = RecordedEvent::decode(raw)? {
@@ -98,10 +99,17 @@ impl Tailer {
     /// Keeps the projections fresh until cancelled.
     pub async fn run(self: Arc<Self>, poll: Duration, stop: CancellationToken) {
         loop {
-            tokio::select! {
+            let polled = tokio::select! {
                 () = stop.cancelled() => return,
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(poll) => {}
+                () = self.wake.notified() => false,
+                () = tokio::time::sleep(poll) => true,
+            };
+            // Events whose writer died between its commit and numbering them
+            // (PostgreSQL) are numbered by whichever node polls next.
+            if polled {
+                if let Err(e) = self.store.sequence_pending().await {
+                    tracing::warn!(error = %e, "numbering pending events failed; will retry");
+                }
             }
             if let Err(e) = self.reload_if_rebuilt().await {
                 tracing::warn!(error = %e, "verification index reload failed; will retry");

@@ -421,6 +421,58 @@ fn a_token_from_the_command_line_is_signed_with_the_data_dir_secret() {
     );
 }
 
+#[test]
+fn token_open_prints_a_console_link_with_the_token_in_the_fragment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8 path");
+    let base = ["token", "--tenant", "acme", "--subject", "ops"];
+    let secret = || std::fs::read_to_string(dir.path().join("jwt-secret")).expect("secret file");
+    let verifies = |token: &str| {
+        let claims = keyledger::http::auth::TokenVerifier::hs256(secret().trim().as_bytes())
+            .verify(token)
+            .expect("the fragment holds a token signed with the data dir secret");
+        assert_eq!(
+            (claims.tenant.as_str(), claims.sub.as_str()),
+            ("acme", "ops")
+        );
+    };
+
+    let link = run_ok(&[&base[..], &["--open", "--data-dir", data]].concat());
+    let link = link.trim();
+    let token = link
+        .strip_prefix("http://127.0.0.1:8080/#token=")
+        .unwrap_or_else(|| panic!("the default console address: {link}"));
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    assert!(!link.contains('?'), "never in a query string: {link}");
+    verifies(token);
+
+    let link = run_ok(
+        &[
+            &base[..],
+            &[
+                "--open",
+                "--url",
+                "https://keys.example.com/",
+                "--data-dir",
+                data,
+            ],
+        ]
+        .concat(),
+    );
+    let token = link
+        .trim()
+        .strip_prefix("https://keys.example.com/#token=")
+        .unwrap_or_else(|| panic!("--url, one slash: {link}"));
+    verifies(token);
+
+    let output = keyledger()
+        .args(base)
+        .args(["--url", "https://keys.example.com", "--data-dir", data])
+        .output()
+        .expect("run keyledger");
+    assert!(!output.status.success(), "--url without --open is refused");
+}
+
 /// Runs the binary with a data dir and returns (success, stdout, stderr).
 fn keyledger_in(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyledger"))

@@ -21,7 +21,7 @@ pub const MAX_PERMISSION_LEN: usize = 64;
 ///
 /// Serializes as a JSON array of strings. Deserializing does not validate: stored
 /// events were validated when they were recorded and must replay as they were.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Permissions(Vec<String>);
 

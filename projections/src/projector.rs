@@ -37,8 +37,7 @@ pub struct Projections {
 impl Projections {
     /// Opens the projections and fills the verification index from the key list.
     pub async fn open(db: ProjectionDb) -> Result<Self, ProjectionError> {
-        let index = Arc::new(VerificationIndex::new());
-        dispatch!(&db, load_index(&index))?;
+        let index = Arc::new(dispatch!(&db, load_index())?);
         Ok(Self { db, index })
     }
 
@@ -142,7 +141,7 @@ impl Projections {
     /// Loads a fresh verification index from the key list and swaps it in; the
     /// caller must hold the tailer lock.
     pub async fn reload_index(&self) -> Result<(), ProjectionError> {
-        let fresh = dispatch!(&self.db, fresh_index())?;
+        let fresh = dispatch!(&self.db, load_index())?;
         self.index.replace_with(fresh);
         Ok(())
     }

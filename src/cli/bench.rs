@@ -2,7 +2,8 @@
 //!
 //! `bench propagation` measures cross-node revocation delay: the time from the
 //! response to a deactivation on node A to the first `DISABLED` verification on
-//! node B, over many keys.
+//! node B, over many keys. `bench create` measures command throughput from many
+//! concurrent clients. `bench seed` writes load data straight into the store.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -48,6 +49,20 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1000)]
         count: usize,
     },
+    /// Create keys through a running node from many clients for a while; print
+    /// commands/s and latency percentiles.
+    Create {
+        /// Base URL of the node.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Concurrent clients, each with its own tenant (so the per-tenant key cap
+        /// is reached 16 times later).
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// How long to drive the load.
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
 }
 
 pub async fn run(args: BenchArgs, config: Config) -> Result<ExitCode, Error> {
@@ -87,7 +102,108 @@ pub async fn run(args: BenchArgs, config: Config) -> Result<ExitCode, Error> {
             node_b,
             count,
         } => propagation(&config, &node_a, &node_b, count).await,
+        BenchCommand::Create {
+            url,
+            clients,
+            duration,
+        } => create(&config, &url, clients, duration).await,
     }
+}
+
+/// What one create client saw.
+#[derive(Default)]
+struct CreateTally {
+    latencies: Vec<Duration>,
+    failures: u64,
+}
+
+async fn create(
+    config: &Config,
+    url: &str,
+    clients: usize,
+    duration: Duration,
+) -> Result<ExitCode, Error> {
+    let secret = crate::app::server_secret(config)?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()
+        .map_err(http_error)?;
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::with_capacity(clients);
+    for c in 0..clients {
+        let token = crate::http::auth::mint(
+            secret.expose(),
+            &format!("bench-create-{c}"),
+            "bench",
+            duration + Duration::from_secs(600),
+        )?;
+        let client = client.clone();
+        let endpoint = format!("{url}/v1/keys");
+        tasks.push(tokio::spawn(async move {
+            let mut tally = CreateTally::default();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                n += 1;
+                let sent = Instant::now();
+                let answer = client
+                    .post(&endpoint)
+                    .bearer_auth(&token)
+                    .json(&json!({ "name": format!("bench-{c}-{n}"), "permissions": ["invoices:read"] }))
+                    .send()
+                    .await;
+                match answer {
+                    Ok(r) if r.status().is_success() => tally.latencies.push(sent.elapsed()),
+                    Ok(r) => {
+                        tally.failures += 1;
+                        if tally.failures == 1 {
+                            eprintln!("client {c}: {}", r.status());
+                        }
+                    }
+                    Err(e) => {
+                        tally.failures += 1;
+                        if tally.failures == 1 {
+                            eprintln!("client {c}: {e}");
+                        }
+                    }
+                }
+            }
+            tally
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut failures = 0;
+    for task in tasks {
+        let tally = task
+            .await
+            .map_err(|e| Error::Internal(format!("client task: {e}")))?;
+        latencies.extend(tally.latencies);
+        failures += tally.failures;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let pct = |p: f64| percentile_ms(&latencies, p);
+    println!(
+        "clients={clients} created={} failed={failures} seconds={secs:.1} commands_per_s={:.0} p50_ms={:.2} p99_ms={:.2}",
+        latencies.len(),
+        latencies.len() as f64 / secs.max(0.001),
+        pct(0.50),
+        pct(0.99),
+    );
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The `p` quantile of sorted durations, in milliseconds (0 when empty).
+fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
 }
 
 fn http_error(e: reqwest::Error) -> Error {
@@ -174,10 +290,7 @@ async fn propagation(
         delays.push(wait_for(&client, node_b, key, "DISABLED").await?);
     }
     delays.sort();
-    let pct = |p: f64| {
-        let i = ((delays.len() as f64 * p).ceil() as usize).clamp(1, delays.len()) - 1;
-        delays[i].as_secs_f64() * 1000.0
-    };
+    let pct = |p: f64| percentile_ms(&delays, p);
     println!(
         "revocations={count} p50_ms={:.2} p90_ms={:.2} p99_ms={:.2} max_ms={:.2}",
         pct(0.50),

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{store_from_url, Config};
+use crate::config::{store_from_urls, Config};
 use crate::error::Error;
 
 #[derive(Debug, Parser)]
@@ -30,8 +30,27 @@ pub struct Cli {
     )]
     data_dir: PathBuf,
     /// postgres://... selects PostgreSQL; unset means the embedded SQLite store.
+    /// With a KurrentDB event store, the PostgreSQL database of its projections.
     #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// Event store: a KurrentDB connection string (kurrentdb://, kurrent://,
+    /// esdb://, esdb+discover://; needs the `kurrentdb` feature), a postgres://
+    /// URL or `sqlite`. Unset: DATABASE_URL decides.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYLEDGER_EVENT_STORE",
+        hide_env_values = true
+    )]
+    event_store: Option<String>,
+    /// Prefix of keyledger's stream names in KurrentDB (letters, digits, _).
+    #[arg(
+        long,
+        global = true,
+        env = "KEYLEDGER_KURRENT_NAMESPACE",
+        default_value = crate::config::DEFAULT_KURRENT_NAMESPACE
+    )]
+    kurrent_namespace: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,6 +68,13 @@ enum Command {
         /// Lifetime, e.g. 1h, 30m, 7d.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// Print a link that opens the web console signed in, `<url>/#token=<token>`.
+        /// The token rides in the fragment, which browsers never send to a server.
+        #[arg(long)]
+        open: bool,
+        /// Where the console is served (with --open).
+        #[arg(long, default_value = "http://127.0.0.1:8080", requires = "open")]
+        url: String,
     },
     /// Create or upgrade the database schema, then exit.
     Migrate,
@@ -66,7 +92,11 @@ enum Command {
 impl Cli {
     fn config(&self) -> Result<Config, Error> {
         let mut config = Config::new(self.data_dir.clone());
-        config.store = store_from_url(self.database_url.as_deref())?;
+        config.store = store_from_urls(
+            self.event_store.as_deref(),
+            self.database_url.as_deref(),
+            &self.kurrent_namespace,
+        )?;
         config.jwt_secret = std::env::var("KEYLEDGER_JWT_SECRET")
             .ok()
             .filter(|s| !s.is_empty());
@@ -102,10 +132,16 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             tenant,
             subject,
             ttl,
+            open,
+            url,
         } => {
             let secret = crate::app::server_secret(&config)?;
             let token = crate::http::auth::mint(secret.expose(), &tenant, &subject, ttl)?;
-            println!("{token}");
+            if open {
+                println!("{}", console_link(&url, &token));
+            } else {
+                println!("{token}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
@@ -117,6 +153,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Bench(args) => bench::run(args, config).await,
         Command::Projections { command } => projections::run(command, config).await,
     }
+}
+
+/// The console's address with the token in the fragment: `<url>/#token=<token>`.
+fn console_link(url: &str, token: &str) -> String {
+    format!("{}/#token={token}", url.trim_end_matches('/'))
 }
 
 fn init_tracing() {

@@ -118,6 +118,12 @@ pub async fn run(args: ServeArgs, mut config: Config) -> Result<ExitCode, Error>
             "using the embedded SQLite store"
         ),
         StoreConfig::Postgres(_) => tracing::info!("using PostgreSQL"),
+        #[cfg(feature = "kurrentdb")]
+        StoreConfig::Kurrent(k) => tracing::info!(
+            namespace = %k.namespace,
+            projections = if k.projections_url.is_some() { "postgresql" } else { "sqlite" },
+            "using KurrentDB"
+        ),
     }
     let app = Application::build(config).await?;
     app.run_until_stopped(shutdown_signal()).await?;

@@ -91,26 +91,35 @@ pub async fn auth(
                 .collect()
         })
         .unwrap_or_default();
-    let answer = state.service.verify(VerifyRequest {
+    let request = VerifyRequest {
         key,
         environment: None,
         permissions: &required,
+    };
+    // The identity headers of a valid key, read while the index holds it.
+    let (verdict, identity) = state.service.verify(request, |answer| {
+        let identity = match (answer.code, answer.key) {
+            (VerificationCode::Valid, Some(k)) => Some([
+                header_value(&k.key_id().to_string()),
+                header_value(k.tenant()),
+                header_value(&k.permissions().as_slice().join(",")),
+            ]),
+            _ => None,
+        };
+        (answer.code, identity)
     });
-    let code = code_name(answer.code);
+    let code = code_name(verdict);
     crate::metrics::verification(code);
-    if let (false, Some(ip)) = (answer.valid(), client) {
+    if let (true, Some(ip)) = (identity.is_none(), client) {
         state.failures.record_failure(ip, now);
     }
-    match (answer.code, answer.key.as_deref()) {
-        (VerificationCode::Valid, Some(k)) => {
+    match (verdict, identity) {
+        (_, Some([id, tenant, permissions])) => {
             let mut response = StatusCode::NO_CONTENT.into_response();
             let h = response.headers_mut();
-            h.insert(X_KEY_ID.clone(), header_value(&k.key_id));
-            h.insert(X_KEY_TENANT.clone(), header_value(&k.tenant));
-            h.insert(
-                X_KEY_PERMISSIONS.clone(),
-                header_value(&k.permissions.as_slice().join(",")),
-            );
+            h.insert(X_KEY_ID.clone(), id);
+            h.insert(X_KEY_TENANT.clone(), tenant);
+            h.insert(X_KEY_PERMISSIONS.clone(), permissions);
             response
         }
         (VerificationCode::InsufficientPermissions, _) => refusal(

@@ -11,7 +11,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use crate::error::Error;
-use crate::http::{audit, health, keys, metrics, openapi, proxy_auth, verify, AppState};
+use crate::http::{audit, console, health, keys, metrics, openapi, proxy_auth, verify, AppState};
 
 pub fn router(state: AppState) -> Router {
     let max_body = state.max_body_bytes;
@@ -32,6 +32,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::ready))
         .route("/metrics", get(metrics::render))
         .route("/openapi.json", get(openapi::document))
+        .route("/", get(console::index))
+        .route("/console", get(console::index))
+        .route("/console/console.js", get(console::script))
+        .route("/console/console.css", get(console::style))
         .fallback(|| async { Error::RouteNotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))

@@ -82,25 +82,27 @@ pub async fn verify(
         .map(str::parse::<Environment>)
         .transpose()?;
     let permissions = body.permissions.unwrap_or_default();
-    let answer = state.service.verify(VerifyRequest {
+    let request = VerifyRequest {
         key: &body.key,
         environment,
         permissions: &permissions,
+    };
+    let view = state.service.verify(request, |answer| {
+        let key = answer.key;
+        VerificationView {
+            valid: answer.valid(),
+            code: code_name(answer.code).to_string(),
+            key_id: key.map(|k| k.key_id().to_string()),
+            tenant: key.map(|k| k.tenant().to_string()),
+            name: key.map(|k| k.name().to_string()),
+            environment: key.map(|k| k.environment().as_str().to_string()),
+            permissions: key.map(|k| k.permissions().as_slice().to_vec()),
+            expires_at: key.map(|k| k.expires_at()),
+        }
     });
-    let code = code_name(answer.code);
-    crate::metrics::verification(code);
-    if let (false, Some(ip)) = (answer.valid(), client) {
+    crate::metrics::verification(&view.code);
+    if let (false, Some(ip)) = (view.valid, client) {
         state.failures.record_failure(ip, now);
     }
-    let key = answer.key.as_deref();
-    Ok(Json(VerificationView {
-        valid: answer.valid(),
-        code: code.to_string(),
-        key_id: key.map(|k| k.key_id.to_string()),
-        tenant: key.map(|k| k.tenant.to_string()),
-        name: key.map(|k| k.name.to_string()),
-        environment: key.map(|k| k.environment.as_str().to_string()),
-        permissions: key.map(|k| k.permissions.as_slice().to_vec()),
-        expires_at: key.map(|k| k.expires_at),
-    }))
+    Ok(Json(view))
 }

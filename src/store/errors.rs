@@ -1,5 +1,5 @@
 //! Telling "the database is not there right now" apart from real bugs, whatever
-//! layer wrapped the sqlx error.
+//! layer wrapped the sqlx (or KurrentDB client) error.
 
 /// True when the error means the store is unreachable or overloaded (retryable,
 /// answered 503), as opposed to a bug.
@@ -8,6 +8,10 @@ pub fn is_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
     while let Some(err) = current {
         if let Some(sqlx_err) = err.downcast_ref::<sqlx::Error>() {
             return sqlx_unavailable(sqlx_err);
+        }
+        #[cfg(feature = "kurrentdb")]
+        if let Some(kurrent_err) = err.downcast_ref::<kurrentdb::Error>() {
+            return crate::store::kurrent::errors::is_unavailable(kurrent_err);
         }
         current = err.source();
     }

@@ -12,7 +12,10 @@ const FEED_SQL: &str = "SELECT global_position, aggregate_type, aggregate_id, se
      event_type, event_version, payload, metadata FROM events \
      WHERE global_position > $1 ORDER BY global_position LIMIT $2";
 
-const EVENT_AT_SQL: &str = "SELECT global_position, aggregate_type, aggregate_id, sequence, \
+// A stream's events are read before the sequencer may have numbered the newest
+// (PostgreSQL gives positions after commit); the chain hash does not use it.
+const EVENT_AT_SQL: &str =
+    "SELECT COALESCE(global_position, 0), aggregate_type, aggregate_id, sequence, \
      event_type, event_version, payload, metadata FROM events \
      WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3";
 

@@ -1,6 +1,6 @@
 //! The event store behind one type: commands through cqrs-es, usage appends, and
-//! the global feed in commit order. Backends: embedded SQLite (default) and
-//! PostgreSQL.
+//! the global feed in commit order. Backends: embedded SQLite (default),
+//! PostgreSQL, and KurrentDB (feature `kurrentdb`).
 //!
 //! Commands run through cqrs-es's `EventStore` (load, handle, commit) rather than
 //! `CqrsFramework::execute`, because the chain link (`prev_hash`, see
@@ -9,6 +9,8 @@
 
 mod errors;
 pub mod feed;
+#[cfg(feature = "kurrentdb")]
+pub mod kurrent;
 pub mod postgres;
 pub mod sqlite;
 
@@ -25,6 +27,8 @@ use rand::Rng;
 
 use crate::error::Error;
 pub use errors::is_unavailable;
+#[cfg(feature = "kurrentdb")]
+use kurrent::KurrentStore;
 use postgres::PostgresStore;
 use sqlite::SqliteStore;
 
@@ -39,6 +43,10 @@ pub type EventMetadata = HashMap<String, String>;
 pub enum EventStore {
     Sqlite(SqliteStore),
     Postgres(PostgresStore),
+    /// Events in KurrentDB, projections in SQLite or PostgreSQL beside it
+    /// (boxed: the client is large).
+    #[cfg(feature = "kurrentdb")]
+    Kurrent(Box<KurrentStore>),
 }
 
 impl EventStore {
@@ -75,6 +83,8 @@ impl EventStore {
         let mut context = match self {
             Self::Sqlite(s) => s.events.load_aggregate(key_id).await,
             Self::Postgres(s) => s.events.load_aggregate(key_id).await,
+            #[cfg(feature = "kurrentdb")]
+            Self::Kurrent(s) => s.events.load_aggregate(key_id).await,
         }
         .map_err(map_aggregate_error)?;
         let sink = EventSink::default();
@@ -94,9 +104,20 @@ impl EventStore {
         match self {
             Self::Sqlite(s) => s.events.commit(events, context, metadata).await,
             Self::Postgres(s) => s.events.commit(events, context, metadata).await,
+            #[cfg(feature = "kurrentdb")]
+            Self::Kurrent(s) => s.events.commit(events, context, metadata).await,
         }
-        .map(|_| ())
-        .map_err(map_aggregate_error)
+        .map_err(map_aggregate_error)?;
+        self.sequence_pending().await
+    }
+
+    /// Gives committed events their global positions. SQLite numbers them at
+    /// INSERT (one writer, so that is commit order); PostgreSQL after commit.
+    pub async fn sequence_pending(&self) -> Result<(), Error> {
+        match self {
+            Self::Postgres(s) => postgres::sequence_pending(&s.pool).await.map(|_| ()),
+            _ => Ok(()),
+        }
     }
 
     /// The chain hash of event `sequence` of a stream (`GENESIS` before the first).
@@ -117,6 +138,8 @@ impl EventStore {
             Self::Postgres(s) => {
                 feed::event_at_postgres(&s.pool, aggregate_type, aggregate_id, seq).await?
             }
+            #[cfg(feature = "kurrentdb")]
+            Self::Kurrent(s) => s.event_at(aggregate_type, aggregate_id, sequence).await?,
         };
         event
             .map(|e| e.chain_hash())
@@ -160,8 +183,15 @@ impl EventStore {
                     .persist::<KeyUsage>(&[serialized], None)
                     .await
             }
+            #[cfg(feature = "kurrentdb")]
+            Self::Kurrent(s) => {
+                s.repository()
+                    .persist::<KeyUsage>(&[serialized], None)
+                    .await
+            }
         }
-        .map_err(persistence_error)
+        .map_err(persistence_error)?;
+        self.sequence_pending().await
     }
 
     async fn last_sequence(
@@ -186,6 +216,8 @@ impl EventStore {
                     .fetch_one(&s.pool)
                     .await
             }
+            #[cfg(feature = "kurrentdb")]
+            Self::Kurrent(s) => return s.last_sequence(aggregate_type, aggregate_id).await,
         }
         .map_err(feed::store_error)?;
         Ok(usize::try_from(last.unwrap_or(0)).unwrap_or(0))
@@ -196,6 +228,8 @@ impl EventStore {
         match self {
             Self::Sqlite(s) => feed::read_sqlite(&s.pool, after, limit).await,
             Self::Postgres(s) => feed::read_postgres(&s.pool, after, limit).await,
+            #[cfg(feature = "kurrentdb")]
+            Self::Kurrent(s) => s.read_feed(after, limit).await,
         }
     }
 
@@ -204,6 +238,8 @@ impl EventStore {
         match self {
             Self::Sqlite(s) => feed::head_sqlite(&s.pool).await,
             Self::Postgres(s) => feed::head_postgres(&s.pool).await,
+            #[cfg(feature = "kurrentdb")]
+            Self::Kurrent(s) => s.head().await,
         }
     }
 
@@ -212,6 +248,8 @@ impl EventStore {
         match self {
             Self::Sqlite(s) => s.pool.close().await,
             Self::Postgres(s) => s.pool.close().await,
+            #[cfg(feature = "kurrentdb")]
+            Self::Kurrent(s) => s.close().await,
         }
     }
 
@@ -220,6 +258,8 @@ impl EventStore {
         match self {
             Self::Sqlite(s) => keyledger_projections::ProjectionDb::Sqlite(s.pool.clone()),
             Self::Postgres(s) => keyledger_projections::ProjectionDb::Postgres(s.pool.clone()),
+            #[cfg(feature = "kurrentdb")]
+            Self::Kurrent(s) => s.projection_db(),
         }
     }
 }

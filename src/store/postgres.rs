@@ -1,6 +1,8 @@
-//! PostgreSQL through postgres-es: many nodes over one database. Appends are
-//! ordered by the trigger in migrations/postgres; each node's tailer is woken by
-//! LISTEN/NOTIFY (`listen`) and also polls, so a lost notification only delays.
+//! PostgreSQL through postgres-es: many nodes over one database. Appends commit
+//! without waiting for each other and get their global position afterwards from
+//! the sequencer (migrations/postgres/0006), which the writer runs right after
+//! its commit and every tailer runs when it polls. Each node's tailer is woken
+//! by LISTEN/NOTIFY (`listen`) and also polls, so a lost notification only delays.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +55,26 @@ impl PostgresStore {
 
     pub(crate) fn repository(&self) -> PostgresEventRepository {
         PostgresEventRepository::new(self.pool.clone())
+    }
+}
+
+/// Most rows one sequencer call numbers (the LIMIT in `keyledger_sequence_events`).
+const SEQUENCER_BATCH: i64 = 10_000;
+
+/// Gives every committed event still without a position its position, in
+/// append order; returns how many were numbered. Safe to call from any number
+/// of nodes at once: the database runs one sequencer at a time.
+pub async fn sequence_pending(pool: &PgPool) -> Result<u64, Error> {
+    let mut total = 0u64;
+    loop {
+        let numbered: i64 = sqlx::query_scalar("SELECT keyledger_sequence_events()")
+            .fetch_one(pool)
+            .await
+            .map_err(store_error)?;
+        total += u64::try_from(numbered).unwrap_or(0);
+        if numbered < SEQUENCER_BATCH {
+            return Ok(total);
+        }
     }
 }
 

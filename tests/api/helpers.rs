@@ -1,11 +1,12 @@
 //! The test harness: a real keyledger server on a random port over a real store
-//! (a fresh SQLite file, or a fresh PostgreSQL database per test).
+//! (a fresh SQLite file, a fresh PostgreSQL database, or a fresh stream namespace
+//! on a KurrentDB server, per test).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use keyledger::clock::Clock;
-use keyledger::config::{Config, StoreConfig};
+use keyledger::config::{Config, KurrentConfig, StoreConfig};
 use keyledger::Application;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -22,6 +23,10 @@ pub const ACTOR: &str = "alice";
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// Events in KurrentDB (`KEYLEDGER_TEST_KURRENTDB_URL`), projections in
+    /// SQLite; each test writes under a namespace of its own.
+    #[cfg(feature = "kurrentdb")]
+    Kurrent,
 }
 
 /// Where a test's data lives; kept across restarts of the server.
@@ -31,6 +36,8 @@ pub struct TestStore {
     pub database_url: Option<String>,
     /// Drop the PostgreSQL database with the store (false for extra nodes).
     pub owns_database: bool,
+    /// The KurrentDB server and this test's stream namespace.
+    pub kurrent: Option<KurrentConfig>,
 }
 
 impl Drop for TestStore {
@@ -73,15 +80,18 @@ impl TestStore {
     /// but not configured and not required.
     pub async fn new(backend: Backend) -> Option<Self> {
         let data_dir = tempfile::tempdir().expect("tempdir");
-        let database_url = match backend {
-            Backend::Sqlite => None,
-            Backend::Postgres => Some(fresh_postgres_database().await?),
+        let (database_url, kurrent) = match backend {
+            Backend::Sqlite => (None, None),
+            Backend::Postgres => (Some(fresh_postgres_database().await?), None),
+            #[cfg(feature = "kurrentdb")]
+            Backend::Kurrent => (None, Some(fresh_kurrent_namespace()?)),
         };
         Some(Self {
             backend,
             data_dir,
             owns_database: database_url.is_some(),
             database_url,
+            kurrent,
         })
     }
 
@@ -94,7 +104,21 @@ impl TestStore {
         if let Some(url) = &self.database_url {
             config.store = StoreConfig::Postgres(url.clone());
         }
+        #[cfg(feature = "kurrentdb")]
+        if let Some(k) = &self.kurrent {
+            config.store = StoreConfig::Kurrent(k.clone());
+        }
         config
+    }
+
+    /// The SQLite file holding the projections (SQLite and KurrentDB backends).
+    pub fn projections_sqlite_path(&self) -> PathBuf {
+        let file = if self.kurrent.is_some() {
+            "kurrent-projections.db"
+        } else {
+            "keyledger.db"
+        };
+        self.data_dir.path().join(file)
     }
 
     pub fn sqlite_files(&self) -> Vec<PathBuf> {
@@ -112,6 +136,26 @@ pub fn postgres_url() -> Option<String> {
         .ok()
         .or_else(|| std::env::var("DATABASE_URL").ok())
         .filter(|u| u.starts_with("postgres"))
+}
+
+/// A stream namespace of its own on the test KurrentDB server, or `None` (after
+/// saying so) when `KEYLEDGER_TEST_KURRENTDB_URL` is not set.
+#[cfg(feature = "kurrentdb")]
+fn fresh_kurrent_namespace() -> Option<KurrentConfig> {
+    let Some(url) = std::env::var("KEYLEDGER_TEST_KURRENTDB_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+    else {
+        eprintln!(
+            "SKIPPED: KEYLEDGER_TEST_KURRENTDB_URL not set (no KurrentDB server on this machine)"
+        );
+        return None;
+    };
+    Some(KurrentConfig {
+        url,
+        namespace: format!("kltest_{}", uuid::Uuid::new_v4().simple()),
+        projections_url: None,
+    })
 }
 
 fn postgres_required() -> bool {
@@ -356,6 +400,15 @@ macro_rules! backend_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::helpers::Backend::Postgres).await;
+                }
+            )*
+        }
+        #[cfg(feature = "kurrentdb")]
+        mod kurrentdb {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Kurrent).await;
                 }
             )*
         }

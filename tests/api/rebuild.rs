@@ -29,9 +29,11 @@ async fn open_tool(app: &TestApp) -> (keyledger::store::EventStore, Projections)
 /// Corrupts one key-list row directly in the database.
 async fn corrupt(app: &TestApp, id: &str) {
     const SQL: &str = "UPDATE key_list SET name = 'corrupted', usage_count = 999 WHERE id = $1";
-    let affected = match app.store.backend {
-        Backend::Sqlite => {
-            let path = app.store.data_dir.path().join("keyledger.db");
+    // Projections are in PostgreSQL when there is a database URL, else in an
+    // SQLite file (the SQLite store's, or the one beside KurrentDB).
+    let affected = match app.store.database_url.clone() {
+        None => {
+            let path = app.store.projections_sqlite_path();
             let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
                 .await
                 .expect("open");
@@ -42,8 +44,7 @@ async fn corrupt(app: &TestApp, id: &str) {
                 .expect("corrupt")
                 .rows_affected()
         }
-        Backend::Postgres => {
-            let url = app.store.database_url.clone().expect("url");
+        Some(url) => {
             let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
             sqlx::query(SQL)
                 .bind(id)

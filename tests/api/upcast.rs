@@ -51,6 +51,20 @@ async fn a_version_1_key_created_event_from_an_older_build_is_read_correctly(bac
                 .await
                 .expect("insert");
         }
+        #[cfg(feature = "kurrentdb")]
+        keyledger::store::EventStore::Kurrent(k) => {
+            k.append(&[cqrs_es::persist::SerializedEvent::new(
+                "key_legacy".into(),
+                1,
+                "ApiKey".into(),
+                "KeyCreated".into(),
+                "1.0".into(),
+                payload.clone(),
+                metadata.clone(),
+            )])
+            .await
+            .expect("append");
+        }
     }
     events.close().await;
 

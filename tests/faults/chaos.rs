@@ -32,10 +32,17 @@ fn spawn_node(store: &TestStore) -> Node {
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .env_remove("DATABASE_URL")
+        .env_remove("KEYLEDGER_EVENT_STORE")
+        .env_remove("KEYLEDGER_KURRENT_NAMESPACE")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     if let Some(url) = &store.database_url {
         command.env("DATABASE_URL", url);
+    }
+    if let Some(k) = &store.kurrent {
+        command
+            .env("KEYLEDGER_EVENT_STORE", &k.url)
+            .env("KEYLEDGER_KURRENT_NAMESPACE", &k.namespace);
     }
     let mut child = command.spawn().expect("spawn keyledger");
     let stderr = child.stderr.take().expect("stderr");

@@ -1,0 +1,23 @@
+# Shared helpers of the bench scripts (sourced).
+
+# Median of the numbers given as arguments.
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+# wrk output -> "rps p50_ms p99_ms"
+wrk_summary() {
+    awk '
+        function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+        /Requests\/sec/ { rps = $2 }
+        $1 == "50%" { p50 = ms($2) }
+        $1 == "99%" { p99 = ms($2) }
+        END { printf "%.0f %.3f %.3f\n", rps, p50, p99 }' "$1"
+}
+
+# Waits until URL answers 2xx (up to ~60 s).
+wait_up() {
+    for _ in $(seq 1 600); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done
+    echo "not up: $1" >&2; return 1
+}
+
+# Resident set size of a process, in KiB.
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }

@@ -1,0 +1,147 @@
+//! In-process verification at 1,000,000 keys: parse + checksum + SHA-256 + index
+//! lookup + status and permission checks + usage count, exactly what
+//! `POST /v1/keys/verify` does before it writes the JSON answer.
+//!
+//! `cargo bench --bench verify` (set `KEYLEDGER_BENCH_KEYS` for another size).
+//! Keys are presented in a random order so the lookups miss the CPU caches the
+//! way a real population of callers would.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use chrono::Utc;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use keyledger_domain::{Environment, KeyPrefix, Permissions, RawKey};
+use keyledger_projections::{IndexedKey, VerificationCode, VerificationIndex, VerifyRequest};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+fn population() -> usize {
+    std::env::var("KEYLEDGER_BENCH_KEYS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+/// An index of `n` keys, as start-up builds it, and the raw keys in random order.
+fn loaded_index(n: usize) -> (VerificationIndex, Vec<String>) {
+    let mut rng = StdRng::seed_from_u64(7);
+    let prefix = KeyPrefix::default();
+    let permissions = Permissions::parse(vec!["invoices:read".into(), "invoices:write".into()])
+        .expect("valid permissions");
+    let index = VerificationIndex::new();
+    let mut keys = Vec::with_capacity(n);
+    for i in 0..n {
+        let env = if i % 4 == 0 {
+            Environment::Test
+        } else {
+            Environment::Live
+        };
+        let raw = RawKey::generate(&prefix, env, &mut rng);
+        let key_id = format!(
+            "key_{:032x}",
+            i as u128 | (0x0190_0000_0000_7000_8000_0000_0000_0000)
+        );
+        index.insert(
+            raw.hash(),
+            IndexedKey::new(
+                &key_id,
+                &format!("tenant-{}", i % 100),
+                &format!("service {i}"),
+                env,
+                permissions.clone(),
+                None,
+                true,
+            ),
+        );
+        keys.push(raw.into_exposed());
+    }
+    keys.shuffle(&mut rng);
+    (index, keys)
+}
+
+fn verify(c: &mut Criterion) {
+    let n = population();
+    let (index, keys) = loaded_index(n);
+    let required = vec!["invoices:read".to_string()];
+    let now = Utc::now();
+
+    let mut group = c.benchmark_group(format!("verify_{n}_keys"));
+    group.throughput(Throughput::Elements(1));
+    group.measurement_time(Duration::from_secs(10));
+
+    let mut i = 0usize;
+    group.bench_function("valid_with_permission", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            // The answer's fields are read inside the index guard, as the
+            // handler does; reading the name stands for building the response.
+            let (code, name_len) = index.verify(
+                VerifyRequest {
+                    key: black_box(&keys[i]),
+                    environment: None,
+                    permissions: &required,
+                },
+                now,
+                |a| (a.code, a.key.map_or(0, |k| k.name().len())),
+            );
+            debug_assert_eq!(code, VerificationCode::Valid);
+            black_box(name_len)
+        })
+    });
+
+    // A well-formed key that is not in the index: the full hash and a lookup miss.
+    let mut rng = StdRng::seed_from_u64(99);
+    let unknown: Vec<String> = (0..10_000)
+        .map(|_| {
+            RawKey::generate(&KeyPrefix::default(), Environment::Live, &mut rng).into_exposed()
+        })
+        .collect();
+    let mut j = 0usize;
+    group.bench_function("unknown_key", |b| {
+        b.iter(|| {
+            j = (j + 1) % unknown.len();
+            black_box(index.verify(
+                VerifyRequest {
+                    key: black_box(&unknown[j]),
+                    environment: None,
+                    permissions: &[],
+                },
+                now,
+                |a| a.code,
+            ))
+        })
+    });
+
+    // Garbage is refused by the checksum before any hashing.
+    group.bench_function("garbage", |b| {
+        b.iter(|| {
+            black_box(index.verify(
+                VerifyRequest {
+                    key: black_box("kl_live_not-a-key-at-all"),
+                    environment: None,
+                    permissions: &[],
+                },
+                now,
+                |a| a.code,
+            ))
+        })
+    });
+    group.finish();
+
+    // Sanity outside the timing: every presented key was found and counted.
+    let code = index.verify(
+        VerifyRequest {
+            key: &keys[0],
+            environment: None,
+            permissions: &required,
+        },
+        now,
+        |a| a.code,
+    );
+    assert_eq!(code, VerificationCode::Valid);
+}
+
+criterion_group!(benches, verify);
+criterion_main!(benches);

@@ -1,0 +1,151 @@
+//! Key id -> key hash, for applying events (which name keys by id) to an index
+//! keyed by hash. Only the writer (the tailer) uses it, never verification, so
+//! it trades lookup speed for memory: packed ids sit in one sorted vector (49
+//! bytes a key, where a hash map would take twice that at 1,000,000 keys).
+
+use std::collections::HashMap;
+
+use keyledger_domain::KeyHash;
+
+use super::key_id::KeyId;
+
+#[derive(Debug, Default)]
+pub(super) struct IdTable {
+    /// Sorted by id when `sorted`; `None` marks a deleted key until compaction.
+    packed: Vec<([u8; 16], Option<KeyHash>)>,
+    sorted: bool,
+    removed: usize,
+    text: HashMap<Box<str>, KeyHash>,
+}
+
+impl IdTable {
+    pub(super) fn with_capacity(n: usize) -> Self {
+        Self {
+            packed: Vec::with_capacity(n),
+            sorted: true,
+            removed: 0,
+            text: HashMap::new(),
+        }
+    }
+
+    pub(super) fn insert(&mut self, id: &KeyId, hash: KeyHash) {
+        match id {
+            KeyId::Text(s) => {
+                self.text.insert(s.clone(), hash);
+            }
+            KeyId::Packed(b) => {
+                // Ids are UUIDv7, so new keys almost always sort last: a push.
+                let in_order = self.packed.last().is_none_or(|(last, _)| last < b);
+                if in_order || !self.sorted {
+                    self.sorted = in_order && self.sorted;
+                    self.packed.push((*b, Some(hash)));
+                    return;
+                }
+                match self.packed.binary_search_by(|(k, _)| k.cmp(b)) {
+                    Ok(i) => {
+                        if self.packed[i].1.is_none() {
+                            self.removed -= 1;
+                        }
+                        self.packed[i].1 = Some(hash);
+                    }
+                    Err(i) => self.packed.insert(i, (*b, Some(hash))),
+                }
+            }
+        }
+    }
+
+    pub(super) fn get(&mut self, id: &KeyId) -> Option<KeyHash> {
+        match id {
+            KeyId::Text(s) => self.text.get(s).copied(),
+            KeyId::Packed(b) => {
+                let i = self.position(b)?;
+                self.packed[i].1
+            }
+        }
+    }
+
+    pub(super) fn remove(&mut self, id: &KeyId) -> Option<KeyHash> {
+        match id {
+            KeyId::Text(s) => self.text.remove(s),
+            KeyId::Packed(b) => {
+                let i = self.position(b)?;
+                let hash = self.packed[i].1.take()?;
+                self.removed += 1;
+                if self.removed > 1024 && self.removed > self.packed.len() / 4 {
+                    self.packed.retain(|(_, h)| h.is_some());
+                    self.removed = 0;
+                }
+                Some(hash)
+            }
+        }
+    }
+
+    fn position(&mut self, b: &[u8; 16]) -> Option<usize> {
+        if !self.sorted {
+            // A bulk load in no particular order: sort once, keeping the last
+            // insert of an id.
+            self.packed.sort_by_key(|x| x.0);
+            self.packed.dedup_by(|later, earlier| {
+                if later.0 == earlier.0 {
+                    earlier.1 = later.1;
+                    true
+                } else {
+                    false
+                }
+            });
+            self.removed = self.packed.iter().filter(|(_, h)| h.is_none()).count();
+            self.sorted = true;
+        }
+        self.packed.binary_search_by(|(k, _)| k.cmp(b)).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u128) -> KeyId {
+        KeyId::new(&format!("key_{n:032x}"))
+    }
+
+    fn hash(n: u8) -> KeyHash {
+        KeyHash::from_bytes([n; 32])
+    }
+
+    #[test]
+    fn finds_ids_inserted_in_any_order_and_forgets_removed_ones() {
+        let mut t = IdTable::default();
+        for n in [5u8, 1, 9, 3, 7] {
+            t.insert(&id(u128::from(n)), hash(n));
+        }
+        t.insert(&KeyId::new("key_held"), hash(42));
+        for n in [5u8, 1, 9, 3, 7] {
+            assert_eq!(t.get(&id(u128::from(n))), Some(hash(n)));
+        }
+        assert_eq!(t.get(&KeyId::new("key_held")), Some(hash(42)));
+        assert_eq!(t.get(&id(4)), None);
+        assert_eq!(t.remove(&id(3)), Some(hash(3)));
+        assert_eq!(t.get(&id(3)), None);
+        assert_eq!(t.remove(&id(3)), None);
+        t.insert(&id(3), hash(33));
+        assert_eq!(t.get(&id(3)), Some(hash(33)));
+        t.insert(&id(2), hash(2));
+        assert_eq!(t.get(&id(2)), Some(hash(2)));
+        assert_eq!(t.remove(&KeyId::new("key_held")), Some(hash(42)));
+    }
+
+    #[test]
+    fn compacts_after_many_removals() {
+        let mut t = IdTable::with_capacity(4000);
+        for n in 0..4000u128 {
+            t.insert(&id(n), hash((n % 251) as u8));
+        }
+        for n in 0..3000u128 {
+            assert!(t.remove(&id(n)).is_some());
+        }
+        assert!(t.packed.len() < 4000, "tombstones were compacted");
+        for n in 3000..4000u128 {
+            assert_eq!(t.get(&id(n)), Some(hash((n % 251) as u8)));
+        }
+    }
+}

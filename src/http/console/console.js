@@ -1,0 +1,937 @@
+// keyledger console: a plain client of the public /v1 API, served by keyledger
+// itself. No framework and no build step. Everything that comes from the API is
+// put on the page with textContent and DOM calls, never parsed as HTML.
+//
+// The management token comes from the user (pasted) or from the URL fragment
+// (`keyledger token --open` prints `<url>/#token=<jwt>`). Fragments never reach a
+// server; the token is moved to sessionStorage and the fragment removed at once.
+
+const TOKEN_KEY = 'keyledger.token';
+const PAGE_SIZE = 50;
+const AUDIT_PAGE_SIZE = 100;
+const EVENT_TYPES = [
+  'KeyCreated', 'KeyUpdated', 'KeyDeactivated', 'KeyReactivated',
+  'KeyDeleted', 'KeyExpirySet', 'KeyUsageRecorded',
+];
+
+// ---------------------------------------------------------------- DOM helpers
+
+/** Creates an element; attributes are set as attributes, children as nodes/text. */
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name === 'class') el.className = value;
+    else if (name === 'text') el.textContent = value;
+    else if (name.startsWith('on')) el.addEventListener(name.slice(2), value);
+    else if (value === true) el.setAttribute(name, '');
+    else el.setAttribute(name, String(value));
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === undefined || child === null || child === false) continue;
+    el.append(child);
+  }
+  return el;
+}
+
+const $ = (selector, root = document) => root.querySelector(selector);
+
+const dateFormat = new Intl.DateTimeFormat(undefined, {
+  year: 'numeric', month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit',
+});
+const numberFormat = new Intl.NumberFormat();
+
+/** A <time> element for an RFC 3339 timestamp, or `empty` text when null. */
+function time(value, empty = '—') {
+  if (!value) return h('span', { class: 'muted', text: empty });
+  const date = new Date(value);
+  if (Number.isNaN(date.getTime())) return h('span', { text: value });
+  return h('time', { datetime: value, title: value, text: dateFormat.format(date) });
+}
+
+function badge(kind, value) {
+  return h('span', { class: `badge badge-${kind}-${value}`, text: value });
+}
+
+function keyLink(id, label) {
+  return h('a', { href: `#/keys/${encodeURIComponent(id)}`, text: label ?? id });
+}
+
+/** A random Idempotency-Key (crypto.randomUUID needs a secure context). */
+function randomId() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+// ---------------------------------------------------------------- token
+
+function takeTokenFromFragment() {
+  if (!location.hash.startsWith('#token=')) return;
+  const token = new URLSearchParams(location.hash.slice(1)).get('token');
+  if (token && token.trim()) sessionStorage.setItem(TOKEN_KEY, token.trim());
+  // Out of the address bar and the history at once.
+  history.replaceState(null, '', location.pathname + location.search);
+}
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+/** The token's claims, for display only (the server checks the signature). */
+function claims(jwt) {
+  try {
+    const part = jwt.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const binary = atob(part.padEnd(Math.ceil(part.length / 4) * 4, '='));
+    const bytes = Uint8Array.from(binary, (c) => c.charCodeAt(0));
+    return JSON.parse(new TextDecoder().decode(bytes));
+  } catch {
+    return null;
+  }
+}
+
+function signOut() {
+  sessionStorage.removeItem(TOKEN_KEY);
+  history.replaceState(null, '', location.pathname + location.search);
+  render();
+}
+
+// ---------------------------------------------------------------- API
+
+class ApiError extends Error {
+  constructor(status, code, message, details) {
+    super(message);
+    this.status = status;
+    this.code = code;
+    this.details = details;
+  }
+}
+
+/** Calls the API with the management token; resolves to the JSON body (null for 204). */
+async function api(method, path, { body, headers = {} } = {}) {
+  const init = {
+    method,
+    cache: 'no-store',
+    headers: { Accept: 'application/json', Authorization: `Bearer ${token()}`, ...headers },
+  };
+  if (body !== undefined) {
+    init.headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (e) {
+    throw new ApiError(0, 'network_error', `the server could not be reached (${e.message})`);
+  }
+  if (response.status === 204) return null;
+  const text = await response.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (!response.ok) {
+    const error = data && data.error;
+    throw new ApiError(
+      response.status,
+      error?.code ?? `http_${response.status}`,
+      error?.message ?? (text.slice(0, 200) || response.statusText),
+      error?.details,
+    );
+  }
+  return data;
+}
+
+const ERROR_HEADINGS = {
+  unauthorized: 'The server did not accept the management token.',
+  api_key_not_allowed: 'An API key cannot manage keys; use a management token.',
+  key_not_found: 'No such key (it may have been deleted).',
+  conflict: 'The key changed at the same moment; look again and retry.',
+  validation_failed: 'The server did not accept this.',
+  idempotency_key_reused: 'This request was already sent with different values.',
+  key_limit_reached: 'This workspace holds as many keys as it may.',
+  payload_too_large: 'The request is too large.',
+  rate_limited: 'Too many requests; wait a minute.',
+  store_unavailable: 'The store is unavailable; nothing was changed. Try again shortly.',
+  network_error: 'The server could not be reached.',
+  internal: 'The server failed unexpectedly.',
+};
+
+/** The words shown for an error: a heading, the server's message, the code. */
+function errorContent(error) {
+  if (!(error instanceof ApiError)) {
+    return [h('strong', { text: 'Something went wrong in the console.' }), ' ', String(error?.message ?? error)];
+  }
+  const heading = ERROR_HEADINGS[error.code] ?? 'The request failed.';
+  const where = error.status ? `${error.code}, HTTP ${error.status}` : error.code;
+  return [
+    h('strong', { text: heading }), ' ',
+    h('span', { class: 'error-message', text: error.message }), ' ',
+    h('span', { class: 'error-code', text: `(${where})` }),
+  ];
+}
+
+function showError(error) {
+  const alerts = $('#alerts');
+  const actions = [];
+  if (error instanceof ApiError && error.status === 401) {
+    actions.push(h('button', { type: 'button', class: 'button-quiet', onclick: signOut, text: 'Use another token' }));
+  }
+  const dismiss = h('button', {
+    type: 'button', class: 'button-quiet', 'aria-label': 'Dismiss this message', text: 'Dismiss',
+    onclick: (e) => e.currentTarget.closest('.alert').remove(),
+  });
+  alerts.replaceChildren(h('div', { class: 'alert', role: 'alert' },
+    h('p', {}, errorContent(error)), h('div', { class: 'alert-actions' }, actions, dismiss)));
+}
+
+function clearErrors() {
+  $('#alerts').replaceChildren();
+}
+
+let toastTimer;
+function announce(message) {
+  $('#status').textContent = message;
+  const toast = $('#toast');
+  toast.textContent = message;
+  toast.classList.add('visible');
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => toast.classList.remove('visible'), 4000);
+}
+
+// ---------------------------------------------------------------- dialogs
+
+document.addEventListener('click', (event) => {
+  const closer = event.target.closest('[data-close]');
+  if (closer) closer.closest('dialog')?.close('cancel');
+});
+
+/** Opens a modal dialog; resolves when it closes, giving focus back to `returnTo`. */
+function openDialog(dialog, returnTo, focus) {
+  return new Promise((resolve) => {
+    dialog.addEventListener('close', () => {
+      const target = returnTo?.isConnected ? returnTo : $('#main h1') ?? $('#main');
+      target?.focus();
+      resolve(dialog.returnValue);
+    }, { once: true });
+    dialog.returnValue = '';
+    dialog.showModal();
+    (focus ?? dialog.querySelector('input, select, textarea, button'))?.focus();
+  });
+}
+
+// Escape closes a dialog unless it is waiting for the server.
+for (const dialog of document.querySelectorAll('dialog')) {
+  dialog.addEventListener('cancel', (event) => {
+    if (dialog.dataset.busy) event.preventDefault();
+  });
+}
+
+function setBusy(dialog, button, busy, label) {
+  if (busy) {
+    dialog.dataset.busy = '1';
+    button.dataset.label = button.textContent;
+    button.textContent = label;
+  } else {
+    delete dialog.dataset.busy;
+    button.textContent = button.dataset.label ?? button.textContent;
+  }
+  button.disabled = busy;
+}
+
+function dialogError(box, error) {
+  if (!error) {
+    box.hidden = true;
+    box.replaceChildren();
+    return;
+  }
+  box.replaceChildren(...errorContent(error));
+  box.hidden = false;
+}
+
+/**
+ * Asks before an action. `run(values)` performs it; an error is shown in the
+ * dialog, which stays open. Resolves to what `run` returned, or null if cancelled.
+ */
+function confirmAction({ title, message, confirm, danger = false, reason = false, grace = false, run, returnTo }) {
+  const dialog = $('#confirm-dialog');
+  const form = $('#confirm-form');
+  const submit = $('#confirm-submit');
+  $('#confirm-title').textContent = title;
+  $('#confirm-message').textContent = message;
+  submit.textContent = confirm;
+  submit.className = danger ? 'button-danger' : 'button-primary';
+  $('#confirm-reason-field').hidden = !reason;
+  $('#confirm-reason').value = '';
+  $('#confirm-grace-field').hidden = !grace;
+  $('#confirm-grace').value = '86400';
+  dialogError($('#confirm-error'), null);
+  let result = null;
+  form.onsubmit = async (event) => {
+    event.preventDefault();
+    setBusy(dialog, submit, true, 'Working…');
+    try {
+      result = await run({
+        reason: $('#confirm-reason').value.trim(),
+        grace: Number($('#confirm-grace').value),
+      });
+      setBusy(dialog, submit, false);
+      dialog.close('confirm');
+    } catch (error) {
+      setBusy(dialog, submit, false);
+      dialogError($('#confirm-error'), error);
+    }
+  };
+  const first = reason ? $('#confirm-reason') : grace ? $('#confirm-grace') : danger ? $('#confirm-dialog [data-close]') : submit;
+  return openDialog(dialog, returnTo, first).then(() => result);
+}
+
+/** Shows a raw key once, with a copy button; forgets it when closed. */
+async function showSecret(created, heading, returnTo) {
+  const dialog = $('#secret-dialog');
+  const value = $('#secret-value');
+  $('#secret-title').textContent = heading;
+  $('#secret-for').replaceChildren(
+    h('span', { text: created.name }), ' · ',
+    h('span', { class: 'mono', text: created.prefix }), ' · ', badge('env', created.environment));
+  value.value = created.key;
+  $('#secret-copied').textContent = '';
+  $('#secret-details').href = `#/keys/${encodeURIComponent(created.id)}`;
+  await openDialog(dialog, returnTo, $('#secret-copy'));
+  value.value = '';
+  $('#secret-copied').textContent = '';
+}
+
+$('#secret-copy').addEventListener('click', async () => {
+  const value = $('#secret-value');
+  let copied = false;
+  try {
+    await navigator.clipboard.writeText(value.value);
+    copied = true;
+  } catch {
+    value.focus();
+    value.select();
+    try {
+      copied = document.execCommand('copy');
+    } catch {
+      copied = false;
+    }
+  }
+  $('#secret-copied').textContent = copied
+    ? 'Copied to the clipboard.'
+    : 'The browser did not allow copying: the key is selected, press Ctrl+C (⌘C) to copy it.';
+});
+
+$('#secret-value').addEventListener('focus', (event) => event.target.select());
+$('#secret-details').addEventListener('click', () => $('#secret-dialog').close());
+
+async function createKey(returnTo) {
+  const dialog = $('#create-dialog');
+  const form = $('#create-form');
+  const submit = $('#create-submit');
+  form.reset();
+  for (const field of form.querySelectorAll('[aria-invalid]')) field.removeAttribute('aria-invalid');
+  dialogError($('#create-error'), null);
+  // One per dialog: a retry after a lost answer returns the first key, not a second.
+  const idempotencyKey = randomId();
+  let created = null;
+  form.onsubmit = async (event) => {
+    event.preventDefault();
+    for (const field of form.querySelectorAll('[aria-invalid]')) field.removeAttribute('aria-invalid');
+    const data = new FormData(form);
+    const name = String(data.get('name')).trim();
+    if (!name) {
+      $('#create-name').setAttribute('aria-invalid', 'true');
+      dialogError($('#create-error'), new ApiError(0, 'validation_failed', 'name: give the key a name'));
+      $('#create-name').focus();
+      return;
+    }
+    const body = { name, environment: String(data.get('environment')) };
+    const description = String(data.get('description')).trim();
+    if (description) body.description = description;
+    const permissions = String(data.get('permissions')).split(/[\s,]+/).filter(Boolean);
+    if (permissions.length) body.permissions = permissions;
+    const expires = String(data.get('expires_at'));
+    if (expires) body.expires_at = new Date(expires).toISOString();
+    setBusy(dialog, submit, true, 'Creating…');
+    try {
+      created = await api('POST', '/v1/keys', { body, headers: { 'Idempotency-Key': idempotencyKey } });
+      setBusy(dialog, submit, false);
+      dialog.close('created');
+    } catch (error) {
+      setBusy(dialog, submit, false);
+      const field = error.details?.field;
+      const input = field && form.elements.namedItem(field);
+      if (input instanceof HTMLElement) input.setAttribute('aria-invalid', 'true');
+      dialogError($('#create-error'), error);
+      (input instanceof HTMLElement ? input : $('#create-name')).focus();
+    }
+  };
+  await openDialog(dialog, returnTo, $('#create-name'));
+  if (created) {
+    await showSecret(created, 'Key created', returnTo);
+    return created;
+  }
+  return null;
+}
+
+// ---------------------------------------------------------------- key actions
+
+/** The actions a key offers, as [label, run(returnTo) -> Promise<changed?>]. */
+function keyActions(key, after) {
+  const actions = [];
+  if (key.status === 'inactive') {
+    actions.push(['Reactivate', (returnTo) => confirmAction({
+      title: `Reactivate “${key.name}”?`,
+      message: 'The key will verify again (unless it has expired).',
+      confirm: 'Reactivate',
+      returnTo,
+      run: () => api('POST', `/v1/keys/${encodeURIComponent(key.id)}/reactivate`),
+    }).then((view) => view && after(`Reactivated “${key.name}”.`, { id: key.id }))]);
+  } else {
+    actions.push(['Deactivate', (returnTo) => confirmAction({
+      title: `Deactivate “${key.name}”?`,
+      message: 'Verification will answer DISABLED until the key is reactivated. Nothing is deleted.',
+      confirm: 'Deactivate',
+      reason: true,
+      returnTo,
+      run: ({ reason }) => api('POST', `/v1/keys/${encodeURIComponent(key.id)}/deactivate`,
+        { body: reason ? { reason } : {} }),
+    }).then((view) => view && after(`Deactivated “${key.name}”.`, { id: key.id }))]);
+  }
+  if (!key.rotated_to) {
+    actions.push(['Rotate', async (returnTo) => {
+      const idempotencyKey = randomId();
+      const created = await confirmAction({
+        title: `Rotate “${key.name}”?`,
+        message: 'A new key with the same name, permissions and environment is issued. The old key expires after the grace period.',
+        confirm: 'Rotate',
+        grace: true,
+        returnTo,
+        run: ({ grace }) => api('POST', `/v1/keys/${encodeURIComponent(key.id)}/rotate`,
+          { body: { grace_period_seconds: grace }, headers: { 'Idempotency-Key': idempotencyKey } }),
+      });
+      if (!created) return;
+      await showSecret(created, 'Key rotated: the new key', returnTo);
+      after(`Rotated “${key.name}”.`, { id: key.id });
+    }]);
+  }
+  actions.push(['Delete', (returnTo) => confirmAction({
+    title: `Delete “${key.name}”?`,
+    message: 'The key stops working at once and for good. This cannot be undone; its history stays in the audit log.',
+    confirm: 'Delete key',
+    danger: true,
+    returnTo,
+    run: async () => {
+      await api('DELETE', `/v1/keys/${encodeURIComponent(key.id)}`);
+      return true;
+    },
+  }).then((done) => done && after(`Deleted “${key.name}”.`, { id: key.id, deleted: true }))]);
+  return actions;
+}
+
+let menuCount = 0;
+
+/** A button opening a menu of a key's actions (a popover, so Escape and clicking elsewhere close it). */
+function actionsMenu(key, after) {
+  const id = `key-menu-${++menuCount}`;
+  const button = h('button', {
+    type: 'button', class: 'button-quiet menu-button', popovertarget: id,
+    'aria-haspopup': 'menu', 'aria-label': `Actions for ${key.name}`,
+  }, 'Actions ', h('span', { 'aria-hidden': 'true', text: '▾' }));
+  const items = keyActions(key, after).map(([label, run]) => h('button', {
+    type: 'button', role: 'menuitem', class: label === 'Delete' ? 'menu-danger' : '', text: label,
+    onclick: () => {
+      menu.hidePopover();
+      run(button);
+    },
+  }));
+  const menu = h('div', { id, popover: 'auto', role: 'menu', class: 'menu', 'aria-label': `Actions for ${key.name}` }, items);
+  menu.addEventListener('toggle', (event) => {
+    button.setAttribute('aria-expanded', String(event.newState === 'open'));
+    if (event.newState !== 'open') return;
+    const rect = button.getBoundingClientRect();
+    const width = menu.offsetWidth;
+    const height = menu.offsetHeight;
+    const below = rect.bottom + 4 + height <= window.innerHeight;
+    menu.style.top = `${below ? rect.bottom + 4 : Math.max(4, rect.top - 4 - height)}px`;
+    menu.style.left = `${Math.min(Math.max(4, rect.right - width), window.innerWidth - width - 4)}px`;
+    items[0]?.focus();
+  });
+  menu.addEventListener('keydown', (event) => {
+    const at = items.indexOf(document.activeElement);
+    const move = { ArrowDown: at + 1, ArrowUp: at - 1, Home: 0, End: items.length - 1 }[event.key];
+    if (move === undefined) return;
+    event.preventDefault();
+    items[(move + items.length) % items.length].focus();
+  });
+  button.setAttribute('aria-expanded', 'false');
+  return h('div', { class: 'menu-wrap' }, button, menu);
+}
+
+// A fixed menu would drift from its button on scroll: close it instead.
+window.addEventListener('scroll', () => {
+  for (const menu of document.querySelectorAll('.menu:popover-open')) menu.hidePopover();
+}, { passive: true });
+
+// ---------------------------------------------------------------- screens
+
+function pageHead(title, ...extra) {
+  return h('div', { class: 'page-head' }, h('h1', { tabindex: '-1', text: title }), ...extra);
+}
+
+function select(name, label, options, value) {
+  const id = `filter-${name}`;
+  return h('div', { class: 'field field-inline' },
+    h('label', { for: id, text: label }),
+    h('select', { id, name }, options.map(([v, text]) => h('option', { value: v, selected: v === value, text }))));
+}
+
+function routeQuery(route, params) {
+  const query = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v) query.set(k, v);
+  const text = query.toString();
+  return `#/${route}${text ? `?${text}` : ''}`;
+}
+
+function keysScreen(params, main) {
+  const filters = { status: params.get('status') ?? '', environment: params.get('environment') ?? '' };
+  const createButton = h('button', { type: 'button', class: 'button-primary', id: 'create-open', text: 'Create key' });
+  const count = h('p', { class: 'count', 'aria-live': 'polite' });
+  const tbody = h('tbody');
+  const more = h('button', { type: 'button', class: 'button-quiet', hidden: true, text: 'Show more keys' });
+  const filterForm = h('form', { class: 'filters', role: 'search', 'aria-label': 'Filter keys', onsubmit: (e) => e.preventDefault() },
+    select('status', 'Status', [['', 'Any status'], ['active', 'Active'], ['inactive', 'Inactive'], ['expired', 'Expired']], filters.status),
+    select('environment', 'Environment', [['', 'Any environment'], ['live', 'Live'], ['test', 'Test']], filters.environment));
+  const table = h('table', { class: 'data data-keys' },
+    h('caption', { class: 'visually-hidden', text: 'API keys, newest first' }),
+    h('thead', {}, h('tr', {}, ['Name', 'Prefix', 'Environment', 'Status', 'Created', 'Last used', 'Uses']
+      .map((t) => h('th', { scope: 'col', text: t })), h('th', { scope: 'col' }, h('span', { class: 'visually-hidden', text: 'Actions' })))),
+    tbody);
+  main.replaceChildren(pageHead('Keys', createButton), filterForm, count, h('div', { class: 'table-wrap' }, table), more);
+
+  let cursor = null;
+  let shown = 0;
+  let generation = 0;
+
+  // After an action the rows are rebuilt: keep the keyboard on the same key.
+  const after = (message, { id } = {}) => {
+    announce(message);
+    load().then(() => {
+      const row = id && tbody.querySelector(`tr[data-key-id="${CSS.escape(id)}"] .menu-button`);
+      (row ?? $('#main h1'))?.focus();
+    });
+  };
+
+  function row(key) {
+    const cell = (label, ...content) => h('td', { 'data-label': label }, h('div', {}, ...content));
+    return h('tr', { 'data-key-id': key.id },
+      h('th', { scope: 'row', 'data-label': 'Name', class: 'cell-name' }, keyLink(key.id, key.name),
+        key.description ? h('span', { class: 'subtle', text: key.description }) : null),
+      cell('Prefix', h('span', { class: 'mono', text: key.prefix })),
+      cell('Environment', badge('env', key.environment)),
+      cell('Status', badge('status', key.status)),
+      cell('Created', time(key.created_at)),
+      cell('Last used', time(key.last_used_at, 'never')),
+      cell('Uses', h('span', { class: 'num', text: numberFormat.format(key.usage_count) })),
+      h('td', { class: 'cell-actions' }, actionsMenu(key, after)));
+  }
+
+  async function load(append = false) {
+    const mine = ++generation;
+    const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
+    if (filters.status) query.set('status', filters.status);
+    if (filters.environment) query.set('environment', filters.environment);
+    if (append && cursor) query.set('cursor', cursor);
+    more.disabled = true;
+    try {
+      const page = await api('GET', `/v1/keys?${query}`);
+      if (mine !== generation) return;
+      if (!append) {
+        tbody.replaceChildren();
+        shown = 0;
+      }
+      tbody.append(...page.keys.map(row));
+      shown += page.keys.length;
+      cursor = page.next_cursor;
+      more.hidden = !cursor;
+      const filtered = filters.status || filters.environment;
+      if (shown === 0) {
+        tbody.replaceChildren(h('tr', { class: 'empty' }, h('td', { colspan: '8' },
+          filtered ? 'No key matches these filters.' : 'No keys yet. Create the first one.')));
+      }
+      count.textContent = `${shown} ${shown === 1 ? 'key' : 'keys'}${cursor ? ' so far' : ''}${filtered ? ' matching the filters' : ''}`;
+    } catch (error) {
+      if (mine !== generation) return;
+      showError(error);
+      if (!append) {
+        tbody.replaceChildren(h('tr', { class: 'empty' }, h('td', { colspan: '8' },
+          'The keys could not be loaded: see the message above.')));
+      }
+    } finally {
+      more.disabled = false;
+    }
+  }
+
+  filterForm.addEventListener('change', (event) => {
+    filters[event.target.name] = event.target.value;
+    history.replaceState(null, '', routeQuery('keys', filters));
+    clearErrors();
+    load();
+  });
+  more.addEventListener('click', () => load(true));
+  createButton.addEventListener('click', async () => {
+    const created = await createKey(createButton);
+    if (created) {
+      announce(`Created “${created.name}”.`);
+      load();
+    }
+  });
+  return load();
+}
+
+/** A short account of what an event did, in words. */
+function eventSummary(event) {
+  const d = event.data ?? {};
+  switch (event.type) {
+    case 'KeyCreated': {
+      const parts = [`name “${d.name}”`, d.environment && `environment ${d.environment}`];
+      if (Array.isArray(d.permissions) && d.permissions.length) parts.push(`permissions ${d.permissions.join(', ')}`);
+      if (d.expires_at) parts.push(`expires ${dateFormat.format(new Date(d.expires_at))}`);
+      if (d.rotated_from) parts.push(`replaces ${d.rotated_from}`);
+      return `Created with ${parts.filter(Boolean).join('; ')}`;
+    }
+    case 'KeyDeactivated':
+      return d.reason ? `Deactivated: “${d.reason}”` : 'Deactivated';
+    case 'KeyReactivated':
+      return 'Reactivated';
+    case 'KeyDeleted':
+      return 'Deleted for good';
+    case 'KeyExpirySet':
+      return `Expiry set to ${d.expires_at ? dateFormat.format(new Date(d.expires_at)) : '—'}${d.rotated_to ? ` (rotated to ${d.rotated_to})` : ''}`;
+    case 'KeyUsageRecorded':
+      return `Verified ${numberFormat.format(d.count ?? 0)} ${d.count === 1 ? 'time' : 'times'}`;
+    case 'KeyUpdated': {
+      const changed = Object.keys(d).filter((k) => k !== 'updated_at');
+      return changed.length ? `Changed ${changed.join(', ')}` : 'Updated';
+    }
+    default:
+      return JSON.stringify(d);
+  }
+}
+
+function eventDetails(event) {
+  const details = h('details', { class: 'event-data' },
+    h('summary', { text: 'data' }),
+    h('pre', { text: JSON.stringify(event.data, null, 2) }));
+  const context = [event.request_id && `request ${event.request_id}`, event.client_addr && `from ${event.client_addr}`]
+    .filter(Boolean).join(' · ');
+  return [h('span', { text: eventSummary(event) }), context ? h('span', { class: 'subtle', text: context }) : null, details];
+}
+
+/** The key column of the audit log: its name when known, and the end of its id. */
+function keyCell(id, names) {
+  const name = names.get(id);
+  return [
+    h('a', { href: `#/keys/${encodeURIComponent(id)}`, title: id, 'data-key-id': id, text: name ?? 'key' }),
+    h('span', { class: 'subtle mono', text: `…${id.slice(-10)}` }),
+  ];
+}
+
+function eventsTable(events, { names }) {
+  const head = ['When', 'Event', ...(names ? ['Key'] : []), 'Actor', 'Details'];
+  const cell = (label, ...content) => h('td', { 'data-label': label }, h('div', {}, ...content));
+  const tbody = h('tbody', {}, events.map((e) => h('tr', {},
+    cell('When', time(e.occurred_at)),
+    cell('Event', h('span', { class: `event-type event-${e.type}`, text: e.type })),
+    names ? cell('Key', keyCell(e.key_id, names)) : null,
+    cell('Actor', e.actor ?? '—'),
+    h('td', { 'data-label': 'Details', class: 'cell-details' }, h('div', {}, eventDetails(e))))));
+  return h('table', { class: 'data data-events' },
+    h('thead', {}, h('tr', {}, head.map((t) => h('th', { scope: 'col', text: t })))), tbody);
+}
+
+async function keyScreen(id, main) {
+  main.replaceChildren(pageHead('Key'), h('p', { class: 'muted', text: 'Loading…' }));
+  let key = null;
+  try {
+    key = await api('GET', `/v1/keys/${encodeURIComponent(id)}`);
+  } catch (error) {
+    if (!(error instanceof ApiError && error.status === 404)) {
+      showError(error);
+      main.replaceChildren(backLink(), pageHead('Key'),
+        h('p', { class: 'empty', text: 'The key could not be loaded: see the message above.' }));
+      return;
+    }
+  }
+  let events = [];
+  try {
+    events = (await api('GET', `/v1/keys/${encodeURIComponent(key?.id ?? id)}/events`)).events;
+  } catch (error) {
+    showError(error);
+    if (!key) {
+      main.replaceChildren(backLink(), pageHead('No such key'));
+      return;
+    }
+  }
+  const back = backLink();
+  const historySection = [h('h2', { text: 'History' }),
+    h('p', { class: 'hint', text: 'Every change, oldest first, as recorded in the event store.' }),
+    h('div', { class: 'table-wrap' }, eventsTable(events, {})),
+    h('p', {}, h('a', { href: routeQuery('audit', { key_id: key?.id ?? id }), text: 'Show in the audit log' }))];
+
+  if (!key) {
+    const createdEvent = events.find((e) => e.type === 'KeyCreated');
+    main.replaceChildren(back, pageHead(createdEvent?.data?.name ?? id, badge('status', 'deleted')),
+      h('p', { class: 'notice', text: 'This key was deleted. It no longer verifies; its history stays.' }),
+      h('dl', { class: 'facts' }, fact('ID', h('span', { class: 'mono', text: id }))), ...historySection);
+    return;
+  }
+
+  const after = (message, { deleted } = {}) => {
+    announce(message);
+    if (deleted) location.hash = '#/keys';
+    else keyScreen(key.id, main).then(() => $('#main h1')?.focus());
+  };
+  const buttons = keyActions(key, after).map(([label, run]) => {
+    const button = h('button', { type: 'button', class: label === 'Delete' ? 'button-danger-quiet' : 'button-quiet', text: label });
+    button.addEventListener('click', () => run(button));
+    return button;
+  });
+  const permissions = key.permissions.length
+    ? h('ul', { class: 'chips' }, key.permissions.map((p) => h('li', { class: 'mono', text: p })))
+    : h('span', { class: 'muted', text: 'none' });
+  main.replaceChildren(back,
+    pageHead(key.name, badge('status', key.status), h('div', { class: 'page-actions' }, buttons)),
+    key.description ? h('p', { class: 'description', text: key.description }) : null,
+    h('dl', { class: 'facts' },
+      wide(fact('ID', h('span', { class: 'mono', text: key.id }))),
+      fact('Prefix', h('span', { class: 'mono', text: key.prefix })),
+      fact('Environment', badge('env', key.environment)),
+      fact('Permissions', permissions),
+      fact('Created', time(key.created_at), ` by ${key.created_by}`),
+      fact('Updated', time(key.updated_at)),
+      fact('Expires', time(key.expires_at, 'never')),
+      fact('Last used', time(key.last_used_at, 'never')),
+      fact('Uses', numberFormat.format(key.usage_count)),
+      key.rotated_from ? fact('Replaces', keyLink(key.rotated_from)) : null,
+      key.rotated_to ? fact('Replaced by', keyLink(key.rotated_to)) : null,
+      key.metadata ? fact('Metadata', h('pre', { class: 'metadata', text: JSON.stringify(key.metadata, null, 2) })) : null),
+    ...historySection);
+}
+
+function backLink() {
+  return h('p', { class: 'breadcrumb' }, h('a', { href: '#/keys', text: '← All keys' }));
+}
+
+function wide(element) {
+  element.classList.add('fact-wide');
+  return element;
+}
+
+function fact(label, ...value) {
+  return h('div', { class: 'fact' }, h('dt', { text: label }), h('dd', {}, ...value));
+}
+
+/** datetime-local value (local time) <-> RFC 3339. */
+function toLocalInput(value) {
+  if (!value) return '';
+  const date = new Date(value);
+  if (Number.isNaN(date.getTime())) return '';
+  const local = new Date(date.getTime() - date.getTimezoneOffset() * 60000);
+  return local.toISOString().slice(0, 16);
+}
+
+function auditScreen(params, main) {
+  const filters = {
+    key_id: params.get('key_id') ?? '', actor: params.get('actor') ?? '', type: params.get('type') ?? '',
+    since: params.get('since') ?? '', until: params.get('until') ?? '', order: params.get('order') ?? 'desc',
+  };
+  const text = (name, label, extra = {}) => h('div', { class: 'field' },
+    h('label', { for: `audit-${name}`, text: label }),
+    h('input', { id: `audit-${name}`, name, value: filters[name], autocomplete: 'off', spellcheck: 'false', ...extra }));
+  const when = (name, label) => h('div', { class: 'field' },
+    h('label', { for: `audit-${name}`, text: label }),
+    h('input', { id: `audit-${name}`, name, type: 'datetime-local', value: toLocalInput(filters[name]) }));
+  const form = h('form', { class: 'filters filters-audit', role: 'search', 'aria-label': 'Filter the audit log' },
+    text('key_id', 'Key ID', { placeholder: 'key_…' }),
+    text('actor', 'Actor'),
+    h('div', { class: 'field' }, h('label', { for: 'audit-type', text: 'Event type' }),
+      h('select', { id: 'audit-type', name: 'type' },
+        h('option', { value: '', text: 'Any type' }),
+        EVENT_TYPES.map((t) => h('option', { value: t, selected: t === filters.type, text: t })))),
+    when('since', 'From'),
+    when('until', 'Until'),
+    h('div', { class: 'field' }, h('label', { for: 'audit-order', text: 'Order' }),
+      h('select', { id: 'audit-order', name: 'order' },
+        h('option', { value: 'desc', selected: filters.order !== 'asc', text: 'Newest first' }),
+        h('option', { value: 'asc', selected: filters.order === 'asc', text: 'Oldest first' }))),
+    h('div', { class: 'filter-buttons' },
+      h('button', { type: 'submit', class: 'button-primary', text: 'Apply filters' }),
+      h('button', { type: 'button', class: 'button-quiet', text: 'Clear', onclick: () => {
+        history.replaceState(null, '', '#/audit');
+        render();
+      } })));
+  const count = h('p', { class: 'count', 'aria-live': 'polite' });
+  const wrap = h('div', { class: 'table-wrap' });
+  const more = h('button', { type: 'button', class: 'button-quiet', hidden: true, text: 'Show more events' });
+  main.replaceChildren(pageHead('Audit log'),
+    h('p', { class: 'hint', text: 'Everything done to the keys of this workspace: who, what, when.' }),
+    form, count, wrap, more);
+
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    const data = new FormData(form);
+    const next = {};
+    for (const [name, value] of data) {
+      const v = String(value).trim();
+      if (!v) continue;
+      next[name] = (name === 'since' || name === 'until') ? new Date(v).toISOString() : v;
+    }
+    if (next.order === 'desc') delete next.order;
+    history.replaceState(null, '', routeQuery('audit', next));
+    Object.assign(filters, { key_id: '', actor: '', type: '', since: '', until: '', order: 'desc' }, next);
+    clearErrors();
+    load();
+  });
+  more.addEventListener('click', () => load(true));
+
+  let cursor = null;
+  let events = [];
+  let generation = 0;
+  // Names for the key column: the tenant's keys now, and the names deleted keys
+  // were created with.
+  const names = new Map();
+  const knownKeys = api('GET', '/v1/keys?limit=100').then((page) => {
+    for (const key of page.keys) names.set(key.id, key.name);
+  }).catch(() => {});
+  async function load(append = false) {
+    const mine = ++generation;
+    const query = new URLSearchParams({ limit: String(AUDIT_PAGE_SIZE), order: filters.order || 'desc' });
+    for (const name of ['key_id', 'actor', 'type', 'since', 'until']) if (filters[name]) query.set(name, filters[name]);
+    if (append && cursor) query.set('cursor', cursor);
+    more.disabled = true;
+    try {
+      const page = await api('GET', `/v1/audit?${query}`);
+      await knownKeys;
+      if (mine !== generation) return;
+      events = append ? events.concat(page.events) : page.events;
+      for (const e of events) {
+        if (e.type === 'KeyCreated' && e.data?.name && !names.has(e.key_id)) names.set(e.key_id, e.data.name);
+      }
+      cursor = page.next_cursor;
+      more.hidden = !cursor;
+      wrap.replaceChildren(events.length
+        ? eventsTable(events, { names })
+        : h('p', { class: 'empty', text: 'No event matches these filters.' }));
+      count.textContent = `${events.length} ${events.length === 1 ? 'event' : 'events'}${cursor ? ' so far' : ''}`;
+    } catch (error) {
+      if (mine !== generation) return;
+      showError(error);
+      if (!append) wrap.replaceChildren(h('p', { class: 'empty', text: 'The audit log could not be loaded: see the message above.' }));
+    } finally {
+      more.disabled = false;
+    }
+  }
+  return load();
+}
+
+function signInScreen(main) {
+  const input = h('input', { id: 'token-input', name: 'token', type: 'password', autocomplete: 'off', spellcheck: 'false', required: true, 'aria-describedby': 'token-hint' });
+  const error = h('p', { class: 'dialog-error', role: 'alert', hidden: true });
+  const form = h('form', { class: 'panel signin', 'aria-labelledby': 'signin-title' },
+    h('h1', { id: 'signin-title', tabindex: '-1', text: 'Sign in with a management token' }),
+    h('p', {}, 'The console uses the keyledger API with a management token (a JWT). ',
+      'It is kept in this browser tab only and sent to this server alone.'),
+    error,
+    h('div', { class: 'field' }, h('label', { for: 'token-input', text: 'Management token' }), input,
+      h('p', { class: 'hint', id: 'token-hint' }, 'Get one with ',
+        h('code', { text: 'keyledger token --tenant T --subject YOU --open' }),
+        ', which prints a link that signs you in directly.')),
+    h('div', { class: 'dialog-actions' }, h('button', { type: 'submit', class: 'button-primary', text: 'Open the console' })));
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    const value = input.value.trim();
+    if (value.split('.').length !== 3) {
+      error.textContent = 'That does not look like a token: a JWT has three parts separated by dots.';
+      error.hidden = false;
+      input.setAttribute('aria-invalid', 'true');
+      input.focus();
+      return;
+    }
+    sessionStorage.setItem(TOKEN_KEY, value);
+    history.replaceState(null, '', '#/keys');
+    render();
+  });
+  main.replaceChildren(form);
+}
+
+// ---------------------------------------------------------------- routing
+
+function route() {
+  const raw = location.hash.replace(/^#/, '');
+  const [path, query = ''] = raw.split('?');
+  const parts = path.split('/').filter(Boolean);
+  const params = new URLSearchParams(query);
+  if (parts[0] === 'keys' && parts[1]) return { name: 'key', id: decodeURIComponent(parts[1]), params };
+  if (parts[0] === 'audit') return { name: 'audit', params };
+  return { name: 'keys', params };
+}
+
+function renderSession(jwt) {
+  const c = jwt ? claims(jwt) : null;
+  $('#nav').hidden = !jwt;
+  $('#session').hidden = !jwt;
+  const identity = $('#identity');
+  identity.replaceChildren();
+  if (!c) return;
+  identity.append(h('span', { class: 'identity-who', text: c.sub ?? '?' }), ' in ',
+    h('span', { class: 'identity-tenant', text: c.tenant ?? '?' }));
+  if (typeof c.exp === 'number') {
+    const expired = c.exp * 1000 <= Date.now();
+    identity.append(h('span', { class: expired ? 'identity-expired' : 'subtle',
+      text: expired ? ' · token expired' : ` · until ${dateFormat.format(new Date(c.exp * 1000))}` }));
+  }
+}
+
+let firstRender = true;
+
+async function render() {
+  clearErrors();
+  for (const menu of document.querySelectorAll('.menu:popover-open')) menu.hidePopover();
+  const main = $('#main');
+  const jwt = token();
+  renderSession(jwt);
+  const focusHeading = !firstRender;
+  firstRender = false;
+  if (!jwt) {
+    signInScreen(main);
+    $('#token-input').focus();
+    return;
+  }
+  const current = route();
+  for (const link of document.querySelectorAll('[data-nav]')) {
+    const active = link.dataset.nav === (current.name === 'audit' ? 'audit' : 'keys');
+    if (active) link.setAttribute('aria-current', 'page');
+    else link.removeAttribute('aria-current');
+  }
+  document.title = `${current.name === 'audit' ? 'Audit log' : 'Keys'} · keyledger console`;
+  const screen = current.name === 'audit' ? auditScreen(current.params, main)
+    : current.name === 'key' ? keyScreen(current.id, main)
+      : keysScreen(current.params, main);
+  if (focusHeading) $('#main h1')?.focus();
+  await screen;
+  // A screen that replaced its heading while loading: put focus back on it.
+  if (focusHeading && document.activeElement === document.body) $('#main h1')?.focus();
+  main.dataset.ready = route().name;
+}
+
+$('#sign-out').addEventListener('click', signOut);
+window.addEventListener('hashchange', () => {
+  takeTokenFromFragment();
+  render();
+});
+takeTokenFromFragment();
+render();

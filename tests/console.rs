@@ -1,0 +1,227 @@
+//! The web console, served by the binary itself: its files and their headers, and
+//! a real browser (Debian's Chromium, driven by Playwright in
+//! `tests/console/e2e.mjs`) taking a key through create, copy, deactivate,
+//! reactivate, rotate and delete while checking what the page shows against what
+//! the API then says. The browser run also saves the screenshots of
+//! `docs/screenshots/`.
+//!
+//! Without node, `tests/console/node_modules` (`npm ci --prefix tests/console`) or
+//! Chromium the browser test prints `SKIPPED` and passes; with
+//! `KEYLEDGER_REQUIRE_BROWSER=1` (as in `.ci/run`) a skip is a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use keyledger::config::Config;
+use keyledger::Application;
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const SECRET: &str = "console-test-secret-0123456789abcdef0123456789";
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// The whole browser run, including Chromium's start.
+const BROWSER_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// A keyledger server over a fresh SQLite store.
+struct Server {
+    address: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+    _data_dir: TempDir,
+}
+
+impl Server {
+    async fn start() -> Server {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::new(data_dir.path().to_path_buf());
+        config.listen = "127.0.0.1:0".parse().expect("addr");
+        config.jwt_secret = Some(SECRET.to_string());
+        // Short, so that the page shows usage counts the test produced.
+        config.usage_flush_interval = Duration::from_secs(1);
+        config.poll_interval = Duration::from_millis(50);
+        let app = Application::build(config).await.expect("build application");
+        let address = format!("http://{}", app.address());
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            app.run_until_stopped(async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("server run");
+        });
+        Server {
+            address,
+            shutdown: Some(tx),
+            handle: Some(handle),
+            _data_dir: data_dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle.await.expect("server task");
+        }
+    }
+}
+
+fn token(tenant: &str, subject: &str) -> String {
+    keyledger::http::auth::mint(
+        SECRET.as_bytes(),
+        tenant,
+        subject,
+        Duration::from_secs(3600),
+    )
+    .expect("mint token")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_served_from_the_binary_with_strict_headers() {
+    let server = Server::start().await;
+    let client = reqwest::Client::new();
+    let cases = [
+        ("/", "text/html"),
+        ("/console", "text/html"),
+        ("/console/console.js", "text/javascript"),
+        ("/console/console.css", "text/css"),
+    ];
+    for (path, content_type) in cases {
+        let response = client.get(server.url(path)).send().await.expect("get");
+        assert_eq!(response.status(), 200, "{path}");
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert!(
+            header("content-type").starts_with(content_type),
+            "{path}: {}",
+            header("content-type")
+        );
+        assert_eq!(header("cache-control"), "no-cache", "{path}");
+        assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(header("referrer-policy"), "no-referrer", "{path}");
+        let csp = header("content-security-policy");
+        for directive in [
+            "default-src 'self'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+            "base-uri 'none'",
+            "form-action 'none'",
+        ] {
+            assert!(csp.contains(directive), "{path}: {directive} in {csp}");
+        }
+        let body = response.text().await.expect("body");
+        assert!(!body.is_empty(), "{path}");
+        assert!(
+            !body.contains("http://") && !body.contains("https://"),
+            "{path} loads nothing from another origin"
+        );
+    }
+
+    let page = client.get(server.url("/")).send().await.expect("get");
+    let html = page.text().await.expect("body");
+    assert!(html.contains(r#"src="/console/console.js""#));
+    assert!(html.contains(r#"href="/console/console.css""#));
+    assert!(
+        !html.contains("<script>") && !html.contains("style="),
+        "no inline script or style (the policy forbids them)"
+    );
+
+    // The API and the JSON 404 are unchanged around the console.
+    let missing = client.get(server.url("/console/nope")).send().await;
+    let missing = missing.expect("get");
+    assert_eq!(missing.status(), 404);
+    let body: Value = missing.json().await.expect("a JSON error");
+    assert_eq!(body["error"]["code"], "not_found");
+    let keys = client
+        .get(server.url("/v1/keys"))
+        .bearer_auth(token("acme", "alice"))
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(keys.status(), 200);
+    let wrong = client.post(server.url("/")).send().await.expect("post");
+    assert_eq!(wrong.status(), 405);
+    server.stop().await;
+}
+
+/// Why the browser test cannot run here, if it cannot.
+fn missing_browser_prerequisite(dir: &Path) -> Option<String> {
+    let node = std::process::Command::new("node").arg("--version").output();
+    if !node.is_ok_and(|o| o.status.success()) {
+        return Some("`node` is not on PATH".into());
+    }
+    if !dir
+        .join("node_modules/playwright-core/package.json")
+        .exists()
+    {
+        return Some(format!(
+            "{} has no playwright-core: run `npm ci --prefix tests/console`",
+            dir.display()
+        ));
+    }
+    if !Path::new(&chromium()).exists() {
+        return Some(format!(
+            "{} is missing: `apt-get install -y chromium`",
+            chromium()
+        ));
+    }
+    None
+}
+
+fn chromium() -> String {
+    std::env::var("KEYLEDGER_CHROMIUM").unwrap_or_else(|_| CHROMIUM.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_goes_through_its_lifecycle_in_the_console_in_a_real_browser() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("tests/console");
+    if let Some(why) = missing_browser_prerequisite(&dir) {
+        let required = std::env::var("KEYLEDGER_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
+        assert!(!required, "KEYLEDGER_REQUIRE_BROWSER=1 but {why}");
+        eprintln!("SKIPPED: browser test of the web console skipped: {why}");
+        return;
+    }
+
+    let server = Server::start().await;
+    let run = tokio::process::Command::new("node")
+        .arg("e2e.mjs")
+        .current_dir(&dir)
+        .env("KEYLEDGER_URL", &server.address)
+        .env("KEYLEDGER_TOKEN", token("acme", "alice"))
+        .env("KEYLEDGER_CHROMIUM", chromium())
+        .env("KEYLEDGER_SCREENSHOTS", root.join("docs/screenshots"))
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(BROWSER_TIMEOUT, run)
+        .await
+        .unwrap_or_else(|_| panic!("the browser test took longer than {BROWSER_TIMEOUT:?}"))
+        .expect("run node tests/console/e2e.mjs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(
+        output.status.success(),
+        "tests/console/e2e.mjs failed ({}); its output is above",
+        output.status
+    );
+    server.stop().await;
+}

@@ -1,0 +1,426 @@
+// The keyledger web console in a real browser: Debian's Chromium, headless, driven
+// by playwright-core (no browser download). Started by `cargo test --test console`
+// with a running server; run by hand with
+//
+//   KEYLEDGER_URL=http://127.0.0.1:8080 KEYLEDGER_TOKEN=$(keyledger token ...) node e2e.mjs
+//
+// Every step checks what the page shows and then what the API says. Screenshots
+// of each screen go to KEYLEDGER_SCREENSHOTS (default: docs/screenshots).
+
+import assert from 'node:assert/strict';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const BASE = (process.env.KEYLEDGER_URL ?? '').replace(/\/$/, '');
+const TOKEN = process.env.KEYLEDGER_TOKEN ?? '';
+const CHROMIUM = process.env.KEYLEDGER_CHROMIUM ?? '/usr/bin/chromium';
+const SHOTS = process.env.KEYLEDGER_SCREENSHOTS ?? path.resolve(here, '../../docs/screenshots');
+assert.ok(BASE && TOKEN, 'set KEYLEDGER_URL and KEYLEDGER_TOKEN');
+
+const KEY_PATTERN = /^kl_(live|test)_[0-9A-Za-z]{46}$/;
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const step = (text) => console.log(`e2e: ${text}`);
+
+// ---------------------------------------------------------------- the API, directly
+
+async function api(method, urlPath, body, { auth = true } = {}) {
+  const headers = {};
+  if (auth) headers.authorization = `Bearer ${TOKEN}`;
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  const response = await fetch(`${BASE}${urlPath}`, {
+    method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await response.text();
+  return { status: response.status, body: text ? JSON.parse(text) : null };
+}
+
+async function getKey(id) {
+  return api('GET', `/v1/keys/${id}`);
+}
+
+async function verifyCode(key) {
+  const r = await api('POST', '/v1/keys/verify', { key }, { auth: false });
+  assert.equal(r.status, 200);
+  return r.body.code;
+}
+
+async function createViaApi(body) {
+  const r = await api('POST', '/v1/keys', body);
+  assert.equal(r.status, 201, JSON.stringify(r.body));
+  return r.body;
+}
+
+/** Waits until `check()` is truthy (usage counts are written behind). */
+async function eventually(what, check, timeoutMs = 10_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
+}
+
+// ---------------------------------------------------------------- seed data
+
+step('seeding keys through the API');
+const billing = await createViaApi({
+  name: 'billing-service', description: 'Charges customers every night', environment: 'live',
+  permissions: ['invoices:read', 'invoices:write'], metadata: { team: 'payments' },
+});
+const ci = await createViaApi({ name: 'ci-runner', environment: 'test', permissions: ['builds:*'] });
+const legacy = await createViaApi({ name: 'legacy-import', permissions: ['orders:read'] });
+assert.equal((await api('POST', `/v1/keys/${legacy.id}/deactivate`, { reason: 'replaced by billing-service' })).status, 200);
+const sandbox = await createViaApi({
+  name: 'partner-sandbox', environment: 'test', permissions: ['orders:read'],
+  expires_at: new Date(Date.now() + 1500).toISOString(),
+});
+const reporting = await createViaApi({ name: 'reporting', description: 'Monthly revenue report', permissions: ['reports:read'] });
+for (let i = 0; i < 3; i++) assert.equal(await verifyCode(billing.key), 'VALID');
+assert.equal(await verifyCode(ci.key), 'VALID');
+await eventually('usage to be flushed', async () => (await getKey(billing.id)).body.usage_count === 3
+  && (await getKey(ci.id)).body.usage_count === 1);
+await eventually('the sandbox key to expire', async () => (await getKey(sandbox.id)).body.status === 'expired');
+
+// ---------------------------------------------------------------- the browser
+
+await mkdir(SHOTS, { recursive: true });
+const userDataDir = await mkdtemp(path.join(tmpdir(), 'keyledger-chromium-'));
+const context = await chromium.launchPersistentContext(userDataDir, {
+  executablePath: CHROMIUM,
+  headless: true,
+  args: [
+    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  ],
+  viewport: { width: 1280, height: 800 },
+  deviceScaleFactor: 1,
+  locale: 'en-GB',
+  timezoneId: 'UTC',
+});
+context.setDefaultTimeout(10_000);
+await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: BASE });
+
+const problems = [];
+const requests = [];
+function watch(page) {
+  page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
+  page.on('console', (message) => {
+    const text = message.text();
+    // A refused request is logged by Chromium itself; the page shows it in words.
+    if (message.type() === 'error' && !text.startsWith('Failed to load resource')) problems.push(`console: ${text}`);
+  });
+  page.on('request', (request) => requests.push({ url: request.url(), headers: request.headers() }));
+  return page;
+}
+
+const page = watch(context.pages()[0] ?? await context.newPage());
+const main = page.locator('main');
+const ready = (screen) => page.locator(`main[data-ready="${screen}"]`).waitFor();
+const shot = async (name, options = {}) => {
+  await page.evaluate(() => document.fonts.ready);
+  // The last action's notice fades after a few seconds; a screenshot shows the screen.
+  await page.evaluate(() => document.querySelector('#toast').classList.remove('visible'));
+  await page.screenshot({ path: path.join(SHOTS, name), animations: 'disabled', ...options });
+  step(`screenshot ${name}`);
+};
+const keyRow = (id) => page.locator(`tr[data-key-id="${id}"]`);
+const statusOf = async (id) => (await keyRow(id).locator('.badge[class*="badge-status-"]').textContent()).trim();
+const pageRowIds = () => page.locator('tbody tr[data-key-id]').evaluateAll((rows) => rows.map((r) => r.dataset.keyId));
+/** Waits for a row's status badge to read `status`. */
+const rowStatus = (id, status) => keyRow(id).locator(`.badge-status-${status}`).waitFor();
+/** Opens a row's Actions menu and picks an item. */
+async function pick(id, name, item) {
+  await keyRow(id).getByRole('button', { name: `Actions for ${name}` }).click();
+  await page.getByRole('menuitem', { name: item }).click();
+}
+const noHorizontalScroll = async (what) => {
+  const { scroll, width } = await page.evaluate(() => ({
+    scroll: document.documentElement.scrollWidth, width: window.innerWidth,
+  }));
+  assert.ok(scroll <= width, `${what}: the page is ${scroll}px wide in a ${width}px window`);
+};
+
+let failed = false;
+try {
+  step('opening the console with the token in the fragment');
+  await page.goto(`${BASE}/#token=${TOKEN}`);
+  await ready('keys');
+  assert.equal(page.url(), `${BASE}/`, 'the fragment with the token is gone from the address');
+  assert.equal(await page.evaluate(() => sessionStorage.getItem('keyledger.token')), TOKEN);
+  const identity = await page.locator('#identity').textContent();
+  assert.match(identity, /alice in acme/);
+
+  step('the key list matches the API');
+  const listed = (await api('GET', '/v1/keys')).body.keys;
+  assert.deepEqual(await pageRowIds(), listed.map((k) => k.id), 'the same keys, newest first');
+  const billingRow = keyRow(billing.id);
+  assert.equal(await billingRow.locator('a').first().textContent(), 'billing-service');
+  assert.equal(await billingRow.locator('[data-label="Prefix"]').innerText(), billing.prefix);
+  assert.equal(await billingRow.locator('[data-label="Environment"] .badge').textContent(), 'live');
+  assert.equal(await billingRow.locator('[data-label="Uses"] .num').textContent(), '3');
+  assert.notEqual((await billingRow.locator('[data-label="Last used"]').innerText()).trim(), 'never');
+  assert.equal(await statusOf(billing.id), 'active');
+  assert.equal(await statusOf(legacy.id), 'inactive');
+  assert.equal(await statusOf(sandbox.id), 'expired');
+  assert.equal((await keyRow(reporting.id).locator('[data-label="Last used"]').innerText()).trim(), 'never');
+  await shot('keys.png');
+
+  step('filters: status and environment, the same answer as the API');
+  await page.getByLabel('Status').selectOption('inactive');
+  await page.locator('tbody tr[data-key-id]').first().waitFor();
+  await page.waitForFunction(() => document.querySelectorAll('tbody tr[data-key-id]').length === 1);
+  assert.deepEqual(await pageRowIds(), (await api('GET', '/v1/keys?status=inactive')).body.keys.map((k) => k.id));
+  assert.deepEqual(await pageRowIds(), [legacy.id]);
+  assert.match(page.url(), /#\/keys\?status=inactive$/, 'the filter is in the address');
+  await page.getByLabel('Status').selectOption('');
+  await page.getByLabel('Environment').selectOption('test');
+  await page.waitForFunction(() => document.querySelectorAll('tbody tr[data-key-id]').length === 2);
+  assert.deepEqual(await pageRowIds(), (await api('GET', '/v1/keys?environment=test')).body.keys.map((k) => k.id));
+  await page.getByLabel('Environment').selectOption('');
+  await page.waitForFunction((n) => document.querySelectorAll('tbody tr[data-key-id]').length === n, listed.length);
+
+  step('the create dialog: keyboard, Escape, focus');
+  const createButton = page.getByRole('button', { name: 'Create key' });
+  await createButton.focus();
+  await page.keyboard.press('Enter');
+  const createDialog = page.locator('#create-dialog');
+  await createDialog.waitFor({ state: 'visible' });
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'create-name', 'focus starts in the name field');
+  await page.keyboard.press('Escape');
+  await createDialog.waitFor({ state: 'hidden' });
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'create-open', 'focus returns to the button');
+
+  step('an API error is shown in words in the dialog');
+  await createButton.click();
+  await page.getByLabel('Name').fill('console-e2e');
+  await page.getByLabel('Description (optional)').fill('Made by the browser test; deleted at its end');
+  await page.getByLabel('Test').check();
+  await page.getByLabel('Permissions (optional)').fill('Bad Permission!');
+  await createDialog.getByRole('button', { name: 'Create key' }).click();
+  const createError = page.locator('#create-error');
+  await createError.waitFor({ state: 'visible' });
+  const errorText = await createError.innerText();
+  assert.match(errorText, /did not accept/);
+  assert.match(errorText, /permissions/);
+  assert.match(errorText, /validation_failed, HTTP 422/);
+  assert.equal(await page.getByLabel('Permissions (optional)').getAttribute('aria-invalid'), 'true');
+  assert.equal((await api('GET', '/v1/keys')).body.keys.length, listed.length, 'nothing was created');
+
+  step('create: the raw key is shown once');
+  await page.getByLabel('Permissions (optional)').fill('orders:read, orders:write');
+  await createDialog.getByRole('button', { name: 'Create key' }).click();
+  const secretDialog = page.locator('#secret-dialog');
+  await secretDialog.waitFor({ state: 'visible' });
+  assert.match(await secretDialog.innerText(), /you will not see it again/);
+  const raw = await page.locator('#secret-value').inputValue();
+  assert.match(raw, KEY_PATTERN);
+  assert.ok(raw.startsWith('kl_test_'), 'a test key');
+  await shot('create-key.png');
+
+  step('copy puts the raw key on the clipboard');
+  await secretDialog.getByRole('button', { name: 'Copy' }).click();
+  await page.locator('#secret-copied', { hasText: 'Copied' }).waitFor();
+  assert.equal(await page.evaluate(() => navigator.clipboard.readText()), raw);
+
+  step('the API has the key the page created');
+  const created = (await api('GET', '/v1/keys')).body.keys.find((k) => k.name === 'console-e2e');
+  assert.ok(created, 'the key is listed by the API');
+  const id = created.id;
+  assert.equal(created.status, 'active');
+  assert.equal(created.environment, 'test');
+  assert.equal(created.description, 'Made by the browser test; deleted at its end');
+  assert.deepEqual(created.permissions, ['orders:read', 'orders:write']);
+  assert.ok(raw.startsWith(created.prefix), 'the display prefix is the start of the raw key');
+  assert.equal(await verifyCode(raw), 'VALID');
+
+  await secretDialog.getByRole('button', { name: 'Done' }).click();
+  await secretDialog.waitFor({ state: 'hidden' });
+  await rowStatus(id, 'active');
+  assert.equal((await pageRowIds())[0], id, 'the new key is first');
+  assert.equal(await page.locator('#secret-value').inputValue(), '', 'the dialog forgot the key');
+  assert.ok(!(await page.content()).includes(raw), 'the raw key is nowhere on the page');
+  assert.ok(!(await page.evaluate((k) => JSON.stringify({ ...sessionStorage, ...localStorage }).includes(k), raw)));
+
+  step('deactivate, with a reason, after a confirmation');
+  await pick(id, 'console-e2e', 'Deactivate');
+  const confirmDialog = page.locator('#confirm-dialog');
+  await confirmDialog.waitFor({ state: 'visible' });
+  assert.match(await confirmDialog.locator('h2').innerText(), /Deactivate “console-e2e”\?/);
+  await page.getByLabel('Reason').fill('checked by the browser test');
+  await confirmDialog.getByRole('button', { name: 'Deactivate' }).click();
+  await confirmDialog.waitFor({ state: 'hidden' });
+  await rowStatus(id, 'inactive');
+  assert.equal((await getKey(id)).body.status, 'inactive');
+  assert.equal(await verifyCode(raw), 'DISABLED');
+
+  step('reactivate, by keyboard only');
+  await keyRow(id).getByRole('button', { name: 'Actions for console-e2e' }).focus();
+  await page.keyboard.press('Enter');
+  await page.getByRole('menuitem', { name: 'Reactivate' }).waitFor();
+  assert.equal(await page.evaluate(() => document.activeElement.textContent), 'Reactivate', 'focus is on the first item');
+  await page.keyboard.press('Enter');
+  await confirmDialog.waitFor({ state: 'visible' });
+  await page.keyboard.press('Enter');
+  await confirmDialog.waitFor({ state: 'hidden' });
+  await rowStatus(id, 'active');
+  assert.equal((await getKey(id)).body.status, 'active');
+  assert.equal(await verifyCode(raw), 'VALID');
+  // Focus stays on the key whose row was rebuilt.
+  await page.waitForFunction(() => document.activeElement?.getAttribute('aria-label') === 'Actions for console-e2e');
+
+  step('the key page shows the key and its full history');
+  await keyRow(id).getByRole('link', { name: 'console-e2e' }).click();
+  await ready('key');
+  await page.locator('main h1', { hasText: 'console-e2e' }).waitFor();
+  assert.equal(await main.locator('.fact', { hasText: 'Prefix' }).locator('dd').innerText(), created.prefix);
+  await eventually('the key page to count the verifications', async () => {
+    await page.reload();
+    await ready('key');
+    return (await main.locator('.fact', { hasText: 'Uses' }).locator('dd').innerText()) === '2';
+  });
+  const apiHistory = (await api('GET', `/v1/keys/${id}/events`)).body.events;
+  const pageTypes = await main.locator('.event-type').allInnerTexts();
+  assert.deepEqual(pageTypes, apiHistory.map((e) => e.type), 'the page shows every event of the API');
+  const lifecycle = pageTypes.filter((t) => t !== 'KeyUsageRecorded');
+  assert.deepEqual(lifecycle, ['KeyCreated', 'KeyDeactivated', 'KeyReactivated']);
+  assert.match(await main.innerText(), /Deactivated: “checked by the browser test”/);
+  await shot('key-detail.png', { fullPage: true });
+
+  step('rotate from a key page: the new key is shown once, the old one expires');
+  await page.goto(`${BASE}/#/keys/${reporting.id}`);
+  await ready('key');
+  await main.getByRole('button', { name: 'Rotate' }).click();
+  await confirmDialog.waitFor({ state: 'visible' });
+  await page.getByLabel('The old key keeps working for').selectOption('0');
+  await confirmDialog.getByRole('button', { name: 'Rotate' }).click();
+  await secretDialog.waitFor({ state: 'visible' });
+  assert.match(await secretDialog.locator('h2').innerText(), /Key rotated/);
+  const rotatedRaw = await page.locator('#secret-value').inputValue();
+  assert.match(rotatedRaw, KEY_PATTERN);
+  await secretDialog.getByRole('button', { name: 'Done' }).click();
+  await main.locator('.fact', { hasText: 'Replaced by' }).waitFor();
+  const old = (await getKey(reporting.id)).body;
+  assert.ok(old.rotated_to, 'the API names the successor');
+  assert.equal(await main.locator('.fact', { hasText: 'Replaced by' }).locator('a').innerText(), old.rotated_to);
+  assert.equal((await getKey(old.rotated_to)).body.rotated_from, reporting.id);
+  assert.equal(await verifyCode(rotatedRaw), 'VALID');
+  assert.equal(await verifyCode(reporting.key), 'EXPIRED');
+  await eventually('the new key\'s use to be flushed', async () => (await getKey(old.rotated_to)).body.usage_count === 1);
+
+  step('delete, after a confirmation that starts on Cancel');
+  await page.getByRole('link', { name: 'Keys', exact: true }).click();
+  await ready('keys');
+  await rowStatus(id, 'active');
+  await pick(id, 'console-e2e', 'Delete');
+  await confirmDialog.waitFor({ state: 'visible' });
+  assert.equal(await page.evaluate(() => document.activeElement.textContent), 'Cancel', 'the safe choice has focus');
+  assert.match(await confirmDialog.innerText(), /cannot be undone/);
+  await confirmDialog.getByRole('button', { name: 'Delete key' }).click();
+  await confirmDialog.waitFor({ state: 'hidden' });
+  await keyRow(id).waitFor({ state: 'detached' });
+  const gone = await getKey(id);
+  assert.equal(gone.status, 404);
+  assert.equal(gone.body.error.code, 'key_not_found');
+  assert.equal(await verifyCode(raw), 'NOT_FOUND');
+  assert.ok(!(await api('GET', '/v1/keys')).body.keys.some((k) => k.id === id));
+
+  step('a deleted key keeps its history');
+  await page.goto(`${BASE}/#/keys/${id}`);
+  await ready('key');
+  assert.match(await main.innerText(), /This key was deleted/);
+  assert.ok((await main.locator('.event-type').allInnerTexts()).includes('KeyDeleted'));
+
+  step('the audit log, with filters, matches the API');
+  await page.getByRole('link', { name: 'Audit log', exact: true }).click();
+  await ready('audit');
+  const all = (await api('GET', '/v1/audit?order=desc&limit=100')).body.events;
+  assert.deepEqual(await main.locator('.event-type').allInnerTexts(), all.map((e) => e.type), 'newest first');
+  await shot('audit-log.png');
+  await page.getByLabel('Key ID').fill(id);
+  await page.getByRole('button', { name: 'Apply filters' }).click();
+  await page.waitForFunction(() => location.hash.includes('key_id='));
+  await page.waitForFunction((n) => document.querySelectorAll('main .event-type').length === n,
+    (await api('GET', `/v1/audit?key_id=${id}`)).body.events.length);
+  const forKey = (await api('GET', `/v1/audit?key_id=${id}&order=desc`)).body.events;
+  assert.deepEqual(await main.locator('.event-type').allInnerTexts(), forKey.map((e) => e.type));
+  assert.deepEqual(forKey.map((e) => e.type).filter((t) => t !== 'KeyUsageRecorded'),
+    ['KeyDeleted', 'KeyReactivated', 'KeyDeactivated', 'KeyCreated']);
+  await page.getByLabel('Key ID').fill('');
+  await page.getByLabel('Event type').selectOption('KeyDeactivated');
+  await page.getByLabel('Order').selectOption('asc');
+  await page.getByRole('button', { name: 'Apply filters' }).click();
+  await page.waitForFunction(() => location.hash.includes('type=KeyDeactivated'));
+  const deactivations = (await api('GET', '/v1/audit?type=KeyDeactivated')).body.events;
+  await page.waitForFunction((n) => document.querySelectorAll('main .event-type').length === n, deactivations.length);
+  const keyLinks = main.locator('td[data-label="Key"] a');
+  assert.deepEqual(await keyLinks.evaluateAll((links) => links.map((a) => a.dataset.keyId)), deactivations.map((e) => e.key_id));
+  assert.deepEqual(await keyLinks.allInnerTexts(), ['legacy-import', 'console-e2e'], 'keys by name, deleted ones too');
+  assert.deepEqual(deactivations.map((e) => e.key_id), [legacy.id, id]);
+  await page.getByLabel('Actor').fill('nobody');
+  await page.getByRole('button', { name: 'Apply filters' }).click();
+  await main.getByText('No event matches these filters.').waitFor();
+
+  step('400 px wide: cards, nothing wider than the window');
+  await page.setViewportSize({ width: 400, height: 860 });
+  await page.goto(`${BASE}/#/keys`);
+  await ready('keys');
+  await noHorizontalScroll('key list');
+  const card = await keyRow(billing.id).boundingBox();
+  assert.ok(card.width <= 400 - 2 * 14, `a row is a card inside the window (${card.width}px)`);
+  await shot('keys-narrow.png');
+  await page.getByRole('button', { name: 'Create key' }).click();
+  const dialogBox = await createDialog.boundingBox();
+  assert.ok(dialogBox.x >= 0 && dialogBox.x + dialogBox.width <= 400, 'the dialog fits');
+  await page.keyboard.press('Escape');
+  await page.goto(`${BASE}/#/keys/${billing.id}`);
+  await ready('key');
+  await noHorizontalScroll('key page');
+  await page.goto(`${BASE}/#/audit`);
+  await ready('audit');
+  await noHorizontalScroll('audit log');
+  await page.setViewportSize({ width: 1280, height: 800 });
+
+  step('a refused token is explained, and another one can be pasted');
+  const other = watch(await context.newPage());
+  await other.goto(`${BASE}/#token=not.a.token`);
+  const alert = other.locator('.alert');
+  await alert.waitFor();
+  const alertText = await alert.innerText();
+  assert.match(alertText, /did not accept the management token/);
+  assert.match(alertText, /unauthorized, HTTP 401/);
+  await other.getByText('The keys could not be loaded').waitFor();
+  await alert.getByRole('button', { name: 'Use another token' }).click();
+  await other.getByLabel('Management token', { exact: true }).fill(TOKEN);
+  await other.getByRole('button', { name: 'Open the console' }).click();
+  await other.locator('main[data-ready="keys"]').waitFor();
+  await other.getByRole('button', { name: 'Sign out' }).click();
+  await other.getByLabel('Management token', { exact: true }).waitFor();
+  assert.equal(await other.evaluate(() => sessionStorage.getItem('keyledger.token')), null);
+  await other.close();
+
+  step('the token only ever travelled in the Authorization header');
+  assert.ok(requests.length > 10);
+  for (const { url, headers } of requests) {
+    assert.ok(!url.includes(TOKEN) && !url.includes('token='), `a request URL carries the token: ${url}`);
+    if (new URL(url).pathname.startsWith('/v1/')) assert.match(headers.authorization ?? '', /^Bearer /, url);
+    assert.equal(new URL(url).origin, BASE, `only this origin is contacted: ${url}`);
+  }
+  assert.deepEqual(problems, [], 'no script error and no Content-Security-Policy violation');
+  step('all checks passed');
+} catch (error) {
+  failed = true;
+  const where = path.join(tmpdir(), `keyledger-console-failure-${Date.now()}.png`);
+  await page.screenshot({ path: where, fullPage: true }).catch(() => {});
+  console.error(`e2e: FAILED: ${error.stack ?? error}`);
+  console.error(`e2e: the page at ${page.url()} (screenshot ${where}):\n${await main.innerText().catch(() => '?')}`);
+  if (problems.length) console.error(`e2e: browser problems:\n${problems.join('\n')}`);
+} finally {
+  await context.close();
+  await rm(userDataDir, { recursive: true, force: true });
+}
+process.exit(failed ? 1 : 0);
