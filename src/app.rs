@@ -107,7 +107,7 @@ impl Application {
         let address = listener
             .local_addr()
             .map_err(|e| Error::Internal(e.to_string()))?;
-        let state = AppState {
+        let state = AppState::new(crate::http::SharedState {
             service,
             tokens: Arc::new(TokenVerifier::with_idp(
                 secret.expose(),
@@ -121,7 +121,7 @@ impl Application {
             )),
             sealer: Arc::new(crate::idempotency::Sealer::from_secret(secret.expose())),
             metrics: crate::metrics::handle(),
-        };
+        });
         Ok(Self {
             listener,
             address,

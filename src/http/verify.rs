@@ -1,7 +1,8 @@
 //! POST /v1/keys/verify: the hot path. Answers from the in-memory index only.
 
 use axum::extract::State;
-use axum::Json;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use keyledger_domain::Environment;
 use keyledger_projections::{VerificationCode, VerifyRequest};
@@ -71,7 +72,7 @@ pub async fn verify(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
     ApiJson(body): ApiJson<VerifyBody>,
-) -> Result<Json<VerificationView>, Error> {
+) -> Result<Response, Error> {
     let now = state.service.clock().now().timestamp();
     if client.is_some_and(|ip| state.failures.blocked(ip, now)) {
         return Err(Error::RateLimited);
@@ -87,22 +88,46 @@ pub async fn verify(
         environment,
         permissions: &permissions,
     };
-    let view = state.service.verify(request, |answer| {
+    // The answer is serialised straight from the index entry, while the index
+    // holds it: one buffer instead of a copy of every field.
+    let (code, body) = state.service.verify(request, |answer| {
         let key = answer.key;
-        VerificationView {
+        let key_id = key.map(|k| k.key_id().to_string());
+        let view = VerificationOut {
             valid: answer.valid(),
-            code: code_name(answer.code).to_string(),
-            key_id: key.map(|k| k.key_id().to_string()),
-            tenant: key.map(|k| k.tenant().to_string()),
-            name: key.map(|k| k.name().to_string()),
-            environment: key.map(|k| k.environment().as_str().to_string()),
-            permissions: key.map(|k| k.permissions().as_slice().to_vec()),
+            code: code_name(answer.code),
+            key_id: key_id.as_deref(),
+            tenant: key.map(|k| k.tenant()),
+            name: key.map(|k| k.name()),
+            environment: key.map(|k| k.environment().as_str()),
+            permissions: key.map(|k| k.permissions().as_slice()),
             expires_at: key.map(|k| k.expires_at()),
-        }
+        };
+        (answer.code, serde_json::to_vec(&view))
     });
-    crate::metrics::verification(&view.code);
-    if let (false, Some(ip)) = (view.valid, client) {
+    let body = body.map_err(|e| Error::Internal(format!("verification answer: {e}")))?;
+    crate::metrics::verification(code_name(code));
+    if let (false, Some(ip)) = (code == VerificationCode::Valid, client) {
         state.failures.record_failure(ip, now);
     }
-    Ok(Json(view))
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// [`VerificationView`] borrowed from the index entry, for serialising only.
+#[derive(Serialize)]
+struct VerificationOut<'a> {
+    valid: bool,
+    code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    environment: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    permissions: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<Option<DateTime<Utc>>>,
 }

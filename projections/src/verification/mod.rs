@@ -46,7 +46,10 @@ struct UsageCounter {
 impl UsageCounter {
     fn add(&self, count: u64, at_ms: i64) {
         self.count.fetch_add(count, Ordering::SeqCst);
-        self.last_used_ms.fetch_max(at_ms, Ordering::SeqCst);
+        // Within one millisecond every use but the first only reads.
+        if self.last_used_ms.load(Ordering::Relaxed) < at_ms {
+            self.last_used_ms.fetch_max(at_ms, Ordering::SeqCst);
+        }
     }
 
     /// Takes the pending count out (0 when none) and the newest use.
