@@ -2,8 +2,11 @@
 //! PostgreSQL (`backend!` below). Only `$n` parameters and BIGINT/TEXT columns are
 //! used, so the text is valid on both engines. Times are epoch milliseconds.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
-use keyledger_domain::{ApiKeyEvent, Environment, KeyHash, KeyUsageEvent, Permissions};
+use keyledger_domain::{ApiKeyEvent, KeyHash, KeyUsageEvent, Permissions};
 use serde_json::Value;
 
 use crate::audit::{AuditEntry, AuditFilter, AuditPage, Order};
@@ -91,26 +94,76 @@ impl KeyRecord {
             rotated_to: self.rotated_to,
         }
     }
-
-    fn into_indexed(self) -> Option<(KeyHash, IndexedKey)> {
-        into_indexed(&self.into_row())
-    }
 }
 
-/// The verification-index entry of a key-list row.
-pub(crate) fn into_indexed(row: &KeyRow) -> Option<(KeyHash, IndexedKey)> {
-    let hash = KeyHash::from_hex(&row.key_hash).ok()?;
-    let environment: Environment = row.environment.parse().ok()?;
-    let key = IndexedKey::new(
-        &row.id,
-        &row.tenant,
-        &row.name,
-        environment,
-        Permissions::parse(row.permissions.clone()).ok()?,
-        row.expires_at,
-        row.status == STATUS_ACTIVE,
-    );
-    Some((hash, key))
+/// Columns the verification index needs, in the order `IndexLoader` reads them.
+const INDEX_COLUMNS: &str =
+    "id, tenant, key_hash, name, environment, permissions, status, expires_at";
+
+/// Turns key-list rows into index entries at start-up, at a million rows: the
+/// row's text is borrowed, and a tenant or permission set is built once and
+/// shared by every key that has it.
+#[derive(Default)]
+struct IndexLoader {
+    tenants: HashMap<String, Arc<str>>,
+    permissions: HashMap<String, Arc<Permissions>>,
+}
+
+impl IndexLoader {
+    fn entry<'r, R: sqlx::Row>(
+        &mut self,
+        row: &'r R,
+    ) -> Result<Option<(KeyHash, IndexedKey)>, sqlx::Error>
+    where
+        usize: sqlx::ColumnIndex<R>,
+        &'r str: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        let id: &str = row.try_get(0)?;
+        let tenant: &str = row.try_get(1)?;
+        let key_hash: &str = row.try_get(2)?;
+        let name: &str = row.try_get(3)?;
+        let environment: &str = row.try_get(4)?;
+        let permissions: &str = row.try_get(5)?;
+        let status: &str = row.try_get(6)?;
+        let expires_at: Option<i64> = row.try_get(7)?;
+        let (Ok(hash), Ok(environment)) = (KeyHash::from_hex(key_hash), environment.parse()) else {
+            return Ok(None);
+        };
+        let tenant = match self.tenants.get(tenant) {
+            Some(t) => t.clone(),
+            None => self
+                .tenants
+                .entry(tenant.to_owned())
+                .or_insert_with(|| tenant.into())
+                .clone(),
+        };
+        let permissions = match self.permissions.get(permissions) {
+            Some(p) => p.clone(),
+            None => {
+                let Some(parsed) = serde_json::from_str(permissions)
+                    .ok()
+                    .and_then(|list| Permissions::parse(list).ok())
+                else {
+                    return Ok(None);
+                };
+                self.permissions
+                    .entry(permissions.to_owned())
+                    .or_insert_with(|| Arc::new(parsed))
+                    .clone()
+            }
+        };
+        let key = IndexedKey::from_shared(
+            id,
+            tenant,
+            name,
+            environment,
+            permissions,
+            expires_at.map(time),
+            status == STATUS_ACTIVE,
+        );
+        Ok(Some((hash, key)))
+    }
 }
 
 impl AuditRecord {
@@ -447,10 +500,11 @@ macro_rules! backend {
                     .await?;
                 let index = VerificationIndex::with_capacity(usize::try_from(n).unwrap_or(0));
                 {
-                    let sql = format!("SELECT {KEY_COLUMNS} FROM key_list");
-                    let mut rows = sqlx::query_as::<_, KeyRecord>(&sql).fetch(&mut *tx);
-                    while let Some(record) = futures_util::TryStreamExt::try_next(&mut rows).await? {
-                        match record.into_indexed() {
+                    let sql = format!("SELECT {INDEX_COLUMNS} FROM key_list");
+                    let mut rows = sqlx::query(&sql).fetch(&mut *tx);
+                    let mut loader = IndexLoader::default();
+                    while let Some(row) = futures_util::TryStreamExt::try_next(&mut rows).await? {
+                        match loader.entry(&row)? {
                             Some((hash, key)) => index.insert(hash, key),
                             None => tracing::warn!("skipping an unreadable key_list row"),
                         }

@@ -100,3 +100,42 @@ feed_functions!(
     event_at_postgres,
     sqlx::PgPool
 );
+
+/// The newest event of each of several streams of one aggregate type (streams
+/// with no event are absent), in one query.
+macro_rules! newest_events_fn {
+    ($name:ident, $db:ty, $pool:ty) => {
+        pub async fn $name(
+            pool: &$pool,
+            aggregate_type: &str,
+            aggregate_ids: &[&str],
+        ) -> Result<Vec<RawEvent>, Error> {
+            if aggregate_ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut q = sqlx::QueryBuilder::<$db>::new(
+                "SELECT COALESCE(global_position, 0), aggregate_type, aggregate_id, sequence, \
+                 event_type, event_version, payload, metadata FROM events e \
+                 WHERE aggregate_type = ",
+            );
+            q.push_bind(aggregate_type);
+            q.push(" AND aggregate_id IN (");
+            let mut ids = q.separated(", ");
+            for id in aggregate_ids {
+                ids.push_bind(*id);
+            }
+            q.push(
+                ") AND sequence = (SELECT MAX(sequence) FROM events m \
+                 WHERE m.aggregate_type = e.aggregate_type AND m.aggregate_id = e.aggregate_id)",
+            );
+            let rows = q.build().fetch_all(pool).await.map_err(store_error)?;
+            rows.into_iter()
+                .map(to_raw)
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(store_error)
+        }
+    };
+}
+
+newest_events_fn!(newest_events_sqlite, sqlx::Sqlite, sqlx::SqlitePool);
+newest_events_fn!(newest_events_postgres, sqlx::Postgres, sqlx::PgPool);

@@ -146,6 +146,56 @@ impl EventStore {
             .ok_or_else(|| Error::Internal(format!("event {aggregate_id}#{sequence} vanished")))
     }
 
+    /// Appends one usage event to each of several keys' usage streams in one
+    /// transaction (a flush at a million used keys cannot afford one each). On
+    /// a conflict (another node flushed one of the keys meanwhile) nothing is
+    /// written and `Error::Conflict` comes back: the caller goes key by key.
+    pub async fn record_usage_batch(
+        &self,
+        items: &[(String, KeyUsageEvent, EventMetadata)],
+    ) -> Result<(), Error> {
+        let ids: Vec<&str> = items.iter().map(|(id, _, _)| id.as_str()).collect();
+        let newest = match self {
+            Self::Sqlite(s) => feed::newest_events_sqlite(&s.pool, KeyUsage::TYPE, &ids).await?,
+            Self::Postgres(s) => {
+                feed::newest_events_postgres(&s.pool, KeyUsage::TYPE, &ids).await?
+            }
+            #[cfg(feature = "kurrentdb")]
+            Self::Kurrent(_) => {
+                for (id, event, metadata) in items {
+                    self.record_usage(id, event.clone(), metadata.clone())
+                        .await?;
+                }
+                return Ok(());
+            }
+        };
+        let newest: HashMap<&str, (usize, String)> = newest
+            .iter()
+            .map(|e| {
+                let seq = usize::try_from(e.sequence).unwrap_or(0);
+                (e.aggregate_id.as_str(), (seq, e.chain_hash()))
+            })
+            .collect();
+        let mut serialized = Vec::with_capacity(items.len());
+        for (id, event, metadata) in items {
+            let (last, prev) = newest
+                .get(id.as_str())
+                .cloned()
+                .unwrap_or_else(|| (0, GENESIS.to_string()));
+            let mut metadata = metadata.clone();
+            metadata.insert(PREV_HASH.to_string(), prev);
+            serialized.push(serialize_usage(id, last + 1, event, &metadata)?);
+        }
+        match self {
+            Self::Sqlite(s) => s.repository().persist::<KeyUsage>(&serialized, None).await,
+            Self::Postgres(s) => s.repository().persist::<KeyUsage>(&serialized, None).await,
+            #[cfg(feature = "kurrentdb")]
+            Self::Kurrent(_) => Ok(()),
+        }
+        .map_err(persistence_error)?;
+        self.sequence_pending().await
+    }
+
     /// Appends one usage event to the key's usage stream (never loads its history).
     pub async fn record_usage(
         &self,

@@ -409,3 +409,60 @@ async fn an_idempotency_key_holds_across_nodes() {
     b.stop().await;
     a.stop().await;
 }
+
+/// Two nodes count uses of the same keys and flush them at the same moments:
+/// their batched appends collide on the usage streams, the loser goes key by
+/// key, and every use is recorded exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_flushed_by_two_nodes_at_once_adds_up() {
+    const KEYS: usize = 30;
+    const USES_PER_NODE: usize = 4;
+    let Some(store) = TestStore::new(Backend::Postgres).await else {
+        return;
+    };
+    let fast_flush =
+        |c: &mut keyledger::config::Config| c.usage_flush_interval = Duration::from_millis(100);
+    let a = start(store, fast_flush).await;
+    let b = start(
+        TestStore {
+            backend: Backend::Postgres,
+            data_dir: tempfile::tempdir().expect("tempdir"),
+            database_url: a.store.database_url.clone(),
+            owns_database: false,
+            kurrent: None,
+        },
+        fast_flush,
+    )
+    .await;
+    let mut keys = Vec::new();
+    for i in 0..KEYS {
+        keys.push(a.create_key(&format!("shared-{i}")).await);
+    }
+    for (_, key) in &keys {
+        until_code(&b, key, "VALID").await;
+    }
+    for _ in 0..USES_PER_NODE {
+        let (on_a, on_b) = tokio::join!(
+            futures::future::join_all(keys.iter().map(|(_, k)| a.verify_code(k))),
+            futures::future::join_all(keys.iter().map(|(_, k)| b.verify_code(k))),
+        );
+        assert!(on_a.iter().chain(&on_b).all(|c| c == "VALID"));
+    }
+    // One more use each: the VALID answer from B that showed it knew the key.
+    let want = (2 * USES_PER_NODE + 1) as i64;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (id, _) in &keys {
+        loop {
+            let view = a.get(&format!("/v1/keys/{id}")).await;
+            let count = view.body["usage_count"].as_i64().expect("usage_count");
+            assert!(count <= want, "counted twice: {}", view.text);
+            if count == want {
+                break;
+            }
+            assert!(Instant::now() < deadline, "uses lost: {}", view.text);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    b.stop().await;
+    a.stop().await;
+}

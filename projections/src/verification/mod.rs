@@ -99,6 +99,30 @@ impl IndexedKey {
         }
     }
 
+    /// Builds an entry whose tenant and permission set are already shared.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_shared(
+        key_id: &str,
+        tenant: Arc<str>,
+        name: &str,
+        environment: Environment,
+        permissions: Arc<Permissions>,
+        expires_at: Option<DateTime<Utc>>,
+        active: bool,
+    ) -> Self {
+        Self {
+            key_id: KeyId::new(key_id),
+            tenant,
+            name: name.into(),
+            permissions,
+            expires_at,
+            environment,
+            active,
+            retired: AtomicBool::new(false),
+            usage: UsageCounter::default(),
+        }
+    }
+
     pub fn key_id(&self) -> &KeyId {
         &self.key_id
     }
