@@ -7,6 +7,9 @@ pub enum ProjectionError {
     /// The projection database failed or is unreachable.
     #[error("projection database error")]
     Database(#[from] sqlx::Error),
+    /// The key list could not be read into the verification index.
+    #[error("loading the verification index: {0}")]
+    Load(String),
     /// A stored event could not be read as any known event. The projection stops
     /// before it rather than skip it: skipping would make the view silently wrong.
     #[error("event at position {position} cannot be decoded: {message}")]

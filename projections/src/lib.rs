@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod db;
 pub mod error;
 pub mod event;
+mod index_load;
 pub mod key_list;
 pub mod projector;
 pub mod replay;

@@ -27,6 +27,14 @@ macro_rules! dispatch {
     };
 }
 
+/// The verification index as the key list holds it.
+async fn load_index(db: &ProjectionDb) -> Result<VerificationIndex, ProjectionError> {
+    match db {
+        ProjectionDb::Sqlite(p) => crate::index_load::load_sqlite(p).await,
+        ProjectionDb::Postgres(p) => crate::index_load::load_postgres(p).await,
+    }
+}
+
 /// The projections of one node.
 #[derive(Debug)]
 pub struct Projections {
@@ -37,7 +45,7 @@ pub struct Projections {
 impl Projections {
     /// Opens the projections and fills the verification index from the key list.
     pub async fn open(db: ProjectionDb) -> Result<Self, ProjectionError> {
-        let index = Arc::new(dispatch!(&db, load_index())?);
+        let index = Arc::new(load_index(&db).await?);
         Ok(Self { db, index })
     }
 
@@ -141,7 +149,7 @@ impl Projections {
     /// Loads a fresh verification index from the key list and swaps it in; the
     /// caller must hold the tailer lock.
     pub async fn reload_index(&self) -> Result<(), ProjectionError> {
-        let fresh = dispatch!(&self.db, load_index())?;
+        let fresh = load_index(&self.db).await?;
         self.index.replace_with(fresh);
         Ok(())
     }

@@ -2,11 +2,8 @@
 //! PostgreSQL (`backend!` below). Only `$n` parameters and BIGINT/TEXT columns are
 //! used, so the text is valid on both engines. Times are epoch milliseconds.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
-use keyledger_domain::{ApiKeyEvent, KeyHash, KeyUsageEvent, Permissions};
+use keyledger_domain::{ApiKeyEvent, KeyUsageEvent};
 use serde_json::Value;
 
 use crate::audit::{AuditEntry, AuditFilter, AuditPage, Order};
@@ -14,7 +11,6 @@ use crate::checkpoint::{self, Checkpoints};
 use crate::error::ProjectionError;
 use crate::event::{KeyledgerEvent, RecordedEvent};
 use crate::key_list::{KeyPage, KeyRow, ListFilter, STATUS_ACTIVE, STATUS_INACTIVE};
-use crate::verification::{IndexedKey, VerificationIndex};
 
 const KEY_COLUMNS: &str = "id, tenant, key_hash, prefix, name, description, environment, \
     permissions, status, created_at, created_by, updated_at, expires_at, last_used_at, \
@@ -93,76 +89,6 @@ impl KeyRecord {
             rotated_from: self.rotated_from,
             rotated_to: self.rotated_to,
         }
-    }
-}
-
-/// Columns the verification index needs, in the order `IndexLoader` reads them.
-const INDEX_COLUMNS: &str =
-    "id, tenant, key_hash, name, environment, permissions, status, expires_at";
-
-/// Turns key-list rows into index entries at start-up, at a million rows: the
-/// row's text is borrowed, and a tenant or permission set is built once and
-/// shared by every key that has it.
-#[derive(Default)]
-struct IndexLoader {
-    tenants: HashMap<String, Arc<str>>,
-    permissions: HashMap<String, Arc<Permissions>>,
-}
-
-impl IndexLoader {
-    fn entry<'r, R: sqlx::Row>(
-        &mut self,
-        row: &'r R,
-    ) -> Result<Option<(KeyHash, IndexedKey)>, sqlx::Error>
-    where
-        usize: sqlx::ColumnIndex<R>,
-        &'r str: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    {
-        let id: &str = row.try_get(0)?;
-        let tenant: &str = row.try_get(1)?;
-        let key_hash: &str = row.try_get(2)?;
-        let name: &str = row.try_get(3)?;
-        let environment: &str = row.try_get(4)?;
-        let permissions: &str = row.try_get(5)?;
-        let status: &str = row.try_get(6)?;
-        let expires_at: Option<i64> = row.try_get(7)?;
-        let (Ok(hash), Ok(environment)) = (KeyHash::from_hex(key_hash), environment.parse()) else {
-            return Ok(None);
-        };
-        let tenant = match self.tenants.get(tenant) {
-            Some(t) => t.clone(),
-            None => self
-                .tenants
-                .entry(tenant.to_owned())
-                .or_insert_with(|| tenant.into())
-                .clone(),
-        };
-        let permissions = match self.permissions.get(permissions) {
-            Some(p) => p.clone(),
-            None => {
-                let Some(parsed) = serde_json::from_str(permissions)
-                    .ok()
-                    .and_then(|list| Permissions::parse(list).ok())
-                else {
-                    return Ok(None);
-                };
-                self.permissions
-                    .entry(permissions.to_owned())
-                    .or_insert_with(|| Arc::new(parsed))
-                    .clone()
-            }
-        };
-        let key = IndexedKey::from_shared(
-            id,
-            tenant,
-            name,
-            environment,
-            permissions,
-            expires_at.map(time),
-            status == STATUS_ACTIVE,
-        );
-        Ok(Some((hash, key)))
     }
 }
 
@@ -478,41 +404,6 @@ macro_rules! backend {
                 .execute(&mut **tx)
                 .await?;
                 Ok(())
-            }
-
-            /// Builds the index from the key list, reading rows and checkpoint
-            /// from one snapshot. Rows are streamed into a map sized for them.
-            pub(crate) async fn load_index(
-                pool: &Pool<Db>,
-            ) -> Result<VerificationIndex, ProjectionError> {
-                let mut tx = pool.begin().await?;
-                if let Some(sql) = $snapshot {
-                    sqlx::query(sql).execute(&mut *tx).await?;
-                }
-                let cp: Option<i64> = sqlx::query_scalar(
-                    "SELECT position FROM projection_checkpoints WHERE name = $1",
-                )
-                .bind(checkpoint::KEY_LIST)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM key_list")
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let index = VerificationIndex::with_capacity(usize::try_from(n).unwrap_or(0));
-                {
-                    let sql = format!("SELECT {INDEX_COLUMNS} FROM key_list");
-                    let mut rows = sqlx::query(&sql).fetch(&mut *tx);
-                    let mut loader = IndexLoader::default();
-                    while let Some(row) = futures_util::TryStreamExt::try_next(&mut rows).await? {
-                        match loader.entry(&row)? {
-                            Some((hash, key)) => index.insert(hash, key),
-                            None => tracing::warn!("skipping an unreadable key_list row"),
-                        }
-                    }
-                }
-                tx.commit().await?;
-                index.set_checkpoint(cp.unwrap_or(0));
-                Ok(index)
             }
 
             pub(crate) async fn list_keys(

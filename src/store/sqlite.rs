@@ -32,6 +32,10 @@ impl SqliteStore {
             // FULL: an acknowledged command survives power loss, not only a crash.
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
+            // Rows cross from the connection's worker thread in batches: at
+            // start-up a million key-list rows are read, and the default (50)
+            // made that a thread hand-off every 50 rows.
+            .row_buffer_size(4096)
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
