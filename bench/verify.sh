@@ -25,7 +25,9 @@ mkdir -p "$out"
 [ -s /tmp/limits-keys.tsv ] || "$LIMITS/target/release/limits" genkeys --n 100000 --out /tmp/limits-keys.tsv
 
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
+# keyledger is killed outright: a graceful stop would flush the counted uses
+# (hundreds of thousands of keys) into the seeded store and change it.
+trap 'kill -KILL "${pids[2]:-}" 2>/dev/null; kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
 "$LIMITS/target/release/limits" hello --port 18080 >"$out/hello.log" 2>&1 & pids+=($!)
 "$LIMITS/target/release/limits" memverify --port 18081 --keys /tmp/limits-keys.tsv >"$out/memverify.log" 2>&1 & pids+=($!)
 # Usage flushes are deferred past the run: they write one event per used key and

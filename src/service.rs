@@ -280,7 +280,12 @@ impl KeyService {
                 Err(Error::KeyNotFound)
             }
             Err(e) => Err(e),
-            Ok(()) => self.tailer.catch_up().await.map(|_| ()),
+            // Read-your-writes: answer once this node's projections hold
+            // everything up to the head, which includes this command's events.
+            Ok(()) => {
+                let head = self.store.head().await?;
+                self.tailer.catch_up_to(head).await
+            }
         }
     }
 }

@@ -65,9 +65,30 @@ impl Tailer {
         Ok(true)
     }
 
+    /// Returns once this node's projections include position `target`.
+    ///
+    /// Concurrent commands each wait for their own events, but only the first
+    /// to take the lock reads and applies: it takes everything committed so
+    /// far, and those queued behind it usually find their events applied and
+    /// return without a query (one batch for many commands, not one each).
+    pub async fn catch_up_to(&self, target: i64) -> Result<(), Error> {
+        if self.projections.index().checkpoint() >= target {
+            return Ok(());
+        }
+        let _guard = self.lock.lock().await;
+        if self.projections.index().checkpoint() >= target {
+            return Ok(());
+        }
+        self.catch_up_locked().await.map(|_| ())
+    }
+
     /// Applies everything committed so far; returns the number of events applied.
     pub async fn catch_up(&self) -> Result<usize, Error> {
         let _guard = self.lock.lock().await;
+        self.catch_up_locked().await
+    }
+
+    async fn catch_up_locked(&self) -> Result<usize, Error> {
         let mut applied = 0;
         loop {
             let from = self.projections.resume_position().await?;
