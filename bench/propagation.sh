@@ -21,8 +21,10 @@ cargo build --release -q
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db"
 export KEYLEDGER_JWT_SECRET="bench-secret-$(date +%s%N)-0123456789abcdef"
 export RUST_LOG=warn
-./target/release/keyledger serve --listen 127.0.0.1:18181 --data-dir "$work/a" & pids+=($!)
-./target/release/keyledger serve --listen 127.0.0.1:18182 --data-dir "$work/b" & pids+=($!)
+# The failure limiter is off: the bench verifies from one address in a tight
+# loop, and every DISABLED answer is a failed verification (429 after 100).
+./target/release/keyledger serve --listen 127.0.0.1:18181 --verify-failure-limit 0 --data-dir "$work/a" & pids+=($!)
+./target/release/keyledger serve --listen 127.0.0.1:18182 --verify-failure-limit 0 --data-dir "$work/b" & pids+=($!)
 for port in 18181 18182; do
     for _ in $(seq 1 100); do curl -sf "127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
 done

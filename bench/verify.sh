@@ -50,16 +50,21 @@ script() {
         *) echo "-s bench/verify.lua" ;;
     esac
 }
+keys_file() { if [ "${env[$1]}" = limits ]; then echo /tmp/limits-keys.tsv; else echo "$work/keys.txt"; fi; }
 for t in "${targets[@]}"; do   # warm-up, not reported
-    MODE=${env[$t]} KEYS_FILE=/tmp/limits-keys.tsv wrk -t1 -c"$CONNS" -d5s $(script "$t") "${url[$t]}" >/dev/null 2>&1 || true
+    MODE=${env[$t]} KEYS_FILE=$(keys_file "$t") wrk -t1 -c"$CONNS" -d5s $(script "$t") "${url[$t]}" >/dev/null 2>&1 || true
 done
 declare -A rps p50 p99
 for r in $(seq "$REPS"); do
     for t in "${targets[@]}"; do
-        if [ "${env[$t]}" = limits ]; then kf=/tmp/limits-keys.tsv; else kf=$work/keys.txt; fi
-        read -r a b c < <(MODE=${env[$t]} KEYS_FILE=$kf \
+        read -r a b c < <(MODE=${env[$t]} KEYS_FILE=$(keys_file "$t") \
             wrk -t1 -c"$CONNS" -d"$DURATION" --latency $(script "$t") "${url[$t]}" \
             | tee "$out/${t}_r$r.txt" | wrk_summary /dev/stdin)
+        # Every key is valid: an error answer (a 429 from the failure limiter,
+        # say) would make the figure meaningless.
+        if [ "${env[$t]}" != limits ] && grep -q "Non-2xx" "$out/${t}_r$r.txt"; then
+            echo "$t answered errors: $(grep Non-2xx "$out/${t}_r$r.txt")" >&2; exit 1
+        fi
         echo "round $r $t: $a req/s p50 $b ms p99 $c ms"
         rps[$t]+="$a "; p50[$t]+="$b "; p99[$t]+="$c "
     done
