@@ -93,13 +93,58 @@ fn install() -> PrometheusHandle {
     handle
 }
 
+// Handles of the per-request metrics, resolved once. The recorder keeps its
+// metrics in a sharded map behind `RwLock`s: looking a metric up by name and
+// labels on every request put a lock shared by all requests on the
+// verification path (BENCHMARKS.md). A handle records with atomics only.
+
+/// One counter per verification code, in the order of `CODES`.
+static VERIFICATION_COUNTERS: OnceLock<Vec<::metrics::Counter>> = OnceLock::new();
+
+/// Latency histograms by method, route and status.
+static REQUEST_HISTOGRAMS: OnceLock<papaya::HashMap<RouteKey, ::metrics::Histogram>> =
+    OnceLock::new();
+
+#[derive(Hash, PartialEq, Eq)]
+struct RouteKey {
+    method: &'static str,
+    route: Box<str>,
+    status: u16,
+}
+
+/// A borrowed [`RouteKey`], for looking one up without allocating; hashes the
+/// same (same fields in the same order, `str` either way).
+#[derive(Hash)]
+struct RouteKeyRef<'a> {
+    method: &'static str,
+    route: &'a str,
+    status: u16,
+}
+
+impl papaya::Equivalent<RouteKey> for RouteKeyRef<'_> {
+    fn equivalent(&self, key: &RouteKey) -> bool {
+        self.method == key.method && self.route == &*key.route && self.status == key.status
+    }
+}
+
 /// Counts one verification answer by its code (`VALID`, `NOT_FOUND`, ...).
 pub fn verification(code: &str) {
-    let label: SharedString = match CODES.iter().find(|c| **c == code) {
-        Some(c) => SharedString::const_str(c),
-        None => SharedString::from_owned(code.to_owned()),
-    };
-    ::metrics::counter!(VERIFICATIONS_TOTAL, "code" => label).increment(1);
+    match CODES.iter().position(|c| *c == code) {
+        Some(i) => {
+            let counters = VERIFICATION_COUNTERS.get_or_init(|| {
+                // The recorder must exist before handles are taken from it.
+                let _ = handle();
+                CODES
+                    .iter()
+                    .map(|c| ::metrics::counter!(VERIFICATIONS_TOTAL, "code" => *c))
+                    .collect()
+            });
+            if let Some(counter) = counters.get(i) {
+                counter.increment(1);
+            }
+        }
+        None => ::metrics::counter!(VERIFICATIONS_TOTAL, "code" => code.to_owned()).increment(1),
+    }
 }
 
 /// Counts one key command (`create`, `update`, ...) with its outcome
@@ -109,14 +154,38 @@ pub fn command(command: &'static str, outcome: &'static str) {
 }
 
 /// Records one HTTP request's latency.
-pub fn request(method: &'static str, route: String, status: u16, elapsed: Duration) {
-    ::metrics::histogram!(
+pub fn request(method: &'static str, route: &str, status: u16, elapsed: Duration) {
+    let histograms = REQUEST_HISTOGRAMS.get_or_init(|| {
+        let _ = handle();
+        papaya::HashMap::new()
+    });
+    let histograms = histograms.pin();
+    let key = RouteKeyRef {
+        method,
+        route,
+        status,
+    };
+    if let Some(h) = histograms.get(&key) {
+        h.record(elapsed.as_secs_f64());
+        return;
+    }
+    // First request of this kind: the label set is bounded (methods, the
+    // router's routes, statuses), so the map stays small.
+    let histogram = ::metrics::histogram!(
         HTTP_REQUEST_DURATION,
         "method" => method,
-        "route" => route,
+        "route" => route.to_owned(),
         "status" => status_label(status),
-    )
-    .record(elapsed.as_secs_f64());
+    );
+    histogram.record(elapsed.as_secs_f64());
+    histograms.insert(
+        RouteKey {
+            method,
+            route: route.into(),
+            status,
+        },
+        histogram,
+    );
 }
 
 /// The status label, without an allocation for the statuses keyledger answers.

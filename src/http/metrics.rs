@@ -77,7 +77,7 @@ pub async fn track(request: Request, next: Next) -> Response {
     let status = response.status();
     crate::metrics::request(
         method,
-        route.unwrap_or_else(|| "unmatched".to_owned()),
+        route.as_deref().unwrap_or("unmatched"),
         status.as_u16(),
         start.elapsed(),
     );
