@@ -9,84 +9,37 @@
 //! Chromium the browser test prints `SKIPPED` and passes; with
 //! `KEYLEDGER_REQUIRE_BROWSER=1` (as in `.ci/run`) a skip is a failure.
 
+#[path = "api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use keyledger::config::Config;
-use keyledger::Application;
+use helpers::{start, token, Backend, TestApp, TestStore};
 use serde_json::Value;
-use tempfile::TempDir;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-const SECRET: &str = "console-test-secret-0123456789abcdef0123456789";
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// The whole browser run, including Chromium's start.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// A keyledger server over a fresh SQLite store.
-struct Server {
-    address: String,
-    shutdown: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<()>>,
-    _data_dir: TempDir,
-}
-
-impl Server {
-    async fn start() -> Server {
-        let data_dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config::new(data_dir.path().to_path_buf());
-        config.listen = "127.0.0.1:0".parse().expect("addr");
-        config.jwt_secret = Some(SECRET.to_string());
+async fn console_server() -> TestApp {
+    let store = TestStore::new(Backend::Sqlite)
+        .await
+        .expect("an embedded store needs no configuration");
+    start(store, |config| {
         // Short, so that the page shows usage counts the test produced.
         config.usage_flush_interval = Duration::from_secs(1);
         config.poll_interval = Duration::from_millis(50);
-        let app = Application::build(config).await.expect("build application");
-        let address = format!("http://{}", app.address());
-        let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(async move {
-            app.run_until_stopped(async {
-                let _ = rx.await;
-            })
-            .await
-            .expect("server run");
-        });
-        Server {
-            address,
-            shutdown: Some(tx),
-            handle: Some(handle),
-            _data_dir: data_dir,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.address)
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(handle) = self.handle.take() {
-            handle.await.expect("server task");
-        }
-    }
-}
-
-fn token(tenant: &str, subject: &str) -> String {
-    keyledger::http::auth::mint(
-        SECRET.as_bytes(),
-        tenant,
-        subject,
-        Duration::from_secs(3600),
-    )
-    .expect("mint token")
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_is_served_from_the_binary_with_strict_headers() {
-    let server = Server::start().await;
+    let server = console_server().await;
     let client = reqwest::Client::new();
     let cases = [
         ("/", "text/html"),
@@ -199,7 +152,7 @@ async fn a_key_goes_through_its_lifecycle_in_the_console_in_a_real_browser() {
         return;
     }
 
-    let server = Server::start().await;
+    let server = console_server().await;
     let run = tokio::process::Command::new("node")
         .arg("e2e.mjs")
         .current_dir(&dir)

@@ -26,28 +26,26 @@ pub struct VerifyBody {
     pub permissions: Option<Vec<String>>,
 }
 
-/// The verification answer. Key fields are present when the key exists.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct VerificationView {
+/// The verification answer. Key fields are present when the key exists. Its
+/// text is borrowed from the index entry: the answer is serialised while the
+/// index holds the entry, into one buffer, instead of copying every field.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerificationView<'a> {
     pub valid: bool,
     /// `VALID`, `NOT_FOUND`, `DISABLED`, `EXPIRED`, `WRONG_ENVIRONMENT`, `INSUFFICIENT_PERMISSIONS`.
-    pub code: String,
+    pub code: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub key_id: Option<String>,
+    pub key_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<String>,
+    pub tenant: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub name: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub environment: Option<String>,
+    pub environment: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub permissions: Option<Vec<String>>,
+    pub permissions: Option<&'a [String]>,
     /// Present (possibly null) when the key exists.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "keyledger_domain::events::present"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<DateTime<Utc>>)]
     pub expires_at: Option<Option<DateTime<Utc>>>,
 }
@@ -88,12 +86,10 @@ pub async fn verify(
         environment,
         permissions: &permissions,
     };
-    // The answer is serialised straight from the index entry, while the index
-    // holds it: one buffer instead of a copy of every field.
     let (code, body) = state.service.verify(request, |answer| {
         let key = answer.key;
         let key_id = key.map(|k| k.key_id().to_string());
-        let view = VerificationOut {
+        let view = VerificationView {
             valid: answer.valid(),
             code: code_name(answer.code),
             key_id: key_id.as_deref(),
@@ -111,23 +107,4 @@ pub async fn verify(
         state.failures.record_failure(ip, now);
     }
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
-}
-
-/// [`VerificationView`] borrowed from the index entry, for serialising only.
-#[derive(Serialize)]
-struct VerificationOut<'a> {
-    valid: bool,
-    code: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    key_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tenant: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    environment: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    permissions: Option<&'a [String]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    expires_at: Option<Option<DateTime<Utc>>>,
 }

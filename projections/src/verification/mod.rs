@@ -86,17 +86,15 @@ impl IndexedKey {
         expires_at: Option<DateTime<Utc>>,
         active: bool,
     ) -> Self {
-        Self {
-            key_id: KeyId::new(key_id),
-            tenant: tenant.into(),
-            name: name.into(),
-            permissions: Arc::new(permissions),
-            expires_at,
+        Self::from_shared(
+            key_id,
+            tenant.into(),
+            name,
             environment,
+            Arc::new(permissions),
+            expires_at,
             active,
-            retired: AtomicBool::new(false),
-            usage: UsageCounter::default(),
-        }
+        )
     }
 
     /// Builds an entry whose tenant and permission set are already shared.
