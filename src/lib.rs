@@ -9,6 +9,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod group_commit;
 pub mod http;
 pub mod idempotency;
 pub mod integrity;

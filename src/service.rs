@@ -16,7 +16,8 @@ use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::error::Error;
-use crate::store::{EventMetadata, EventStore};
+use crate::group_commit::CreateQueue;
+use crate::store::{EventMetadata, EventStore, NewKeyCommand};
 use crate::tailer::Tailer;
 
 /// Who is asking: from the management token and the request.
@@ -55,6 +56,9 @@ pub struct KeyService {
     clock: Clock,
     prefix: KeyPrefix,
     max_keys: u64,
+    /// Creates are written in groups on the SQL stores (see `group_commit`);
+    /// KurrentDB appends each stream on its own anyway.
+    creates: Option<CreateQueue>,
 }
 
 impl KeyService {
@@ -65,6 +69,9 @@ impl KeyService {
         clock: Clock,
         prefix: KeyPrefix,
     ) -> Self {
+        let creates = store
+            .groups_commits()
+            .then(|| CreateQueue::start(store.clone(), tailer.clone()));
         Self {
             store,
             projections,
@@ -72,12 +79,14 @@ impl KeyService {
             clock,
             prefix,
             max_keys: u64::MAX,
+            creates,
         }
     }
 
     /// Caps the live keys of each tenant (creation only; rotation may replace
-    /// a key at the cap). Checked against the key list, so concurrent creates
-    /// can overshoot by a few: a guard against runaway scripts, not a quota.
+    /// a key at the cap). Checked against this node's index, so concurrent
+    /// creates (or other nodes') can overshoot by a few: a guard against
+    /// runaway scripts, not a quota.
     pub fn with_key_limit(mut self, max_keys: u64) -> Self {
         self.max_keys = max_keys;
         self
@@ -98,7 +107,7 @@ impl KeyService {
     /// Issues a key. The raw key is generated here (CSPRNG), hashed, and only the
     /// hash and display prefix enter the command.
     pub async fn create(&self, actor: &Actor, new: NewKey) -> Result<IssuedKey, Error> {
-        let held = self.projections.count_keys(&actor.tenant).await?;
+        let held = self.projections.index().tenant_keys(&actor.tenant);
         if held >= self.max_keys {
             return Err(Error::KeyLimitReached {
                 limit: self.max_keys,
@@ -127,7 +136,18 @@ impl KeyService {
             metadata: new.metadata,
             rotated_from,
         });
-        self.command(actor, &key_id, kind).await?;
+        match &self.creates {
+            Some(queue) => {
+                let command = self.key_command(actor, kind);
+                let create = NewKeyCommand {
+                    key_id: key_id.clone(),
+                    metadata: metadata(actor, command.at),
+                    command,
+                };
+                queue.create(create).await?;
+            }
+            None => self.command(actor, &key_id, kind).await?,
+        }
         let view = self.get(actor, &key_id).await?;
         Ok(IssuedKey { view, raw })
     }
@@ -253,25 +273,8 @@ impl KeyService {
         key_id: &str,
         kind: KeyCommandKind,
     ) -> Result<(), Error> {
-        let at = self.clock.now();
-        let command = KeyCommand {
-            tenant: actor.tenant.clone(),
-            actor: actor.subject.clone(),
-            at,
-            kind,
-        };
-        let mut metadata = EventMetadata::from([
-            (meta_keys::ACTOR.to_string(), actor.subject.clone()),
-            (meta_keys::TENANT.to_string(), actor.tenant.clone()),
-            (meta_keys::REQUEST_ID.to_string(), actor.request_id.clone()),
-            (meta_keys::OCCURRED_AT.to_string(), at.to_rfc3339()),
-        ]);
-        if let Some(addr) = &actor.client_addr {
-            metadata.insert(meta_keys::CLIENT_ADDR.to_string(), addr.clone());
-        }
-        if let Some(agent) = &actor.user_agent {
-            metadata.insert(meta_keys::USER_AGENT.to_string(), agent.clone());
-        }
+        let command = self.key_command(actor, kind);
+        let metadata = metadata(actor, command.at);
         let result = self.store.execute(key_id, command, metadata).await;
         match result {
             // A deleted key answers 404 everywhere, commands included.
@@ -288,4 +291,30 @@ impl KeyService {
             }
         }
     }
+
+    fn key_command(&self, actor: &Actor, kind: KeyCommandKind) -> KeyCommand {
+        KeyCommand {
+            tenant: actor.tenant.clone(),
+            actor: actor.subject.clone(),
+            at: self.clock.now(),
+            kind,
+        }
+    }
+}
+
+/// What every event records about its request.
+fn metadata(actor: &Actor, at: chrono::DateTime<chrono::Utc>) -> EventMetadata {
+    let mut metadata = EventMetadata::from([
+        (meta_keys::ACTOR.to_string(), actor.subject.clone()),
+        (meta_keys::TENANT.to_string(), actor.tenant.clone()),
+        (meta_keys::REQUEST_ID.to_string(), actor.request_id.clone()),
+        (meta_keys::OCCURRED_AT.to_string(), at.to_rfc3339()),
+    ]);
+    if let Some(addr) = &actor.client_addr {
+        metadata.insert(meta_keys::CLIENT_ADDR.to_string(), addr.clone());
+    }
+    if let Some(agent) = &actor.user_agent {
+        metadata.insert(meta_keys::USER_AGENT.to_string(), agent.clone());
+    }
+    metadata
 }

@@ -163,11 +163,6 @@ impl Projections {
         dispatch!(&self.db, audit_hashes(after, limit))
     }
 
-    /// Number of live keys of a tenant.
-    pub async fn count_keys(&self, tenant: &str) -> Result<u64, ProjectionError> {
-        dispatch!(&self.db, count_keys(tenant))
-    }
-
     /// One page of the audit log.
     pub async fn audit(&self, filter: &AuditFilter) -> Result<AuditPage, ProjectionError> {
         dispatch!(&self.db, audit(filter))

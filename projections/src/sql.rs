@@ -447,15 +447,18 @@ macro_rules! backend {
                 tenant: &str,
                 id_or_prefix: &str,
             ) -> Result<Option<KeyRow>, ProjectionError> {
+                // By id alone, so the plan is always the primary key (with the
+                // tenant in the condition, a young table's statistics can make
+                // PostgreSQL walk the tenant index instead); the tenant is
+                // checked here.
                 let by_id: Option<KeyRecord> = sqlx::query_as(&format!(
-                    "SELECT {KEY_COLUMNS} FROM key_list WHERE tenant = $1 AND id = $2"
+                    "SELECT {KEY_COLUMNS} FROM key_list WHERE id = $1"
                 ))
-                .bind(tenant)
                 .bind(id_or_prefix)
                 .fetch_optional(pool)
                 .await?;
                 if let Some(r) = by_id {
-                    return Ok(Some(r.into_row()));
+                    return Ok((r.tenant == tenant).then(|| r.into_row()));
                 }
                 let by_prefix: Vec<KeyRecord> = sqlx::query_as(&format!(
                     "SELECT {KEY_COLUMNS} FROM key_list WHERE tenant = $1 AND prefix = $2 LIMIT 2"
@@ -633,15 +636,6 @@ macro_rules! backend {
                 .fetch_optional(pool)
                 .await?;
                 Ok(g.unwrap_or(0))
-            }
-
-            /// Number of live keys of a tenant.
-            pub(crate) async fn count_keys(pool: &Pool<Db>, tenant: &str) -> Result<u64, ProjectionError> {
-                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM key_list WHERE tenant = $1")
-                    .bind(tenant)
-                    .fetch_one(pool)
-                    .await?;
-                Ok(u64::try_from(n).unwrap_or(0))
             }
 
             /// (position, event_hash) of audit rows after `after`, in order.

@@ -111,6 +111,63 @@ impl EventStore {
         self.sequence_pending().await
     }
 
+    /// Whether creates go through group commit (`execute_new`): the SQL
+    /// stores write a batch in one transaction; KurrentDB appends each stream
+    /// on its own anyway.
+    pub fn groups_commits(&self) -> bool {
+        matches!(self, Self::Sqlite(_) | Self::Postgres(_))
+    }
+
+    /// Runs the creates of new keys (fresh ids, so there is nothing to load)
+    /// in one transaction: concurrent creates share one commit and one
+    /// sequencer round instead of paying for each (group commit). Returns each
+    /// command's own outcome, in order. When the shared append fails, each
+    /// command is run alone, so a failure reaches only the command it is about.
+    pub async fn execute_new(&self, items: &[NewKeyCommand]) -> Vec<Result<(), Error>> {
+        let mut outcomes: Vec<Option<Result<(), Error>>> = Vec::with_capacity(items.len());
+        let mut batch = Vec::with_capacity(items.len());
+        for item in items {
+            match first_event(item).await {
+                Ok(event) => {
+                    batch.push(event);
+                    outcomes.push(None);
+                }
+                Err(e) => outcomes.push(Some(Err(e))),
+            }
+        }
+        let shared = if batch.is_empty() {
+            Ok(())
+        } else {
+            self.append_new(&batch).await
+        };
+        let mut results = Vec::with_capacity(items.len());
+        for (item, outcome) in items.iter().zip(outcomes) {
+            results.push(match (outcome, &shared) {
+                (Some(failed), _) => failed,
+                (None, Ok(())) => Ok(()),
+                (None, Err(_)) => {
+                    self.execute(&item.key_id, item.command.clone(), item.metadata.clone())
+                        .await
+                }
+            });
+        }
+        if let Err(e) = shared {
+            tracing::warn!(error = %e, creates = batch.len(), "group commit failed; ran the creates one by one");
+        }
+        results
+    }
+
+    async fn append_new(&self, events: &[SerializedEvent]) -> Result<(), Error> {
+        match self {
+            Self::Sqlite(s) => s.repository().persist::<ApiKey>(events, None).await,
+            Self::Postgres(s) => s.repository().persist::<ApiKey>(events, None).await,
+            #[cfg(feature = "kurrentdb")]
+            Self::Kurrent(s) => s.repository().persist::<ApiKey>(events, None).await,
+        }
+        .map_err(persistence_error)?;
+        self.sequence_pending().await
+    }
+
     /// Gives committed events their global positions. SQLite numbers them at
     /// INSERT (one writer, so that is commit order); PostgreSQL after commit.
     pub async fn sequence_pending(&self) -> Result<(), Error> {
@@ -314,6 +371,34 @@ impl EventStore {
     }
 }
 
+/// A command on a key id that has no events yet.
+#[derive(Debug, Clone)]
+pub struct NewKeyCommand {
+    pub key_id: String,
+    pub command: KeyCommand,
+    pub metadata: EventMetadata,
+}
+
+/// The one event a create produces, in stored form: the aggregate's own rules
+/// decide, on the empty aggregate a fresh id loads to.
+async fn first_event(item: &NewKeyCommand) -> Result<SerializedEvent, Error> {
+    let mut aggregate = ApiKey::default();
+    let sink = EventSink::default();
+    aggregate
+        .handle(item.command.clone(), &(), &sink)
+        .await
+        .map_err(Error::Domain)?;
+    let mut events = sink.collect().await;
+    let (Some(event), true) = (events.pop(), events.is_empty()) else {
+        return Err(Error::Internal(
+            "a create must produce exactly one event".into(),
+        ));
+    };
+    let mut metadata = item.metadata.clone();
+    metadata.insert(PREV_HASH.to_string(), GENESIS.to_string());
+    serialize(ApiKey::TYPE, &item.key_id, 1, &event, &metadata)
+}
+
 async fn backoff(attempt: usize) {
     let max_ms = 2u64 << attempt.min(6);
     let ms = rand::rng().random_range(0..=max_ms);
@@ -327,12 +412,23 @@ fn serialize_usage(
     event: &KeyUsageEvent,
     metadata: &EventMetadata,
 ) -> Result<SerializedEvent, Error> {
+    serialize(KeyUsage::TYPE, key_id, sequence, event, metadata)
+}
+
+/// Builds the stored form of an event, as cqrs-es's `commit` does.
+fn serialize<E: DomainEvent>(
+    aggregate_type: &str,
+    key_id: &str,
+    sequence: usize,
+    event: &E,
+    metadata: &EventMetadata,
+) -> Result<SerializedEvent, Error> {
     let payload = serde_json::to_value(event).map_err(|e| Error::Internal(e.to_string()))?;
     let metadata = serde_json::to_value(metadata).map_err(|e| Error::Internal(e.to_string()))?;
     Ok(SerializedEvent::new(
         key_id.to_string(),
         sequence,
-        KeyUsage::TYPE.to_string(),
+        aggregate_type.to_string(),
         event.event_type(),
         event.event_version(),
         payload,

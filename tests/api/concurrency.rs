@@ -172,21 +172,37 @@ async fn twenty_concurrent_creates_issue_twenty_distinct_valid_keys(backend: Bac
         return;
     };
     let app = Arc::new(app);
-    let creates = (0..20).map(|i| {
+    // Concurrent creates share a commit (group commit); five invalid ones among
+    // them are refused alone and take nothing down with them.
+    let creates = (0..25).map(|i| {
         let app: Arc<TestApp> = app.clone();
+        let permissions = if i % 5 == 4 {
+            json!(["Not A Permission!"])
+        } else {
+            json!(["keys:read"])
+        };
         tokio::spawn(async move {
             app.post(
                 "/v1/keys",
-                json!({"name": format!("key {i}"), "permissions": ["keys:read"]}),
+                json!({"name": format!("key {i}"), "permissions": permissions}),
             )
             .await
         })
     });
-    let replies: Vec<Reply> = join_all(creates)
+    let (replies, refused): (Vec<Reply>, Vec<Reply>) = join_all(creates)
         .await
         .into_iter()
         .map(|r| r.expect("create task"))
-        .collect();
+        .partition(|r| r.status != StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(refused.len(), 5, "the invalid creates are refused");
+    for r in &refused {
+        assert_eq!(r.body["error"]["code"], "validation_failed", "{}", r.text);
+        assert_eq!(
+            r.body["error"]["details"]["field"], "permissions",
+            "{}",
+            r.text
+        );
+    }
     for r in &replies {
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     }

@@ -19,7 +19,7 @@
 mod id_table;
 mod key_id;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -271,21 +271,22 @@ impl Maps {
     }
 }
 
-/// The writer's tables: ids, and the tenants and permission sets shared by keys.
+/// The writer's tables: ids, the tenants (with how many keys each holds) and
+/// the permission sets shared by keys.
 #[derive(Debug, Default)]
 struct WriterSide {
     ids: IdTable,
-    tenants: HashSet<Arc<str>>,
+    tenants: HashMap<Arc<str>, u64>,
     permissions: HashSet<Arc<Permissions>>,
 }
 
 impl WriterSide {
     /// Makes `key` share its tenant and permission set with other keys.
     fn intern(&mut self, mut key: IndexedKey) -> IndexedKey {
-        key.tenant = match self.tenants.get(&key.tenant) {
-            Some(t) => t.clone(),
+        key.tenant = match self.tenants.get_key_value(&key.tenant) {
+            Some((t, _)) => t.clone(),
             None => {
-                self.tenants.insert(key.tenant.clone());
+                self.tenants.insert(key.tenant.clone(), 0);
                 key.tenant
             }
         };
@@ -357,9 +358,25 @@ impl VerificationIndex {
         let key = {
             let mut writer = maps.writer();
             writer.ids.insert(&key.key_id, hash);
-            writer.intern(key)
+            let key = writer.intern(key);
+            if let Some(held) = writer.tenants.get_mut(&key.tenant) {
+                *held += 1;
+            }
+            key
         };
         maps.by_hash.pin().insert(hash, key);
+    }
+
+    /// How many keys `tenant` holds (deleted keys leave the index, so this is
+    /// the key list's count, without a query).
+    pub fn tenant_keys(&self, tenant: &str) -> u64 {
+        self.maps
+            .load()
+            .writer()
+            .tenants
+            .get(tenant)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Sets the checkpoint after a bulk load.
@@ -488,9 +505,13 @@ impl VerificationIndex {
             }
             KeyledgerEvent::Key(ApiKeyEvent::KeyDeleted(_)) => {
                 let maps = self.maps.load();
-                let hash = maps.writer().ids.remove(&KeyId::new(&event.key_id));
+                let mut writer = maps.writer();
+                let hash = writer.ids.remove(&KeyId::new(&event.key_id));
                 if let Some(hash) = hash {
                     if let Some(gone) = maps.by_hash.pin().remove(&hash) {
+                        if let Some(held) = writer.tenants.get_mut(gone.tenant()) {
+                            *held = held.saturating_sub(1);
+                        }
                         // Uses counted before the deletion still happened.
                         retire_into(gone, None, &self.orphaned);
                     }
@@ -654,6 +675,43 @@ mod tests {
         assert_eq!(drained.len(), 1);
         assert_eq!(drained[0].count, 1);
         assert_eq!(drained[0].last_used_at.timestamp_millis(), 2_000);
+    }
+
+    #[test]
+    fn keys_are_counted_per_tenant_until_deleted() {
+        let (index, _) = index_with_one_key();
+        index.insert(
+            KeyHash::from_bytes([8; 32]),
+            IndexedKey::new(
+                "key_019a4f3c2b7e7c1d8e9f0a1b2c3d4e60",
+                "acme",
+                "search",
+                Environment::Test,
+                Permissions::default(),
+                None,
+                false,
+            ),
+        );
+        assert_eq!(index.tenant_keys("acme"), 2);
+        assert_eq!(index.tenant_keys("globex"), 0);
+        index.apply(&RecordedEvent {
+            position: 1,
+            key_id: KEY_ID.to_string(),
+            sequence: 2,
+            meta: crate::event::EventMeta {
+                tenant: "acme".to_string(),
+                actor: None,
+                request_id: None,
+                client_addr: None,
+                user_agent: None,
+                occurred_at: Utc::now(),
+            },
+            event: KeyledgerEvent::Key(ApiKeyEvent::KeyDeleted(keyledger_domain::KeyDeleted {
+                at: Utc::now(),
+            })),
+            hash: String::new(),
+        });
+        assert_eq!(index.tenant_keys("acme"), 1);
     }
 
     #[test]

@@ -1,0 +1,104 @@
+//! Group commit for creates. A create is a whole transaction of its own on
+//! the store (append, commit, sequencer round, projection catch-up), and
+//! concurrent creates never touch the same key: so the ones that arrive
+//! together are written together. Workers take whatever is queued (up to
+//! `MAX_BATCH`), append it in one transaction, catch this node's projections
+//! up once, and answer each create. Under no load a batch is one create and
+//! costs what it did alone; under load the commit, the sequencer round and the
+//! projection transaction are shared by the whole batch.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use crate::error::Error;
+use crate::store::{EventStore, NewKeyCommand};
+use crate::tailer::Tailer;
+
+/// Most creates in one transaction: bounds a batch's latency and its size in
+/// the store's statement buffers.
+const MAX_BATCH: usize = 64;
+
+/// Two workers: while one waits for its commit, the other gathers and writes
+/// the next batch.
+const WORKERS: usize = 2;
+
+/// Creates waiting for a worker.
+const QUEUE: usize = 1024;
+
+struct Pending {
+    create: NewKeyCommand,
+    done: oneshot::Sender<Result<(), Error>>,
+}
+
+/// The queue of creates waiting to be written. Workers stop when it is dropped.
+pub struct CreateQueue {
+    sender: mpsc::Sender<Pending>,
+}
+
+impl CreateQueue {
+    /// Starts the workers on the current runtime.
+    pub fn start(store: Arc<EventStore>, tailer: Arc<Tailer>) -> Self {
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..WORKERS {
+            tokio::spawn(work(receiver.clone(), store.clone(), tailer.clone()));
+        }
+        Self { sender }
+    }
+
+    /// Runs one create; returns once this node's projections hold its event.
+    pub async fn create(&self, create: NewKeyCommand) -> Result<(), Error> {
+        let (done, outcome) = oneshot::channel();
+        self.sender
+            .send(Pending { create, done })
+            .await
+            .map_err(|_| Error::Internal("the create queue is closed".into()))?;
+        outcome
+            .await
+            .map_err(|_| Error::Internal("the create was dropped by its worker".into()))?
+    }
+}
+
+async fn work(
+    receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
+    store: Arc<EventStore>,
+    tailer: Arc<Tailer>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        {
+            let mut receiver = receiver.lock().await;
+            if receiver.recv_many(&mut batch, MAX_BATCH).await == 0 {
+                return;
+            }
+        }
+        let (creates, waiting): (Vec<_>, Vec<_>) =
+            batch.drain(..).map(|p| (p.create, p.done)).unzip();
+        let mut outcomes = store.execute_new(&creates).await;
+        if outcomes.iter().any(Result::is_ok) {
+            // Read-your-writes: answer once this node's projections hold
+            // everything up to the head, which includes this batch.
+            let caught_up = match store.head().await {
+                Ok(head) => tailer.catch_up_to(head).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = caught_up {
+                // As for any command: written, but not visible here yet, so
+                // the caller is not told it is ready. The tailer applies it.
+                tailer.wake();
+                let cause = e.to_string();
+                for outcome in outcomes.iter_mut().filter(|o| o.is_ok()) {
+                    *outcome = Err(Error::Internal(format!(
+                        "written, but this node's projections could not catch up: {cause}"
+                    )));
+                }
+            }
+        }
+        for (done, outcome) in waiting.into_iter().zip(outcomes.drain(..)) {
+            // The caller may have gone away (client disconnected); its key
+            // exists all the same, as with any command.
+            let _ = done.send(outcome);
+        }
+    }
+}
