@@ -75,14 +75,11 @@ async fn work(
         }
         let (creates, waiting): (Vec<_>, Vec<_>) =
             batch.drain(..).map(|p| (p.create, p.done)).unzip();
-        let mut outcomes = store.execute_new(&creates).await;
+        let (mut outcomes, through) = store.execute_new(&creates).await;
         if outcomes.iter().any(Result::is_ok) {
             // Read-your-writes: answer once this node's projections hold
-            // everything up to the head, which includes this batch.
-            let caught_up = match store.head().await {
-                Ok(head) => tailer.catch_up_to(head).await,
-                Err(e) => Err(e),
-            };
+            // everything up to the batch's last event.
+            let caught_up = tailer.catch_up_to(through).await;
             if let Err(e) = caught_up {
                 // As for any command: written, but not visible here yet, so
                 // the caller is not told it is ready. The tailer applies it.

@@ -3,7 +3,7 @@
 //! used, so the text is valid on both engines. Times are epoch milliseconds.
 
 use chrono::{DateTime, Utc};
-use keyledger_domain::{ApiKeyEvent, KeyUsageEvent};
+use keyledger_domain::{ApiKeyEvent, KeyCreated, KeyUsageEvent};
 use serde_json::Value;
 
 use crate::audit::{AuditEntry, AuditFilter, AuditPage, Order};
@@ -185,7 +185,7 @@ impl Table {
 }
 
 macro_rules! backend {
-    ($module:ident, $db:ty, snapshot = $snapshot:expr, relaxed_commit = $relaxed:expr, int = $int:expr, strict = $strict:expr) => {
+    ($module:ident, $db:ty, snapshot = $snapshot:expr, begin_relaxed = $relaxed:expr, int = $int:expr, strict = $strict:expr) => {
         pub(crate) mod $module {
             use super::*;
             use sqlx::{Pool, Transaction};
@@ -208,46 +208,123 @@ macro_rules! backend {
                 events: &[RecordedEvent],
                 through: i64,
             ) -> Result<Checkpoints, ProjectionError> {
-                let mut tx = pool.begin().await?;
-                if let Some(sql) = $relaxed {
-                    sqlx::query(sql).execute(&mut *tx).await?;
-                }
+                let mut tx = match $relaxed {
+                    Some(begin) => pool.begin_with(begin).await?,
+                    None => pool.begin().await?,
+                };
                 // Write first: it takes the write lock (SQLite) or the row locks
                 // (PostgreSQL) before reading the checkpoints, so two appliers never
                 // both apply the same events, and SQLite never has to upgrade a
                 // stale read snapshot.
-                sqlx::query("UPDATE projection_checkpoints SET position = position")
-                    .execute(&mut *tx)
-                    .await?;
-                let rows: Vec<(String, i64)> =
-                    sqlx::query_as("SELECT name, position FROM projection_checkpoints")
-                        .fetch_all(&mut *tx)
-                        .await?;
+                let rows: Vec<(String, i64)> = sqlx::query_as(
+                    "UPDATE projection_checkpoints SET position = position \
+                     WHERE name IN ($1, $2) RETURNING name, position",
+                )
+                .bind(checkpoint::KEY_LIST)
+                .bind(checkpoint::AUDIT_LOG)
+                .fetch_all(&mut *tx)
+                .await?;
                 let current = to_checkpoints(&rows);
-                for e in events {
-                    if e.position > current.key_list {
+                // Statements, not events, are what a batch costs: each run of
+                // creates is one multi-row INSERT, the audit rows are one; other
+                // events take a statement each, in order.
+                let mut created: Vec<(&RecordedEvent, &KeyCreated)> = Vec::new();
+                for e in events.iter().filter(|e| e.position > current.key_list) {
+                    if let KeyledgerEvent::Key(ApiKeyEvent::KeyCreated(c)) = &e.event {
+                        created.push((e, c));
+                    } else {
+                        insert_created(&mut tx, &created).await?;
+                        created.clear();
                         apply_key_list(&mut tx, e).await?;
                     }
-                    if e.position > current.audit_log {
-                        apply_audit(&mut tx, e).await?;
-                    }
                 }
+                insert_created(&mut tx, &created).await?;
+                let audited: Vec<&RecordedEvent> =
+                    events.iter().filter(|e| e.position > current.audit_log).collect();
+                insert_audit(&mut tx, &audited).await?;
                 let next = Checkpoints {
                     key_list: current.key_list.max(through),
                     audit_log: current.audit_log.max(through),
                 };
-                for (name, pos) in [
-                    (checkpoint::KEY_LIST, next.key_list),
-                    (checkpoint::AUDIT_LOG, next.audit_log),
-                ] {
-                    sqlx::query("UPDATE projection_checkpoints SET position = $1 WHERE name = $2")
-                        .bind(pos)
-                        .bind(name)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                sqlx::query(
+                    "UPDATE projection_checkpoints SET position = \
+                     CASE WHEN name = $1 THEN $2 ELSE $3 END WHERE name IN ($1, $4)",
+                )
+                .bind(checkpoint::KEY_LIST)
+                .bind(next.key_list)
+                .bind(next.audit_log)
+                .bind(checkpoint::AUDIT_LOG)
+                .execute(&mut *tx)
+                .await?;
                 tx.commit().await?;
                 Ok(next)
+            }
+
+            /// Adds created keys to the key list (a replayed one is skipped).
+            async fn insert_created(
+                tx: &mut Transaction<'_, Db>,
+                created: &[(&RecordedEvent, &KeyCreated)],
+            ) -> Result<(), ProjectionError> {
+                for chunk in created.chunks(500) {
+                    let mut q = sqlx::QueryBuilder::<Db>::new(format!(
+                        "INSERT INTO key_list ({KEY_COLUMNS}) "
+                    ));
+                    q.push_values(chunk, |mut b, (e, c)| {
+                        b.push_bind(e.key_id.clone())
+                            .push_bind(c.tenant.clone())
+                            .push_bind(c.key_hash.to_hex())
+                            .push_bind(c.display_prefix.clone())
+                            .push_bind(c.name.clone())
+                            .push_bind(c.description.clone())
+                            .push_bind(c.environment.as_str())
+                            .push_bind(json_text(&c.permissions))
+                            .push_bind(STATUS_ACTIVE)
+                            .push_bind(c.created_at.timestamp_millis())
+                            .push_bind(c.created_by.clone())
+                            .push_bind(e.event.time().timestamp_millis())
+                            .push_bind(c.expires_at.map(|t| t.timestamp_millis()))
+                            .push_bind(None::<i64>)
+                            .push_bind(0_i64)
+                            .push_bind(c.metadata.as_ref().map(json_text))
+                            .push_bind(e.position)
+                            .push_bind(c.rotated_from.clone())
+                            .push_bind(None::<String>);
+                    });
+                    q.push(" ON CONFLICT (id) DO NOTHING");
+                    // Row counts vary, so each text is used once: not worth a
+                    // cached prepared statement per size.
+                    q.build().persistent(false).execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
+
+            /// Appends events to the audit log (a replayed one is skipped).
+            async fn insert_audit(
+                tx: &mut Transaction<'_, Db>,
+                events: &[&RecordedEvent],
+            ) -> Result<(), ProjectionError> {
+                for chunk in events.chunks(1000) {
+                    let mut q = sqlx::QueryBuilder::<Db>::new(format!(
+                        "INSERT INTO audit_log ({AUDIT_COLUMNS}) "
+                    ));
+                    q.push_values(chunk, |mut b, e| {
+                        b.push_bind(e.position)
+                            .push_bind(e.meta.tenant.clone())
+                            .push_bind(e.key_id.clone())
+                            .push_bind(e.sequence)
+                            .push_bind(e.type_name())
+                            .push_bind(e.meta.occurred_at.timestamp_millis())
+                            .push_bind(e.meta.actor.clone())
+                            .push_bind(e.meta.request_id.clone())
+                            .push_bind(json_text(&e.audit_data()))
+                            .push_bind(e.meta.client_addr.clone())
+                            .push_bind(e.meta.user_agent.clone())
+                            .push_bind(e.hash.clone());
+                    });
+                    q.push(" ON CONFLICT (position) DO NOTHING");
+                    q.build().persistent(false).execute(&mut **tx).await?;
+                }
+                Ok(())
             }
 
             async fn apply_key_list(
@@ -257,29 +334,7 @@ macro_rules! backend {
                 let at = e.event.time().timestamp_millis();
                 match &e.event {
                     KeyledgerEvent::Key(ApiKeyEvent::KeyCreated(c)) => {
-                        sqlx::query(&format!(
-                            "INSERT INTO key_list ({KEY_COLUMNS}) VALUES \
-                             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, 0, $14, $15, $16, NULL) \
-                             ON CONFLICT (id) DO NOTHING"
-                        ))
-                        .bind(&e.key_id)
-                        .bind(&c.tenant)
-                        .bind(c.key_hash.to_hex())
-                        .bind(&c.display_prefix)
-                        .bind(&c.name)
-                        .bind(&c.description)
-                        .bind(c.environment.as_str())
-                        .bind(json_text(&c.permissions))
-                        .bind(STATUS_ACTIVE)
-                        .bind(c.created_at.timestamp_millis())
-                        .bind(&c.created_by)
-                        .bind(at)
-                        .bind(c.expires_at.map(|t| t.timestamp_millis()))
-                        .bind(c.metadata.as_ref().map(json_text))
-                        .bind(e.position)
-                        .bind(&c.rotated_from)
-                        .execute(&mut **tx)
-                        .await?;
+                        insert_created(tx, &[(e, c)]).await?;
                     }
                     KeyledgerEvent::Key(ApiKeyEvent::KeyUpdated(u)) => {
                         let mut sets: Vec<(&str, Option<String>, Option<i64>)> = Vec::new();
@@ -378,31 +433,6 @@ macro_rules! backend {
                     .bind(key_id)
                     .execute(&mut **tx)
                     .await?;
-                Ok(())
-            }
-
-            async fn apply_audit(
-                tx: &mut Transaction<'_, Db>,
-                e: &RecordedEvent,
-            ) -> Result<(), ProjectionError> {
-                sqlx::query(&format!(
-                    "INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-                     ON CONFLICT (position) DO NOTHING"
-                ))
-                .bind(e.position)
-                .bind(&e.meta.tenant)
-                .bind(&e.key_id)
-                .bind(e.sequence)
-                .bind(e.type_name())
-                .bind(e.meta.occurred_at.timestamp_millis())
-                .bind(&e.meta.actor)
-                .bind(&e.meta.request_id)
-                .bind(json_text(&e.audit_data()))
-                .bind(&e.meta.client_addr)
-                .bind(&e.meta.user_agent)
-                .bind(&e.hash)
-                .execute(&mut **tx)
-                .await?;
                 Ok(())
             }
 
@@ -708,7 +738,7 @@ backend!(
     sqlite,
     sqlx::Sqlite,
     snapshot = None::<&str>,
-    relaxed_commit = None::<&str>,
+    begin_relaxed = None::<&str>,
     int = "INTEGER",
     strict = " STRICT"
 );
@@ -719,8 +749,9 @@ backend!(
     // A projection write need not wait for its WAL flush: if PostgreSQL loses
     // it in a crash, the checkpoint written with it is lost too, and the
     // tailer applies those events again from the (durable) event store. This
-    // takes one fsync off every command's path.
-    relaxed_commit = Some("SET LOCAL synchronous_commit = off"),
+    // takes one fsync off every command's path. (Sent with BEGIN: one round
+    // trip for both.)
+    begin_relaxed = Some("BEGIN; SET LOCAL synchronous_commit = off"),
     int = "BIGINT",
     strict = ""
 );

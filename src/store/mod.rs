@@ -120,10 +120,11 @@ impl EventStore {
 
     /// Runs the creates of new keys (fresh ids, so there is nothing to load)
     /// in one transaction: concurrent creates share one commit and one
-    /// sequencer round instead of paying for each (group commit). Returns each
-    /// command's own outcome, in order. When the shared append fails, each
-    /// command is run alone, so a failure reaches only the command it is about.
-    pub async fn execute_new(&self, items: &[NewKeyCommand]) -> Vec<Result<(), Error>> {
+    /// numbering instead of paying for each (group commit). Returns each
+    /// command's own outcome, in order, and a position that includes every
+    /// create that succeeded. When the shared append fails, each command is
+    /// run alone, so a failure reaches only the command it is about.
+    pub async fn execute_new(&self, items: &[NewKeyCommand]) -> (Vec<Result<(), Error>>, i64) {
         let mut outcomes: Vec<Option<Result<(), Error>>> = Vec::with_capacity(items.len());
         let mut batch = Vec::with_capacity(items.len());
         for item in items {
@@ -136,7 +137,7 @@ impl EventStore {
             }
         }
         let shared = if batch.is_empty() {
-            Ok(())
+            Ok(0)
         } else {
             self.append_new(&batch).await
         };
@@ -144,28 +145,34 @@ impl EventStore {
         for (item, outcome) in items.iter().zip(outcomes) {
             results.push(match (outcome, &shared) {
                 (Some(failed), _) => failed,
-                (None, Ok(())) => Ok(()),
+                (None, Ok(_)) => Ok(()),
                 (None, Err(_)) => {
                     self.execute(&item.key_id, item.command.clone(), item.metadata.clone())
                         .await
                 }
             });
         }
-        if let Err(e) = shared {
-            tracing::warn!(error = %e, creates = batch.len(), "group commit failed; ran the creates one by one");
-        }
-        results
+        let through = match shared {
+            Ok(last) => last,
+            Err(e) => {
+                tracing::warn!(error = %e, creates = batch.len(), "group commit failed; ran the creates one by one");
+                // Where the one-by-one creates went: the head includes them.
+                self.head().await.unwrap_or(0)
+            }
+        };
+        (results, through)
     }
 
-    async fn append_new(&self, events: &[SerializedEvent]) -> Result<(), Error> {
+    /// Appends the batch; returns a position that includes it.
+    async fn append_new(&self, events: &[SerializedEvent]) -> Result<i64, Error> {
         match self {
             Self::Sqlite(s) => s.repository().persist::<ApiKey>(events, None).await,
-            Self::Postgres(s) => s.repository().persist::<ApiKey>(events, None).await,
+            Self::Postgres(s) => return postgres::append_numbered(&s.pool, events).await,
             #[cfg(feature = "kurrentdb")]
             Self::Kurrent(s) => s.repository().persist::<ApiKey>(events, None).await,
         }
         .map_err(persistence_error)?;
-        self.sequence_pending().await
+        self.head().await
     }
 
     /// Gives committed events their global positions. SQLite numbers them at
