@@ -251,15 +251,15 @@ impl KeyService {
         Ok(self.projections.audit(&filter).await?)
     }
 
-    /// Verification from the in-memory index; never touches a store.
+    /// Verification from the in-memory index at time `now` (the caller's
+    /// one reading of the clock for the request); never touches a store.
     pub fn verify<R>(
         &self,
         request: VerifyRequest<'_>,
+        now: chrono::DateTime<chrono::Utc>,
         answer: impl FnOnce(Verification<'_>) -> R,
     ) -> R {
-        self.projections
-            .index()
-            .verify(request, self.clock.now(), answer)
+        self.projections.index().verify(request, now, answer)
     }
 
     /// Maps an id or display prefix to the key id, within the caller's tenant.

@@ -25,5 +25,6 @@ pub use event::{EventMeta, KeyledgerEvent, RawEvent, RecordedEvent};
 pub use projector::Projections;
 pub use sql::Table;
 pub use verification::{
-    DrainedUsage, IndexedKey, Verification, VerificationCode, VerificationIndex, VerifyRequest,
+    DrainedUsage, IndexedKey, KeyIdText, Verification, VerificationCode, VerificationIndex,
+    VerifyRequest,
 };

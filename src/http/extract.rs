@@ -2,6 +2,9 @@
 //! broken JSON, 422 naming the field for unknown fields and wrong types, 413 for
 //! oversize bodies), query strings, and the request id.
 
+use std::future::Future;
+use std::task::Poll;
+
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -19,9 +22,18 @@ pub struct ApiJson<T>(pub T);
 pub struct OptionalJson<T>(pub T);
 
 async fn body_bytes(req: Request, state: &AppState) -> Result<Bytes, Error> {
-    // A client that trickles its body (slowloris) must not hold a task forever.
-    let read = tokio::time::timeout(state.body_read_timeout, Bytes::from_request(req, state));
-    read.await.map_err(|_| Error::RequestTimeout)?.map_err(|r| {
+    let mut read = std::pin::pin!(Bytes::from_request(req, state));
+    // Nearly every body has arrived with its headers: those are taken without
+    // arming a timer (a timer costs a lock on the runtime's timer wheel).
+    let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+    let read = match first {
+        Poll::Ready(read) => read,
+        // A client that trickles its body (slowloris) must not hold a task forever.
+        Poll::Pending => tokio::time::timeout(state.body_read_timeout, read)
+            .await
+            .map_err(|_| Error::RequestTimeout)?,
+    };
+    read.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Error::PayloadTooLarge {
                 limit: state.max_body_bytes,

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use keyledger_projections::{VerificationCode, VerifyRequest};
+use keyledger_projections::{KeyIdText, VerificationCode, VerifyRequest};
 use serde_json::json;
 
 use crate::http::error::ErrorBody;
@@ -68,7 +68,8 @@ pub async fn auth(
     ClientAddr(client): ClientAddr,
     headers: HeaderMap,
 ) -> Response {
-    let now = state.service.clock().now().timestamp();
+    let at = state.service.clock().now();
+    let now = at.timestamp();
     if client.is_some_and(|ip| state.failures.blocked(ip, now)) {
         return crate::error::Error::RateLimited.into_response();
     }
@@ -97,10 +98,10 @@ pub async fn auth(
         permissions: &required,
     };
     // The identity headers of a valid key, read while the index holds it.
-    let (verdict, identity) = state.service.verify(request, |answer| {
+    let (verdict, identity) = state.service.verify(request, at, |answer| {
         let identity = match (answer.code, answer.key) {
             (VerificationCode::Valid, Some(k)) => Some([
-                header_value(&k.key_id().to_string()),
+                header_value(k.key_id().as_str(&mut KeyIdText::default())),
                 header_value(k.tenant()),
                 header_value(&k.permissions().as_slice().join(",")),
             ]),

@@ -5,7 +5,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use keyledger_domain::Environment;
-use keyledger_projections::{VerificationCode, VerifyRequest};
+use keyledger_projections::{KeyIdText, VerificationCode, VerifyRequest};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -71,7 +71,8 @@ pub async fn verify(
     ClientAddr(client): ClientAddr,
     ApiJson(body): ApiJson<VerifyBody>,
 ) -> Result<Response, Error> {
-    let now = state.service.clock().now().timestamp();
+    let at = state.service.clock().now();
+    let now = at.timestamp();
     if client.is_some_and(|ip| state.failures.blocked(ip, now)) {
         return Err(Error::RateLimited);
     }
@@ -86,20 +87,25 @@ pub async fn verify(
         environment,
         permissions: &permissions,
     };
-    let (code, body) = state.service.verify(request, |answer| {
+    let (code, body) = state.service.verify(request, at, |answer| {
         let key = answer.key;
-        let key_id = key.map(|k| k.key_id().to_string());
+        let mut id_text = KeyIdText::default();
         let view = VerificationView {
             valid: answer.valid(),
             code: code_name(answer.code),
-            key_id: key_id.as_deref(),
+            key_id: key.map(|k| k.key_id().as_str(&mut id_text)),
             tenant: key.map(|k| k.tenant()),
             name: key.map(|k| k.name()),
             environment: key.map(|k| k.environment().as_str()),
             permissions: key.map(|k| k.permissions().as_slice()),
             expires_at: key.map(|k| k.expires_at()),
         };
-        (answer.code, serde_json::to_vec(&view))
+        // Sized for a full answer, so the buffer never grows while writing.
+        let mut body = Vec::with_capacity(512);
+        (
+            answer.code,
+            serde_json::to_writer(&mut body, &view).map(|()| body),
+        )
     });
     let body = body.map_err(|e| Error::Internal(format!("verification answer: {e}")))?;
     crate::metrics::verification(code_name(code));

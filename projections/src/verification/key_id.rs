@@ -28,6 +28,34 @@ impl KeyId {
                 |n| KeyId::Packed(n.to_be_bytes()),
             )
     }
+
+    /// The id as text, written into `buf` when packed: no allocation, for
+    /// the verification answer (every request prints one).
+    pub fn as_str<'a>(&'a self, buf: &'a mut KeyIdText) -> &'a str {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        match self {
+            KeyId::Packed(bytes) => {
+                buf.0[..Self::PREFIX.len()].copy_from_slice(Self::PREFIX.as_bytes());
+                let digits = &mut buf.0[Self::PREFIX.len()..];
+                for (pair, byte) in digits.chunks_exact_mut(2).zip(bytes) {
+                    pair[0] = HEX[usize::from(byte >> 4)];
+                    pair[1] = HEX[usize::from(byte & 0xf)];
+                }
+                // Only ASCII was written.
+                std::str::from_utf8(&buf.0).unwrap_or_default()
+            }
+            KeyId::Text(s) => s,
+        }
+    }
+}
+
+/// Room for a packed id's text (`key_` + 32 hex digits).
+pub struct KeyIdText([u8; 36]);
+
+impl Default for KeyIdText {
+    fn default() -> Self {
+        Self([0; 36])
+    }
 }
 
 impl fmt::Display for KeyId {
@@ -53,6 +81,9 @@ mod tests {
     fn issued_ids_pack_and_print_back_unchanged() {
         let id = "key_019a4f3c2b7e7c1d8e9f0a1b2c3d4e5f";
         let packed = KeyId::new(id);
+        assert_eq!(packed.as_str(&mut KeyIdText::default()), id);
+        let text = KeyId::new("legacy-id");
+        assert_eq!(text.as_str(&mut KeyIdText::default()), "legacy-id");
         assert!(matches!(packed, KeyId::Packed(_)));
         assert_eq!(packed.to_string(), id);
         let zeros = "key_00000000000000000000000000000000";

@@ -30,7 +30,7 @@ use serde::Serialize;
 
 use crate::event::{KeyledgerEvent, RecordedEvent};
 use id_table::IdTable;
-pub use key_id::KeyId;
+pub use key_id::{KeyId, KeyIdText};
 
 /// Uses of one key not yet flushed to the store.
 ///
