@@ -466,3 +466,72 @@ async fn usage_flushed_by_two_nodes_at_once_adds_up() {
     b.stop().await;
     a.stop().await;
 }
+
+/// Group commit writes concurrent creates in one transaction; when that
+/// transaction fails, every create is run on its own and gets its own outcome.
+/// Two creates of one id in one batch make the shared append fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_group_commit_gives_each_create_its_own_outcome() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some(app) = spawn_app(backend).await else {
+            return;
+        };
+        let store = keyledger::app::open_store(&app.store.config())
+            .await
+            .expect("second handle on the store");
+        let create = |key_id: &str, name: &str| {
+            let raw = RawKey::generate(&KeyPrefix::default(), Environment::Live, &mut rand::rng());
+            let parsed = raw.parsed();
+            keyledger::store::NewKeyCommand {
+                key_id: key_id.to_string(),
+                command: keyledger_domain::KeyCommand {
+                    tenant: helpers::TENANT.into(),
+                    actor: "store-test".into(),
+                    at: Utc::now(),
+                    kind: keyledger_domain::KeyCommandKind::CreateKey(
+                        keyledger_domain::CreateKey {
+                            key_hash: parsed.hash(),
+                            display_prefix: parsed.display_prefix(),
+                            name: name.into(),
+                            description: None,
+                            environment: Environment::Live,
+                            permissions: vec![],
+                            expires_at: None,
+                            metadata: None,
+                            rotated_from: None,
+                        },
+                    ),
+                },
+                metadata: [("tenant".to_string(), helpers::TENANT.to_string())].into(),
+            }
+        };
+        let batch = [
+            create("key_group_a", "first"),
+            create("key_group_a", "same id again"),
+            create("key_group_b", "unrelated"),
+        ];
+        let (outcomes, through) = store.execute_new(&batch).await;
+        assert!(outcomes[0].is_ok(), "{backend:?}: {:?}", outcomes[0]);
+        assert!(
+            matches!(
+                outcomes[1],
+                Err(keyledger::error::Error::Domain(
+                    keyledger_domain::DomainError::AlreadyExists
+                ))
+            ),
+            "{backend:?}: {:?}",
+            outcomes[1]
+        );
+        assert!(outcomes[2].is_ok(), "{backend:?}: {:?}", outcomes[2]);
+        let feed = store.read_feed(0, 100).await.expect("feed");
+        let ids: Vec<&str> = feed.iter().map(|e| e.aggregate_id.as_str()).collect();
+        assert_eq!(ids, ["key_group_a", "key_group_b"], "{backend:?}");
+        assert_eq!(
+            through,
+            feed.last().expect("events").position,
+            "{backend:?}"
+        );
+        store.close().await;
+        app.stop().await;
+    }
+}
