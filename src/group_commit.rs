@@ -9,10 +9,12 @@
 
 use std::sync::Arc;
 
+use keyledger_projections::key_list::KeyRow;
+use keyledger_projections::replay::KeyListFold;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::error::Error;
-use crate::store::{EventStore, NewKeyCommand};
+use crate::store::{EventStore, NewKeyCommand, NewKeysOutcome};
 use crate::tailer::Tailer;
 
 /// Most creates in one transaction: bounds a batch's latency and its size in
@@ -26,9 +28,13 @@ const WORKERS: usize = 2;
 /// Creates waiting for a worker.
 const QUEUE: usize = 1024;
 
+/// A create's answer: its key as the key list holds it, when the batch was
+/// written with known positions (the caller reads it otherwise).
+type Created = Result<Option<KeyRow>, Error>;
+
 struct Pending {
     create: NewKeyCommand,
-    done: oneshot::Sender<Result<(), Error>>,
+    done: oneshot::Sender<Created>,
 }
 
 /// The queue of creates waiting to be written. Workers stop when it is dropped.
@@ -48,7 +54,7 @@ impl CreateQueue {
     }
 
     /// Runs one create; returns once this node's projections hold its event.
-    pub async fn create(&self, create: NewKeyCommand) -> Result<(), Error> {
+    pub async fn create(&self, create: NewKeyCommand) -> Created {
         let (done, outcome) = oneshot::channel();
         self.sender
             .send(Pending { create, done })
@@ -75,24 +81,57 @@ async fn work(
         }
         let (creates, waiting): (Vec<_>, Vec<_>) =
             batch.drain(..).map(|p| (p.create, p.done)).unzip();
-        let (mut outcomes, through) = store.execute_new(&creates).await;
+        let NewKeysOutcome {
+            outcomes,
+            through,
+            written,
+        } = store.execute_new(&creates).await;
+        let mut outcomes: Vec<Created> = outcomes.into_iter().map(|o| o.map(|()| None)).collect();
         if outcomes.iter().any(Result::is_ok) {
             // Read-your-writes: answer once this node's projections hold
             // everything up to the batch's last event.
-            let caught_up = tailer.catch_up_to(through).await;
-            if let Err(e) = caught_up {
-                // As for any command: written, but not visible here yet, so
-                // the caller is not told it is ready. The tailer applies it.
-                tailer.wake();
-                let cause = e.to_string();
-                for outcome in outcomes.iter_mut().filter(|o| o.is_ok()) {
-                    *outcome = Err(Error::Internal(format!(
-                        "written, but this node's projections could not catch up: {cause}"
-                    )));
+            let caught_up = match &written {
+                Some(w) => {
+                    tailer
+                        .take_own(w.after, &w.events, w.through, w.projected)
+                        .await
+                }
+                None => tailer.catch_up_to(through).await,
+            };
+            match caught_up {
+                // Each key as the key list now holds it, folded from its event
+                // by the key list's own rules, instead of a query per create.
+                Ok(()) => {
+                    if let Some(w) = &written {
+                        for (outcome, create) in outcomes.iter_mut().zip(&creates) {
+                            if let Ok(view) = outcome {
+                                *view = w
+                                    .events
+                                    .iter()
+                                    .find(|e| e.key_id == create.key_id)
+                                    .and_then(|e| {
+                                        let mut fold = KeyListFold::default();
+                                        fold.apply(e);
+                                        fold.into_rows().pop()
+                                    });
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    // As for any command: written, but not visible here yet, so
+                    // the caller is not told it is ready. The tailer applies it.
+                    tailer.wake();
+                    let cause = e.to_string();
+                    for outcome in outcomes.iter_mut().filter(|o| o.is_ok()) {
+                        *outcome = Err(Error::Internal(format!(
+                            "written, but this node's projections could not catch up: {cause}"
+                        )));
+                    }
                 }
             }
         }
-        for (done, outcome) in waiting.into_iter().zip(outcomes.drain(..)) {
+        for (done, outcome) in waiting.into_iter().zip(outcomes) {
             // The caller may have gone away (client disconnected); its key
             // exists all the same, as with any command.
             let _ = done.send(outcome);

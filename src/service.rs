@@ -136,7 +136,7 @@ impl KeyService {
             metadata: new.metadata,
             rotated_from,
         });
-        match &self.creates {
+        let view = match &self.creates {
             Some(queue) => {
                 let command = self.key_command(actor, kind);
                 let create = NewKeyCommand {
@@ -144,11 +144,17 @@ impl KeyService {
                     metadata: metadata(actor, command.at),
                     command,
                 };
-                queue.create(create).await?;
+                queue.create(create).await?
             }
-            None => self.command(actor, &key_id, kind).await?,
-        }
-        let view = self.get(actor, &key_id).await?;
+            None => {
+                self.command(actor, &key_id, kind).await?;
+                None
+            }
+        };
+        let view = match view {
+            Some(view) => view,
+            None => self.get(actor, &key_id).await?,
+        };
         Ok(IssuedKey { view, raw })
     }
 

@@ -82,6 +82,36 @@ impl Tailer {
         self.catch_up_locked().await.map(|_| ())
     }
 
+    /// Brings this node's projections to the end of a batch it appended itself
+    /// (group commit; `events` are the batch, at positions `after + 1 ..=
+    /// through`). When the SQL projections took the batch in its own
+    /// transaction and the index stands right before it, the index takes the
+    /// events from memory instead of reading them back.
+    pub async fn take_own(
+        &self,
+        after: i64,
+        events: &[RecordedEvent],
+        through: i64,
+        projected: bool,
+    ) -> Result<(), Error> {
+        let index = self.projections.index();
+        if index.checkpoint() >= through {
+            return Ok(());
+        }
+        let _guard = self.lock.lock().await;
+        if index.checkpoint() >= through {
+            return Ok(());
+        }
+        if projected && index.checkpoint() == after {
+            for e in events {
+                index.apply(e);
+            }
+            index.advance_to(through);
+            return Ok(());
+        }
+        self.catch_up_locked().await.map(|_| ())
+    }
+
     /// Applies everything committed so far; returns the number of events applied.
     pub async fn catch_up(&self) -> Result<usize, Error> {
         let _guard = self.lock.lock().await;

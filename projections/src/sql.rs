@@ -212,19 +212,56 @@ macro_rules! backend {
                     Some(begin) => pool.begin_with(begin).await?,
                     None => pool.begin().await?,
                 };
-                // Write first: it takes the write lock (SQLite) or the row locks
-                // (PostgreSQL) before reading the checkpoints, so two appliers never
-                // both apply the same events, and SQLite never has to upgrade a
-                // stale read snapshot.
+                let current = lock_checkpoints(&mut tx).await?;
+                let next = apply_locked(&mut tx, events, current, through).await?;
+                tx.commit().await?;
+                Ok(next)
+            }
+
+            /// Applies a batch inside the caller's transaction (group commit
+            /// writes a batch's projection rows with its events), but only when
+            /// both projections stand exactly at `after`: otherwise nothing is
+            /// applied, `None` comes back, and the tailer brings them along.
+            #[allow(dead_code)]
+            pub(crate) async fn apply_after(
+                tx: &mut Transaction<'_, Db>,
+                events: &[RecordedEvent],
+                after: i64,
+                through: i64,
+            ) -> Result<Option<Checkpoints>, ProjectionError> {
+                let current = lock_checkpoints(tx).await?;
+                if current.key_list != after || current.audit_log != after {
+                    return Ok(None);
+                }
+                apply_locked(tx, events, current, through).await.map(Some)
+            }
+
+            /// Locks and reads both checkpoints. Write first: it takes the write
+            /// lock (SQLite) or the row locks (PostgreSQL) before reading, so two
+            /// appliers never both apply the same events, and SQLite never has
+            /// to upgrade a stale read snapshot.
+            async fn lock_checkpoints(
+                tx: &mut Transaction<'_, Db>,
+            ) -> Result<Checkpoints, ProjectionError> {
                 let rows: Vec<(String, i64)> = sqlx::query_as(
                     "UPDATE projection_checkpoints SET position = position \
                      WHERE name IN ($1, $2) RETURNING name, position",
                 )
                 .bind(checkpoint::KEY_LIST)
                 .bind(checkpoint::AUDIT_LOG)
-                .fetch_all(&mut *tx)
+                .fetch_all(&mut **tx)
                 .await?;
-                let current = to_checkpoints(&rows);
+                Ok(to_checkpoints(&rows))
+            }
+
+            /// Applies what each projection has not applied yet and moves both
+            /// checkpoints to `through`; the checkpoints are locked.
+            async fn apply_locked(
+                tx: &mut Transaction<'_, Db>,
+                events: &[RecordedEvent],
+                current: Checkpoints,
+                through: i64,
+            ) -> Result<Checkpoints, ProjectionError> {
                 // Statements, not events, are what a batch costs: each run of
                 // creates is one multi-row INSERT, the audit rows are one; other
                 // events take a statement each, in order.
@@ -233,15 +270,15 @@ macro_rules! backend {
                     if let KeyledgerEvent::Key(ApiKeyEvent::KeyCreated(c)) = &e.event {
                         created.push((e, c));
                     } else {
-                        insert_created(&mut tx, &created).await?;
+                        insert_created(tx, &created).await?;
                         created.clear();
-                        apply_key_list(&mut tx, e).await?;
+                        apply_key_list(tx, e).await?;
                     }
                 }
-                insert_created(&mut tx, &created).await?;
+                insert_created(tx, &created).await?;
                 let audited: Vec<&RecordedEvent> =
                     events.iter().filter(|e| e.position > current.audit_log).collect();
-                insert_audit(&mut tx, &audited).await?;
+                insert_audit(tx, &audited).await?;
                 let next = Checkpoints {
                     key_list: current.key_list.max(through),
                     audit_log: current.audit_log.max(through),
@@ -254,9 +291,8 @@ macro_rules! backend {
                 .bind(next.key_list)
                 .bind(next.audit_log)
                 .bind(checkpoint::AUDIT_LOG)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
-                tx.commit().await?;
                 Ok(next)
             }
 

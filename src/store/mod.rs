@@ -120,11 +120,10 @@ impl EventStore {
 
     /// Runs the creates of new keys (fresh ids, so there is nothing to load)
     /// in one transaction: concurrent creates share one commit and one
-    /// numbering instead of paying for each (group commit). Returns each
-    /// command's own outcome, in order, and a position that includes every
-    /// create that succeeded. When the shared append fails, each command is
-    /// run alone, so a failure reaches only the command it is about.
-    pub async fn execute_new(&self, items: &[NewKeyCommand]) -> (Vec<Result<(), Error>>, i64) {
+    /// numbering instead of paying for each (group commit). When the shared
+    /// append fails, each command is run alone, so a failure reaches only the
+    /// command it is about.
+    pub async fn execute_new(&self, items: &[NewKeyCommand]) -> NewKeysOutcome {
         let mut outcomes: Vec<Option<Result<(), Error>>> = Vec::with_capacity(items.len());
         let mut batch = Vec::with_capacity(items.len());
         for item in items {
@@ -137,7 +136,7 @@ impl EventStore {
             }
         }
         let shared = if batch.is_empty() {
-            Ok(0)
+            Ok((0, None))
         } else {
             self.append_new(&batch).await
         };
@@ -152,27 +151,38 @@ impl EventStore {
                 }
             });
         }
-        let through = match shared {
-            Ok(last) => last,
+        let (through, written) = match shared {
+            Ok(appended) => appended,
             Err(e) => {
                 tracing::warn!(error = %e, creates = batch.len(), "group commit failed; ran the creates one by one");
                 // Where the one-by-one creates went: the head includes them.
-                self.head().await.unwrap_or(0)
+                (self.head().await.unwrap_or(0), None)
             }
         };
-        (results, through)
+        NewKeysOutcome {
+            outcomes: results,
+            through,
+            written,
+        }
     }
 
-    /// Appends the batch; returns a position that includes it.
-    async fn append_new(&self, events: &[SerializedEvent]) -> Result<i64, Error> {
+    /// Appends the batch; returns a position that includes it, and the batch
+    /// as written where the store numbers it itself (PostgreSQL).
+    async fn append_new(
+        &self,
+        events: &[SerializedEvent],
+    ) -> Result<(i64, Option<postgres::Appended>), Error> {
         match self {
             Self::Sqlite(s) => s.repository().persist::<ApiKey>(events, None).await,
-            Self::Postgres(s) => return postgres::append_numbered(&s.pool, events).await,
+            Self::Postgres(s) => {
+                let appended = postgres::append_numbered(&s.pool, events).await?;
+                return Ok((appended.through, Some(appended)));
+            }
             #[cfg(feature = "kurrentdb")]
             Self::Kurrent(s) => s.repository().persist::<ApiKey>(events, None).await,
         }
         .map_err(persistence_error)?;
-        self.head().await
+        Ok((self.head().await?, None))
     }
 
     /// Gives committed events their global positions. SQLite numbers them at
@@ -376,6 +386,16 @@ impl EventStore {
             Self::Kurrent(s) => s.projection_db(),
         }
     }
+}
+
+/// What `EventStore::execute_new` did.
+pub struct NewKeysOutcome {
+    /// Each command's outcome, in order.
+    pub outcomes: Vec<Result<(), Error>>,
+    /// A position that includes every create that succeeded.
+    pub through: i64,
+    /// The batch as written, where the store numbers it itself (PostgreSQL).
+    pub written: Option<postgres::Appended>,
 }
 
 /// A command on a key id that has no events yet.

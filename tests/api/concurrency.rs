@@ -222,6 +222,15 @@ async fn twenty_concurrent_creates_issue_twenty_distinct_valid_keys(backend: Bac
     for key in &keys {
         assert_eq!(app.verify_code(key).await, "VALID");
     }
+    // Each answer shows the key exactly as the key list holds it.
+    for r in &replies {
+        let id = r.body["id"].as_str().expect("id");
+        let stored = app.get(&format!("/v1/keys/{id}")).await;
+        let fields = stored.body.as_object().expect("key object");
+        for (field, value) in fields {
+            assert_eq!(&r.body[field], value, "{field} of {id}");
+        }
+    }
     let listed = app.get("/v1/keys?limit=100").await;
     let listed_ids: HashSet<&str> = listed.body["keys"]
         .as_array()
