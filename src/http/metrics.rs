@@ -2,13 +2,17 @@
 //! request latency and key commands for every request.
 
 use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
 
 use crate::http::AppState;
 use crate::metrics::{INDEX_KEYS, PROJECTION_LAG};
@@ -61,30 +65,93 @@ pub async fn render(State(state): State<AppState>) -> Response {
     ([(CONTENT_TYPE, CONTENT_TYPE_TEXT)], body).into_response()
 }
 
-/// Middleware (`axum::middleware::from_fn`): latency of every request by method,
-/// route and status; for key commands also the command and its outcome.
-pub async fn track(request: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = method_name(request.method());
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
-    let command = route
-        .as_deref()
-        .and_then(|r| command_name(request.method(), r));
-    let response = next.run(request).await;
-    let status = response.status();
-    crate::metrics::request(
-        method,
-        route.as_deref().unwrap_or("unmatched"),
-        status.as_u16(),
-        start.elapsed(),
-    );
-    if let Some(command) = command {
-        crate::metrics::command(command, outcome(status));
+/// Middleware: latency of every request by method, route and status; for key
+/// commands also the command and its outcome. A tower layer rather than
+/// `axum::middleware::from_fn`, which clones a boxed service and boxes a
+/// future on every request, verifications included.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrackLayer;
+
+impl<S> Layer<S> for TrackLayer {
+    type Service = Track<S>;
+
+    fn layer(&self, inner: S) -> Track<S> {
+        Track { inner }
     }
-    response
+}
+
+/// The service `TrackLayer` wraps around each route.
+#[derive(Debug, Clone)]
+pub struct Track<S> {
+    inner: S,
+}
+
+impl<S> Service<Request> for Track<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = TrackFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let method = method_name(request.method());
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(|p| p.as_str().to_owned());
+        let command = route
+            .as_deref()
+            .and_then(|r| command_name(request.method(), r));
+        TrackFuture {
+            inner: self.inner.call(request),
+            start: Instant::now(),
+            method,
+            route,
+            command,
+        }
+    }
+}
+
+pin_project! {
+    /// A request in flight; records its metrics when its response is ready.
+    pub struct TrackFuture<F> {
+        #[pin]
+        inner: F,
+        start: Instant,
+        method: &'static str,
+        route: Option<String>,
+        command: Option<&'static str>,
+    }
+}
+
+impl<F, E> Future for TrackFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        if let Ok(response) = &result {
+            let status = response.status();
+            crate::metrics::request(
+                this.method,
+                this.route.as_deref().unwrap_or("unmatched"),
+                status.as_u16(),
+                this.start.elapsed(),
+            );
+            if let Some(command) = this.command {
+                crate::metrics::command(command, outcome(status));
+            }
+        }
+        Poll::Ready(result)
+    }
 }
 
 /// Standard methods by name; anything else is "other" (label values stay bounded).
