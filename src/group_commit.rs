@@ -1,16 +1,20 @@
-//! Group commit for creates. A create is a whole transaction of its own on
-//! the store (append, commit, sequencer round, projection catch-up), and
-//! concurrent creates never touch the same key: so the ones that arrive
-//! together are written together. Workers take whatever is queued (up to
-//! `MAX_BATCH`), append it in one transaction, catch this node's projections
-//! up once, and answer each create. Under no load a batch is one create and
-//! costs what it did alone; under load the commit, the sequencer round and the
-//! projection transaction are shared by the whole batch.
+//! Group commit for creates. A create alone is a whole round on the store
+//! (append, commit, numbering, projection catch-up), and concurrent creates
+//! never touch the same key: so the ones that arrive together are written
+//! together. Workers take whatever is queued (up to `MAX_BATCH`), append it in
+//! one transaction, bring this node's projections up to it once, and answer
+//! each create. Under no load a batch is one create and costs what it did
+//! alone; under load the commit, the numbering and the projection work are
+//! shared by the whole batch. On PostgreSQL the batch also numbers its own
+//! rows and writes its projection rows in the same transaction
+//! (`store::postgres::append_numbered`), and each create is answered from its
+//! event instead of a read of the key list.
 
 use std::sync::Arc;
 
 use keyledger_projections::key_list::KeyRow;
 use keyledger_projections::replay::KeyListFold;
+use keyledger_projections::RecordedEvent;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::error::Error;
@@ -21,8 +25,8 @@ use crate::tailer::Tailer;
 /// the store's statement buffers.
 const MAX_BATCH: usize = 64;
 
-/// Two workers: while one waits for its commit, the other gathers and writes
-/// the next batch.
+/// Two workers: while one waits for its commit or its catch-up, the other
+/// gathers and prepares the next batch.
 const WORKERS: usize = 2;
 
 /// Creates waiting for a worker.
@@ -99,21 +103,11 @@ async fn work(
                 None => tailer.catch_up_to(through).await,
             };
             match caught_up {
-                // Each key as the key list now holds it, folded from its event
-                // by the key list's own rules, instead of a query per create.
                 Ok(()) => {
                     if let Some(w) = &written {
                         for (outcome, create) in outcomes.iter_mut().zip(&creates) {
                             if let Ok(view) = outcome {
-                                *view = w
-                                    .events
-                                    .iter()
-                                    .find(|e| e.key_id == create.key_id)
-                                    .and_then(|e| {
-                                        let mut fold = KeyListFold::default();
-                                        fold.apply(e);
-                                        fold.into_rows().pop()
-                                    });
+                                *view = view_of(&w.events, &create.key_id);
                             }
                         }
                     }
@@ -137,4 +131,13 @@ async fn work(
             let _ = done.send(outcome);
         }
     }
+}
+
+/// A created key as the key list holds it, folded from its event by the key
+/// list's own rules: the answer to its create without a query.
+fn view_of(events: &[RecordedEvent], key_id: &str) -> Option<KeyRow> {
+    let event = events.iter().find(|e| e.key_id == key_id)?;
+    let mut fold = KeyListFold::default();
+    fold.apply(event);
+    fold.into_rows().pop()
 }
