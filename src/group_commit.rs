@@ -12,9 +12,10 @@
 
 use std::sync::Arc;
 
+use keyledger_domain::ApiKeyEvent;
 use keyledger_projections::key_list::KeyRow;
-use keyledger_projections::replay::KeyListFold;
-use keyledger_projections::RecordedEvent;
+use keyledger_projections::replay::created_row;
+use keyledger_projections::{KeyledgerEvent, RecordedEvent};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::error::Error;
@@ -133,11 +134,14 @@ async fn work(
     }
 }
 
-/// A created key as the key list holds it, folded from its event by the key
-/// list's own rules: the answer to its create without a query.
+/// A created key as the key list holds it, built from its event by the key
+/// list's own rule: the answer to its create without a query.
 fn view_of(events: &[RecordedEvent], key_id: &str) -> Option<KeyRow> {
-    let event = events.iter().find(|e| e.key_id == key_id)?;
-    let mut fold = KeyListFold::default();
-    fold.apply(event);
-    fold.into_rows().pop()
+    events
+        .iter()
+        .find(|e| e.key_id == key_id)
+        .and_then(|e| match &e.event {
+            KeyledgerEvent::Key(ApiKeyEvent::KeyCreated(c)) => Some(created_row(e, c)),
+            _ => None,
+        })
 }

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use keyledger_domain::{ApiKeyEvent, KeyUsageEvent};
+use keyledger_domain::{ApiKeyEvent, KeyCreated, KeyUsageEvent};
 
 use crate::audit::AuditEntry;
 use crate::event::{KeyledgerEvent, RecordedEvent};
@@ -36,6 +36,31 @@ pub fn audit_entry(e: &RecordedEvent) -> AuditEntry {
     }
 }
 
+/// The key-list row a `KeyCreated` event starts.
+pub fn created_row(e: &RecordedEvent, c: &KeyCreated) -> KeyRow {
+    KeyRow {
+        id: e.key_id.clone(),
+        tenant: c.tenant.clone(),
+        key_hash: c.key_hash.to_hex(),
+        prefix: c.display_prefix.clone(),
+        name: c.name.clone(),
+        description: c.description.clone(),
+        environment: c.environment.as_str().to_string(),
+        permissions: c.permissions.as_slice().to_vec(),
+        status: STATUS_ACTIVE.to_string(),
+        created_at: ms(c.created_at),
+        created_by: c.created_by.clone(),
+        updated_at: ms(e.event.time()),
+        expires_at: c.expires_at.map(ms),
+        last_used_at: None,
+        usage_count: 0,
+        metadata: c.metadata.clone(),
+        created_position: e.position,
+        rotated_from: c.rotated_from.clone(),
+        rotated_to: None,
+    }
+}
+
 /// The key list, folded from events.
 #[derive(Debug, Default)]
 pub struct KeyListFold {
@@ -47,27 +72,9 @@ impl KeyListFold {
         let at = ms(e.event.time());
         match &e.event {
             KeyledgerEvent::Key(ApiKeyEvent::KeyCreated(c)) => {
-                self.rows.entry(e.key_id.clone()).or_insert_with(|| KeyRow {
-                    id: e.key_id.clone(),
-                    tenant: c.tenant.clone(),
-                    key_hash: c.key_hash.to_hex(),
-                    prefix: c.display_prefix.clone(),
-                    name: c.name.clone(),
-                    description: c.description.clone(),
-                    environment: c.environment.as_str().to_string(),
-                    permissions: c.permissions.as_slice().to_vec(),
-                    status: STATUS_ACTIVE.to_string(),
-                    created_at: ms(c.created_at),
-                    created_by: c.created_by.clone(),
-                    updated_at: at,
-                    expires_at: c.expires_at.map(ms),
-                    last_used_at: None,
-                    usage_count: 0,
-                    metadata: c.metadata.clone(),
-                    created_position: e.position,
-                    rotated_from: c.rotated_from.clone(),
-                    rotated_to: None,
-                });
+                self.rows
+                    .entry(e.key_id.clone())
+                    .or_insert_with(|| created_row(e, c));
             }
             KeyledgerEvent::Key(ApiKeyEvent::KeyUpdated(u)) => {
                 if let Some(row) = self.rows.get_mut(&e.key_id) {

@@ -3,7 +3,7 @@
 //! used, so the text is valid on both engines. Times are epoch milliseconds.
 
 use chrono::{DateTime, Utc};
-use keyledger_domain::{ApiKeyEvent, KeyCreated, KeyUsageEvent};
+use keyledger_domain::{ApiKeyEvent, KeyUsageEvent};
 use serde_json::Value;
 
 use crate::audit::{AuditEntry, AuditFilter, AuditPage, Order};
@@ -11,6 +11,7 @@ use crate::checkpoint::{self, Checkpoints};
 use crate::error::ProjectionError;
 use crate::event::{KeyledgerEvent, RecordedEvent};
 use crate::key_list::{KeyPage, KeyRow, ListFilter, STATUS_ACTIVE, STATUS_INACTIVE};
+use crate::replay::{audit_entry, created_row};
 
 const KEY_COLUMNS: &str = "id, tenant, key_hash, prefix, name, description, environment, \
     permissions, status, created_at, created_by, updated_at, expires_at, last_used_at, \
@@ -18,6 +19,10 @@ const KEY_COLUMNS: &str = "id, tenant, key_hash, prefix, name, description, envi
 
 const AUDIT_COLUMNS: &str = "position, tenant, key_id, sequence, event_type, occurred_at, \
     actor, request_id, data, client_addr, user_agent, event_hash";
+
+/// Events are applied at least once: a row already there was applied before.
+const KEY_REPLAYED: &str = " ON CONFLICT (id) DO NOTHING";
+const AUDIT_REPLAYED: &str = " ON CONFLICT (position) DO NOTHING";
 
 #[derive(sqlx::FromRow)]
 struct KeyRecord {
@@ -265,20 +270,23 @@ macro_rules! backend {
                 // Statements, not events, are what a batch costs: each run of
                 // creates is one multi-row INSERT, the audit rows are one; other
                 // events take a statement each, in order.
-                let mut created: Vec<(&RecordedEvent, &KeyCreated)> = Vec::new();
+                let mut created: Vec<KeyRow> = Vec::new();
                 for e in events.iter().filter(|e| e.position > current.key_list) {
                     if let KeyledgerEvent::Key(ApiKeyEvent::KeyCreated(c)) = &e.event {
-                        created.push((e, c));
+                        created.push(created_row(e, c));
                     } else {
-                        insert_created(tx, &created).await?;
+                        insert_key_rows(tx, "key_list", &created, KEY_REPLAYED).await?;
                         created.clear();
                         apply_key_list(tx, e).await?;
                     }
                 }
-                insert_created(tx, &created).await?;
-                let audited: Vec<&RecordedEvent> =
-                    events.iter().filter(|e| e.position > current.audit_log).collect();
-                insert_audit(tx, &audited).await?;
+                insert_key_rows(tx, "key_list", &created, KEY_REPLAYED).await?;
+                let audited: Vec<AuditEntry> = events
+                    .iter()
+                    .filter(|e| e.position > current.audit_log)
+                    .map(audit_entry)
+                    .collect();
+                insert_audit_rows(tx, "audit_log", &audited, AUDIT_REPLAYED).await?;
                 let next = Checkpoints {
                     key_list: current.key_list.max(through),
                     audit_log: current.audit_log.max(through),
@@ -296,37 +304,39 @@ macro_rules! backend {
                 Ok(next)
             }
 
-            /// Adds created keys to the key list (a replayed one is skipped).
-            async fn insert_created(
+            /// Inserts key-list rows into `table`, 500 per statement; `tail`
+            /// ends each statement (a conflict rule, or nothing).
+            async fn insert_key_rows(
                 tx: &mut Transaction<'_, Db>,
-                created: &[(&RecordedEvent, &KeyCreated)],
+                table: &str,
+                rows: &[KeyRow],
+                tail: &str,
             ) -> Result<(), ProjectionError> {
-                for chunk in created.chunks(500) {
-                    let mut q = sqlx::QueryBuilder::<Db>::new(format!(
-                        "INSERT INTO key_list ({KEY_COLUMNS}) "
-                    ));
-                    q.push_values(chunk, |mut b, (e, c)| {
-                        b.push_bind(e.key_id.clone())
-                            .push_bind(c.tenant.clone())
-                            .push_bind(c.key_hash.to_hex())
-                            .push_bind(c.display_prefix.clone())
-                            .push_bind(c.name.clone())
-                            .push_bind(c.description.clone())
-                            .push_bind(c.environment.as_str())
-                            .push_bind(json_text(&c.permissions))
-                            .push_bind(STATUS_ACTIVE)
-                            .push_bind(c.created_at.timestamp_millis())
-                            .push_bind(c.created_by.clone())
-                            .push_bind(e.event.time().timestamp_millis())
-                            .push_bind(c.expires_at.map(|t| t.timestamp_millis()))
-                            .push_bind(None::<i64>)
-                            .push_bind(0_i64)
-                            .push_bind(c.metadata.as_ref().map(json_text))
-                            .push_bind(e.position)
-                            .push_bind(c.rotated_from.clone())
-                            .push_bind(None::<String>);
+                for chunk in rows.chunks(500) {
+                    let mut q =
+                        sqlx::QueryBuilder::<Db>::new(format!("INSERT INTO {table} ({KEY_COLUMNS}) "));
+                    q.push_values(chunk, |mut b, r| {
+                        b.push_bind(r.id.clone())
+                            .push_bind(r.tenant.clone())
+                            .push_bind(r.key_hash.clone())
+                            .push_bind(r.prefix.clone())
+                            .push_bind(r.name.clone())
+                            .push_bind(r.description.clone())
+                            .push_bind(r.environment.clone())
+                            .push_bind(json_text(&r.permissions))
+                            .push_bind(r.status.clone())
+                            .push_bind(r.created_at.timestamp_millis())
+                            .push_bind(r.created_by.clone())
+                            .push_bind(r.updated_at.timestamp_millis())
+                            .push_bind(r.expires_at.map(|t| t.timestamp_millis()))
+                            .push_bind(r.last_used_at.map(|t| t.timestamp_millis()))
+                            .push_bind(r.usage_count)
+                            .push_bind(r.metadata.as_ref().map(json_text))
+                            .push_bind(r.created_position)
+                            .push_bind(r.rotated_from.clone())
+                            .push_bind(r.rotated_to.clone());
                     });
-                    q.push(" ON CONFLICT (id) DO NOTHING");
+                    q.push(tail);
                     // Row counts vary, so each text is used once: not worth a
                     // cached prepared statement per size.
                     q.build().persistent(false).execute(&mut **tx).await?;
@@ -334,30 +344,32 @@ macro_rules! backend {
                 Ok(())
             }
 
-            /// Appends events to the audit log (a replayed one is skipped).
-            async fn insert_audit(
+            /// Inserts audit rows into `table`, 1,000 per statement; `tail` as above.
+            async fn insert_audit_rows(
                 tx: &mut Transaction<'_, Db>,
-                events: &[&RecordedEvent],
+                table: &str,
+                rows: &[AuditEntry],
+                tail: &str,
             ) -> Result<(), ProjectionError> {
-                for chunk in events.chunks(1000) {
+                for chunk in rows.chunks(1000) {
                     let mut q = sqlx::QueryBuilder::<Db>::new(format!(
-                        "INSERT INTO audit_log ({AUDIT_COLUMNS}) "
+                        "INSERT INTO {table} ({AUDIT_COLUMNS}) "
                     ));
-                    q.push_values(chunk, |mut b, e| {
-                        b.push_bind(e.position)
-                            .push_bind(e.meta.tenant.clone())
-                            .push_bind(e.key_id.clone())
-                            .push_bind(e.sequence)
-                            .push_bind(e.type_name())
-                            .push_bind(e.meta.occurred_at.timestamp_millis())
-                            .push_bind(e.meta.actor.clone())
-                            .push_bind(e.meta.request_id.clone())
-                            .push_bind(json_text(&e.audit_data()))
-                            .push_bind(e.meta.client_addr.clone())
-                            .push_bind(e.meta.user_agent.clone())
-                            .push_bind(e.hash.clone());
+                    q.push_values(chunk, |mut b, r| {
+                        b.push_bind(r.position)
+                            .push_bind(r.tenant.clone())
+                            .push_bind(r.key_id.clone())
+                            .push_bind(r.sequence)
+                            .push_bind(r.event_type.clone())
+                            .push_bind(r.occurred_at.timestamp_millis())
+                            .push_bind(r.actor.clone())
+                            .push_bind(r.request_id.clone())
+                            .push_bind(json_text(&r.data))
+                            .push_bind(r.client_addr.clone())
+                            .push_bind(r.user_agent.clone())
+                            .push_bind(r.event_hash.clone());
                     });
-                    q.push(" ON CONFLICT (position) DO NOTHING");
+                    q.push(tail);
                     q.build().persistent(false).execute(&mut **tx).await?;
                 }
                 Ok(())
@@ -370,7 +382,7 @@ macro_rules! backend {
                 let at = e.event.time().timestamp_millis();
                 match &e.event {
                     KeyledgerEvent::Key(ApiKeyEvent::KeyCreated(c)) => {
-                        insert_created(tx, &[(e, c)]).await?;
+                        insert_key_rows(tx, "key_list", &[created_row(e, c)], KEY_REPLAYED).await?;
                     }
                     KeyledgerEvent::Key(ApiKeyEvent::KeyUpdated(u)) => {
                         let mut sets: Vec<(&str, Option<String>, Option<i64>)> = Vec::new();
@@ -584,34 +596,7 @@ macro_rules! backend {
                 rows: &[KeyRow],
             ) -> Result<(), ProjectionError> {
                 let mut tx = pool.begin().await?;
-                for chunk in rows.chunks(500) {
-                    let mut q = sqlx::QueryBuilder::<Db>::new(format!(
-                        "INSERT INTO {} ({KEY_COLUMNS}) ",
-                        Table::KeyList.scratch()
-                    ));
-                    q.push_values(chunk, |mut b, r| {
-                        b.push_bind(r.id.clone())
-                            .push_bind(r.tenant.clone())
-                            .push_bind(r.key_hash.clone())
-                            .push_bind(r.prefix.clone())
-                            .push_bind(r.name.clone())
-                            .push_bind(r.description.clone())
-                            .push_bind(r.environment.clone())
-                            .push_bind(json_text(&r.permissions))
-                            .push_bind(r.status.clone())
-                            .push_bind(r.created_at.timestamp_millis())
-                            .push_bind(r.created_by.clone())
-                            .push_bind(r.updated_at.timestamp_millis())
-                            .push_bind(r.expires_at.map(|t| t.timestamp_millis()))
-                            .push_bind(r.last_used_at.map(|t| t.timestamp_millis()))
-                            .push_bind(r.usage_count)
-                            .push_bind(r.metadata.as_ref().map(json_text))
-                            .push_bind(r.created_position)
-                            .push_bind(r.rotated_from.clone())
-                            .push_bind(r.rotated_to.clone());
-                    });
-                    q.build().execute(&mut *tx).await?;
-                }
+                insert_key_rows(&mut tx, Table::KeyList.scratch(), rows, "").await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -623,27 +608,7 @@ macro_rules! backend {
                 rows: &[AuditEntry],
             ) -> Result<(), ProjectionError> {
                 let mut tx = pool.begin().await?;
-                for chunk in rows.chunks(1000) {
-                    let mut q = sqlx::QueryBuilder::<Db>::new(format!(
-                        "INSERT INTO {} ({AUDIT_COLUMNS}) ",
-                        Table::AuditLog.scratch()
-                    ));
-                    q.push_values(chunk, |mut b, r| {
-                        b.push_bind(r.position)
-                            .push_bind(r.tenant.clone())
-                            .push_bind(r.key_id.clone())
-                            .push_bind(r.sequence)
-                            .push_bind(r.event_type.clone())
-                            .push_bind(r.occurred_at.timestamp_millis())
-                            .push_bind(r.actor.clone())
-                            .push_bind(r.request_id.clone())
-                            .push_bind(json_text(&r.data))
-                            .push_bind(r.client_addr.clone())
-                            .push_bind(r.user_agent.clone())
-                            .push_bind(r.event_hash.clone());
-                    });
-                    q.build().execute(&mut *tx).await?;
-                }
+                insert_audit_rows(&mut tx, Table::AuditLog.scratch(), rows, "").await?;
                 tx.commit().await?;
                 Ok(())
             }

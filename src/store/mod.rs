@@ -258,7 +258,7 @@ impl EventStore {
                 .unwrap_or_else(|| (0, GENESIS.to_string()));
             let mut metadata = metadata.clone();
             metadata.insert(PREV_HASH.to_string(), prev);
-            serialized.push(serialize_usage(id, last + 1, event, &metadata)?);
+            serialized.push(serialize(KeyUsage::TYPE, id, last + 1, event, &metadata)?);
         }
         match self {
             Self::Sqlite(s) => s.repository().persist::<KeyUsage>(&serialized, None).await,
@@ -295,7 +295,7 @@ impl EventStore {
         let last = self.last_sequence(KeyUsage::TYPE, key_id).await?;
         let prev = self.hash_at(KeyUsage::TYPE, key_id, last).await?;
         metadata.insert(PREV_HASH.to_string(), prev);
-        let serialized = serialize_usage(key_id, last + 1, event, &metadata)?;
+        let serialized = serialize(KeyUsage::TYPE, key_id, last + 1, event, &metadata)?;
         match self {
             Self::Sqlite(s) => {
                 s.repository()
@@ -430,16 +430,6 @@ async fn backoff(attempt: usize) {
     let max_ms = 2u64 << attempt.min(6);
     let ms = rand::rng().random_range(0..=max_ms);
     tokio::time::sleep(Duration::from_millis(ms)).await;
-}
-
-/// Builds the stored form of a usage event, as cqrs-es would.
-fn serialize_usage(
-    key_id: &str,
-    sequence: usize,
-    event: &KeyUsageEvent,
-    metadata: &EventMetadata,
-) -> Result<SerializedEvent, Error> {
-    serialize(KeyUsage::TYPE, key_id, sequence, event, metadata)
 }
 
 /// Builds the stored form of an event, as cqrs-es's `commit` does.

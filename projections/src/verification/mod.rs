@@ -276,20 +276,32 @@ impl Maps {
 #[derive(Debug, Default)]
 struct WriterSide {
     ids: IdTable,
-    tenants: HashMap<Arc<str>, u64>,
+    tenants: HashMap<Arc<str>, Tenant>,
     permissions: HashSet<Arc<Permissions>>,
 }
 
+/// A tenant's shared name and its number of keys in the index.
+#[derive(Debug)]
+struct Tenant {
+    name: Arc<str>,
+    keys: u64,
+}
+
 impl WriterSide {
-    /// Makes `key` share its tenant and permission set with other keys.
-    fn intern(&mut self, mut key: IndexedKey) -> IndexedKey {
-        key.tenant = match self.tenants.get_key_value(&key.tenant) {
-            Some((t, _)) => t.clone(),
-            None => {
-                self.tenants.insert(key.tenant.clone(), 0);
-                key.tenant
+    /// Makes `key` share its tenant and permission set with other keys, and
+    /// counts `added` more keys for its tenant (one lookup for both).
+    fn intern(&mut self, mut key: IndexedKey, added: u64) -> IndexedKey {
+        match self.tenants.get_mut(&*key.tenant) {
+            Some(t) => {
+                t.keys += added;
+                key.tenant = t.name.clone();
             }
-        };
+            None => {
+                let name = key.tenant.clone();
+                self.tenants
+                    .insert(name.clone(), Tenant { name, keys: added });
+            }
+        }
         key.permissions = match self.permissions.get(&key.permissions) {
             Some(p) => p.clone(),
             None => {
@@ -358,11 +370,7 @@ impl VerificationIndex {
         let key = {
             let mut writer = maps.writer();
             writer.ids.insert(&key.key_id, hash);
-            let key = writer.intern(key);
-            if let Some(held) = writer.tenants.get_mut(&key.tenant) {
-                *held += 1;
-            }
-            key
+            writer.intern(key, 1)
         };
         maps.by_hash.pin().insert(hash, key);
     }
@@ -375,8 +383,7 @@ impl VerificationIndex {
             .writer()
             .tenants
             .get(tenant)
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |t| t.keys)
     }
 
     /// Sets the checkpoint after a bulk load.
@@ -509,8 +516,8 @@ impl VerificationIndex {
                 let hash = writer.ids.remove(&KeyId::new(&event.key_id));
                 if let Some(hash) = hash {
                     if let Some(gone) = maps.by_hash.pin().remove(&hash) {
-                        if let Some(held) = writer.tenants.get_mut(gone.tenant()) {
-                            *held = held.saturating_sub(1);
+                        if let Some(t) = writer.tenants.get_mut(gone.tenant()) {
+                            t.keys = t.keys.saturating_sub(1);
                         }
                         // Uses counted before the deletion still happened.
                         retire_into(gone, None, &self.orphaned);
@@ -537,7 +544,7 @@ impl VerificationIndex {
         };
         let map = maps.by_hash.pin();
         if let Some(current) = map.get(&hash) {
-            let next = writer.intern(f(current));
+            let next = writer.intern(f(current), 0);
             // Successor first, then retire: a verification that sees the old
             // entry retired finds the new one in the map.
             map.insert(hash, next);
