@@ -26,9 +26,13 @@ use crate::tailer::Tailer;
 /// the store's statement buffers.
 const MAX_BATCH: usize = 64;
 
-/// Two workers: while one waits for its commit or its catch-up, the other
-/// gathers and prepares the next batch.
-const WORKERS: usize = 2;
+/// One worker. Every batch holds the numbering lock until it commits, so
+/// batches never commit in parallel; a second worker only splits the queue
+/// into smaller batches that wait for each other's lock (PostgreSQL, 16
+/// clients, one run each: 1 worker 5,604 creates/s, 2: 4,774, 3: 4,123,
+/// 4: 3,549). The worker is busy only while its statement runs; creates that
+/// arrive meanwhile make the next batch.
+const WORKERS: usize = 1;
 
 /// Creates waiting for a worker.
 const QUEUE: usize = 1024;
@@ -86,6 +90,7 @@ async fn work(
         }
         let (creates, waiting): (Vec<_>, Vec<_>) =
             batch.drain(..).map(|p| (p.create, p.done)).unzip();
+        let own = tailer.own_batch();
         let NewKeysOutcome {
             outcomes,
             through,
@@ -126,6 +131,7 @@ async fn work(
                 }
             }
         }
+        drop(own);
         for (done, outcome) in waiting.into_iter().zip(outcomes) {
             // The caller may have gone away (client disconnected); its key
             // exists all the same, as with any command.

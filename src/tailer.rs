@@ -3,6 +3,7 @@
 //! command's response includes its effect), on wake-ups, and on a polling timer so
 //! that events written by other processes arrive too.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,27 @@ pub struct Tailer {
     wake: Notify,
     /// The key-list rebuild generation this node's index was loaded at.
     generation: std::sync::atomic::AtomicI64,
+    /// Batches this node is appending and will apply itself (`own_batch`).
+    own_in_flight: AtomicUsize,
+    /// A wake-up arrived while own batches were in flight and was put off.
+    deferred: AtomicBool,
+}
+
+/// Held by a group-commit worker from before its append until its batch is
+/// applied: see `Tailer::own_batch`.
+pub struct OwnBatch<'a> {
+    tailer: &'a Tailer,
+}
+
+impl Drop for OwnBatch<'_> {
+    fn drop(&mut self) {
+        let t = self.tailer;
+        if t.own_in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+            && t.deferred.swap(false, Ordering::SeqCst)
+        {
+            t.wake();
+        }
+    }
 }
 
 impl Tailer {
@@ -35,6 +57,8 @@ impl Tailer {
             lock: Mutex::new(()),
             wake: Notify::new(),
             generation: std::sync::atomic::AtomicI64::new(0),
+            own_in_flight: AtomicUsize::new(0),
+            deferred: AtomicBool::new(false),
         }
     }
 
@@ -142,6 +166,30 @@ impl Tailer {
         }
     }
 
+    /// Marks a batch this node is about to append and will apply itself
+    /// (`take_own`). Its commit notifies every node, this one included; a
+    /// catch-up woken by that would read back and decode the very events the
+    /// worker is about to apply from memory, and hold the lock the worker
+    /// needs. So wake-ups that arrive while own batches are in flight are put
+    /// off until the last of them is applied (the guard's drop wakes the loop
+    /// then), which also brings in any other node's events that came meanwhile.
+    pub fn own_batch(&self) -> OwnBatch<'_> {
+        self.own_in_flight.fetch_add(1, Ordering::SeqCst);
+        OwnBatch { tailer: self }
+    }
+
+    /// Whether a wake-up should wait for the own batches in flight. Flag
+    /// first, then count (the guard counts down, then takes the flag), so a
+    /// wake-up is never both put off and forgotten.
+    fn put_off(&self) -> bool {
+        self.deferred.store(true, Ordering::SeqCst);
+        if self.own_in_flight.load(Ordering::SeqCst) > 0 {
+            return true;
+        }
+        self.deferred.store(false, Ordering::SeqCst);
+        false
+    }
+
     /// Asks the background loop to catch up now.
     pub fn wake(&self) {
         self.wake.notify_one();
@@ -155,6 +203,9 @@ impl Tailer {
                 () = self.wake.notified() => false,
                 () = tokio::time::sleep(poll) => true,
             };
+            if !polled && self.put_off() {
+                continue;
+            }
             // Events whose writer died between its commit and numbering them
             // (PostgreSQL) are numbered by whichever node polls next.
             if polled {

@@ -35,21 +35,6 @@ async fn load_index(db: &ProjectionDb) -> Result<VerificationIndex, ProjectionEr
     }
 }
 
-/// Applies events to the PostgreSQL key list and audit log inside the event
-/// store's own transaction, when both stand exactly at `after` (group commit:
-/// a batch's projection rows commit with its events, no second transaction).
-/// Returns whether they were applied; if not, the tailer applies them later.
-pub async fn apply_in_transaction(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    events: &[RecordedEvent],
-    after: i64,
-    through: i64,
-) -> Result<bool, ProjectionError> {
-    Ok(sql::postgres::apply_after(tx, events, after, through)
-        .await?
-        .is_some())
-}
-
 /// The projections of one node.
 #[derive(Debug)]
 pub struct Projections {

@@ -223,24 +223,6 @@ macro_rules! backend {
                 Ok(next)
             }
 
-            /// Applies a batch inside the caller's transaction (group commit
-            /// writes a batch's projection rows with its events), but only when
-            /// both projections stand exactly at `after`: otherwise nothing is
-            /// applied, `None` comes back, and the tailer brings them along.
-            #[allow(dead_code)]
-            pub(crate) async fn apply_after(
-                tx: &mut Transaction<'_, Db>,
-                events: &[RecordedEvent],
-                after: i64,
-                through: i64,
-            ) -> Result<Option<Checkpoints>, ProjectionError> {
-                let current = lock_checkpoints(tx).await?;
-                if current.key_list != after || current.audit_log != after {
-                    return Ok(None);
-                }
-                apply_locked(tx, events, current, through).await.map(Some)
-            }
-
             /// Locks and reads both checkpoints. Write first: it takes the write
             /// lock (SQLite) or the row locks (PostgreSQL) before reading, so two
             /// appliers never both apply the same events, and SQLite never has

@@ -11,6 +11,7 @@ mod errors;
 pub mod feed;
 #[cfg(feature = "kurrentdb")]
 pub mod kurrent;
+mod numbered_append;
 pub mod postgres;
 pub mod sqlite;
 
@@ -171,11 +172,11 @@ impl EventStore {
     async fn append_new(
         &self,
         events: &[SerializedEvent],
-    ) -> Result<(i64, Option<postgres::Appended>), Error> {
+    ) -> Result<(i64, Option<numbered_append::Appended>), Error> {
         match self {
             Self::Sqlite(s) => s.repository().persist::<ApiKey>(events, None).await,
             Self::Postgres(s) => {
-                let appended = postgres::append_numbered(&s.pool, events).await?;
+                let appended = numbered_append::append_numbered(&s.pool, events).await?;
                 return Ok((appended.through, Some(appended)));
             }
             #[cfg(feature = "kurrentdb")]
@@ -395,7 +396,7 @@ pub struct NewKeysOutcome {
     /// A position that includes every create that succeeded.
     pub through: i64,
     /// The batch as written, where the store numbers it itself (PostgreSQL).
-    pub written: Option<postgres::Appended>,
+    pub written: Option<numbered_append::Appended>,
 }
 
 /// A command on a key id that has no events yet.

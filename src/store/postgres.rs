@@ -8,13 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cqrs_es::persist::PersistedEventStore;
-use cqrs_es::persist::SerializedEvent;
 use keyledger_domain::ApiKey;
-use keyledger_projections::projector::apply_in_transaction;
-use keyledger_projections::{RawEvent, RecordedEvent};
 use postgres_es::PostgresEventRepository;
 use sqlx::postgres::{PgListener, PgPoolOptions};
-use sqlx::{PgPool, Postgres, QueryBuilder};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
@@ -58,89 +55,6 @@ impl PostgresStore {
 
     pub(crate) fn repository(&self) -> PostgresEventRepository {
         PostgresEventRepository::new(self.pool.clone())
-    }
-}
-
-/// What a numbered append wrote.
-pub struct Appended {
-    /// The highest position given before the append; its events follow it.
-    pub after: i64,
-    /// The last position it gave.
-    pub through: i64,
-    /// Its events as the feed will return them.
-    pub events: Vec<RecordedEvent>,
-    /// Whether the SQL projections took them in the same transaction.
-    pub projected: bool,
-}
-
-/// Appends events with their global positions in one transaction that holds
-/// the numbering lock until it commits (migrations/postgres/0008): the path of
-/// group commit, whose batches need neither the sequencer's second write of
-/// every row nor its round trip. When the key list and audit log stand right
-/// before the batch (as they do unless another writer's events are still
-/// being applied), the batch's projection rows go into the same transaction,
-/// which saves the tailer a second one. A row whose stream already has that
-/// sequence fails the whole append with `Conflict`.
-pub async fn append_numbered(pool: &PgPool, events: &[SerializedEvent]) -> Result<Appended, Error> {
-    let mut tx = pool.begin().await.map_err(store_error)?;
-    let after: i64 = sqlx::query_scalar("SELECT keyledger_reserve_positions()")
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(store_error)?;
-    let mut through = after;
-    for chunk in events.chunks(1000) {
-        let mut insert = QueryBuilder::<Postgres>::new(
-            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
-             event_version, payload, metadata, global_position) ",
-        );
-        insert.push_values(chunk, |mut row, e| {
-            through += 1;
-            row.push_bind(&e.aggregate_type)
-                .push_bind(&e.aggregate_id)
-                .push_bind(i64::try_from(e.sequence).unwrap_or(i64::MAX))
-                .push_bind(&e.event_type)
-                .push_bind(&e.event_version)
-                .push_bind(&e.payload)
-                .push_bind(&e.metadata)
-                .push_bind(through);
-        });
-        insert
-            .build()
-            .persistent(false)
-            .execute(&mut *tx)
-            .await
-            .map_err(append_error)?;
-    }
-    let mut recorded = Vec::with_capacity(events.len());
-    for (position, e) in (after + 1..).zip(events) {
-        let raw = RawEvent {
-            position,
-            aggregate_type: e.aggregate_type.clone(),
-            aggregate_id: e.aggregate_id.clone(),
-            sequence: i64::try_from(e.sequence).unwrap_or(i64::MAX),
-            event_type: e.event_type.clone(),
-            event_version: e.event_version.clone(),
-            payload: e.payload.clone(),
-            metadata: e.metadata.clone(),
-        };
-        if let Some(event) = RecordedEvent::decode(raw)? {
-            recorded.push(event);
-        }
-    }
-    let projected = apply_in_transaction(&mut tx, &recorded, after, through).await?;
-    tx.commit().await.map_err(store_error)?;
-    Ok(Appended {
-        after,
-        through,
-        events: recorded,
-        projected,
-    })
-}
-
-fn append_error(e: sqlx::Error) -> Error {
-    match e.as_database_error().and_then(|d| d.code()) {
-        Some(code) if code == "23505" => Error::Conflict,
-        _ => store_error(e),
     }
 }
 

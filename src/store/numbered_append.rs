@@ -1,0 +1,321 @@
+//! Group commit's append on PostgreSQL: a batch of events, numbered under the
+//! numbering lock, with its key-list and audit rows, in **one statement** that
+//! runs as its own transaction (no `BEGIN`, no `COMMIT`: one round trip).
+//!
+//! Every giver of positions holds the numbering lock until it commits
+//! (migrations/postgres/0008), so the lock's hold time bounds how many batches
+//! commit per second. Each round trip under the lock is one the other worker
+//! waits for; the earlier version sent seven (reserve, insert events, lock the
+//! checkpoints, insert key-list rows, insert audit rows, move the checkpoints,
+//! commit) and decoded the batch in between. Here everything that does not need
+//! the positions (decoding, building the projection rows) happens before the
+//! statement, with positions counted from 1; the statement adds the base it
+//! reserved. The statement text never changes with the batch size, so it is
+//! prepared once per connection (the arrays carry the rows).
+//!
+//! The projection rows are written only when both checkpoints stand exactly at
+//! the reserved base (the `moved` step): otherwise another writer's events are
+//! still to be applied first, and the tailer applies this batch after them.
+//! That test sits in the `SET`, not the `WHERE`: the statement's snapshot is
+//! older than the lock it waits for, and under READ COMMITTED a `WHERE` on a
+//! row another batch has moved meanwhile is judged on the old version (and
+//! fails), while `SET` is computed on the newest version.
+
+use std::sync::LazyLock;
+
+use cqrs_es::persist::SerializedEvent;
+use keyledger_domain::ApiKeyEvent;
+use keyledger_projections::audit::AuditEntry;
+use keyledger_projections::checkpoint;
+use keyledger_projections::key_list::KeyRow;
+use keyledger_projections::replay::{audit_entry, created_row};
+use keyledger_projections::{KeyledgerEvent, RawEvent, RecordedEvent};
+use sqlx::PgPool;
+
+use crate::error::Error;
+use crate::store::feed::store_error;
+
+/// What a numbered append wrote.
+pub struct Appended {
+    /// The highest position given before the append; its events follow it.
+    pub after: i64,
+    /// The last position it gave.
+    pub through: i64,
+    /// Its events as the feed will return them.
+    pub events: Vec<RecordedEvent>,
+    /// Whether the SQL projections took them in the same transaction.
+    pub projected: bool,
+}
+
+/// The statement. `$1..$7` are the events' columns, `$8..$26` the key-list
+/// rows', `$27..$38` the audit rows', `$39`/`$40` the checkpoint names, `$41`
+/// the number of events. Positions in the arrays count from 1 and get the
+/// reserved base added here.
+static APPEND: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH base AS MATERIALIZED (SELECT keyledger_reserve_positions() AS after), \
+         appended AS ( \
+            INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
+                                event_version, payload, metadata, global_position) \
+            SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, \
+                   e.event_version, e.payload::json, e.metadata::json, b.after + e.n \
+              FROM base b, UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], \
+                                  $5::text[], $6::text[], $7::text[]) WITH ORDINALITY \
+                   AS e(aggregate_type, aggregate_id, sequence, event_type, \
+                        event_version, payload, metadata, n)), \
+         moved AS ( \
+            UPDATE projection_checkpoints c \
+               SET position = CASE WHEN c.position = b.after THEN b.after + $41 \
+                                   ELSE c.position END \
+              FROM base b \
+             WHERE c.name IN ($39, $40) \
+            RETURNING c.position = b.after + $41 AS ok), \
+         projected AS (SELECT count(*) FILTER (WHERE ok) = 2 AS yes FROM moved), \
+         keys AS ( \
+            INSERT INTO key_list ({key_columns}) \
+            SELECT {key_select} \
+              FROM base b, projected p, \
+                   UNNEST($8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
+                          $13::text[], $14::text[], $15::text[], $16::text[], $17::int8[], \
+                          $18::text[], $19::int8[], $20::int8[], $21::int8[], $22::int8[], \
+                          $23::text[], $24::int8[], $25::text[], $26::text[]) \
+                   AS k({key_columns}) \
+             WHERE p.yes \
+            ON CONFLICT (id) DO NOTHING), \
+         audited AS ( \
+            INSERT INTO audit_log ({audit_columns}) \
+            SELECT {audit_select} \
+              FROM base b, projected p, \
+                   UNNEST($27::int8[], $28::text[], $29::text[], $30::int8[], $31::text[], \
+                          $32::int8[], $33::text[], $34::text[], $35::text[], $36::text[], \
+                          $37::text[], $38::text[]) \
+                   AS a({audit_columns}) \
+             WHERE p.yes \
+            ON CONFLICT (position) DO NOTHING) \
+         SELECT b.after, p.yes FROM base b, projected p",
+        key_columns = KEY_COLUMNS.join(", "),
+        key_select = select_list("k", KEY_COLUMNS, "created_position"),
+        audit_columns = AUDIT_COLUMNS.join(", "),
+        audit_select = select_list("a", AUDIT_COLUMNS, "position"),
+    )
+});
+
+/// The key list's columns, in the order of the arrays bound for them.
+const KEY_COLUMNS: &[&str] = &[
+    "id",
+    "tenant",
+    "key_hash",
+    "prefix",
+    "name",
+    "description",
+    "environment",
+    "permissions",
+    "status",
+    "created_at",
+    "created_by",
+    "updated_at",
+    "expires_at",
+    "last_used_at",
+    "usage_count",
+    "metadata",
+    "created_position",
+    "rotated_from",
+    "rotated_to",
+];
+
+/// The audit log's columns, in the order of the arrays bound for them.
+const AUDIT_COLUMNS: &[&str] = &[
+    "position",
+    "tenant",
+    "key_id",
+    "sequence",
+    "event_type",
+    "occurred_at",
+    "actor",
+    "request_id",
+    "data",
+    "client_addr",
+    "user_agent",
+    "event_hash",
+];
+
+/// `t.c1, t.c2, …`, with the relative `position` column moved by the base.
+fn select_list(table: &str, columns: &[&str], position: &str) -> String {
+    columns
+        .iter()
+        .map(|c| {
+            if *c == position {
+                format!("b.after + {table}.{c}")
+            } else {
+                format!("{table}.{c}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Appends events with their global positions, and their projection rows when
+/// the projections stand right before them, in one statement. A row whose
+/// stream already has that sequence fails the whole append with `Conflict`.
+pub async fn append_numbered(pool: &PgPool, events: &[SerializedEvent]) -> Result<Appended, Error> {
+    let mut recorded = Vec::with_capacity(events.len());
+    for (position, e) in (1..).zip(events) {
+        let raw = RawEvent {
+            position,
+            aggregate_type: e.aggregate_type.clone(),
+            aggregate_id: e.aggregate_id.clone(),
+            sequence: i64::try_from(e.sequence).unwrap_or(i64::MAX),
+            event_type: e.event_type.clone(),
+            event_version: e.event_version.clone(),
+            payload: e.payload.clone(),
+            metadata: e.metadata.clone(),
+        };
+        if let Some(event) = RecordedEvent::decode(raw)? {
+            recorded.push(event);
+        }
+    }
+    let keys: Vec<KeyRow> = recorded
+        .iter()
+        .filter_map(|e| match &e.event {
+            KeyledgerEvent::Key(ApiKeyEvent::KeyCreated(c)) => Some(created_row(e, c)),
+            _ => None,
+        })
+        .collect();
+    // Only creates come through here; anything else is left to the tailer, in
+    // order, by not projecting this batch at all.
+    let projectable = keys.len() == recorded.len();
+    let audit: Vec<AuditEntry> = recorded.iter().map(audit_entry).collect();
+    let count = i64::try_from(events.len()).map_err(|e| Error::Internal(e.to_string()))?;
+
+    let query = sqlx::query_as::<_, (i64, bool)>(&APPEND)
+        .bind(
+            events
+                .iter()
+                .map(|e| e.aggregate_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|e| e.aggregate_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|e| i64::try_from(e.sequence).unwrap_or(i64::MAX))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|e| e.event_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|e| e.event_version.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|e| e.payload.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|e| e.metadata.to_string())
+                .collect::<Vec<_>>(),
+        );
+    let keys = if projectable { &keys[..] } else { &[] };
+    let audit = if projectable { &audit[..] } else { &[] };
+    let query = bind_keys(query, keys);
+    let query = bind_audit(query, audit);
+    let (after, projected) = query
+        .bind(if projectable {
+            checkpoint::KEY_LIST
+        } else {
+            ""
+        })
+        .bind(if projectable {
+            checkpoint::AUDIT_LOG
+        } else {
+            ""
+        })
+        .bind(count)
+        .fetch_one(pool)
+        .await
+        .map_err(append_error)?;
+    for e in &mut recorded {
+        e.position += after;
+    }
+    Ok(Appended {
+        after,
+        through: after + count,
+        events: recorded,
+        projected,
+    })
+}
+
+type AppendQuery<'q> =
+    sqlx::query::QueryAs<'q, sqlx::Postgres, (i64, bool), sqlx::postgres::PgArguments>;
+
+fn bind_keys<'q>(query: AppendQuery<'q>, rows: &[KeyRow]) -> AppendQuery<'q> {
+    let text = |f: fn(&KeyRow) -> String| rows.iter().map(f).collect::<Vec<_>>();
+    let opt_text = |f: fn(&KeyRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
+    let int = |f: fn(&KeyRow) -> i64| rows.iter().map(f).collect::<Vec<_>>();
+    let opt_int = |f: fn(&KeyRow) -> Option<i64>| rows.iter().map(f).collect::<Vec<_>>();
+    query
+        .bind(text(|r| r.id.clone()))
+        .bind(text(|r| r.tenant.clone()))
+        .bind(text(|r| r.key_hash.clone()))
+        .bind(text(|r| r.prefix.clone()))
+        .bind(text(|r| r.name.clone()))
+        .bind(opt_text(|r| r.description.clone()))
+        .bind(text(|r| r.environment.clone()))
+        .bind(text(|r| json_text(&r.permissions)))
+        .bind(text(|r| r.status.clone()))
+        .bind(int(|r| r.created_at.timestamp_millis()))
+        .bind(text(|r| r.created_by.clone()))
+        .bind(int(|r| r.updated_at.timestamp_millis()))
+        .bind(opt_int(|r| r.expires_at.map(|t| t.timestamp_millis())))
+        .bind(opt_int(|r| r.last_used_at.map(|t| t.timestamp_millis())))
+        .bind(int(|r| r.usage_count))
+        .bind(opt_text(|r| r.metadata.as_ref().map(json_text)))
+        .bind(int(|r| r.created_position))
+        .bind(opt_text(|r| r.rotated_from.clone()))
+        .bind(opt_text(|r| r.rotated_to.clone()))
+}
+
+fn bind_audit<'q>(query: AppendQuery<'q>, rows: &[AuditEntry]) -> AppendQuery<'q> {
+    let text = |f: fn(&AuditEntry) -> String| rows.iter().map(f).collect::<Vec<_>>();
+    let opt_text = |f: fn(&AuditEntry) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
+    let int = |f: fn(&AuditEntry) -> i64| rows.iter().map(f).collect::<Vec<_>>();
+    query
+        .bind(int(|r| r.position))
+        .bind(text(|r| r.tenant.clone()))
+        .bind(text(|r| r.key_id.clone()))
+        .bind(int(|r| r.sequence))
+        .bind(text(|r| r.event_type.clone()))
+        .bind(int(|r| r.occurred_at.timestamp_millis()))
+        .bind(opt_text(|r| r.actor.clone()))
+        .bind(opt_text(|r| r.request_id.clone()))
+        .bind(text(|r| json_text(&r.data)))
+        .bind(opt_text(|r| r.client_addr.clone()))
+        .bind(opt_text(|r| r.user_agent.clone()))
+        .bind(opt_text(|r| r.event_hash.clone()))
+}
+
+fn json_text(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".to_string())
+}
+
+fn append_error(e: sqlx::Error) -> Error {
+    match e.as_database_error().and_then(|d| d.code()) {
+        Some(code) if code == "23505" => Error::Conflict,
+        _ => store_error(e),
+    }
+}
