@@ -19,7 +19,7 @@ use keyledger_projections::{KeyledgerEvent, RecordedEvent};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::error::Error;
-use crate::store::{EventStore, NewKeyCommand, NewKeysOutcome};
+use crate::store::{EventStore, NewKeyCommand, NewKeysOutcome, PreparedCreate};
 use crate::tailer::Tailer;
 
 /// Most creates in one transaction: bounds a batch's latency and its size in
@@ -42,13 +42,14 @@ const QUEUE: usize = 1024;
 type Created = Result<Option<KeyRow>, Error>;
 
 struct Pending {
-    create: NewKeyCommand,
+    create: PreparedCreate,
     done: oneshot::Sender<Created>,
 }
 
 /// The queue of creates waiting to be written. Workers stop when it is dropped.
 pub struct CreateQueue {
     sender: mpsc::Sender<Pending>,
+    store: Arc<EventStore>,
 }
 
 impl CreateQueue {
@@ -59,11 +60,14 @@ impl CreateQueue {
         for _ in 0..WORKERS {
             tokio::spawn(work(receiver.clone(), store.clone(), tailer.clone()));
         }
-        Self { sender }
+        Self { sender, store }
     }
 
     /// Runs one create; returns once this node's projections hold its event.
     pub async fn create(&self, create: NewKeyCommand) -> Created {
+        // Everything that does not need the batch happens here, on the
+        // request's own task: the worker's time is what bounds throughput.
+        let create = self.store.prepare_new(create).await?;
         let (done, outcome) = oneshot::channel();
         self.sender
             .send(Pending { create, done })
@@ -95,7 +99,7 @@ async fn work(
             outcomes,
             through,
             written,
-        } = store.execute_new(&creates).await;
+        } = store.execute_prepared(&creates).await;
         let mut outcomes: Vec<Created> = outcomes.into_iter().map(|o| o.map(|()| None)).collect();
         if outcomes.iter().any(Result::is_ok) {
             // Read-your-writes: answer once this node's projections hold
@@ -113,7 +117,7 @@ async fn work(
                     if let Some(w) = &written {
                         for (outcome, create) in outcomes.iter_mut().zip(&creates) {
                             if let Ok(view) = outcome {
-                                *view = view_of(&w.events, &create.key_id);
+                                *view = view_of(&w.events, &create.command.key_id);
                             }
                         }
                     }

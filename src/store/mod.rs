@@ -125,29 +125,52 @@ impl EventStore {
     /// append fails, each command is run alone, so a failure reaches only the
     /// command it is about.
     pub async fn execute_new(&self, items: &[NewKeyCommand]) -> NewKeysOutcome {
-        let mut outcomes: Vec<Option<Result<(), Error>>> = Vec::with_capacity(items.len());
-        let mut batch = Vec::with_capacity(items.len());
-        for item in items {
-            match first_event(item).await {
-                Ok(event) => {
-                    batch.push(event);
-                    outcomes.push(None);
-                }
-                Err(e) => outcomes.push(Some(Err(e))),
+        let mut prepared = Vec::with_capacity(items.len());
+        let mut refused = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match self.prepare_new(item.clone()).await {
+                Ok(p) => prepared.push(p),
+                Err(e) => refused.push((i, e)),
             }
         }
-        let shared = if batch.is_empty() {
+        let mut outcome = self.execute_prepared(&prepared).await;
+        // In ascending order, each refusal lands where its command was.
+        for (i, e) in refused {
+            outcome.outcomes.insert(i, Err(e));
+        }
+        outcome
+    }
+
+    /// Makes a create ready for `execute_prepared`: the aggregate's rules run,
+    /// its event in stored form and, on PostgreSQL, its projection rows. Done
+    /// on the caller's task, so a group-commit worker only writes.
+    pub async fn prepare_new(&self, command: NewKeyCommand) -> Result<PreparedCreate, Error> {
+        let event = first_event(&command).await?;
+        let rows = match self {
+            Self::Postgres(_) => Some(numbered_append::Rows::of(&event)?),
+            _ => None,
+        };
+        Ok(PreparedCreate {
+            command,
+            event,
+            rows,
+        })
+    }
+
+    /// Writes prepared creates together; see `execute_new`.
+    pub async fn execute_prepared(&self, items: &[PreparedCreate]) -> NewKeysOutcome {
+        let shared = if items.is_empty() {
             Ok((0, None))
         } else {
-            self.append_new(&batch).await
+            self.append_new(items).await
         };
         let mut results = Vec::with_capacity(items.len());
-        for (item, outcome) in items.iter().zip(outcomes) {
-            results.push(match (outcome, &shared) {
-                (Some(failed), _) => failed,
-                (None, Ok(_)) => Ok(()),
-                (None, Err(_)) => {
-                    self.execute(&item.key_id, item.command.clone(), item.metadata.clone())
+        for item in items {
+            results.push(match &shared {
+                Ok(_) => Ok(()),
+                Err(_) => {
+                    let c = &item.command;
+                    self.execute(&c.key_id, c.command.clone(), c.metadata.clone())
                         .await
                 }
             });
@@ -155,7 +178,7 @@ impl EventStore {
         let (through, written) = match shared {
             Ok(appended) => appended,
             Err(e) => {
-                tracing::warn!(error = %e, creates = batch.len(), "group commit failed; ran the creates one by one");
+                tracing::warn!(error = %e, creates = items.len(), "group commit failed; ran the creates one by one");
                 // Where the one-by-one creates went: the head includes them.
                 (self.head().await.unwrap_or(0), None)
             }
@@ -171,16 +194,22 @@ impl EventStore {
     /// as written where the store numbers it itself (PostgreSQL).
     async fn append_new(
         &self,
-        events: &[SerializedEvent],
+        items: &[PreparedCreate],
     ) -> Result<(i64, Option<numbered_append::Appended>), Error> {
+        let events = || items.iter().map(|p| p.event.clone()).collect::<Vec<_>>();
         match self {
-            Self::Sqlite(s) => s.repository().persist::<ApiKey>(events, None).await,
+            Self::Sqlite(s) => s.repository().persist::<ApiKey>(&events(), None).await,
             Self::Postgres(s) => {
-                let appended = numbered_append::append_numbered(&s.pool, events).await?;
+                let rows = items
+                    .iter()
+                    .map(|p| p.rows.as_ref())
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| Error::Internal("a create was not prepared".into()))?;
+                let appended = numbered_append::append_numbered(&s.pool, &rows).await?;
                 return Ok((appended.through, Some(appended)));
             }
             #[cfg(feature = "kurrentdb")]
-            Self::Kurrent(s) => s.repository().persist::<ApiKey>(events, None).await,
+            Self::Kurrent(s) => s.repository().persist::<ApiKey>(&events(), None).await,
         }
         .map_err(persistence_error)?;
         Ok((self.head().await?, None))
@@ -397,6 +426,13 @@ pub struct NewKeysOutcome {
     pub through: i64,
     /// The batch as written, where the store numbers it itself (PostgreSQL).
     pub written: Option<numbered_append::Appended>,
+}
+
+/// A create ready to be written with others (`EventStore::prepare_new`).
+pub struct PreparedCreate {
+    pub command: NewKeyCommand,
+    event: SerializedEvent,
+    rows: Option<numbered_append::Rows>,
 }
 
 /// A command on a key id that has no events yet.

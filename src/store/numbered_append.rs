@@ -154,14 +154,27 @@ fn select_list(table: &str, columns: &[&str], position: &str) -> String {
         .join(", ")
 }
 
-/// Appends events with their global positions, and their projection rows when
-/// the projections stand right before them, in one statement. A row whose
-/// stream already has that sequence fails the whole append with `Conflict`.
-pub async fn append_numbered(pool: &PgPool, events: &[SerializedEvent]) -> Result<Appended, Error> {
-    let mut recorded = Vec::with_capacity(events.len());
-    for (position, e) in (1..).zip(events) {
+/// A create's event and projection rows, built before the batch is written
+/// (on the request's task, not the worker's), with positions counted from 1.
+pub struct Rows {
+    aggregate_type: String,
+    event_type: String,
+    event_version: String,
+    event: RecordedEvent,
+    key: KeyRow,
+    audit: AuditEntry,
+    payload: String,
+    metadata: String,
+    permissions: String,
+    key_metadata: Option<String>,
+    audit_data: String,
+}
+
+impl Rows {
+    /// Decodes a create's stored event and builds its rows.
+    pub fn of(e: &SerializedEvent) -> Result<Self, Error> {
         let raw = RawEvent {
-            position,
+            position: 0,
             aggregate_type: e.aggregate_type.clone(),
             aggregate_id: e.aggregate_id.clone(),
             sequence: i64::try_from(e.sequence).unwrap_or(i64::MAX),
@@ -170,143 +183,105 @@ pub async fn append_numbered(pool: &PgPool, events: &[SerializedEvent]) -> Resul
             payload: e.payload.clone(),
             metadata: e.metadata.clone(),
         };
-        if let Some(event) = RecordedEvent::decode(raw)? {
-            recorded.push(event);
-        }
+        let event = RecordedEvent::decode(raw)?
+            .ok_or_else(|| Error::Internal("a create's event is not a key event".into()))?;
+        let KeyledgerEvent::Key(ApiKeyEvent::KeyCreated(created)) = &event.event else {
+            return Err(Error::Internal("group commit takes creates only".into()));
+        };
+        let key = created_row(&event, created);
+        let audit = audit_entry(&event);
+        Ok(Self {
+            aggregate_type: e.aggregate_type.clone(),
+            event_type: e.event_type.clone(),
+            event_version: e.event_version.clone(),
+            payload: e.payload.to_string(),
+            metadata: e.metadata.to_string(),
+            permissions: json_text(&key.permissions),
+            key_metadata: key.metadata.as_ref().map(json_text),
+            audit_data: json_text(&audit.data),
+            event,
+            key,
+            audit,
+        })
     }
-    let keys: Vec<KeyRow> = recorded
-        .iter()
-        .filter_map(|e| match &e.event {
-            KeyledgerEvent::Key(ApiKeyEvent::KeyCreated(c)) => Some(created_row(e, c)),
-            _ => None,
-        })
-        .collect();
-    // Only creates come through here; anything else is left to the tailer, in
-    // order, by not projecting this batch at all.
-    let projectable = keys.len() == recorded.len();
-    let audit: Vec<AuditEntry> = recorded.iter().map(audit_entry).collect();
-    let count = i64::try_from(events.len()).map_err(|e| Error::Internal(e.to_string()))?;
+}
 
-    let query = sqlx::query_as::<_, (i64, bool)>(&APPEND)
-        .bind(
-            events
-                .iter()
-                .map(|e| e.aggregate_type.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            events
-                .iter()
-                .map(|e| e.aggregate_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            events
-                .iter()
-                .map(|e| i64::try_from(e.sequence).unwrap_or(i64::MAX))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            events
-                .iter()
-                .map(|e| e.event_type.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            events
-                .iter()
-                .map(|e| e.event_version.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            events
-                .iter()
-                .map(|e| e.payload.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            events
-                .iter()
-                .map(|e| e.metadata.to_string())
-                .collect::<Vec<_>>(),
-        );
-    let keys = if projectable { &keys[..] } else { &[] };
-    let audit = if projectable { &audit[..] } else { &[] };
-    let query = bind_keys(query, keys);
-    let query = bind_audit(query, audit);
-    let (after, projected) = query
-        .bind(if projectable {
-            checkpoint::KEY_LIST
-        } else {
-            ""
-        })
-        .bind(if projectable {
-            checkpoint::AUDIT_LOG
-        } else {
-            ""
-        })
+/// Appends creates with their global positions, and their projection rows
+/// when the projections stand right before them, in one statement. A row
+/// whose stream already has that sequence fails the whole append with
+/// `Conflict`.
+pub async fn append_numbered(pool: &PgPool, batch: &[&Rows]) -> Result<Appended, Error> {
+    let count = i64::try_from(batch.len()).map_err(|e| Error::Internal(e.to_string()))?;
+    let ordinals: Vec<i64> = (1..=count).collect();
+    let col = |f: for<'a> fn(&'a Rows) -> &'a str| batch.iter().map(|r| f(r)).collect::<Vec<_>>();
+    let opt =
+        |f: for<'a> fn(&'a Rows) -> Option<&'a str>| batch.iter().map(|r| f(r)).collect::<Vec<_>>();
+    let int = |f: fn(&Rows) -> i64| batch.iter().map(|r| f(r)).collect::<Vec<_>>();
+    let opt_int = |f: fn(&Rows) -> Option<i64>| batch.iter().map(|r| f(r)).collect::<Vec<_>>();
+    let (after, projected) = sqlx::query_as::<_, (i64, bool)>(&APPEND)
+        // events
+        .bind(col(|r| &r.aggregate_type))
+        .bind(col(|r| &r.event.key_id))
+        .bind(int(|r| r.event.sequence))
+        .bind(col(|r| &r.event_type))
+        .bind(col(|r| &r.event_version))
+        .bind(col(|r| &r.payload))
+        .bind(col(|r| &r.metadata))
+        // key list
+        .bind(col(|r| &r.key.id))
+        .bind(col(|r| &r.key.tenant))
+        .bind(col(|r| &r.key.key_hash))
+        .bind(col(|r| &r.key.prefix))
+        .bind(col(|r| &r.key.name))
+        .bind(opt(|r| r.key.description.as_deref()))
+        .bind(col(|r| &r.key.environment))
+        .bind(col(|r| &r.permissions))
+        .bind(col(|r| &r.key.status))
+        .bind(int(|r| r.key.created_at.timestamp_millis()))
+        .bind(col(|r| &r.key.created_by))
+        .bind(int(|r| r.key.updated_at.timestamp_millis()))
+        .bind(opt_int(|r| r.key.expires_at.map(|t| t.timestamp_millis())))
+        .bind(opt_int(|r| {
+            r.key.last_used_at.map(|t| t.timestamp_millis())
+        }))
+        .bind(int(|r| r.key.usage_count))
+        .bind(opt(|r| r.key_metadata.as_deref()))
+        .bind(&ordinals)
+        .bind(opt(|r| r.key.rotated_from.as_deref()))
+        .bind(opt(|r| r.key.rotated_to.as_deref()))
+        // audit log
+        .bind(&ordinals)
+        .bind(col(|r| &r.audit.tenant))
+        .bind(col(|r| &r.audit.key_id))
+        .bind(int(|r| r.audit.sequence))
+        .bind(col(|r| &r.audit.event_type))
+        .bind(int(|r| r.audit.occurred_at.timestamp_millis()))
+        .bind(opt(|r| r.audit.actor.as_deref()))
+        .bind(opt(|r| r.audit.request_id.as_deref()))
+        .bind(col(|r| &r.audit_data))
+        .bind(opt(|r| r.audit.client_addr.as_deref()))
+        .bind(opt(|r| r.audit.user_agent.as_deref()))
+        .bind(opt(|r| r.audit.event_hash.as_deref()))
+        .bind(checkpoint::KEY_LIST)
+        .bind(checkpoint::AUDIT_LOG)
         .bind(count)
         .fetch_one(pool)
         .await
         .map_err(append_error)?;
-    for e in &mut recorded {
-        e.position += after;
-    }
+    let events = batch
+        .iter()
+        .zip(after + 1..)
+        .map(|(r, position)| RecordedEvent {
+            position,
+            ..r.event.clone()
+        })
+        .collect();
     Ok(Appended {
         after,
         through: after + count,
-        events: recorded,
+        events,
         projected,
     })
-}
-
-type AppendQuery<'q> =
-    sqlx::query::QueryAs<'q, sqlx::Postgres, (i64, bool), sqlx::postgres::PgArguments>;
-
-fn bind_keys<'q>(query: AppendQuery<'q>, rows: &[KeyRow]) -> AppendQuery<'q> {
-    let text = |f: fn(&KeyRow) -> String| rows.iter().map(f).collect::<Vec<_>>();
-    let opt_text = |f: fn(&KeyRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
-    let int = |f: fn(&KeyRow) -> i64| rows.iter().map(f).collect::<Vec<_>>();
-    let opt_int = |f: fn(&KeyRow) -> Option<i64>| rows.iter().map(f).collect::<Vec<_>>();
-    query
-        .bind(text(|r| r.id.clone()))
-        .bind(text(|r| r.tenant.clone()))
-        .bind(text(|r| r.key_hash.clone()))
-        .bind(text(|r| r.prefix.clone()))
-        .bind(text(|r| r.name.clone()))
-        .bind(opt_text(|r| r.description.clone()))
-        .bind(text(|r| r.environment.clone()))
-        .bind(text(|r| json_text(&r.permissions)))
-        .bind(text(|r| r.status.clone()))
-        .bind(int(|r| r.created_at.timestamp_millis()))
-        .bind(text(|r| r.created_by.clone()))
-        .bind(int(|r| r.updated_at.timestamp_millis()))
-        .bind(opt_int(|r| r.expires_at.map(|t| t.timestamp_millis())))
-        .bind(opt_int(|r| r.last_used_at.map(|t| t.timestamp_millis())))
-        .bind(int(|r| r.usage_count))
-        .bind(opt_text(|r| r.metadata.as_ref().map(json_text)))
-        .bind(int(|r| r.created_position))
-        .bind(opt_text(|r| r.rotated_from.clone()))
-        .bind(opt_text(|r| r.rotated_to.clone()))
-}
-
-fn bind_audit<'q>(query: AppendQuery<'q>, rows: &[AuditEntry]) -> AppendQuery<'q> {
-    let text = |f: fn(&AuditEntry) -> String| rows.iter().map(f).collect::<Vec<_>>();
-    let opt_text = |f: fn(&AuditEntry) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
-    let int = |f: fn(&AuditEntry) -> i64| rows.iter().map(f).collect::<Vec<_>>();
-    query
-        .bind(int(|r| r.position))
-        .bind(text(|r| r.tenant.clone()))
-        .bind(text(|r| r.key_id.clone()))
-        .bind(int(|r| r.sequence))
-        .bind(text(|r| r.event_type.clone()))
-        .bind(int(|r| r.occurred_at.timestamp_millis()))
-        .bind(opt_text(|r| r.actor.clone()))
-        .bind(opt_text(|r| r.request_id.clone()))
-        .bind(text(|r| json_text(&r.data)))
-        .bind(opt_text(|r| r.client_addr.clone()))
-        .bind(opt_text(|r| r.user_agent.clone()))
-        .bind(opt_text(|r| r.event_hash.clone()))
 }
 
 fn json_text(v: &impl serde::Serialize) -> String {
