@@ -174,11 +174,13 @@ impl Application {
         };
         let flusher_task =
             tokio::spawn(flusher.run(self.config.usage_flush_interval, stop.clone()));
-        let app = router::router(self.state.clone());
+        let app = router::app(self.state.clone());
         tracing::info!(address = %self.address, "listening on http://{}", self.address);
         let served = axum::serve(
             self.listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
+            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+                SocketAddr,
+            >(app),
         )
         .with_graceful_shutdown(shutdown)
         .await;

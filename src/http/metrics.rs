@@ -103,11 +103,13 @@ where
         let route = request
             .extensions()
             .get::<MatchedPath>()
-            .map(|p| p.as_str().to_owned());
-        let command = route
-            .as_deref()
-            .and_then(|r| command_name(request.method(), r));
+            .map_or(UNMATCHED, |p| route_name(p.as_str()));
+        let command = command_name(request.method(), route);
+        // Copied only when the request line will be logged.
+        let path =
+            tracing::enabled!(tracing::Level::DEBUG).then(|| request.uri().path().to_owned());
         TrackFuture {
+            path,
             inner: self.inner.call(request),
             start: Instant::now(),
             method,
@@ -124,8 +126,9 @@ pin_project! {
         inner: F,
         start: Instant,
         method: &'static str,
-        route: Option<String>,
+        route: &'static str,
         command: Option<&'static str>,
+        path: Option<String>,
     }
 }
 
@@ -140,11 +143,17 @@ where
         let result = ready!(this.inner.poll(cx));
         if let Ok(response) = &result {
             let status = response.status();
-            crate::metrics::request(
-                this.method,
-                this.route.as_deref().unwrap_or("unmatched"),
-                status.as_u16(),
-                this.start.elapsed(),
+            let latency = this.start.elapsed();
+            crate::metrics::request(this.method, this.route, status.as_u16(), latency);
+            // One line per request at debug level: the path, never the query
+            // or the body.
+            tracing::debug!(
+                method = *this.method,
+                path = this.path.as_deref().unwrap_or(""),
+                route = *this.route,
+                status = status.as_u16(),
+                latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+                "request"
             );
             if let Some(command) = this.command {
                 crate::metrics::command(command, outcome(status));
@@ -152,6 +161,40 @@ where
         }
         Poll::Ready(result)
     }
+}
+
+/// Label of requests that matched no route.
+const UNMATCHED: &str = "unmatched";
+
+/// The routes of `router.rs`, so a request's label is a static string rather
+/// than a copy of its matched path.
+const ROUTES: &[&str] = &[
+    "/v1/keys",
+    "/v1/keys/verify",
+    "/v1/auth",
+    "/v1/keys/{id}",
+    "/v1/keys/{id}/deactivate",
+    "/v1/keys/{id}/reactivate",
+    "/v1/keys/{id}/rotate",
+    "/v1/keys/{id}/events",
+    "/v1/audit",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/",
+    "/console",
+    "/console/console.js",
+    "/console/console.css",
+];
+
+/// A matched path as its static route label ("other" for one not listed).
+fn route_name(matched: &str) -> &'static str {
+    ROUTES
+        .iter()
+        .copied()
+        .find(|r| *r == matched)
+        .unwrap_or("other")
 }
 
 /// Standard methods by name; anything else is "other" (label values stay bounded).

@@ -5,14 +5,32 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::request_id::{
+    MakeRequestUuid, PropagateRequestId, PropagateRequestIdLayer, SetRequestId, SetRequestIdLayer,
+};
 
 use crate::error::Error;
 use crate::http::{audit, console, health, keys, metrics, openapi, proxy_auth, verify, AppState};
 
-pub fn router(state: AppState) -> Router {
+/// The whole HTTP service: request ids around the router.
+pub type App = SetRequestId<PropagateRequestId<Router>, MakeRequestUuid>;
+
+/// Request ids wrap the router once instead of each route: `Router::layer`
+/// wraps every route, and a route's service (with its layers) is cloned for
+/// every request. Metrics and the panic guard stay per route, since they need
+/// the matched route and the handler's outcome; the metrics layer also logs
+/// each request at debug level (what tower-http's `TraceLayer` did, without
+/// its per-request span, timer and response body wrapper).
+pub fn app(state: AppState) -> App {
+    ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .service(router(state))
+}
+
+fn router(state: AppState) -> Router {
     let max_body = state.max_body_bytes;
     Router::new()
         .route("/v1/keys", post(keys::create).get(keys::list))
@@ -41,9 +59,6 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_panic| panic_response()))
         // Outside the panic catcher, so that a panic is recorded as the 500 it becomes.
         .layer(metrics::TrackLayer)
-        .layer(TraceLayer::new_for_http())
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
 }
 
