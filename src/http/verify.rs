@@ -50,6 +50,71 @@ pub struct VerificationView<'a> {
     pub expires_at: Option<Option<DateTime<Utc>>>,
 }
 
+impl VerificationView<'_> {
+    /// Writes the answer as `serde_json` would (the `Serialize` impl is the
+    /// reference, and a test holds the two equal), but each string is copied
+    /// whole when it needs no escaping, which is every id, code and
+    /// environment and nearly every name: `serde_json` looks every byte up in
+    /// its escape table, which was the answer's largest cost in the profile.
+    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        out.extend_from_slice(if self.valid {
+            b"{\"valid\":true,\"code\":"
+        } else {
+            b"{\"valid\":false,\"code\":"
+        });
+        write_str(out, self.code)?;
+        for (name, value) in [
+            ("key_id", self.key_id),
+            ("tenant", self.tenant),
+            ("name", self.name),
+            ("environment", self.environment),
+        ] {
+            if let Some(value) = value {
+                field(out, name);
+                write_str(out, value)?;
+            }
+        }
+        if let Some(permissions) = self.permissions {
+            field(out, "permissions");
+            out.push(b'[');
+            for (i, p) in permissions.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(out, p)?;
+            }
+            out.push(b']');
+        }
+        if let Some(expires_at) = self.expires_at {
+            field(out, "expires_at");
+            serde_json::to_writer(&mut *out, &expires_at)?;
+        }
+        out.push(b'}');
+        Ok(())
+    }
+}
+
+/// `,"name":`
+fn field(out: &mut Vec<u8>, name: &str) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+/// A JSON string: copied between quotes when nothing in it needs escaping
+/// (what `serde_json` escapes: `"`, `\\` and control characters), else
+/// written by `serde_json`.
+fn write_str(out: &mut Vec<u8>, s: &str) -> Result<(), serde_json::Error> {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        Ok(())
+    } else {
+        serde_json::to_writer(out, s)
+    }
+}
+
 /// The contract's name of a verification code.
 pub fn code_name(code: VerificationCode) -> &'static str {
     match code {
@@ -102,10 +167,7 @@ pub async fn verify(
         };
         // Sized for a full answer, so the buffer never grows while writing.
         let mut body = Vec::with_capacity(512);
-        (
-            answer.code,
-            serde_json::to_writer(&mut body, &view).map(|()| body),
-        )
+        (answer.code, view.write_json(&mut body).map(|()| body))
     });
     let body = body.map_err(|e| Error::Internal(format!("verification answer: {e}")))?;
     crate::metrics::verification(code_name(code));
@@ -113,4 +175,63 @@ pub async fn verify(
         state.failures.record_failure(ip, now);
     }
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn both(view: &VerificationView<'_>) -> (String, String) {
+        let mut fast = Vec::new();
+        view.write_json(&mut fast).expect("written");
+        let reference = serde_json::to_string(view).expect("serialised");
+        (String::from_utf8(fast).expect("utf-8"), reference)
+    }
+
+    #[test]
+    fn the_answer_is_written_as_serde_json_writes_it() {
+        let permissions = vec![
+            "invoices:read".to_string(),
+            "quote\"back\\slash\u{1}ctl\u{7f}é".to_string(),
+        ];
+        let expires = DateTime::parse_from_rfc3339("2026-12-01T19:19:58.123Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let views = [
+            VerificationView {
+                valid: false,
+                code: "NOT_FOUND",
+                key_id: None,
+                tenant: None,
+                name: None,
+                environment: None,
+                permissions: None,
+                expires_at: None,
+            },
+            VerificationView {
+                valid: true,
+                code: "VALID",
+                key_id: Some("key_019a4f3c2b7e7c1d8e9f0a1b2c3d4e5f"),
+                tenant: Some("acme"),
+                name: Some("billing \"prod\"\n\ttab"),
+                environment: Some("live"),
+                permissions: Some(&permissions),
+                expires_at: Some(None),
+            },
+            VerificationView {
+                valid: false,
+                code: "EXPIRED",
+                key_id: Some("key_x"),
+                tenant: Some("t\\"),
+                name: Some(""),
+                environment: Some("test"),
+                permissions: Some(&[]),
+                expires_at: Some(Some(expires)),
+            },
+        ];
+        for view in &views {
+            let (fast, reference) = both(view);
+            assert_eq!(fast, reference);
+        }
+    }
 }
