@@ -6,11 +6,14 @@
 //! counters and histograms add up across them. Gauges that describe one node
 //! (projection lag, index size) are not kept here but computed at scrape time.
 
+mod sharded;
+
+use std::fmt::Write as _;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use ::metrics::SharedString;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use keyledger_projections::VerificationCode;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Verifications answered, by `code` (`VALID`, `NOT_FOUND`, ...).
 pub const VERIFICATIONS_TOTAL: &str = "keyledger_verifications_total";
@@ -33,14 +36,17 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// (bounds memory on a node nobody scrapes).
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The verification codes, so that the hot path records without allocating.
-const CODES: &[&str] = &[
-    "VALID",
-    "NOT_FOUND",
-    "DISABLED",
-    "EXPIRED",
-    "WRONG_ENVIRONMENT",
-    "INSUFFICIENT_PERMISSIONS",
+/// The verification codes with their labels, in the order of the counters.
+const CODES: [(VerificationCode, &str); 6] = [
+    (VerificationCode::Valid, "VALID"),
+    (VerificationCode::NotFound, "NOT_FOUND"),
+    (VerificationCode::Disabled, "DISABLED"),
+    (VerificationCode::Expired, "EXPIRED"),
+    (VerificationCode::WrongEnvironment, "WRONG_ENVIRONMENT"),
+    (
+        VerificationCode::InsufficientPermissions,
+        "INSUFFICIENT_PERMISSIONS",
+    ),
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -51,15 +57,7 @@ pub fn handle() -> PrometheusHandle {
 }
 
 fn install() -> PrometheusHandle {
-    let builder = match PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full(HTTP_REQUEST_DURATION.into()), LATENCY_BUCKETS)
-    {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(error = %e, "latency buckets rejected; histograms become summaries");
-            PrometheusBuilder::new()
-        }
-    };
+    let builder = PrometheusBuilder::new();
     let recorder = builder.build_recorder();
     let handle = recorder.handle();
     if let Err(e) = ::metrics::set_global_recorder(recorder) {
@@ -68,17 +66,8 @@ fn install() -> PrometheusHandle {
         tracing::warn!(error = %e, "a metrics recorder is already installed");
     }
     ::metrics::describe_counter!(
-        VERIFICATIONS_TOTAL,
-        "Key verifications answered, by result code."
-    );
-    ::metrics::describe_counter!(
         COMMANDS_TOTAL,
         "Key management commands, by command and outcome (ok, rejected, error)."
-    );
-    ::metrics::describe_histogram!(
-        HTTP_REQUEST_DURATION,
-        ::metrics::Unit::Seconds,
-        "HTTP request latency, by method, route and status."
     );
     let upkeep = handle.clone();
     let spawned = std::thread::Builder::new()
@@ -93,57 +82,116 @@ fn install() -> PrometheusHandle {
     handle
 }
 
-// Handles of the per-request metrics, resolved once. The recorder keeps its
-// metrics in a sharded map behind `RwLock`s: looking a metric up by name and
-// labels on every request put a lock shared by all requests on the
-// verification path (BENCHMARKS.md). A handle records with atomics only.
+// What every request records (verification answers, request latency) is
+// kept outside the exporter, in counters and histograms sharded by thread
+// (`sharded`), and rendered beside the exporter's text at scrape time. Looking
+// a metric up in the exporter's registry takes its `RwLock`s, and its handles
+// are one set of atomics that every request of every core writes.
 
 /// One counter per verification code, in the order of `CODES`.
-static VERIFICATION_COUNTERS: OnceLock<Vec<::metrics::Counter>> = OnceLock::new();
+static VERIFICATION_COUNTERS: OnceLock<[sharded::Counter; 6]> = OnceLock::new();
 
-/// Latency histograms by method, route and status.
-static REQUEST_HISTOGRAMS: OnceLock<papaya::HashMap<RouteKey, ::metrics::Histogram>> =
+/// Latency histograms by method, route and status. Never removed (the label
+/// set is bounded: methods, the router's routes, statuses), so each is leaked
+/// once and recorded into without holding the map's guard.
+static REQUEST_HISTOGRAMS: OnceLock<papaya::HashMap<RouteKey, &'static sharded::Histogram>> =
     OnceLock::new();
 
-#[derive(Hash, PartialEq, Eq)]
+fn verification_counters() -> &'static [sharded::Counter; 6] {
+    VERIFICATION_COUNTERS.get_or_init(Default::default)
+}
+
+fn request_histograms() -> &'static papaya::HashMap<RouteKey, &'static sharded::Histogram> {
+    REQUEST_HISTOGRAMS.get_or_init(papaya::HashMap::new)
+}
+
+#[derive(Hash, PartialEq, Eq, Clone, Copy)]
 struct RouteKey {
     method: &'static str,
-    route: Box<str>,
+    route: &'static str,
     status: u16,
 }
 
-/// A borrowed [`RouteKey`], for looking one up without allocating; hashes the
-/// same (same fields in the same order, `str` either way).
-#[derive(Hash)]
-struct RouteKeyRef<'a> {
-    method: &'static str,
-    route: &'a str,
-    status: u16,
-}
-
-impl papaya::Equivalent<RouteKey> for RouteKeyRef<'_> {
-    fn equivalent(&self, key: &RouteKey) -> bool {
-        self.method == key.method && self.route == &*key.route && self.status == key.status
+impl RouteKey {
+    /// Same static strings, so surely the same key (a cache hit needs no
+    /// string hashing); different pointers prove nothing and go to the map.
+    fn same(&self, other: &RouteKey) -> bool {
+        std::ptr::eq(self.method, other.method)
+            && std::ptr::eq(self.route, other.route)
+            && self.status == other.status
     }
 }
 
-/// Counts one verification answer by its code (`VALID`, `NOT_FOUND`, ...).
-pub fn verification(code: &str) {
-    match CODES.iter().position(|c| *c == code) {
-        Some(i) => {
-            let counters = VERIFICATION_COUNTERS.get_or_init(|| {
-                // The recorder must exist before handles are taken from it.
-                let _ = handle();
-                CODES
-                    .iter()
-                    .map(|c| ::metrics::counter!(VERIFICATIONS_TOTAL, "code" => *c))
-                    .collect()
-            });
-            if let Some(counter) = counters.get(i) {
-                counter.increment(1);
-            }
+/// Histograms this thread recorded into last: a request finds its own
+/// without hashing its labels.
+const CACHED: usize = 4;
+
+thread_local! {
+    static RECENT: std::cell::RefCell<Vec<(RouteKey, &'static sharded::Histogram)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Counts one verification answer by its code.
+pub fn verification(code: VerificationCode) {
+    if let Some(i) = CODES.iter().position(|(c, _)| *c == code) {
+        verification_counters()[i].increment();
+    }
+}
+
+/// Records one HTTP request's latency.
+pub fn request(method: &'static str, route: &'static str, status: u16, elapsed: Duration) {
+    let key = RouteKey {
+        method,
+        route,
+        status,
+    };
+    RECENT.with(|recent| {
+        let mut recent = recent.borrow_mut();
+        if let Some((_, h)) = recent.iter().find(|(k, _)| k.same(&key)) {
+            h.record(elapsed);
+            return;
         }
-        None => ::metrics::counter!(VERIFICATIONS_TOTAL, "code" => code.to_owned()).increment(1),
+        let histograms = request_histograms().pin();
+        let h: &'static sharded::Histogram = histograms.get_or_insert_with(key, || {
+            Box::leak(Box::new(sharded::Histogram::new(LATENCY_BUCKETS)))
+        });
+        h.record(elapsed);
+        if recent.len() == CACHED {
+            recent.remove(0);
+        }
+        recent.push((key, h));
+    });
+}
+
+/// Appends the sharded metrics to a scrape, in the text exposition format.
+pub fn render_sharded(out: &mut String) {
+    let _ = writeln!(
+        out,
+        "# HELP {VERIFICATIONS_TOTAL} Key verifications answered, by result code.\n\
+         # TYPE {VERIFICATIONS_TOTAL} counter"
+    );
+    for ((_, label), counter) in CODES.iter().zip(verification_counters()) {
+        let _ = writeln!(
+            out,
+            "{VERIFICATIONS_TOTAL}{{code=\"{label}\"}} {}",
+            counter.value()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {HTTP_REQUEST_DURATION} HTTP request latency, by method, route and status.\n\
+         # TYPE {HTTP_REQUEST_DURATION} histogram"
+    );
+    let histograms = request_histograms().pin();
+    let mut keyed: Vec<_> = histograms.iter().collect();
+    keyed.sort_by_key(|(k, _)| (k.route, k.method, k.status));
+    for (k, h) in keyed {
+        // Methods, routes and statuses are our own labels: nothing to escape.
+        let labels = format!(
+            "method=\"{}\",route=\"{}\",status=\"{}\"",
+            k.method, k.route, k.status
+        );
+        h.render(out, HTTP_REQUEST_DURATION, &labels);
     }
 }
 
@@ -151,66 +199,4 @@ pub fn verification(code: &str) {
 /// (`ok`, `rejected`, `error`).
 pub fn command(command: &'static str, outcome: &'static str) {
     ::metrics::counter!(COMMANDS_TOTAL, "command" => command, "outcome" => outcome).increment(1);
-}
-
-/// Records one HTTP request's latency.
-pub fn request(method: &'static str, route: &str, status: u16, elapsed: Duration) {
-    let histograms = REQUEST_HISTOGRAMS.get_or_init(|| {
-        let _ = handle();
-        papaya::HashMap::new()
-    });
-    let histograms = histograms.pin();
-    let key = RouteKeyRef {
-        method,
-        route,
-        status,
-    };
-    if let Some(h) = histograms.get(&key) {
-        h.record(elapsed.as_secs_f64());
-        return;
-    }
-    // First request of this kind: the label set is bounded (methods, the
-    // router's routes, statuses), so the map stays small.
-    let histogram = ::metrics::histogram!(
-        HTTP_REQUEST_DURATION,
-        "method" => method,
-        "route" => route.to_owned(),
-        "status" => status_label(status),
-    );
-    histogram.record(elapsed.as_secs_f64());
-    histograms.insert(
-        RouteKey {
-            method,
-            route: route.into(),
-            status,
-        },
-        histogram,
-    );
-}
-
-/// The status label, without an allocation for the statuses keyledger answers.
-fn status_label(status: u16) -> SharedString {
-    const KNOWN: [(u16, &str); 17] = [
-        (200, "200"),
-        (201, "201"),
-        (204, "204"),
-        (400, "400"),
-        (401, "401"),
-        (403, "403"),
-        (404, "404"),
-        (405, "405"),
-        (408, "408"),
-        (409, "409"),
-        (413, "413"),
-        (415, "415"),
-        (422, "422"),
-        (429, "429"),
-        (500, "500"),
-        (503, "503"),
-        (504, "504"),
-    ];
-    match KNOWN.iter().find(|(code, _)| *code == status) {
-        Some((_, label)) => SharedString::const_str(label),
-        None => SharedString::from_owned(status.to_string()),
-    }
 }

@@ -26,6 +26,7 @@ pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4";
         body = String, content_type = "text/plain")))]
 pub async fn render(State(state): State<AppState>) -> Response {
     let mut body = state.metrics.render();
+    crate::metrics::render_sharded(&mut body);
     let projections = state.service.projections();
     let index = projections.index();
     // This node's own state, computed now: lag needs the store's head, and an

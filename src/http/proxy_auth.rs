@@ -110,7 +110,7 @@ pub async fn auth(
         (answer.code, identity)
     });
     let code = code_name(verdict);
-    crate::metrics::verification(code);
+    crate::metrics::verification(verdict);
     if let (true, Some(ip)) = (identity.is_none(), client) {
         state.failures.record_failure(ip, now);
     }

@@ -170,7 +170,7 @@ pub async fn verify(
         (answer.code, view.write_json(&mut body).map(|()| body))
     });
     let body = body.map_err(|e| Error::Internal(format!("verification answer: {e}")))?;
-    crate::metrics::verification(code_name(code));
+    crate::metrics::verification(code);
     if let (false, Some(ip)) = (code == VerificationCode::Valid, client) {
         state.failures.record_failure(ip, now);
     }

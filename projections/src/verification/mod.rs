@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, Utc};
+use compact_str::CompactString;
 use keyledger_domain::{ApiKeyEvent, Environment, KeyHash, KeyUsageEvent, ParsedKey, Permissions};
 use serde::Serialize;
 
@@ -64,7 +65,9 @@ impl UsageCounter {
 pub struct IndexedKey {
     key_id: KeyId,
     tenant: Arc<str>,
-    name: Box<str>,
+    /// Inline up to 24 bytes (nearly every name): reading it for the answer
+    /// then costs no memory access beyond the entry's own.
+    name: CompactString,
     permissions: Arc<Permissions>,
     expires_at: Option<DateTime<Utc>>,
     environment: Environment,
@@ -111,7 +114,7 @@ impl IndexedKey {
         Self {
             key_id: KeyId::new(key_id),
             tenant,
-            name: name.into(),
+            name: CompactString::new(name),
             permissions,
             expires_at,
             environment,
@@ -482,7 +485,7 @@ impl VerificationIndex {
             KeyledgerEvent::Key(ApiKeyEvent::KeyUpdated(u)) => self.replace(&event.key_id, |k| {
                 let mut next = k.successor();
                 if let Some(name) = &u.name {
-                    next.name = name.as_str().into();
+                    next.name = CompactString::new(name);
                 }
                 if let Some(p) = &u.permissions {
                     next.permissions = Arc::new(p.clone());
