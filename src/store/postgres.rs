@@ -38,6 +38,13 @@ impl PostgresStore {
     pub async fn open(url: &str) -> Result<Self, Error> {
         let pool = PgPoolOptions::new()
             .max_connections(16)
+            // sqlx pings every connection it hands out by default: a round
+            // trip before every statement, which on group commit's path is
+            // one more wait under the numbering lock's cadence. A connection
+            // that died fails its statement instead, which answers 503 (or
+            // runs the batch's creates one by one) and is not returned to
+            // the pool.
+            .test_before_acquire(false)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect(url)
             .await
