@@ -26,10 +26,41 @@ pub struct Tailer {
     wake: Notify,
     /// The key-list rebuild generation this node's index was loaded at.
     generation: std::sync::atomic::AtomicI64,
-    /// Batches this node is appending and will apply itself (`own_batch`).
-    own_in_flight: AtomicUsize,
-    /// A wake-up arrived while own batches were in flight and was put off.
+    /// Wake-ups put off while this node's own batches are in flight.
+    own: OwnBatches,
+}
+
+/// Batches this node is appending and will apply itself, and whether a
+/// wake-up was put off meanwhile (see `Tailer::own_batch`).
+#[derive(Debug, Default)]
+struct OwnBatches {
+    in_flight: AtomicUsize,
     deferred: AtomicBool,
+}
+
+impl OwnBatches {
+    fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Ends a batch; true when it was the last in flight and a wake-up was
+    /// put off meanwhile (the caller wakes the loop then).
+    fn end(&self) -> bool {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.deferred.swap(false, Ordering::SeqCst)
+    }
+
+    /// Whether a wake-up should wait for the batches in flight. Flag first,
+    /// then count (`end` counts down, then takes the flag), so a wake-up is
+    /// never both put off and forgotten.
+    fn put_off(&self) -> bool {
+        self.deferred.store(true, Ordering::SeqCst);
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return true;
+        }
+        self.deferred.store(false, Ordering::SeqCst);
+        false
+    }
 }
 
 /// Held by a group-commit worker from before its append until its batch is
@@ -40,11 +71,8 @@ pub struct OwnBatch<'a> {
 
 impl Drop for OwnBatch<'_> {
     fn drop(&mut self) {
-        let t = self.tailer;
-        if t.own_in_flight.fetch_sub(1, Ordering::SeqCst) == 1
-            && t.deferred.swap(false, Ordering::SeqCst)
-        {
-            t.wake();
+        if self.tailer.own.end() {
+            self.tailer.wake();
         }
     }
 }
@@ -57,8 +85,7 @@ impl Tailer {
             lock: Mutex::new(()),
             wake: Notify::new(),
             generation: std::sync::atomic::AtomicI64::new(0),
-            own_in_flight: AtomicUsize::new(0),
-            deferred: AtomicBool::new(false),
+            own: OwnBatches::default(),
         }
     }
 
@@ -174,20 +201,8 @@ impl Tailer {
     /// off until the last of them is applied (the guard's drop wakes the loop
     /// then), which also brings in any other node's events that came meanwhile.
     pub fn own_batch(&self) -> OwnBatch<'_> {
-        self.own_in_flight.fetch_add(1, Ordering::SeqCst);
+        self.own.begin();
         OwnBatch { tailer: self }
-    }
-
-    /// Whether a wake-up should wait for the own batches in flight. Flag
-    /// first, then count (the guard counts down, then takes the flag), so a
-    /// wake-up is never both put off and forgotten.
-    fn put_off(&self) -> bool {
-        self.deferred.store(true, Ordering::SeqCst);
-        if self.own_in_flight.load(Ordering::SeqCst) > 0 {
-            return true;
-        }
-        self.deferred.store(false, Ordering::SeqCst);
-        false
     }
 
     /// Asks the background loop to catch up now.
@@ -203,7 +218,7 @@ impl Tailer {
                 () = self.wake.notified() => false,
                 () = tokio::time::sleep(poll) => true,
             };
-            if !polled && self.put_off() {
+            if !polled && self.own.put_off() {
                 continue;
             }
             // Events whose writer died between its commit and numbering them
@@ -220,5 +235,23 @@ impl Tailer {
                 tracing::warn!(error = %e, "projection catch-up failed; will retry");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OwnBatches;
+
+    #[test]
+    fn a_wake_up_during_own_batches_waits_for_the_last_of_them() {
+        let own = OwnBatches::default();
+        assert!(!own.put_off(), "nothing in flight: catch up now");
+        own.begin();
+        own.begin();
+        assert!(own.put_off(), "put off while batches are in flight");
+        assert!(!own.end(), "one batch still in flight");
+        assert!(own.end(), "the last batch wakes the loop");
+        own.begin();
+        assert!(!own.end(), "the put-off wake-up is taken once");
     }
 }

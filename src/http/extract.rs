@@ -8,7 +8,7 @@ use std::task::Poll;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
@@ -21,8 +21,13 @@ pub struct ApiJson<T>(pub T);
 /// A JSON body that may be absent (an empty body reads as `T::default()`).
 pub struct OptionalJson<T>(pub T);
 
+/// Reads a whole body, refusing one over the configured limit with 413. The
+/// limit is applied here rather than by axum's `DefaultBodyLimit` layer, which
+/// puts an extension into every request (the extension map's first growth,
+/// per request, on the verification path); every body is read through here.
 async fn body_bytes(req: Request, state: &AppState) -> Result<Bytes, Error> {
-    let mut read = std::pin::pin!(Bytes::from_request(req, state));
+    let limited = Limited::new(req.into_body(), state.max_body_bytes);
+    let mut read = std::pin::pin!(limited.collect());
     // Nearly every body has arrived with its headers: those are taken without
     // arming a timer (a timer costs a lock on the runtime's timer wheel).
     let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
@@ -33,15 +38,15 @@ async fn body_bytes(req: Request, state: &AppState) -> Result<Bytes, Error> {
             .await
             .map_err(|_| Error::RequestTimeout)?,
     };
-    read.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Error::PayloadTooLarge {
-                limit: state.max_body_bytes,
-            }
-        } else {
-            Error::MalformedRequest("the request body could not be read".into())
-        }
-    })
+    match read {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(Error::PayloadTooLarge {
+            limit: state.max_body_bytes,
+        }),
+        Err(_) => Err(Error::MalformedRequest(
+            "the request body could not be read".into(),
+        )),
+    }
 }
 
 impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {

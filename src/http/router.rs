@@ -1,6 +1,5 @@
 //! Routes and middleware.
 
-use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -31,7 +30,6 @@ pub fn app(state: AppState) -> App {
 }
 
 fn router(state: AppState) -> Router {
-    let max_body = state.max_body_bytes;
     Router::new()
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/verify", post(verify::verify))
@@ -55,7 +53,6 @@ fn router(state: AppState) -> Router {
         .route("/console/console.css", get(console::style))
         .fallback(|| async { Error::RouteNotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(max_body))
         .layer(CatchPanicLayer::custom(|_panic| panic_response()))
         // Outside the panic catcher, so that a panic is recorded as the 500 it becomes.
         .layer(metrics::TrackLayer)
