@@ -13,6 +13,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use keyledger_projections::VerificationCode;
+
+use crate::http::verify::code_name;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Verifications answered, by `code` (`VALID`, `NOT_FOUND`, ...).
@@ -36,17 +38,14 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// (bounds memory on a node nobody scrapes).
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The verification codes with their labels, in the order of the counters.
-const CODES: [(VerificationCode, &str); 6] = [
-    (VerificationCode::Valid, "VALID"),
-    (VerificationCode::NotFound, "NOT_FOUND"),
-    (VerificationCode::Disabled, "DISABLED"),
-    (VerificationCode::Expired, "EXPIRED"),
-    (VerificationCode::WrongEnvironment, "WRONG_ENVIRONMENT"),
-    (
-        VerificationCode::InsufficientPermissions,
-        "INSUFFICIENT_PERMISSIONS",
-    ),
+/// The verification codes, in the order of the counters.
+const CODES: [VerificationCode; 6] = [
+    VerificationCode::Valid,
+    VerificationCode::NotFound,
+    VerificationCode::Disabled,
+    VerificationCode::Expired,
+    VerificationCode::WrongEnvironment,
+    VerificationCode::InsufficientPermissions,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -133,7 +132,7 @@ thread_local! {
 
 /// Counts one verification answer by its code.
 pub fn verification(code: VerificationCode) {
-    if let Some(i) = CODES.iter().position(|(c, _)| *c == code) {
+    if let Some(i) = CODES.iter().position(|c| *c == code) {
         verification_counters()[i].increment();
     }
 }
@@ -170,10 +169,11 @@ pub fn render_sharded(out: &mut String) {
         "# HELP {VERIFICATIONS_TOTAL} Key verifications answered, by result code.\n\
          # TYPE {VERIFICATIONS_TOTAL} counter"
     );
-    for ((_, label), counter) in CODES.iter().zip(verification_counters()) {
+    for (code, counter) in CODES.iter().zip(verification_counters()) {
         let _ = writeln!(
             out,
-            "{VERIFICATIONS_TOTAL}{{code=\"{label}\"}} {}",
+            "{VERIFICATIONS_TOTAL}{{code=\"{}\"}} {}",
+            code_name(*code),
             counter.value()
         );
     }
