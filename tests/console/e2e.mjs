@@ -131,6 +131,15 @@ const shot = async (name, options = {}) => {
 const keyRow = (id) => page.locator(`tr[data-key-id="${id}"]`);
 const statusOf = async (id) => (await keyRow(id).locator('.badge[class*="badge-status-"]').textContent()).trim();
 const pageRowIds = () => page.locator('tbody tr[data-key-id]').evaluateAll((rows) => rows.map((r) => r.dataset.keyId));
+/** Waits for focus to satisfy `check` (run in the page); a failure names what has focus. */
+async function focusLands(what, check) {
+  try {
+    await page.waitForFunction(check, undefined, { timeout: 5_000 });
+  } catch {
+    const at = await page.evaluate(() => document.activeElement?.outerHTML.slice(0, 200));
+    assert.fail(`focus never reached ${what}; it is on ${at}`);
+  }
+}
 /** Waits for a row's status badge to read `status`. */
 const rowStatus = (id, status) => keyRow(id).locator(`.badge-status-${status}`).waitFor();
 /** Opens a row's Actions menu and picks an item. */
@@ -262,7 +271,8 @@ try {
   await keyRow(id).getByRole('button', { name: 'Actions for console-e2e' }).focus();
   await page.keyboard.press('Enter');
   await page.getByRole('menuitem', { name: 'Reactivate' }).waitFor();
-  assert.equal(await page.evaluate(() => document.activeElement.textContent), 'Reactivate', 'focus is on the first item');
+  // The popover's toggle event, which moves focus, comes a task after the menu shows.
+  await focusLands('the first menu item', () => document.activeElement?.textContent === 'Reactivate');
   await page.keyboard.press('Enter');
   await confirmDialog.waitFor({ state: 'visible' });
   await page.keyboard.press('Enter');
