@@ -34,7 +34,7 @@ fn loaded_index(n: usize) -> (VerificationIndex, Vec<String>) {
     let prefix = KeyPrefix::default();
     let permissions = Permissions::parse(vec!["invoices:read".into(), "invoices:write".into()])
         .expect("valid permissions");
-    let index = VerificationIndex::new();
+    let index = VerificationIndex::with_capacity(n);
     let mut keys = Vec::with_capacity(n);
     for i in 0..n {
         let env = if i % 4 == 0 {
@@ -51,6 +51,7 @@ fn loaded_index(n: usize) -> (VerificationIndex, Vec<String>) {
             raw.hash(),
             IndexedKey::new(
                 &key_id,
+                &raw.parsed().display_prefix(),
                 &format!("tenant-{}", i % 100),
                 &format!("service {i}"),
                 env,

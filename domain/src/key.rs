@@ -124,6 +124,25 @@ impl Default for KeyPrefix {
     }
 }
 
+/// The display body characters (the last [`DISPLAY_BODY_LEN`] characters of a
+/// display prefix) of a presented key, found by position alone: nothing is
+/// checked. They are not secret and are random in every issued key, so an index
+/// can place keys by them and start fetching a key's entry before the checksum
+/// and the hash are computed. `None` when `s` is too short to hold them.
+pub fn display_body_of_key(s: &str) -> Option<&[u8]> {
+    let bytes = s.as_bytes();
+    let start = bytes.len().checked_sub(TAIL_LEN)?;
+    bytes.get(start..start + DISPLAY_BODY_LEN)
+}
+
+/// The display body characters of a stored display prefix (its last
+/// [`DISPLAY_BODY_LEN`] bytes, or all of it when shorter): for a key issued with
+/// that prefix, the same bytes as [`display_body_of_key`] finds in the key.
+pub fn display_body_of_prefix(display_prefix: &str) -> &[u8] {
+    let bytes = display_prefix.as_bytes();
+    &bytes[bytes.len().saturating_sub(DISPLAY_BODY_LEN)..]
+}
+
 /// A raw API key: the secret itself, handed to the client once at creation.
 ///
 /// `Debug` prints `RawKey(***)`; there is no `Display` and no `Serialize`, so the
@@ -216,7 +235,7 @@ impl<'a> ParsedKey<'a> {
         if !is_valid_prefix(prefix) {
             return Err(malformed("bad prefix"));
         }
-        if !tail.iter().all(u8::is_ascii_alphanumeric) {
+        if !all_base62(tail) {
             return Err(malformed("non-base62 character"));
         }
         let (signed, check) = bytes.split_at(bytes.len() - CHECK_LEN);
@@ -369,6 +388,17 @@ fn is_valid_prefix(prefix: &[u8]) -> bool {
         }
         None => false,
     }
+}
+
+/// Whether every byte is `[0-9A-Za-z]`. Without branches: the characters of a
+/// key are random, so a branch per character would be mispredicted about every
+/// other time (it was 40 % of a verification's time, BENCHMARKS.md).
+fn all_base62(bytes: &[u8]) -> bool {
+    bytes.iter().fold(true, |ok, &c| {
+        let digit = c.wrapping_sub(b'0') < 10;
+        let letter = (c | 0x20).wrapping_sub(b'a') < 26;
+        ok & (digit | letter)
+    })
 }
 
 /// CRC-32 of `signed` in base62, most significant digit first, zero-padded.
@@ -538,6 +568,25 @@ mod tests {
     }
 
     #[test]
+    fn the_base62_check_agrees_with_the_standard_library_for_every_byte() {
+        for c in 0..=255u8 {
+            assert_eq!(
+                all_base62(&[b'a', c, b'0']),
+                c.is_ascii_alphanumeric(),
+                "{c}"
+            );
+        }
+        assert!(all_base62(b""));
+    }
+
+    #[test]
+    fn display_bodies_of_short_inputs_are_absent_or_whole() {
+        assert_eq!(display_body_of_key("short"), None);
+        assert_eq!(display_body_of_key(""), None);
+        assert_eq!(display_body_of_prefix("abc"), b"abc");
+    }
+
+    #[test]
     fn generated_key_parses_with_the_documented_length_and_display_prefix() {
         for (prefix, env) in [
             ("kl", Environment::Live),
@@ -559,6 +608,9 @@ mod tests {
             );
             assert_eq!(key.hash(), parsed.hash());
             assert_eq!(key.hash(), KeyHash::of(key.expose()));
+            let located = display_body_of_key(key.expose()).expect("long enough");
+            assert_eq!(located, &body.as_bytes()[..DISPLAY_BODY_LEN]);
+            assert_eq!(display_body_of_prefix(&parsed.display_prefix()), located);
         }
     }
 

@@ -43,6 +43,8 @@ fn main() {
             hash,
             IndexedKey::new(
                 &key_id,
+                // A display body as random as an issued key's.
+                &format!("kl_live_{}", &hash.to_hex()[..8]),
                 &format!("tenant-{}", i % 100),
                 &format!("seed-{i}"),
                 Environment::Live,

@@ -24,7 +24,7 @@ use crate::verification::{IndexedKey, VerificationIndex};
 
 /// Columns the index needs, in the order [`IndexFields`] lists them.
 pub(crate) const INDEX_COLUMNS: &str =
-    "id, tenant, key_hash, name, environment, permissions, status, expires_at";
+    "id, tenant, key_hash, name, environment, permissions, status, expires_at, prefix";
 
 /// One key-list row, borrowed from the database row.
 pub(crate) struct IndexFields<'r> {
@@ -36,6 +36,7 @@ pub(crate) struct IndexFields<'r> {
     pub permissions: &'r str,
     pub status: &'r str,
     pub expires_at: Option<i64>,
+    pub prefix: &'r str,
 }
 
 #[derive(Default)]
@@ -78,6 +79,7 @@ impl IndexLoader {
         };
         let key = IndexedKey::from_shared(
             row.id,
+            row.prefix,
             tenant,
             row.name,
             environment,
@@ -120,6 +122,7 @@ pub(crate) async fn load_postgres(pool: &PgPool) -> Result<VerificationIndex, Pr
                 permissions: row.try_get(5)?,
                 status: row.try_get(6)?,
                 expires_at: row.try_get(7)?,
+                prefix: row.try_get(8)?,
             };
             loader.add(&index, fields);
         }
@@ -180,6 +183,7 @@ fn read_sqlite(path: &Path) -> Result<VerificationIndex, rusqlite::Error> {
                     permissions: text(5)?,
                     status: text(6)?,
                     expires_at: row.get(7)?,
+                    prefix: text(8)?,
                 },
             );
         }

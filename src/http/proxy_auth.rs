@@ -101,7 +101,7 @@ pub async fn auth(
     let (verdict, identity) = state.service.verify(request, at, |answer| {
         let identity = match (answer.code, answer.key) {
             (VerificationCode::Valid, Some(k)) => Some([
-                header_value(k.key_id().as_str(&mut KeyIdText::default())),
+                header_value(k.key_id(&mut KeyIdText::default())),
                 header_value(k.tenant()),
                 header_value(&k.permissions().as_slice().join(",")),
             ]),

@@ -153,12 +153,12 @@ pub async fn verify(
         permissions: &permissions,
     };
     let (code, body) = state.service.verify(request, at, |answer| {
-        let key = answer.key;
+        let key = answer.key.as_ref();
         let mut id_text = KeyIdText::default();
         let view = VerificationView {
             valid: answer.valid(),
             code: code_name(answer.code),
-            key_id: key.map(|k| k.key_id().as_str(&mut id_text)),
+            key_id: key.map(|k| k.key_id(&mut id_text)),
             tenant: key.map(|k| k.tenant()),
             name: key.map(|k| k.name()),
             environment: key.map(|k| k.environment().as_str()),

@@ -1,21 +1,20 @@
-//! Key id -> key hash, for applying events (which name keys by id) to an index
-//! keyed by hash. Only the writer (the tailer) uses it, never verification, so
-//! it trades lookup speed for memory: packed ids sit in one sorted vector (49
-//! bytes a key, where a hash map would take twice that at 1,000,000 keys).
+//! Key id -> slot, for applying events (which name keys by id) to an index
+//! placed by display body. Only the writer (the tailer) uses it, never
+//! verification, so it trades lookup speed for memory: packed ids sit in one
+//! sorted vector (24 bytes a key, where a hash map would take three times that
+//! at 1,000,000 keys).
 
 use std::collections::HashMap;
-
-use keyledger_domain::KeyHash;
 
 use super::key_id::KeyId;
 
 #[derive(Debug, Default)]
 pub(super) struct IdTable {
     /// Sorted by id when `sorted`; `None` marks a deleted key until compaction.
-    packed: Vec<([u8; 16], Option<KeyHash>)>,
+    packed: Vec<([u8; 16], Option<u32>)>,
     sorted: bool,
     removed: usize,
-    text: HashMap<Box<str>, KeyHash>,
+    text: HashMap<Box<str>, u32>,
 }
 
 impl IdTable {
@@ -28,17 +27,17 @@ impl IdTable {
         }
     }
 
-    pub(super) fn insert(&mut self, id: &KeyId, hash: KeyHash) {
+    pub(super) fn insert(&mut self, id: &KeyId, slot: u32) {
         match id {
             KeyId::Text(s) => {
-                self.text.insert(s.clone(), hash);
+                self.text.insert(s.clone(), slot);
             }
             KeyId::Packed(b) => {
                 // Ids are UUIDv7, so new keys almost always sort last: a push.
                 let in_order = self.packed.last().is_none_or(|(last, _)| last < b);
                 if in_order || !self.sorted {
                     self.sorted = in_order && self.sorted;
-                    self.packed.push((*b, Some(hash)));
+                    self.packed.push((*b, Some(slot)));
                     return;
                 }
                 match self.packed.binary_search_by(|(k, _)| k.cmp(b)) {
@@ -46,15 +45,15 @@ impl IdTable {
                         if self.packed[i].1.is_none() {
                             self.removed -= 1;
                         }
-                        self.packed[i].1 = Some(hash);
+                        self.packed[i].1 = Some(slot);
                     }
-                    Err(i) => self.packed.insert(i, (*b, Some(hash))),
+                    Err(i) => self.packed.insert(i, (*b, Some(slot))),
                 }
             }
         }
     }
 
-    pub(super) fn get(&mut self, id: &KeyId) -> Option<KeyHash> {
+    pub(super) fn get(&mut self, id: &KeyId) -> Option<u32> {
         match id {
             KeyId::Text(s) => self.text.get(s).copied(),
             KeyId::Packed(b) => {
@@ -64,18 +63,18 @@ impl IdTable {
         }
     }
 
-    pub(super) fn remove(&mut self, id: &KeyId) -> Option<KeyHash> {
+    pub(super) fn remove(&mut self, id: &KeyId) -> Option<u32> {
         match id {
             KeyId::Text(s) => self.text.remove(s),
             KeyId::Packed(b) => {
                 let i = self.position(b)?;
-                let hash = self.packed[i].1.take()?;
+                let slot = self.packed[i].1.take()?;
                 self.removed += 1;
                 if self.removed > 1024 && self.removed > self.packed.len() / 4 {
                     self.packed.retain(|(_, h)| h.is_some());
                     self.removed = 0;
                 }
-                Some(hash)
+                Some(slot)
             }
         }
     }
@@ -108,44 +107,44 @@ mod tests {
         KeyId::new(&format!("key_{n:032x}"))
     }
 
-    fn hash(n: u8) -> KeyHash {
-        KeyHash::from_bytes([n; 32])
+    fn slot(n: u8) -> u32 {
+        u32::from(n) * 1000
     }
 
     #[test]
     fn finds_ids_inserted_in_any_order_and_forgets_removed_ones() {
         let mut t = IdTable::default();
         for n in [5u8, 1, 9, 3, 7] {
-            t.insert(&id(u128::from(n)), hash(n));
+            t.insert(&id(u128::from(n)), slot(n));
         }
-        t.insert(&KeyId::new("key_held"), hash(42));
+        t.insert(&KeyId::new("key_held"), slot(42));
         for n in [5u8, 1, 9, 3, 7] {
-            assert_eq!(t.get(&id(u128::from(n))), Some(hash(n)));
+            assert_eq!(t.get(&id(u128::from(n))), Some(slot(n)));
         }
-        assert_eq!(t.get(&KeyId::new("key_held")), Some(hash(42)));
+        assert_eq!(t.get(&KeyId::new("key_held")), Some(slot(42)));
         assert_eq!(t.get(&id(4)), None);
-        assert_eq!(t.remove(&id(3)), Some(hash(3)));
+        assert_eq!(t.remove(&id(3)), Some(slot(3)));
         assert_eq!(t.get(&id(3)), None);
         assert_eq!(t.remove(&id(3)), None);
-        t.insert(&id(3), hash(33));
-        assert_eq!(t.get(&id(3)), Some(hash(33)));
-        t.insert(&id(2), hash(2));
-        assert_eq!(t.get(&id(2)), Some(hash(2)));
-        assert_eq!(t.remove(&KeyId::new("key_held")), Some(hash(42)));
+        t.insert(&id(3), slot(33));
+        assert_eq!(t.get(&id(3)), Some(slot(33)));
+        t.insert(&id(2), slot(2));
+        assert_eq!(t.get(&id(2)), Some(slot(2)));
+        assert_eq!(t.remove(&KeyId::new("key_held")), Some(slot(42)));
     }
 
     #[test]
     fn compacts_after_many_removals() {
         let mut t = IdTable::with_capacity(4000);
         for n in 0..4000u128 {
-            t.insert(&id(n), hash((n % 251) as u8));
+            t.insert(&id(n), slot((n % 251) as u8));
         }
         for n in 0..3000u128 {
             assert!(t.remove(&id(n)).is_some());
         }
         assert!(t.packed.len() < 4000, "tombstones were compacted");
         for n in 3000..4000u128 {
-            assert_eq!(t.get(&id(n)), Some(hash((n % 251) as u8)));
+            assert_eq!(t.get(&id(n)), Some(slot((n % 251) as u8)));
         }
     }
 }

@@ -32,21 +32,24 @@ impl KeyId {
     /// The id as text, written into `buf` when packed: no allocation, for
     /// the verification answer (every request prints one).
     pub fn as_str<'a>(&'a self, buf: &'a mut KeyIdText) -> &'a str {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         match self {
-            KeyId::Packed(bytes) => {
-                buf.0[..Self::PREFIX.len()].copy_from_slice(Self::PREFIX.as_bytes());
-                let digits = &mut buf.0[Self::PREFIX.len()..];
-                for (pair, byte) in digits.chunks_exact_mut(2).zip(bytes) {
-                    pair[0] = HEX[usize::from(byte >> 4)];
-                    pair[1] = HEX[usize::from(byte & 0xf)];
-                }
-                // Only ASCII was written.
-                std::str::from_utf8(&buf.0).unwrap_or_default()
-            }
+            KeyId::Packed(bytes) => packed_text(bytes, buf),
             KeyId::Text(s) => s,
         }
     }
+}
+
+/// A packed id's text (`key_` + 32 hex digits), written into `buf`.
+pub(super) fn packed_text<'a>(bytes: &[u8; 16], buf: &'a mut KeyIdText) -> &'a str {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    buf.0[..KeyId::PREFIX.len()].copy_from_slice(KeyId::PREFIX.as_bytes());
+    let digits = &mut buf.0[KeyId::PREFIX.len()..];
+    for (pair, byte) in digits.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
+    }
+    // Only ASCII was written.
+    std::str::from_utf8(&buf.0).unwrap_or_default()
 }
 
 /// Room for a packed id's text (`key_` + 32 hex digits).

@@ -1,87 +1,65 @@
-//! The verification index: key hash -> what verification needs, in memory.
+//! The verification index: what verification needs about every key, in memory.
 //!
-//! Reads never block writers: keys live in a `papaya` lock-free map keyed by
-//! hash, and an entry is immutable, replaced whole on change (papaya frees the
-//! old one once no reader holds it). Uses are
-//! counted in atomics inside the entry, so counting takes no lock shared by all
-//! requests and never waits on the store. When an entry is replaced, its counts
-//! move to the successor; a verification that counted on the old entry after
-//! the move sees it retired and moves its count itself (`rehome`), so no use is
-//! lost to the race.
+//! Entries sit inline in a table of 128-byte slots placed by each key's display
+//! body ([`slots`]): a verification reads one slot, and starts reading it before
+//! it has checked and hashed the presented key. Reads never block the writer
+//! and the writer never blocks reads (every slot is a sequence lock). Uses are
+//! counted in atomics inside the slot, so counting takes no lock shared by all
+//! requests and never waits on the store.
 //!
-//! Memory is what bounds a node at millions of keys (BENCHMARKS.md): entries
-//! sit in the map's own allocation (no `Arc` per key), ids are packed into 16
-//! bytes, tenants and permission sets are shared between keys, the id -> hash
-//! table used by the writer is a sorted vector, and the map is sized before a
-//! bulk load. Because entries live in the map, a verification's answer is
-//! read inside the map's guard: `verify` hands it to a closure.
+//! Changes to a key are written into its slot in place, so its uses stay where
+//! they are. A table is replaced whole when it grows or when the index is
+//! reloaded; the old one is then retired and its uses move to the new one. A
+//! verification that counted on the old table after the move sees it retired
+//! and moves its count itself (`rehome`), so no use is lost to the race.
+//!
+//! Memory is what bounds a node at millions of keys (BENCHMARKS.md): names up to
+//! 32 bytes and issued ids are held in the slot, tenants and permission sets
+//! are shared between keys and named by index, the id -> slot table used by
+//! the writer is a sorted vector, and the table is sized before a bulk load.
 
 mod id_table;
 mod key_id;
+mod slots;
 
-use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, Utc};
 use compact_str::CompactString;
+use keyledger_domain::key::{display_body_of_key, display_body_of_prefix};
 use keyledger_domain::{ApiKeyEvent, Environment, KeyHash, KeyUsageEvent, ParsedKey, Permissions};
 use serde::Serialize;
 
 use crate::event::{KeyledgerEvent, RecordedEvent};
 use id_table::IdTable;
 pub use key_id::{KeyId, KeyIdText};
+use slots::{
+    home_of, Slot, SlotData, SlotTable, ACTIVE, DELETED, EXPIRES, LIVE, LONG_NAME, TEST_ENV,
+    TEXT_ID,
+};
 
-/// Uses of one key not yet flushed to the store.
-///
-/// `SeqCst` throughout: a count and the entry's `retired` flag are written by
-/// different threads in opposite orders (count then check flag; set flag then
-/// take count), which only sequential consistency makes safe.
-#[derive(Debug, Default)]
-struct UsageCounter {
-    count: AtomicU64,
-    last_used_ms: AtomicI64,
-}
-
-impl UsageCounter {
-    fn add(&self, count: u64, at_ms: i64) {
-        self.count.fetch_add(count, Ordering::SeqCst);
-        // Within one millisecond every use but the first only reads.
-        if self.last_used_ms.load(Ordering::Relaxed) < at_ms {
-            self.last_used_ms.fetch_max(at_ms, Ordering::SeqCst);
-        }
-    }
-
-    /// Takes the pending count out (0 when none) and the newest use.
-    fn take(&self) -> (u64, i64) {
-        let count = self.count.swap(0, Ordering::SeqCst);
-        (count, self.last_used_ms.load(Ordering::SeqCst))
-    }
-}
-
-/// What verification needs to know about one key.
-#[derive(Debug)]
+/// A key as it goes into the index (from the key list at start, or from events).
+#[derive(Debug, Clone)]
 pub struct IndexedKey {
     key_id: KeyId,
+    /// Where the key's display body places it.
+    home: u64,
     tenant: Arc<str>,
-    /// Inline up to 24 bytes (nearly every name): reading it for the answer
-    /// then costs no memory access beyond the entry's own.
     name: CompactString,
     permissions: Arc<Permissions>,
     expires_at: Option<DateTime<Utc>>,
     environment: Environment,
     active: bool,
-    /// Set once the entry has been replaced or removed.
-    retired: AtomicBool,
-    usage: UsageCounter,
 }
 
 impl IndexedKey {
-    /// Builds an entry for the index (from the key list at start, or from events).
+    /// `display_prefix` is the key's stored display prefix (`kl_live_AbCd1234`).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         key_id: &str,
+        display_prefix: &str,
         tenant: &str,
         name: &str,
         environment: Environment,
@@ -91,6 +69,7 @@ impl IndexedKey {
     ) -> Self {
         Self::from_shared(
             key_id,
+            display_prefix,
             tenant.into(),
             name,
             environment,
@@ -100,10 +79,11 @@ impl IndexedKey {
         )
     }
 
-    /// Builds an entry whose tenant and permission set are already shared.
+    /// Builds a key whose tenant and permission set are already shared.
     #[allow(clippy::too_many_arguments)]
     pub fn from_shared(
         key_id: &str,
+        display_prefix: &str,
         tenant: Arc<str>,
         name: &str,
         environment: Environment,
@@ -113,96 +93,68 @@ impl IndexedKey {
     ) -> Self {
         Self {
             key_id: KeyId::new(key_id),
+            home: home_of(display_body_of_prefix(display_prefix)),
             tenant,
             name: CompactString::new(name),
             permissions,
             expires_at,
             environment,
             active,
-            retired: AtomicBool::new(false),
-            usage: UsageCounter::default(),
+        }
+    }
+}
+
+/// A key found by a verification: a copy of its slot, read consistently, and
+/// the generation that names its tenant and permission set.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifiedKey<'g> {
+    data: SlotData,
+    maps: &'g Maps,
+}
+
+impl<'g> VerifiedKey<'g> {
+    /// The key id, written into `buf` when it is of the issued shape.
+    pub fn key_id<'a>(&'a self, buf: &'a mut KeyIdText) -> &'a str {
+        if self.data.has(TEXT_ID) {
+            self.maps.interned.text(self.data.text_id())
+        } else {
+            key_id::packed_text(&self.data.key_id, buf)
         }
     }
 
-    pub fn key_id(&self) -> &KeyId {
-        &self.key_id
-    }
-
-    pub fn tenant(&self) -> &str {
-        &self.tenant
+    pub fn tenant(&self) -> &'g str {
+        self.maps.interned.tenant(self.data.tenant)
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        if self.data.has(LONG_NAME) {
+            self.maps.interned.text(self.data.text_name())
+        } else {
+            // Written from a `&str` and copied whole under the sequence lock.
+            std::str::from_utf8(self.data.inline_name()).unwrap_or_default()
+        }
     }
 
     pub fn environment(&self) -> Environment {
-        self.environment
+        if self.data.has(TEST_ENV) {
+            Environment::Test
+        } else {
+            Environment::Live
+        }
     }
 
-    pub fn permissions(&self) -> &Permissions {
-        &self.permissions
+    pub fn permissions(&self) -> &'g Permissions {
+        self.maps.interned.permissions(self.data.permissions)
     }
 
     pub fn expires_at(&self) -> Option<DateTime<Utc>> {
-        self.expires_at
+        self.data
+            .has(EXPIRES)
+            .then(|| DateTime::from_timestamp_micros(self.data.expires_us).unwrap_or_default())
     }
 
     pub fn active(&self) -> bool {
-        self.active
-    }
-
-    /// A new entry with the same identity and fresh counters.
-    fn successor(&self) -> IndexedKey {
-        IndexedKey {
-            key_id: self.key_id.clone(),
-            tenant: self.tenant.clone(),
-            name: self.name.clone(),
-            permissions: self.permissions.clone(),
-            expires_at: self.expires_at,
-            environment: self.environment,
-            active: self.active,
-            retired: AtomicBool::new(false),
-            usage: UsageCounter::default(),
-        }
-    }
-
-    fn drained(&self, count: u64, last_used_ms: i64) -> DrainedUsage {
-        DrainedUsage {
-            key_id: self.key_id.to_string(),
-            tenant: self.tenant.to_string(),
-            count,
-            last_used_at: DateTime::from_timestamp_millis(last_used_ms).unwrap_or_default(),
-        }
-    }
-}
-
-/// Hashes a `KeyHash` by its first 8 bytes: it is already a SHA-256, so hashing
-/// it again (SipHash) would only cost time.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DigestHasher(u64);
-
-impl Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut word = [0u8; 8];
-        let n = bytes.len().min(8);
-        word[..n].copy_from_slice(&bytes[..n]);
-        self.0 ^= u64::from_le_bytes(word);
-    }
-
-    // The slice length `Hash` writes before the bytes carries nothing.
-    fn write_usize(&mut self, _: usize) {}
-}
-
-impl BuildHasher for DigestHasher {
-    type Hasher = DigestHasher;
-
-    fn build_hasher(&self) -> DigestHasher {
-        DigestHasher(0)
+        self.data.has(ACTIVE)
     }
 }
 
@@ -231,7 +183,7 @@ pub struct VerifyRequest<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct Verification<'a> {
     pub code: VerificationCode,
-    pub key: Option<&'a IndexedKey>,
+    pub key: Option<VerifiedKey<'a>>,
 }
 
 impl Verification<'_> {
@@ -249,83 +201,187 @@ pub struct DrainedUsage {
     pub last_used_at: DateTime<Utc>,
 }
 
-/// One generation of the index.
+/// Tenants, permission sets and long texts, named by index from slots. Only
+/// ever appended to, so an index read from a slot stays valid; shared by a
+/// table and the one that replaces it when it grows.
 #[derive(Debug, Default)]
+struct Interned {
+    tenants: boxcar::Vec<Arc<str>>,
+    permissions: boxcar::Vec<Arc<Permissions>>,
+    /// Names longer than a slot holds, and ids not of the issued shape.
+    texts: boxcar::Vec<Box<str>>,
+}
+
+impl Interned {
+    fn tenant(&self, i: u32) -> &str {
+        self.tenants.get(i as usize).map_or("", |t| t)
+    }
+
+    fn permissions(&self, i: u32) -> &Permissions {
+        static NONE: std::sync::OnceLock<Permissions> = std::sync::OnceLock::new();
+        self.permissions
+            .get(i as usize)
+            .map_or_else(|| NONE.get_or_init(Permissions::default), Arc::as_ref)
+    }
+
+    fn text(&self, i: u32) -> &str {
+        self.texts.get(i as usize).map_or("", |t| t)
+    }
+
+    fn push_text(&self, text: &str) -> u32 {
+        index_u32(self.texts.push(text.into()))
+    }
+}
+
+/// Indexes stay far below 2^32 (one per tenant, permission set or long text).
+fn index_u32(i: usize) -> u32 {
+    u32::try_from(i).unwrap_or(u32::MAX)
+}
+
+/// One generation of the index: a table and what its slots name.
+#[derive(Debug)]
 struct Maps {
-    by_hash: papaya::HashMap<KeyHash, IndexedKey, DigestHasher>,
-    /// Touched by the writer only, never by verification.
-    writer: Mutex<WriterSide>,
+    table: SlotTable,
+    interned: Arc<Interned>,
+    /// Set once a newer generation has replaced this one.
+    retired: AtomicBool,
 }
 
 impl Maps {
-    fn with_capacity(n: usize) -> Self {
+    fn new(capacity: usize, interned: Arc<Interned>) -> Self {
         Self {
-            by_hash: papaya::HashMap::with_capacity_and_hasher(n, DigestHasher::default()),
-            writer: Mutex::new(WriterSide {
-                ids: IdTable::with_capacity(n),
-                ..WriterSide::default()
-            }),
+            table: SlotTable::with_capacity(capacity),
+            interned,
+            retired: AtomicBool::new(false),
         }
     }
 
-    fn writer(&self) -> MutexGuard<'_, WriterSide> {
-        // A poisoned lock only means a panic elsewhere; the tables are still valid.
-        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    fn key_id(&self, data: &SlotData) -> KeyId {
+        if data.has(TEXT_ID) {
+            KeyId::Text(self.interned.text(data.text_id()).into())
+        } else {
+            KeyId::Packed(data.key_id)
+        }
+    }
+
+    fn drained(&self, data: &SlotData, count: u64, last_used_ms: i64) -> DrainedUsage {
+        DrainedUsage {
+            key_id: self.key_id(data).to_string(),
+            tenant: self.interned.tenant(data.tenant).to_string(),
+            count,
+            last_used_at: DateTime::from_timestamp_millis(last_used_ms).unwrap_or_default(),
+        }
     }
 }
 
-/// The writer's tables: ids, the tenants (with how many keys each holds) and
-/// the permission sets shared by keys.
+/// The writer's tables: ids, and the tenants (with how many keys each holds)
+/// and permission sets already interned.
 #[derive(Debug, Default)]
 struct WriterSide {
     ids: IdTable,
+    /// Slots of the current table holding a key or a tombstone.
+    used: usize,
     tenants: HashMap<Arc<str>, Tenant>,
-    permissions: HashSet<Arc<Permissions>>,
+    permissions: HashMap<Arc<Permissions>, u32>,
 }
 
-/// A tenant's shared name and its number of keys in the index.
+/// A tenant's index in [`Interned::tenants`] and its number of keys in the index.
 #[derive(Debug)]
 struct Tenant {
-    name: Arc<str>,
+    index: u32,
     keys: u64,
 }
 
 impl WriterSide {
-    /// Makes `key` share its tenant and permission set with other keys, and
-    /// counts `added` more keys for its tenant (one lookup for both).
-    fn intern(&mut self, mut key: IndexedKey, added: u64) -> IndexedKey {
-        match self.tenants.get_mut(&*key.tenant) {
+    /// The slot entry of `key`, interning its tenant (counting `added` more
+    /// keys for it), its permission set and any long text.
+    fn entry(
+        &mut self,
+        interned: &Interned,
+        hash: &KeyHash,
+        key: &IndexedKey,
+        added: u64,
+    ) -> SlotData {
+        let tenant = match self.tenants.get_mut(&*key.tenant) {
             Some(t) => {
                 t.keys += added;
-                key.tenant = t.name.clone();
+                t.index
             }
             None => {
-                let name = key.tenant.clone();
+                let index = index_u32(interned.tenants.push(key.tenant.clone()));
                 self.tenants
-                    .insert(name.clone(), Tenant { name, keys: added });
-            }
-        }
-        key.permissions = match self.permissions.get(&key.permissions) {
-            Some(p) => p.clone(),
-            None => {
-                self.permissions.insert(key.permissions.clone());
-                key.permissions
+                    .insert(key.tenant.clone(), Tenant { index, keys: added });
+                index
             }
         };
-        key
+        let mut data = SlotData {
+            flags: LIVE,
+            home: key.home,
+            hash: *hash.as_bytes(),
+            key_id: [0; 16],
+            expires_us: 0,
+            tenant,
+            permissions: self.permission_set(interned, &key.permissions),
+            name: [0; slots::NAME_INLINE],
+        };
+        match &key.key_id {
+            KeyId::Packed(b) => data.key_id = *b,
+            KeyId::Text(s) => data.set_text_id(interned.push_text(s)),
+        }
+        set_name(&mut data, interned, &key.name);
+        set_expiry(&mut data, key.expires_at);
+        data.set(TEST_ENV, key.environment == Environment::Test);
+        data.set(ACTIVE, key.active);
+        data
+    }
+
+    fn permission_set(&mut self, interned: &Interned, set: &Arc<Permissions>) -> u32 {
+        if let Some(&i) = self.permissions.get(set) {
+            return i;
+        }
+        let i = index_u32(interned.permissions.push(set.clone()));
+        self.permissions.insert(set.clone(), i);
+        i
+    }
+
+    /// One key fewer for the tenant at `index`.
+    fn forget_key(&mut self, interned: &Interned, index: u32) {
+        if let Some(t) = self.tenants.get_mut(interned.tenant(index)) {
+            t.keys = t.keys.saturating_sub(1);
+        }
     }
 }
 
-/// The in-memory verification index of this node. The maps sit behind an
-/// `ArcSwap` so a rebuilt generation replaces them atomically while
+fn set_name(data: &mut SlotData, interned: &Interned, name: &str) {
+    if !data.set_inline_name(name) {
+        data.set_text_name(interned.push_text(name));
+    }
+}
+
+fn set_expiry(data: &mut SlotData, expires_at: Option<DateTime<Utc>>) {
+    data.set(EXPIRES, expires_at.is_some());
+    data.expires_us = expires_at.map_or(0, |e| e.timestamp_micros());
+}
+
+/// The in-memory verification index of this node. The current generation sits
+/// behind an `ArcSwap` so a grown or reloaded one replaces it atomically while
 /// verifications keep reading the old one.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct VerificationIndex {
     maps: arc_swap::ArcSwap<Maps>,
+    /// The single writer: events, bulk loads, growth and reloads.
+    writer: Mutex<WriterSide>,
+    live: AtomicUsize,
     checkpoint: AtomicI64,
-    /// Uses of keys removed before their counts were flushed. Touched only on
-    /// removal, on a verification racing a removal, and on flush.
+    /// Uses of keys that left the index before their counts were flushed.
+    /// Touched only on growth, on a verification racing one, and on flush.
     orphaned: Mutex<Vec<DrainedUsage>>,
+}
+
+impl Default for VerificationIndex {
+    fn default() -> Self {
+        Self::with_capacity(0)
+    }
 }
 
 impl VerificationIndex {
@@ -333,32 +389,70 @@ impl VerificationIndex {
         Self::default()
     }
 
-    /// An empty index sized for `n` keys, so a bulk load never resizes.
+    /// An empty index sized for `n` keys, so a bulk load never grows it.
     pub fn with_capacity(n: usize) -> Self {
         Self {
-            maps: arc_swap::ArcSwap::from_pointee(Maps::with_capacity(n)),
-            ..Self::default()
+            maps: arc_swap::ArcSwap::from_pointee(Maps::new(
+                SlotTable::capacity_for(n),
+                Arc::default(),
+            )),
+            writer: Mutex::new(WriterSide {
+                ids: IdTable::with_capacity(n),
+                ..WriterSide::default()
+            }),
+            live: AtomicUsize::new(0),
+            checkpoint: AtomicI64::new(0),
+            orphaned: Mutex::default(),
         }
     }
 
     /// Number of keys held.
     pub fn len(&self) -> usize {
-        self.maps.load().by_hash.len()
+        self.live.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    fn writer(&self) -> MutexGuard<'_, WriterSide> {
+        lock(&self.writer)
+    }
+
     /// Replaces this index's contents with a freshly loaded generation, carrying
     /// over uses not yet flushed. The caller holds the tailer lock.
     pub fn replace_with(&self, fresh: VerificationIndex) {
-        let old = self.maps.swap(fresh.maps.load_full());
+        let mut writer = self.writer();
+        self.live
+            .store(fresh.live.load(Ordering::Relaxed), Ordering::Relaxed);
         self.checkpoint.store(fresh.checkpoint(), Ordering::Release);
-        let new = self.maps.load();
-        let new_map = new.by_hash.pin();
-        for (hash, key) in old.by_hash.pin().iter() {
-            retire_into(key, new_map.get(hash), &self.orphaned);
+        let new = fresh.maps.load_full();
+        *writer = fresh
+            .writer
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
+        let old = self.maps.swap(new.clone());
+        self.hand_over(&old, &new);
+    }
+
+    /// Retires `old` and moves every use counted in it to `new` (or to the
+    /// orphans for keys `new` does not hold).
+    fn hand_over(&self, old: &Maps, new: &Maps) {
+        old.retired.store(true, Ordering::SeqCst);
+        let mut orphans = Vec::new();
+        for (_, slot) in old.table.used_slots() {
+            let (count, at) = slot.take_uses();
+            if count == 0 {
+                continue;
+            }
+            let data = slot.read();
+            match new.table.find(data.home, &data.hash) {
+                Some((j, _)) if data.state() == LIVE => new.table.slot(j).add_uses(count, at),
+                _ => orphans.push(old.drained(&data, count, at)),
+            }
+        }
+        if !orphans.is_empty() {
+            lock(&self.orphaned).extend(orphans);
         }
     }
 
@@ -369,24 +463,79 @@ impl VerificationIndex {
 
     /// Adds a key as loaded from the key list at start.
     pub fn insert(&self, hash: KeyHash, key: IndexedKey) {
+        let mut writer = self.writer();
+        self.insert_locked(&mut writer, &hash, &key);
+    }
+
+    fn insert_locked(&self, writer: &mut WriterSide, hash: &KeyHash, key: &IndexedKey) {
         let maps = self.maps.load();
-        let key = {
-            let mut writer = maps.writer();
-            writer.ids.insert(&key.key_id, hash);
-            writer.intern(key, 1)
+        if let Some(i) = writer.ids.get(&key.key_id) {
+            let i = i as usize;
+            let old = maps.table.slot(i).read();
+            if old.hash == *hash.as_bytes() && old.home == key.home {
+                // The same key again (a key-list row, then its event): in place,
+                // so its uses stay.
+                writer.forget_key(&maps.interned, old.tenant);
+                let data = writer.entry(&maps.interned, hash, key, 1);
+                maps.table.update(i, |d| *d = data);
+                return;
+            }
+            self.delete_slot(writer, &maps, i);
+        }
+        let maps = if maps.table.has_room(writer.used) {
+            maps
+        } else {
+            drop(maps);
+            self.grow(writer);
+            self.maps.load()
         };
-        maps.by_hash.pin().insert(hash, key);
+        let data = writer.entry(&maps.interned, hash, key, 1);
+        let Some(i) = maps.table.insert(&data) else {
+            // `has_room` held, so a free slot exists; this is unreachable.
+            tracing::error!("verification index full; key not indexed");
+            writer.forget_key(&maps.interned, data.tenant);
+            return;
+        };
+        writer.ids.insert(&key.key_id, index_u32(i));
+        writer.used += 1;
+        self.live.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Leaves a tombstone in slot `i`; its uses stay there for the next drain.
+    fn delete_slot(&self, writer: &mut WriterSide, maps: &Maps, i: usize) {
+        let data = maps.table.update(i, |d| d.set_state(DELETED));
+        writer.forget_key(&maps.interned, data.tenant);
+        self.live.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Moves the keys into a table sized for them (tombstones stay behind).
+    fn grow(&self, writer: &mut WriterSide) {
+        let old = self.maps.load_full();
+        let live = self.len();
+        let new = Maps::new(SlotTable::capacity_for(live), old.interned.clone());
+        let mut ids = IdTable::with_capacity(live);
+        let mut used = 0;
+        for (_, slot) in old.table.used_slots() {
+            let data = slot.read();
+            if data.state() != LIVE {
+                continue;
+            }
+            if let Some(j) = new.table.insert(&data) {
+                ids.insert(&old.key_id(&data), index_u32(j));
+                used += 1;
+            }
+        }
+        writer.ids = ids;
+        writer.used = used;
+        let new = Arc::new(new);
+        self.maps.store(new.clone());
+        self.hand_over(&old, &new);
     }
 
     /// How many keys `tenant` holds (deleted keys leave the index, so this is
     /// the key list's count, without a query).
     pub fn tenant_keys(&self, tenant: &str) -> u64 {
-        self.maps
-            .load()
-            .writer()
-            .tenants
-            .get(tenant)
-            .map_or(0, |t| t.keys)
+        self.writer().tenants.get(tenant).map_or(0, |t| t.keys)
     }
 
     /// Sets the checkpoint after a bulk load.
@@ -407,27 +556,34 @@ impl VerificationIndex {
             code: VerificationCode::NotFound,
             key: None,
         };
+        let maps = self.maps.load();
+        let Some(body) = display_body_of_key(req.key) else {
+            return answer(not_found);
+        };
+        let home = home_of(body);
+        // The slot's memory is on its way while the key is checked and hashed.
+        maps.table.touch(home);
         let Ok(parsed) = ParsedKey::parse(req.key) else {
             return answer(not_found);
         };
         let hash = parsed.hash();
-        let maps = self.maps.load();
-        let map = maps.by_hash.pin();
-        let Some(key) = map.get(&hash) else {
+        let Some((i, data)) = maps.table.find(home, hash.as_bytes()) else {
             return answer(not_found);
         };
-        let code = if !key.active {
+        let key = VerifiedKey { data, maps: &maps };
+        let code = if !key.active() {
             VerificationCode::Disabled
-        } else if key.expires_at.is_some_and(|e| e <= now) {
+        } else if data.has(EXPIRES) && data.expires_us <= now.timestamp_micros() {
             VerificationCode::Expired
-        } else if req.environment.is_some_and(|env| env != key.environment) {
+        } else if req.environment.is_some_and(|env| env != key.environment()) {
             VerificationCode::WrongEnvironment
-        } else if !key.permissions.grants_all(req.permissions) {
+        } else if !key.permissions().grants_all(req.permissions) {
             VerificationCode::InsufficientPermissions
         } else {
-            key.usage.add(1, now.timestamp_millis());
-            if key.retired.load(Ordering::SeqCst) {
-                self.rehome(&hash, key);
+            let slot = maps.table.slot(i);
+            slot.add_uses(1, now.timestamp_millis());
+            if maps.retired.load(Ordering::SeqCst) {
+                self.rehome(&maps, slot, &data);
             }
             VerificationCode::Valid
         };
@@ -437,30 +593,30 @@ impl VerificationIndex {
         })
     }
 
-    /// Moves uses counted on a retired entry to its successor (or to the
-    /// orphans when the key is gone), following further replacements.
-    fn rehome(&self, hash: &KeyHash, retired: &IndexedKey) {
-        let maps = self.maps.load();
-        let map = maps.by_hash.pin();
-        let mut from = retired;
-        loop {
-            let (count, at) = from.usage.take();
-            if count == 0 {
+    /// Moves uses counted in a retired generation's slot to the key's slot in
+    /// the current one (or to the orphans when the key is gone), following
+    /// further replacements.
+    fn rehome(&self, retired: &Maps, from: &Slot, data: &SlotData) {
+        let (mut count, mut at) = from.take_uses();
+        let mut previous: *const Maps = retired;
+        while count > 0 {
+            let current = self.maps.load_full();
+            let found = if std::ptr::eq(previous, Arc::as_ptr(&current)) {
+                None
+            } else {
+                current.table.find(data.home, &data.hash)
+            };
+            let Some((j, _)) = found else {
+                lock(&self.orphaned).push(retired.drained(data, count, at));
+                return;
+            };
+            let to = current.table.slot(j);
+            to.add_uses(count, at);
+            if !current.retired.load(Ordering::SeqCst) {
                 return;
             }
-            match map.get(hash) {
-                Some(to) if !std::ptr::eq(to, from) => {
-                    to.usage.add(count, at);
-                    if !to.retired.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    from = to;
-                }
-                _ => {
-                    lock(&self.orphaned).push(from.drained(count, at));
-                    return;
-                }
-            }
+            (count, at) = to.take_uses();
+            previous = Arc::as_ptr(&current);
         }
     }
 
@@ -474,6 +630,7 @@ impl VerificationIndex {
                 c.key_hash,
                 IndexedKey::new(
                     &event.key_id,
+                    &c.display_prefix,
                     &c.tenant,
                     &c.name,
                     c.environment,
@@ -482,49 +639,33 @@ impl VerificationIndex {
                     true,
                 ),
             ),
-            KeyledgerEvent::Key(ApiKeyEvent::KeyUpdated(u)) => self.replace(&event.key_id, |k| {
-                let mut next = k.successor();
-                if let Some(name) = &u.name {
-                    next.name = CompactString::new(name);
-                }
-                if let Some(p) = &u.permissions {
-                    next.permissions = Arc::new(p.clone());
-                }
-                if let Some(exp) = u.expires_at {
-                    next.expires_at = exp;
-                }
-                next
-            }),
+            KeyledgerEvent::Key(ApiKeyEvent::KeyUpdated(u)) => {
+                self.update(&event.key_id, |writer, interned, d| {
+                    if let Some(name) = &u.name {
+                        set_name(d, interned, name);
+                    }
+                    if let Some(p) = &u.permissions {
+                        d.permissions = writer.permission_set(interned, &Arc::new(p.clone()));
+                    }
+                    if let Some(exp) = u.expires_at {
+                        set_expiry(d, exp);
+                    }
+                });
+            }
             KeyledgerEvent::Key(ApiKeyEvent::KeyDeactivated(_)) => {
-                self.replace(&event.key_id, |k| IndexedKey {
-                    active: false,
-                    ..k.successor()
-                })
+                self.update(&event.key_id, |_, _, d| d.set(ACTIVE, false));
             }
             KeyledgerEvent::Key(ApiKeyEvent::KeyReactivated(_)) => {
-                self.replace(&event.key_id, |k| IndexedKey {
-                    active: true,
-                    ..k.successor()
-                })
+                self.update(&event.key_id, |_, _, d| d.set(ACTIVE, true));
             }
             KeyledgerEvent::Key(ApiKeyEvent::KeyExpirySet(x)) => {
-                self.replace(&event.key_id, |k| IndexedKey {
-                    expires_at: Some(x.expires_at),
-                    ..k.successor()
-                })
+                self.update(&event.key_id, |_, _, d| set_expiry(d, Some(x.expires_at)));
             }
             KeyledgerEvent::Key(ApiKeyEvent::KeyDeleted(_)) => {
-                let maps = self.maps.load();
-                let mut writer = maps.writer();
-                let hash = writer.ids.remove(&KeyId::new(&event.key_id));
-                if let Some(hash) = hash {
-                    if let Some(gone) = maps.by_hash.pin().remove(&hash) {
-                        if let Some(t) = writer.tenants.get_mut(gone.tenant()) {
-                            t.keys = t.keys.saturating_sub(1);
-                        }
-                        // Uses counted before the deletion still happened.
-                        retire_into(gone, None, &self.orphaned);
-                    }
+                let mut writer = self.writer();
+                if let Some(i) = writer.ids.remove(&KeyId::new(&event.key_id)) {
+                    let maps = self.maps.load();
+                    self.delete_slot(&mut writer, &maps, i as usize);
                 }
             }
             KeyledgerEvent::Usage(KeyUsageEvent::KeyUsageRecorded(_)) => {}
@@ -537,69 +678,44 @@ impl VerificationIndex {
         self.checkpoint.fetch_max(position, Ordering::AcqRel);
     }
 
-    /// Replaces a key's entry with `f(current)`; the current entry's uses move
-    /// to the new one.
-    fn replace(&self, key_id: &str, f: impl FnOnce(&IndexedKey) -> IndexedKey) {
-        let maps = self.maps.load();
-        let mut writer = maps.writer();
-        let Some(hash) = writer.ids.get(&KeyId::new(key_id)) else {
+    /// Rewrites a key's entry in place with `f`; its uses stay in its slot.
+    fn update(&self, key_id: &str, f: impl FnOnce(&mut WriterSide, &Interned, &mut SlotData)) {
+        let mut writer = self.writer();
+        let Some(i) = writer.ids.get(&KeyId::new(key_id)) else {
             return;
         };
-        let map = maps.by_hash.pin();
-        if let Some(current) = map.get(&hash) {
-            let next = writer.intern(f(current), 0);
-            // Successor first, then retire: a verification that sees the old
-            // entry retired finds the new one in the map.
-            map.insert(hash, next);
-            retire_into(current, map.get(&hash), &self.orphaned);
-        }
+        let maps = self.maps.load();
+        let mut data = maps.table.slot(i as usize).read();
+        f(&mut writer, &maps.interned, &mut data);
+        maps.table.update(i as usize, |d| *d = data);
     }
 
     /// Takes every pending use out of the counters (removed keys' included).
     pub fn drain_usage(&self) -> Vec<DrainedUsage> {
         let mut drained = std::mem::take(&mut *lock(&self.orphaned));
         let maps = self.maps.load();
-        let map = maps.by_hash.pin();
-        drained.extend(map.values().filter_map(|k| {
-            let (count, at) = k.usage.take();
-            (count > 0).then(|| k.drained(count, at))
-        }));
+        for (_, slot) in maps.table.used_slots() {
+            let (count, at) = slot.take_uses();
+            if count > 0 {
+                drained.push(maps.drained(&slot.read(), count, at));
+            }
+        }
         drained
     }
 
     /// Puts back uses whose flush failed, so they go out with the next one.
     pub fn restore_usage(&self, usage: &DrainedUsage) {
-        let maps = self.maps.load();
-        let hash = maps.writer().ids.get(&KeyId::new(&usage.key_id));
-        let map = maps.by_hash.pin();
-        match hash.and_then(|h| map.get(&h)) {
-            Some(k) => {
-                k.usage
-                    .add(usage.count, usage.last_used_at.timestamp_millis());
-                if let (true, Some(h)) = (k.retired.load(Ordering::SeqCst), hash) {
-                    self.rehome(&h, k);
-                }
-            }
+        let mut writer = self.writer();
+        // Under the writer lock no table replaces the current one meanwhile.
+        match writer.ids.get(&KeyId::new(&usage.key_id)) {
+            Some(i) => self
+                .maps
+                .load()
+                .table
+                .slot(i as usize)
+                .add_uses(usage.count, usage.last_used_at.timestamp_millis()),
             None => lock(&self.orphaned).push(usage.clone()),
         }
-    }
-}
-
-/// Retires `old` and moves its pending uses to `successor`, or to the orphans
-/// when the key is gone.
-fn retire_into(
-    old: &IndexedKey,
-    successor: Option<&IndexedKey>,
-    orphans: &Mutex<Vec<DrainedUsage>>,
-) {
-    old.retired.store(true, Ordering::SeqCst);
-    let (count, at) = old.usage.take();
-    if count == 0 {
-        return;
-    }
-    match successor {
-        Some(next) => next.usage.add(count, at),
-        None => lock(orphans).push(old.drained(count, at)),
     }
 }
 
@@ -611,102 +727,49 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keyledger_domain::{KeyPrefix, RawKey};
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
 
     const KEY_ID: &str = "key_019a4f3c2b7e7c1d8e9f0a1b2c3d4e5f";
 
-    fn index_with_one_key() -> (VerificationIndex, KeyHash) {
-        let index = VerificationIndex::new();
-        let hash = KeyHash::from_bytes([7; 32]);
-        index.insert(
-            hash,
-            IndexedKey::new(
-                KEY_ID,
-                "acme",
-                "billing",
-                Environment::Live,
-                Permissions::default(),
-                None,
-                true,
-            ),
-        );
-        (index, hash)
+    fn raw_key(seed: u64) -> RawKey {
+        RawKey::generate(
+            &KeyPrefix::default(),
+            Environment::Live,
+            &mut StdRng::seed_from_u64(seed),
+        )
     }
 
-    fn count_on(index: &VerificationIndex, hash: &KeyHash, n: u64) {
-        let maps = index.maps.load();
-        let map = maps.by_hash.pin();
-        let key = map.get(hash).expect("indexed");
-        key.usage.add(n, 1_000);
-        if key.retired.load(Ordering::SeqCst) {
-            index.rehome(hash, key);
-        }
+    fn key(id: &str, raw: &RawKey, name: &str) -> IndexedKey {
+        IndexedKey::new(
+            id,
+            &raw.parsed().display_prefix(),
+            "acme",
+            name,
+            Environment::Live,
+            Permissions::parse(vec!["a:read".into()]).expect("valid"),
+            None,
+            true,
+        )
     }
 
-    fn drained_count(index: &VerificationIndex) -> u64 {
-        index.drain_usage().iter().map(|u| u.count).sum()
+    fn verify_code(index: &VerificationIndex, raw: &RawKey) -> VerificationCode {
+        index.verify(
+            VerifyRequest {
+                key: raw.expose(),
+                environment: None,
+                permissions: &[],
+            },
+            Utc::now(),
+            |v| v.code,
+        )
     }
 
-    #[test]
-    fn a_replaced_entry_hands_its_uses_to_its_successor() {
-        let (index, hash) = index_with_one_key();
-        count_on(&index, &hash, 3);
-        index.replace(KEY_ID, |k| IndexedKey {
-            active: false,
-            ..k.successor()
-        });
-        count_on(&index, &hash, 2);
-        let drained = index.drain_usage();
-        assert_eq!(drained.len(), 1);
-        assert_eq!(drained[0].count, 5);
-        assert_eq!(drained[0].key_id, KEY_ID);
-        assert_eq!(drained_count(&index), 0, "drained once");
-    }
-
-    #[test]
-    fn a_use_counted_on_a_retired_entry_is_moved_not_lost() {
-        let (index, hash) = index_with_one_key();
-        let maps = index.maps.load();
-        let map = maps.by_hash.pin();
-        // A verification holds the entry while the writer replaces it...
-        let held = map.get(&hash).expect("indexed");
-        index.replace(KEY_ID, |k| IndexedKey {
-            name: "renamed".into(),
-            ..k.successor()
-        });
-        index.replace(KEY_ID, |k| IndexedKey {
-            active: false,
-            ..k.successor()
-        });
-        // ...and counts on it afterwards, as `verify` does.
-        held.usage.add(1, 2_000);
-        assert!(held.retired.load(Ordering::SeqCst));
-        index.rehome(&hash, held);
-        let drained = index.drain_usage();
-        assert_eq!(drained.len(), 1);
-        assert_eq!(drained[0].count, 1);
-        assert_eq!(drained[0].last_used_at.timestamp_millis(), 2_000);
-    }
-
-    #[test]
-    fn keys_are_counted_per_tenant_until_deleted() {
-        let (index, _) = index_with_one_key();
-        index.insert(
-            KeyHash::from_bytes([8; 32]),
-            IndexedKey::new(
-                "key_019a4f3c2b7e7c1d8e9f0a1b2c3d4e60",
-                "acme",
-                "search",
-                Environment::Test,
-                Permissions::default(),
-                None,
-                false,
-            ),
-        );
-        assert_eq!(index.tenant_keys("acme"), 2);
-        assert_eq!(index.tenant_keys("globex"), 0);
-        index.apply(&RecordedEvent {
-            position: 1,
-            key_id: KEY_ID.to_string(),
+    fn event(position: i64, key_id: &str, event: ApiKeyEvent) -> RecordedEvent {
+        RecordedEvent {
+            position,
+            key_id: key_id.to_string(),
             sequence: 2,
             meta: crate::event::EventMeta {
                 tenant: "acme".to_string(),
@@ -716,65 +779,229 @@ mod tests {
                 user_agent: None,
                 occurred_at: Utc::now(),
             },
-            event: KeyledgerEvent::Key(ApiKeyEvent::KeyDeleted(keyledger_domain::KeyDeleted {
-                at: Utc::now(),
-            })),
+            event: KeyledgerEvent::Key(event),
             hash: String::new(),
-        });
-        assert_eq!(index.tenant_keys("acme"), 1);
+        }
+    }
+
+    fn drained_count(index: &VerificationIndex) -> u64 {
+        index.drain_usage().iter().map(|u| u.count).sum()
     }
 
     #[test]
-    fn uses_of_a_removed_key_become_orphans_and_a_failed_flush_keeps_them() {
-        let (index, hash) = index_with_one_key();
-        count_on(&index, &hash, 4);
-        let maps = index.maps.load();
-        let removed = maps.writer().ids.remove(&KeyId::new(KEY_ID));
-        assert_eq!(removed, Some(hash));
-        let map = maps.by_hash.pin();
-        let gone = map.remove(&hash).expect("was indexed");
-        retire_into(gone, None, &index.orphaned);
+    fn a_key_is_answered_from_its_slot_with_everything_the_answer_needs() {
+        let index = VerificationIndex::new();
+        let raw = raw_key(1);
+        let long_name = "a name longer than the thirty-two bytes a slot holds";
+        index.insert(raw.hash(), key("legacy-id", &raw, long_name));
+        let (code, id, tenant, name, perms) = index.verify(
+            VerifyRequest {
+                key: raw.expose(),
+                environment: Some(Environment::Live),
+                permissions: &["a:read".to_string()],
+            },
+            Utc::now(),
+            |v| {
+                let k = v.key.expect("found");
+                let mut buf = KeyIdText::default();
+                (
+                    v.code,
+                    k.key_id(&mut buf).to_string(),
+                    k.tenant().to_string(),
+                    k.name().to_string(),
+                    k.permissions().as_slice().to_vec(),
+                )
+            },
+        );
+        assert_eq!(code, VerificationCode::Valid);
+        assert_eq!(id, "legacy-id");
+        assert_eq!(tenant, "acme");
+        assert_eq!(name, long_name);
+        assert_eq!(perms, vec!["a:read".to_string()]);
+        assert_eq!(verify_code(&index, &raw_key(2)), VerificationCode::NotFound);
+    }
+
+    #[test]
+    fn changes_are_written_in_place_and_keep_uses() {
+        let index = VerificationIndex::new();
+        let raw = raw_key(3);
+        index.insert(raw.hash(), key(KEY_ID, &raw, "billing"));
+        assert_eq!(verify_code(&index, &raw), VerificationCode::Valid);
+        index.apply(&event(
+            1,
+            KEY_ID,
+            ApiKeyEvent::KeyDeactivated(keyledger_domain::KeyDeactivated {
+                reason: None,
+                at: Utc::now(),
+            }),
+        ));
+        assert_eq!(verify_code(&index, &raw), VerificationCode::Disabled);
+        index.apply(&event(
+            2,
+            KEY_ID,
+            ApiKeyEvent::KeyReactivated(keyledger_domain::KeyReactivated { at: Utc::now() }),
+        ));
+        assert_eq!(verify_code(&index, &raw), VerificationCode::Valid);
         let drained = index.drain_usage();
         assert_eq!(drained.len(), 1);
-        assert_eq!(drained[0].count, 4);
-        // A failed flush puts them back; the key is gone, so they stay orphans.
-        index.restore_usage(&drained[0]);
-        assert_eq!(drained_count(&index), 4);
+        assert_eq!(drained[0].count, 2);
+        assert_eq!(drained[0].key_id, KEY_ID);
+        assert_eq!(drained_count(&index), 0, "drained once");
     }
 
     #[test]
-    fn a_reloaded_generation_keeps_unflushed_uses() {
-        let (index, hash) = index_with_one_key();
-        count_on(&index, &hash, 6);
-        let (fresh, _) = index_with_one_key();
+    fn uses_of_a_deleted_key_are_drained_and_a_failed_flush_keeps_them() {
+        let index = VerificationIndex::new();
+        let raw = raw_key(4);
+        index.insert(raw.hash(), key(KEY_ID, &raw, "billing"));
+        assert_eq!(verify_code(&index, &raw), VerificationCode::Valid);
+        assert_eq!(index.tenant_keys("acme"), 1);
+        index.apply(&event(
+            1,
+            KEY_ID,
+            ApiKeyEvent::KeyDeleted(keyledger_domain::KeyDeleted { at: Utc::now() }),
+        ));
+        assert_eq!(verify_code(&index, &raw), VerificationCode::NotFound);
+        assert_eq!(index.tenant_keys("acme"), 0);
+        assert_eq!(index.len(), 0);
+        let drained = index.drain_usage();
+        assert_eq!(drained.len(), 1);
+        assert_eq!(drained[0].count, 1);
+        // A failed flush puts them back; the key is gone, so they are orphans.
+        index.restore_usage(&drained[0]);
+        assert_eq!(drained_count(&index), 1);
+    }
+
+    #[test]
+    fn growing_keeps_every_key_and_every_use() {
+        let index = VerificationIndex::new();
+        let first = raw_key(10);
+        index.insert(first.hash(), key(KEY_ID, &first, "first"));
+        assert_eq!(verify_code(&index, &first), VerificationCode::Valid);
+        let capacity = index.maps.load().table.capacity();
+        let raws: Vec<RawKey> = (0..200).map(|n| raw_key(100 + n)).collect();
+        for (n, raw) in raws.iter().enumerate() {
+            index.insert(raw.hash(), key(&format!("key_{n}"), raw, "k"));
+        }
+        assert!(index.maps.load().table.capacity() > capacity, "grew");
+        assert_eq!(index.len(), 201);
+        assert_eq!(index.tenant_keys("acme"), 201);
+        for raw in &raws {
+            assert_eq!(verify_code(&index, raw), VerificationCode::Valid);
+        }
+        assert_eq!(drained_count(&index), 201, "the use before growth moved");
+    }
+
+    #[test]
+    fn a_use_counted_on_a_retired_generation_is_moved_not_lost() {
+        let index = VerificationIndex::new();
+        let raw = raw_key(5);
+        index.insert(raw.hash(), key(KEY_ID, &raw, "billing"));
+        // A verification holds the old generation while a reload replaces it...
+        let old = index.maps.load_full();
+        let (i, data) = old
+            .table
+            .find(data_home(&raw), raw.hash().as_bytes())
+            .expect("indexed");
+        let fresh = VerificationIndex::new();
+        fresh.insert(raw.hash(), key(KEY_ID, &raw, "billing"));
         index.replace_with(fresh);
-        assert_eq!(drained_count(&index), 6);
+        // ...and counts on it afterwards, as `verify` does.
+        old.table.slot(i).add_uses(1, 2_000);
+        assert!(old.retired.load(Ordering::SeqCst));
+        index.rehome(&old, old.table.slot(i), &data);
+        let drained = index.drain_usage();
+        assert_eq!(drained.len(), 1);
+        assert_eq!(drained[0].count, 1);
+        assert_eq!(drained[0].last_used_at.timestamp_millis(), 2_000);
+    }
+
+    fn data_home(raw: &RawKey) -> u64 {
+        home_of(display_body_of_key(raw.expose()).expect("a key"))
+    }
+
+    #[test]
+    fn a_reloaded_generation_keeps_unflushed_uses_and_orphans_gone_keys() {
+        let index = VerificationIndex::new();
+        let (kept, gone) = (raw_key(6), raw_key(7));
+        index.insert(kept.hash(), key(KEY_ID, &kept, "kept"));
+        index.insert(gone.hash(), key("key_gone", &gone, "gone"));
+        for _ in 0..3 {
+            verify_code(&index, &kept);
+            verify_code(&index, &gone);
+        }
+        let fresh = VerificationIndex::new();
+        fresh.insert(kept.hash(), key(KEY_ID, &kept, "kept"));
+        index.replace_with(fresh);
+        assert_eq!(verify_code(&index, &gone), VerificationCode::NotFound);
+        let mut drained = index.drain_usage();
+        drained.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+        assert_eq!(drained.len(), 2);
+        assert_eq!((drained[0].key_id.as_str(), drained[0].count), (KEY_ID, 3));
+        assert_eq!(
+            (drained[1].key_id.as_str(), drained[1].count),
+            ("key_gone", 3)
+        );
     }
 
     #[test]
     fn keys_share_tenant_and_permission_sets() {
         let index = VerificationIndex::with_capacity(2);
-        let perms = Permissions::parse(vec!["a:read".into()]).expect("valid");
-        for (n, id) in [(1u8, KEY_ID), (2, "key_held")] {
-            index.insert(
-                KeyHash::from_bytes([n; 32]),
-                IndexedKey::new(
-                    id,
-                    "acme",
-                    "k",
-                    Environment::Live,
-                    perms.clone(),
-                    None,
-                    true,
-                ),
-            );
-        }
+        let (a, b) = (raw_key(8), raw_key(9));
+        index.insert(a.hash(), key(KEY_ID, &a, "a"));
+        index.insert(b.hash(), key("key_held", &b, "b"));
         let maps = index.maps.load();
-        let map = maps.by_hash.pin();
-        let a = map.get(&KeyHash::from_bytes([1; 32])).expect("a");
-        let b = map.get(&KeyHash::from_bytes([2; 32])).expect("b");
-        assert!(Arc::ptr_eq(&a.tenant, &b.tenant));
-        assert!(Arc::ptr_eq(&a.permissions, &b.permissions));
-        assert_eq!(b.key_id().to_string(), "key_held");
+        assert_eq!(maps.interned.tenants.count(), 1);
+        assert_eq!(maps.interned.permissions.count(), 1);
+        assert_eq!(index.tenant_keys("acme"), 2);
+        assert_eq!(index.tenant_keys("globex"), 0);
+    }
+
+    #[test]
+    fn verifications_racing_a_writer_count_every_use() {
+        let index = Arc::new(VerificationIndex::new());
+        let raws: Arc<Vec<RawKey>> = Arc::new((0..50).map(|n| raw_key(1000 + n)).collect());
+        for (n, raw) in raws.iter().enumerate() {
+            index.insert(raw.hash(), key(&format!("key_{n}"), raw, "k"));
+        }
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (index, raws) = (index.clone(), raws.clone());
+                std::thread::spawn(move || {
+                    let mut valid = 0u64;
+                    for round in 0..20_000usize {
+                        let raw = &raws[round % raws.len()];
+                        if verify_code(&index, raw) == VerificationCode::Valid {
+                            valid += 1;
+                        }
+                    }
+                    valid
+                })
+            })
+            .collect();
+        // The writer renames keys, grows the table and reloads it meanwhile.
+        for round in 0..300usize {
+            let n = round % raws.len();
+            index.apply(&event(
+                i64::try_from(round + 1).expect("small"),
+                &format!("key_{n}"),
+                ApiKeyEvent::KeyUpdated(keyledger_domain::KeyUpdated {
+                    name: Some(format!("renamed {round}")),
+                    ..Default::default()
+                }),
+            ));
+            let extra = raw_key(5000 + round as u64);
+            index.insert(extra.hash(), key(&format!("extra_{round}"), &extra, "x"));
+            if round % 100 == 99 {
+                let fresh = VerificationIndex::new();
+                for (m, raw) in raws.iter().enumerate() {
+                    fresh.insert(raw.hash(), key(&format!("key_{m}"), raw, "k"));
+                }
+                index.replace_with(fresh);
+            }
+        }
+        let valid: u64 = readers.into_iter().map(|r| r.join().expect("reader")).sum();
+        assert_eq!(valid, 40_000, "every key stayed valid");
+        assert_eq!(drained_count(&index), valid, "every use was counted once");
     }
 }

@@ -1,0 +1,510 @@
+//! The table behind the verification index: each key's entry sits inline in
+//! one 128-byte slot (two cache lines that the CPU fetches as a pair), placed
+//! by the key's display body. A verification therefore costs one memory
+//! access where a map of pointers to entries costs two dependent ones, and it
+//! can start that access before the checksum and the SHA-256 are computed,
+//! because the display body is read straight from the presented key. A random
+//! read beyond the CPU caches costs 200-500 ns on the machines we measure on
+//! (BENCHMARKS.md), so the number of dependent accesses is the cost.
+//!
+//! One writer at a time (the index's writer lock) and any number of readers,
+//! which never block it and never wait for each other: every slot is a
+//! sequence lock. The writer makes the sequence odd, writes, and makes it even
+//! again; a reader copies the slot and retries when the sequence moved under
+//! it. Every field is an atomic word, so a torn copy is impossible to observe
+//! and never needs `unsafe`.
+//!
+//! Linear probing from the home slot. Slots are never emptied and never reused
+//! within a table: a deleted key leaves a tombstone holding its data until the
+//! table is rebuilt (grown). So a lookup stops at the first empty slot, and the
+//! key whose uses a slot counts never changes under a verification. Beside the
+//! slots sits one tag byte per slot (7 bits of the key's hash; 0 when empty):
+//! 1.5 MB at a million keys, small enough to stay in the CPU caches, so a
+//! probe reads slots only where the tag matches and an unknown key usually
+//! costs no slot read at all.
+
+use std::sync::atomic::{fence, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+/// Slot states (the low two bits of `flags`; 0 in a slot never written).
+pub(super) const LIVE: u32 = 1;
+pub(super) const DELETED: u32 = 2;
+const STATE_MASK: u32 = 0b11;
+
+/// The key is a test key (else live).
+pub(super) const TEST_ENV: u32 = 1 << 2;
+/// The key is active.
+pub(super) const ACTIVE: u32 = 1 << 3;
+/// `expires_us` holds an expiry.
+pub(super) const EXPIRES: u32 = 1 << 4;
+/// The id is not of the packed shape: `key_id` holds a text index.
+pub(super) const TEXT_ID: u32 = 1 << 5;
+/// The name is longer than [`NAME_INLINE`]: `name` holds a text index.
+pub(super) const LONG_NAME: u32 = 1 << 6;
+/// Length of an inline name, bits 8..14.
+const NAME_LEN_SHIFT: u32 = 8;
+const NAME_LEN_MASK: u32 = 0x3f << NAME_LEN_SHIFT;
+/// Bytes of a name held in the slot itself.
+pub(super) const NAME_INLINE: usize = 32;
+
+/// A table may hold at most this many used slots in 5 (live and tombstones):
+/// beyond it probes grow long, so the index grows the table first.
+pub(super) const MAX_LOAD_FIFTHS: usize = 4;
+
+/// One key's entry. `uses` and `last_used_ms` are counters that verifications
+/// add to directly; everything else is written by the writer under the
+/// sequence lock.
+#[repr(C, align(128))]
+#[derive(Debug, Default)]
+pub(super) struct Slot {
+    seq: AtomicU32,
+    flags: AtomicU32,
+    home: AtomicU64,
+    hash: [AtomicU64; 4],
+    key_id: [AtomicU64; 2],
+    expires_us: AtomicI64,
+    /// Tenant index (high half) and permission-set index (low half).
+    shared: AtomicU64,
+    name: [AtomicU64; NAME_INLINE / 8],
+    uses: AtomicU64,
+    last_used_ms: AtomicI64,
+}
+
+/// A copy of a slot's entry, taken under its sequence lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SlotData {
+    pub flags: u32,
+    /// The key's home hash (from its display body), to place it again on growth.
+    pub home: u64,
+    pub hash: [u8; 32],
+    /// The packed id, or a text index in the first 4 bytes when `TEXT_ID`.
+    pub key_id: [u8; 16],
+    /// Microseconds since the epoch, when `EXPIRES`.
+    pub expires_us: i64,
+    pub tenant: u32,
+    pub permissions: u32,
+    /// The name's bytes (its length in `flags`), or a text index in the first
+    /// 4 bytes when `LONG_NAME`.
+    pub name: [u8; NAME_INLINE],
+}
+
+impl SlotData {
+    pub fn state(&self) -> u32 {
+        self.flags & STATE_MASK
+    }
+
+    pub fn has(&self, flag: u32) -> bool {
+        self.flags & flag != 0
+    }
+
+    pub fn set(&mut self, flag: u32, on: bool) {
+        if on {
+            self.flags |= flag;
+        } else {
+            self.flags &= !flag;
+        }
+    }
+
+    pub fn set_state(&mut self, state: u32) {
+        self.flags = (self.flags & !STATE_MASK) | state;
+    }
+
+    /// The inline name's bytes (empty when the name is held as text).
+    pub fn inline_name(&self) -> &[u8] {
+        let len = ((self.flags & NAME_LEN_MASK) >> NAME_LEN_SHIFT) as usize;
+        &self.name[..len.min(NAME_INLINE)]
+    }
+
+    /// Sets the name inline when it fits; otherwise returns `false` and the
+    /// caller stores it as text with [`SlotData::set_text_name`].
+    pub fn set_inline_name(&mut self, name: &str) -> bool {
+        if name.len() > NAME_INLINE {
+            return false;
+        }
+        self.name = [0; NAME_INLINE];
+        self.name[..name.len()].copy_from_slice(name.as_bytes());
+        self.flags &= !(LONG_NAME | NAME_LEN_MASK);
+        // At most 32, so it fits the six bits.
+        self.flags |= (name.len() as u32) << NAME_LEN_SHIFT;
+        true
+    }
+
+    pub fn set_text_name(&mut self, text: u32) {
+        self.name = [0; NAME_INLINE];
+        self.name[..4].copy_from_slice(&text.to_le_bytes());
+        self.flags = (self.flags & !NAME_LEN_MASK) | LONG_NAME;
+    }
+
+    pub fn text_name(&self) -> u32 {
+        u32::from_le_bytes([self.name[0], self.name[1], self.name[2], self.name[3]])
+    }
+
+    pub fn set_text_id(&mut self, text: u32) {
+        self.key_id = [0; 16];
+        self.key_id[..4].copy_from_slice(&text.to_le_bytes());
+        self.flags |= TEXT_ID;
+    }
+
+    pub fn text_id(&self) -> u32 {
+        u32::from_le_bytes([
+            self.key_id[0],
+            self.key_id[1],
+            self.key_id[2],
+            self.key_id[3],
+        ])
+    }
+}
+
+fn store_words(dst: &[AtomicU64], bytes: &[u8]) {
+    for (atom, chunk) in dst.iter().zip(bytes.chunks_exact(8)) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(chunk);
+        atom.store(u64::from_le_bytes(b), Ordering::Relaxed);
+    }
+}
+
+fn load_words(src: &[AtomicU64], bytes: &mut [u8]) {
+    for (atom, chunk) in src.iter().zip(bytes.chunks_exact_mut(8)) {
+        chunk.copy_from_slice(&atom.load(Ordering::Relaxed).to_le_bytes());
+    }
+}
+
+impl Slot {
+    /// A consistent copy of the entry: retries while the writer is inside.
+    pub fn read(&self) -> SlotData {
+        loop {
+            let before = self.seq.load(Ordering::Acquire);
+            if before & 1 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let mut data = SlotData {
+                flags: self.flags.load(Ordering::Relaxed),
+                home: self.home.load(Ordering::Relaxed),
+                hash: [0; 32],
+                key_id: [0; 16],
+                expires_us: self.expires_us.load(Ordering::Relaxed),
+                tenant: 0,
+                permissions: 0,
+                name: [0; NAME_INLINE],
+            };
+            load_words(&self.hash, &mut data.hash);
+            load_words(&self.key_id, &mut data.key_id);
+            load_words(&self.name, &mut data.name);
+            let shared = self.shared.load(Ordering::Relaxed);
+            data.tenant = (shared >> 32) as u32;
+            data.permissions = shared as u32;
+            // Orders the copy before the check (the sequence-lock read fence).
+            fence(Ordering::Acquire);
+            if self.seq.load(Ordering::Relaxed) == before {
+                return data;
+            }
+        }
+    }
+
+    /// Writes the entry; only the table's single writer calls this.
+    fn write(&self, data: &SlotData) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        // Orders the odd sequence before the writes (the sequence-lock write fence).
+        fence(Ordering::Release);
+        self.flags.store(data.flags, Ordering::Relaxed);
+        self.home.store(data.home, Ordering::Relaxed);
+        store_words(&self.hash, &data.hash);
+        store_words(&self.key_id, &data.key_id);
+        self.expires_us.store(data.expires_us, Ordering::Relaxed);
+        self.shared.store(
+            (u64::from(data.tenant) << 32) | u64::from(data.permissions),
+            Ordering::Relaxed,
+        );
+        store_words(&self.name, &data.name);
+        self.seq.store(seq.wrapping_add(2), Ordering::Release);
+    }
+
+    /// Counts uses. `SeqCst`: a count and a generation's `retired` flag are
+    /// written by different threads in opposite orders (count then check the
+    /// flag; set the flag then take the count), which only sequential
+    /// consistency makes safe.
+    pub fn add_uses(&self, count: u64, at_ms: i64) {
+        self.uses.fetch_add(count, Ordering::SeqCst);
+        // Within one millisecond every use but the first only reads.
+        if self.last_used_ms.load(Ordering::Relaxed) < at_ms {
+            self.last_used_ms.fetch_max(at_ms, Ordering::SeqCst);
+        }
+    }
+
+    /// Takes the pending uses out (0 when none) and the newest use.
+    pub fn take_uses(&self) -> (u64, i64) {
+        let count = self.uses.swap(0, Ordering::SeqCst);
+        (count, self.last_used_ms.load(Ordering::SeqCst))
+    }
+}
+
+/// Where a display body puts a key: a 64-bit mix of its bytes. The bytes are
+/// random base62 in every issued key, so the mix only has to spread them.
+pub(super) fn home_of(display_body: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    let n = display_body.len().min(8);
+    word[..n].copy_from_slice(&display_body[..n]);
+    let mut h = u64::from_le_bytes(word) ^ ((n as u64) << 59);
+    // The finaliser of SplitMix64: every input bit reaches every output bit.
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// A slot's tag: 7 bits of the key's hash with the high bit set (0 is empty).
+fn tag_of(hash: &[u8; 32]) -> u8 {
+    0x80 | (hash[31] & 0x7f)
+}
+
+/// A fixed-capacity table of slots and their tags.
+#[derive(Debug)]
+pub(super) struct SlotTable {
+    slots: Box<[Slot]>,
+    tags: Box<[AtomicU8]>,
+}
+
+impl SlotTable {
+    pub fn with_capacity(capacity: usize) -> Self {
+        let capacity = capacity.max(8);
+        Self {
+            slots: std::iter::repeat_with(Slot::default)
+                .take(capacity)
+                .collect(),
+            tags: std::iter::repeat_with(AtomicU8::default)
+                .take(capacity)
+                .collect(),
+        }
+    }
+
+    /// The capacity that holds `keys` at two thirds full.
+    pub fn capacity_for(keys: usize) -> usize {
+        keys.saturating_mul(3) / 2 + 8
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether one more key still fits under the load limit when `used` slots
+    /// are taken.
+    pub fn has_room(&self, used: usize) -> bool {
+        (used + 1) * 5 <= self.capacity() * MAX_LOAD_FIFTHS
+    }
+
+    pub fn slot(&self, i: usize) -> &Slot {
+        &self.slots[i]
+    }
+
+    /// The slots that hold a key or a tombstone.
+    pub fn used_slots(&self) -> impl Iterator<Item = (usize, &Slot)> {
+        self.slots
+            .iter()
+            .zip(self.tags.iter())
+            .enumerate()
+            .filter(|(_, (_, tag))| tag.load(Ordering::Acquire) != 0)
+            .map(|(i, (slot, _))| (i, slot))
+    }
+
+    fn home_index(&self, home: u64) -> usize {
+        // Multiply-shift maps the hash onto any capacity, power of two or not.
+        ((u128::from(home) * self.slots.len() as u128) >> 64) as usize
+    }
+
+    fn next(&self, i: usize) -> usize {
+        if i + 1 == self.slots.len() {
+            0
+        } else {
+            i + 1
+        }
+    }
+
+    /// Starts fetching a home slot's memory so that it arrives while the
+    /// caller checks and hashes the key: plain loads whose values nobody waits
+    /// for (a prefetch instruction would need `unsafe`).
+    pub fn touch(&self, home: u64) {
+        let i = self.home_index(home);
+        std::hint::black_box(self.tags[i].load(Ordering::Relaxed));
+        std::hint::black_box(self.slots[i].seq.load(Ordering::Relaxed));
+    }
+
+    /// The live key with `hash` placed from `home`: its slot and entry.
+    pub fn find(&self, home: u64, hash: &[u8; 32]) -> Option<(usize, SlotData)> {
+        let tag = tag_of(hash);
+        let mut i = self.home_index(home);
+        for _ in 0..self.slots.len() {
+            match self.tags[i].load(Ordering::Acquire) {
+                0 => return None,
+                t if t == tag => {
+                    let data = self.slots[i].read();
+                    if data.state() == LIVE && data.hash == *hash {
+                        return Some((i, data));
+                    }
+                }
+                _ => {}
+            }
+            i = self.next(i);
+        }
+        None
+    }
+
+    /// Puts a new entry in the first empty slot from its home and returns the
+    /// slot. The caller checked [`SlotTable::has_room`], so one is found.
+    pub fn insert(&self, data: &SlotData) -> Option<usize> {
+        let mut i = self.home_index(data.home);
+        for _ in 0..self.slots.len() {
+            if self.tags[i].load(Ordering::Relaxed) == 0 {
+                self.slots[i].write(data);
+                // After the entry: a reader that sees the tag sees the entry.
+                self.tags[i].store(tag_of(&data.hash), Ordering::Release);
+                return Some(i);
+            }
+            i = self.next(i);
+        }
+        None
+    }
+
+    /// Rewrites slot `i` with `f` applied to its entry; writer only. The key's
+    /// hash stays, so its tag does.
+    pub fn update(&self, i: usize, f: impl FnOnce(&mut SlotData)) -> SlotData {
+        let slot = &self.slots[i];
+        let mut data = slot.read();
+        f(&mut data);
+        slot.write(&data);
+        data
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    fn entry(home: u64, n: u8) -> SlotData {
+        let mut d = SlotData {
+            flags: LIVE | ACTIVE,
+            home,
+            hash: [n; 32],
+            key_id: [n; 16],
+            expires_us: 0,
+            tenant: 1,
+            permissions: 2,
+            name: [0; NAME_INLINE],
+        };
+        assert!(d.set_inline_name(&format!("key {n}")));
+        d
+    }
+
+    #[test]
+    fn the_slot_is_two_cache_lines() {
+        assert_eq!(std::mem::size_of::<Slot>(), 128);
+        assert_eq!(std::mem::align_of::<Slot>(), 128);
+    }
+
+    #[test]
+    fn keys_sharing_a_home_are_all_found_and_others_are_not() {
+        let table = SlotTable::with_capacity(64);
+        let mut at = Vec::new();
+        for n in 1..=20u8 {
+            let i = table.insert(&entry(42, n)).expect("room");
+            at.push(i);
+        }
+        for n in 1..=20u8 {
+            let (i, data) = table.find(42, &[n; 32]).expect("found");
+            assert_eq!(i, at[usize::from(n - 1)]);
+            assert_eq!(data.inline_name(), format!("key {n}").as_bytes());
+            assert_eq!(data.tenant, 1);
+            assert_eq!(data.permissions, 2);
+        }
+        assert_eq!(table.find(42, &[99; 32]), None);
+        assert_eq!(table.find(u64::MAX / 2, &[1; 32]), None, "another home");
+    }
+
+    #[test]
+    fn a_tombstone_is_skipped_and_never_reused() {
+        let table = SlotTable::with_capacity(16);
+        let a = table.insert(&entry(5, 1)).expect("room");
+        let b = table.insert(&entry(5, 2)).expect("room");
+        table.update(a, |d| d.set_state(DELETED));
+        assert_eq!(table.find(5, &[1; 32]), None);
+        assert_eq!(table.find(5, &[2; 32]).map(|f| f.0), Some(b));
+        let c = table.insert(&entry(5, 3)).expect("room");
+        assert_ne!(c, a, "the tombstone keeps its slot");
+        assert_eq!(table.find(5, &[3; 32]).map(|f| f.0), Some(c));
+    }
+
+    #[test]
+    fn rewriting_a_key_keeps_the_keys_behind_it_reachable() {
+        let table = SlotTable::with_capacity(16);
+        let home = table.insert(&entry(9, 1)).expect("room");
+        table.insert(&entry(9, 2)).expect("room");
+        table.update(home, |d| {
+            d.set_inline_name("renamed");
+        });
+        assert_eq!(
+            table.find(9, &[2; 32]).map(|(_, d)| d.hash),
+            Some([2; 32]),
+            "still reachable past the rewritten home slot"
+        );
+        assert_eq!(table.used_slots().count(), 2);
+    }
+
+    #[test]
+    fn long_names_and_text_ids_are_held_by_index() {
+        let mut d = entry(1, 1);
+        assert!(!d.set_inline_name(&"n".repeat(NAME_INLINE + 1)));
+        d.set_text_name(77);
+        assert!(d.has(LONG_NAME));
+        assert_eq!(d.text_name(), 77);
+        assert!(d.inline_name().is_empty());
+        d.set_text_id(5);
+        assert!(d.has(TEXT_ID));
+        assert_eq!(d.text_id(), 5);
+        assert!(d.set_inline_name(&"n".repeat(NAME_INLINE)));
+        assert!(!d.has(LONG_NAME));
+        assert_eq!(d.inline_name().len(), NAME_INLINE);
+    }
+
+    #[test]
+    fn homes_spread_display_bodies() {
+        let table = SlotTable::with_capacity(1000);
+        let mut hit = std::collections::HashSet::new();
+        for n in 0..1000u32 {
+            hit.insert(table.home_index(home_of(format!("{n:08}").as_bytes())));
+        }
+        // Random placement of 1000 balls in 1000 bins fills about 632.
+        assert!(hit.len() > 550, "{} distinct homes", hit.len());
+    }
+
+    #[test]
+    fn a_reader_never_sees_a_torn_entry() {
+        let table = Arc::new(SlotTable::with_capacity(16));
+        let i = table.insert(&entry(3, 1)).expect("room");
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (table, stop) = (table.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut seen = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let data = table.slot(i).read();
+                    // The writer keeps hash, id and name bytes equal to one another.
+                    assert!(data.hash.iter().all(|&b| b == data.hash[0]), "torn hash");
+                    assert_eq!(data.key_id[0], data.hash[0], "torn entry");
+                    assert_eq!(
+                        data.inline_name(),
+                        format!("key {}", data.hash[0]).as_bytes()
+                    );
+                    seen += 1;
+                }
+                seen
+            })
+        };
+        for round in 0..200_000u32 {
+            let n = (round % 200) as u8 + 1;
+            table.update(i, |d| *d = entry(3, n));
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(reader.join().expect("reader") > 0);
+    }
+}
