@@ -324,8 +324,13 @@ impl SlotTable {
     /// for (a prefetch instruction would need `unsafe`).
     pub fn touch(&self, home: u64) {
         let i = self.home_index(home);
-        std::hint::black_box(self.tags[i].load(Ordering::Relaxed));
-        std::hint::black_box(self.slots[i].seq.load(Ordering::Relaxed));
+        let slot = &self.slots[i];
+        // Both cache lines of the slot, fetched side by side.
+        std::hint::black_box((
+            self.tags[i].load(Ordering::Relaxed),
+            slot.seq.load(Ordering::Relaxed),
+            slot.uses.load(Ordering::Relaxed),
+        ));
     }
 
     /// The live key with `hash` placed from `home`: its slot and entry.
