@@ -53,6 +53,22 @@ impl IdTable {
         }
     }
 
+    /// Adds an id when many arrive in no particular order (a table being
+    /// rebuilt in slot order): appended, and sorted once at the next lookup.
+    /// [`IdTable::insert`] keeps the vector sorted, at the cost of a shift per
+    /// out-of-order id: quadratic for a whole table.
+    pub(super) fn insert_unordered(&mut self, id: &KeyId, slot: u32) {
+        match id {
+            KeyId::Text(s) => {
+                self.text.insert(s.clone(), slot);
+            }
+            KeyId::Packed(b) => {
+                self.sorted = self.sorted && self.packed.last().is_none_or(|(last, _)| last < b);
+                self.packed.push((*b, Some(slot)));
+            }
+        }
+    }
+
     pub(super) fn get(&mut self, id: &KeyId) -> Option<u32> {
         match id {
             KeyId::Text(s) => self.text.get(s).copied(),
@@ -131,6 +147,24 @@ mod tests {
         t.insert(&id(2), slot(2));
         assert_eq!(t.get(&id(2)), Some(slot(2)));
         assert_eq!(t.remove(&KeyId::new("key_held")), Some(slot(42)));
+    }
+
+    #[test]
+    fn ids_added_in_no_order_are_found_after_one_sort() {
+        let mut t = IdTable::with_capacity(1000);
+        for n in (0..1000u128).rev() {
+            t.insert_unordered(&id(n * 7 % 1000), slot((n % 251) as u8));
+        }
+        t.insert_unordered(&KeyId::new("key_held"), 5);
+        assert!(!t.sorted);
+        for n in 0..1000u128 {
+            let expected = (0..1000u128)
+                .find(|m| m * 7 % 1000 == n)
+                .expect("a bijection");
+            assert_eq!(t.get(&id(n)), Some(slot((expected % 251) as u8)));
+        }
+        assert!(t.sorted);
+        assert_eq!(t.get(&KeyId::new("key_held")), Some(5));
     }
 
     #[test]

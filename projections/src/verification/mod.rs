@@ -210,6 +210,10 @@ struct Interned {
     permissions: boxcar::Vec<Arc<Permissions>>,
     /// Names longer than a slot holds, and ids not of the issued shape.
     texts: boxcar::Vec<Box<str>>,
+    /// How many keys each tenant holds. Its own lock, held for one update:
+    /// the create path reads it, and must not wait while the writer grows a
+    /// table under the writer lock.
+    tenant_keys: Mutex<HashMap<Arc<str>, u64>>,
 }
 
 impl Interned {
@@ -230,6 +234,19 @@ impl Interned {
 
     fn push_text(&self, text: &str) -> u32 {
         index_u32(self.texts.push(text.into()))
+    }
+
+    /// One key fewer for the tenant at `index`.
+    fn forget_key(&self, index: u32) {
+        if let Some(keys) = lock(&self.tenant_keys).get_mut(self.tenant(index)) {
+            *keys = keys.saturating_sub(1);
+        }
+    }
+
+    fn count_keys(&self, tenant: &Arc<str>, added: u64) {
+        if added > 0 {
+            *lock(&self.tenant_keys).entry(tenant.clone()).or_insert(0) += added;
+        }
     }
 }
 
@@ -274,22 +291,16 @@ impl Maps {
     }
 }
 
-/// The writer's tables: ids, and the tenants (with how many keys each holds)
-/// and permission sets already interned.
+/// The writer's tables: ids, and the tenants and permission sets already
+/// interned.
 #[derive(Debug, Default)]
 struct WriterSide {
     ids: IdTable,
     /// Slots of the current table holding a key or a tombstone.
     used: usize,
-    tenants: HashMap<Arc<str>, Tenant>,
+    /// Tenant name -> its index in [`Interned::tenants`].
+    tenants: HashMap<Arc<str>, u32>,
     permissions: HashMap<Arc<Permissions>, u32>,
-}
-
-/// A tenant's index in [`Interned::tenants`] and its number of keys in the index.
-#[derive(Debug)]
-struct Tenant {
-    index: u32,
-    keys: u64,
 }
 
 impl WriterSide {
@@ -302,18 +313,15 @@ impl WriterSide {
         key: &IndexedKey,
         added: u64,
     ) -> SlotData {
-        let tenant = match self.tenants.get_mut(&*key.tenant) {
-            Some(t) => {
-                t.keys += added;
-                t.index
-            }
+        let tenant = match self.tenants.get(&*key.tenant) {
+            Some(&index) => index,
             None => {
                 let index = index_u32(interned.tenants.push(key.tenant.clone()));
-                self.tenants
-                    .insert(key.tenant.clone(), Tenant { index, keys: added });
+                self.tenants.insert(key.tenant.clone(), index);
                 index
             }
         };
+        interned.count_keys(&key.tenant, added);
         let mut data = SlotData {
             flags: LIVE,
             home: key.home,
@@ -342,13 +350,6 @@ impl WriterSide {
         let i = index_u32(interned.permissions.push(set.clone()));
         self.permissions.insert(set.clone(), i);
         i
-    }
-
-    /// One key fewer for the tenant at `index`.
-    fn forget_key(&mut self, interned: &Interned, index: u32) {
-        if let Some(t) = self.tenants.get_mut(interned.tenant(index)) {
-            t.keys = t.keys.saturating_sub(1);
-        }
     }
 }
 
@@ -475,7 +476,7 @@ impl VerificationIndex {
             if old.hash == *hash.as_bytes() && old.home == key.home {
                 // The same key again (a key-list row, then its event): in place,
                 // so its uses stay.
-                writer.forget_key(&maps.interned, old.tenant);
+                maps.interned.forget_key(old.tenant);
                 let data = writer.entry(&maps.interned, hash, key, 1);
                 maps.table.update(i, |d| *d = data);
                 return;
@@ -493,7 +494,7 @@ impl VerificationIndex {
         let Some(i) = maps.table.insert(&data) else {
             // `has_room` held, so a free slot exists; this is unreachable.
             tracing::error!("verification index full; key not indexed");
-            writer.forget_key(&maps.interned, data.tenant);
+            maps.interned.forget_key(data.tenant);
             return;
         };
         writer.ids.insert(&key.key_id, index_u32(i));
@@ -502,9 +503,10 @@ impl VerificationIndex {
     }
 
     /// Leaves a tombstone in slot `i`; its uses stay there for the next drain.
-    fn delete_slot(&self, writer: &mut WriterSide, maps: &Maps, i: usize) {
+    /// Takes the writer's tables to show the writer lock is held.
+    fn delete_slot(&self, _writer: &mut WriterSide, maps: &Maps, i: usize) {
         let data = maps.table.update(i, |d| d.set_state(DELETED));
-        writer.forget_key(&maps.interned, data.tenant);
+        maps.interned.forget_key(data.tenant);
         self.live.fetch_sub(1, Ordering::Relaxed);
     }
 
@@ -521,7 +523,7 @@ impl VerificationIndex {
                 continue;
             }
             if let Some(j) = new.table.insert(&data) {
-                ids.insert(&old.key_id(&data), index_u32(j));
+                ids.insert_unordered(&old.key_id(&data), index_u32(j));
                 used += 1;
             }
         }
@@ -535,7 +537,9 @@ impl VerificationIndex {
     /// How many keys `tenant` holds (deleted keys leave the index, so this is
     /// the key list's count, without a query).
     pub fn tenant_keys(&self, tenant: &str) -> u64 {
-        self.writer().tenants.get(tenant).map_or(0, |t| t.keys)
+        let maps = self.maps.load();
+        let counts = lock(&maps.interned.tenant_keys);
+        counts.get(tenant).copied().unwrap_or(0)
     }
 
     /// Sets the checkpoint after a bulk load.
