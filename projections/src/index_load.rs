@@ -49,7 +49,7 @@ impl IndexLoader {
     /// Adds the row's key to `index`; an unreadable row is skipped with a warning.
     pub(crate) fn add(&mut self, index: &VerificationIndex, row: IndexFields<'_>) {
         match self.entry(row) {
-            Some((hash, key)) => index.insert(hash, key),
+            Some((hash, key)) => index.load_row(hash, key),
             None => tracing::warn!("skipping an unreadable key_list row"),
         }
     }

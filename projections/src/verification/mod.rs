@@ -468,6 +468,29 @@ impl VerificationIndex {
         self.insert_locked(&mut writer, &hash, &key);
     }
 
+    /// Adds a key-list row during a bulk load: ids are unique there and may
+    /// come in any order (a PostgreSQL heap is not in id order once rows were
+    /// updated), so they are appended and sorted once at the first lookup.
+    pub(crate) fn load_row(&self, hash: KeyHash, key: IndexedKey) {
+        let mut writer = self.writer();
+        if !self.maps.load().table.has_room(writer.used) {
+            self.grow(&mut writer);
+        }
+        let maps = self.maps.load();
+        let data = writer.entry(&maps.interned, &hash, &key, 1);
+        match maps.table.insert(&data) {
+            Some(i) => {
+                writer.ids.insert_unordered(&key.key_id, index_u32(i));
+                writer.used += 1;
+                self.live.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                tracing::error!("verification index full; key not indexed");
+                maps.interned.forget_key(data.tenant);
+            }
+        }
+    }
+
     fn insert_locked(&self, writer: &mut WriterSide, hash: &KeyHash, key: &IndexedKey) {
         let maps = self.maps.load();
         if let Some(i) = writer.ids.get(&key.key_id) {
@@ -946,6 +969,27 @@ mod tests {
             (drained[1].key_id.as_str(), drained[1].count),
             ("key_gone", 3)
         );
+    }
+
+    #[test]
+    fn rows_loaded_in_any_order_are_found_by_id_afterwards() {
+        let index = VerificationIndex::with_capacity(100);
+        let raws: Vec<RawKey> = (0..100).map(|n| raw_key(300 + n)).collect();
+        for (n, raw) in raws.iter().enumerate().rev() {
+            index.load_row(raw.hash(), key(&format!("key_{n:032x}"), raw, "k"));
+        }
+        assert_eq!(index.len(), 100);
+        assert_eq!(index.tenant_keys("acme"), 100);
+        index.apply(&event(
+            1,
+            &format!("key_{:032x}", 42),
+            ApiKeyEvent::KeyDeactivated(keyledger_domain::KeyDeactivated {
+                reason: None,
+                at: Utc::now(),
+            }),
+        ));
+        assert_eq!(verify_code(&index, &raws[42]), VerificationCode::Disabled);
+        assert_eq!(verify_code(&index, &raws[41]), VerificationCode::Valid);
     }
 
     #[test]
