@@ -2,8 +2,9 @@
 //!
 //! Entries sit inline in a table of 128-byte slots placed by each key's display
 //! body ([`slots`]): a verification reads one slot, and starts reading it before
-//! it has checked and hashed the presented key. Reads never block the writer
-//! and the writer never blocks reads (every slot is a sequence lock). Uses are
+//! it has checked and hashed the presented key. Reads never block the writer,
+//! and a read waits for the writer only while it rewrites that one slot (every
+//! slot is a sequence lock). Uses are
 //! counted in atomics inside the slot, so counting takes no lock shared by all
 //! requests and never waits on the store.
 //!
@@ -203,7 +204,9 @@ pub struct DrainedUsage {
 
 /// Tenants, permission sets and long texts, named by index from slots. Only
 /// ever appended to, so an index read from a slot stays valid; shared by a
-/// table and the one that replaces it when it grows.
+/// table and the one that replaces it when it grows. What a key no longer
+/// names (the old text of a renamed long name) stays until the index is next
+/// reloaded from the key list: bounded by the events that caused it.
 #[derive(Debug, Default)]
 struct Interned {
     tenants: boxcar::Vec<Arc<str>>,
