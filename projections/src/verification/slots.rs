@@ -297,13 +297,12 @@ impl SlotTable {
     }
 
     /// The slots that hold a key or a tombstone.
-    pub fn used_slots(&self) -> impl Iterator<Item = (usize, &Slot)> {
+    pub fn used_slots(&self) -> impl Iterator<Item = &Slot> {
         self.slots
             .iter()
             .zip(self.tags.iter())
-            .enumerate()
-            .filter(|(_, (_, tag))| tag.load(Ordering::Acquire) != 0)
-            .map(|(i, (slot, _))| (i, slot))
+            .filter(|(_, tag)| tag.load(Ordering::Acquire) != 0)
+            .map(|(slot, _)| slot)
     }
 
     fn home_index(&self, home: u64) -> usize {
