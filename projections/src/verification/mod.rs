@@ -593,8 +593,8 @@ impl VerificationIndex {
         let home = home_of(body);
         let maps = self.maps.load();
         // The slot's memory is on its way while the key is checked and hashed.
-        // A key of the right length that fails its checksum pays for this
-        // read too; valid keys gain more (BENCHMARKS.md).
+        // A key of the right length that fails its checksum pays for the tag
+        // scan too, a few nanoseconds; it never waits for the prefetch.
         maps.table.touch(home);
         let Ok(parsed) = ParsedKey::parse(req.key) else {
             return answer(not_found);

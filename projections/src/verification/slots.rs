@@ -4,8 +4,9 @@
 //! access where a map of pointers to entries costs two dependent ones, and it
 //! can start that access before the checksum and the SHA-256 are computed,
 //! because the display body is read straight from the presented key. A random
-//! read beyond the CPU caches costs 200-500 ns on the machines we measure on
-//! (BENCHMARKS.md), so the number of dependent accesses is the cost.
+//! read beyond the CPU caches costs about 190 ns on the machines we measure
+//! on, more than the hash (BENCHMARKS.md), so the number of dependent accesses
+//! is the cost, and hiding the one left behind the hash is the rest.
 //!
 //! One writer at a time (the index's writer lock) and any number of readers,
 //! which never block it and never wait for each other: every slot is a
@@ -18,10 +19,13 @@
 //! within a table: a deleted key leaves a tombstone holding its data until the
 //! table is rebuilt (grown). So a lookup stops at the first empty slot, and the
 //! key whose uses a slot counts never changes under a verification. Beside the
-//! slots sits one tag byte per slot (7 bits of the key's hash; 0 when empty):
-//! 1.5 MB at a million keys, small enough to stay in the CPU caches, so a
-//! probe reads slots only where the tag matches and an unknown key usually
-//! costs no slot read at all.
+//! slots sits one tag byte per slot (7 bits of the key's home hash; 0 when
+//! empty): 1.5 MB at a million keys, small enough to stay in the CPU caches,
+//! so a probe reads slots only where the tag matches, an unknown key usually
+//! costs no slot read at all, and the slot a key most likely sits in is known
+//! (and prefetched) before its hash is. Tags come from the non-secret display
+//! body: a caller who copies a key's body only earns one slot read and a
+//! failed hash comparison.
 
 use std::sync::atomic::{fence, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
@@ -262,9 +266,11 @@ fn prefetch<T>(at: &T) {
 #[cfg(not(target_arch = "x86_64"))]
 fn prefetch<T>(_at: &T) {}
 
-/// A slot's tag: 7 bits of the key's hash with the high bit set (0 is empty).
-fn tag_of(hash: &[u8; 32]) -> u8 {
-    0x80 | (hash[31] & 0x7f)
+/// A slot's tag: 7 low bits of the key's home hash with the high bit set (0
+/// is empty). The slot's index comes from the high bits, so the two are
+/// independent; and the home is known before the key is hashed.
+fn tag_of(home: u64) -> u8 {
+    0x80 | (home as u8 & 0x7f)
 }
 
 /// A fixed-capacity table of slots and their tags.
@@ -328,21 +334,33 @@ impl SlotTable {
         }
     }
 
-    /// Starts fetching a home slot's memory so that it arrives while the
-    /// caller checks and hashes the key. A prefetch retires at once, so the
-    /// checksum and the SHA-256 run while the memory is on its way.
+    /// Starts fetching the memory of the slot where a key placed from `home`
+    /// most likely sits (the first whose tag matches), so that it arrives
+    /// while the caller checks and hashes the key. A prefetch retires at once,
+    /// so the checksum and the SHA-256 run while the memory is on its way.
     pub fn touch(&self, home: u64) {
-        let i = self.home_index(home);
-        let slot = &self.slots[i];
-        prefetch(&self.tags[i]);
-        // Both cache lines of the slot: the entry and the use counters.
-        prefetch(&slot.seq);
-        prefetch(&slot.uses);
+        let tag = tag_of(home);
+        let mut i = self.home_index(home);
+        // Tags are in the CPU caches; a probe longer than this is rare enough
+        // to leave to the lookup itself.
+        for _ in 0..8 {
+            match self.tags[i].load(Ordering::Relaxed) {
+                0 => return,
+                t if t == tag => {
+                    let slot = &self.slots[i];
+                    // Both cache lines: the entry and the use counters.
+                    prefetch(&slot.seq);
+                    prefetch(&slot.uses);
+                    return;
+                }
+                _ => i = self.next(i),
+            }
+        }
     }
 
     /// The live key with `hash` placed from `home`: its slot and entry.
     pub fn find(&self, home: u64, hash: &[u8; 32]) -> Option<(usize, SlotData)> {
-        let tag = tag_of(hash);
+        let tag = tag_of(home);
         let mut i = self.home_index(home);
         for _ in 0..self.slots.len() {
             match self.tags[i].load(Ordering::Acquire) {
@@ -368,7 +386,7 @@ impl SlotTable {
             if self.tags[i].load(Ordering::Relaxed) == 0 {
                 self.slots[i].write(data);
                 // After the entry: a reader that sees the tag sees the entry.
-                self.tags[i].store(tag_of(&data.hash), Ordering::Release);
+                self.tags[i].store(tag_of(data.home), Ordering::Release);
                 return Some(i);
             }
             i = self.next(i);
