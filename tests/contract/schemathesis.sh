@@ -3,9 +3,9 @@
 # running server (with a valid management token) and checks every answer
 # against the document: no 5xx, status codes, content types, headers and bodies
 # as documented, invalid data refused. Which checks run, and the one exception
-# per operation, are in schemathesis.toml beside this script. Warnings are off: the only one is
-# that GET /v1/auth refused every generated API key, which is right (it takes
-# API keys, and no generated string is one).
+# for a single operation, are in schemathesis.toml beside this script. Warnings
+# are off: the only one is that GET /v1/auth refused every generated API key,
+# which is right (it takes API keys, and no generated string is one).
 # Usage: tests/contract/schemathesis.sh [keyledger binary]   (pip install schemathesis)
 set -euo pipefail
 cd "$(dirname "$0")/../.."

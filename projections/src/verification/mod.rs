@@ -595,12 +595,12 @@ impl VerificationIndex {
         // The slot's memory is on its way while the key is checked and hashed.
         // A key of the right length that fails its checksum pays for the tag
         // scan too, a few nanoseconds; it never waits for the prefetch.
-        maps.table.touch(home);
+        let first = maps.table.touch(home);
         let Ok(parsed) = ParsedKey::parse(req.key) else {
             return answer(not_found);
         };
         let hash = parsed.hash();
-        let Some((i, data)) = maps.table.find(home, hash.as_bytes()) else {
+        let Some((i, data)) = maps.table.find_from(first, home, hash.as_bytes()) else {
             return answer(not_found);
         };
         let key = VerifiedKey { data, maps: &maps };

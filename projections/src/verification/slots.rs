@@ -334,46 +334,59 @@ impl SlotTable {
         }
     }
 
-    /// Starts fetching the memory of the slot where a key placed from `home`
-    /// most likely sits (the first whose tag matches), so that it arrives
-    /// while the caller checks and hashes the key. A prefetch retires at once,
-    /// so the checksum and the SHA-256 run while the memory is on its way.
-    pub fn touch(&self, home: u64) {
-        let tag = tag_of(home);
-        let mut i = self.home_index(home);
-        // Tags are in the CPU caches; a probe longer than this is rare enough
-        // to leave to the lookup itself.
-        for _ in 0..8 {
-            match self.tags[i].load(Ordering::Relaxed) {
-                0 => return,
-                t if t == tag => {
-                    let slot = &self.slots[i];
-                    // Both cache lines: the entry and the use counters.
-                    prefetch(&slot.seq);
-                    prefetch(&slot.uses);
-                    return;
-                }
+    /// The first slot from `i` on, in probe order, whose tag is `tag`; `None`
+    /// where the run of used slots ends first. A slot's tag never changes
+    /// once set, so a lookup may resume from any slot this returned.
+    fn candidate(&self, mut i: usize, tag: u8) -> Option<usize> {
+        for _ in 0..self.slots.len() {
+            match self.tags[i].load(Ordering::Acquire) {
+                0 => return None,
+                t if t == tag => return Some(i),
                 _ => i = self.next(i),
             }
         }
+        None
+    }
+
+    /// Finds the slot where a key placed from `home` most likely sits (the
+    /// first whose tag matches) and starts fetching its memory, so that it
+    /// arrives while the caller checks and hashes the key; a prefetch retires
+    /// at once. Hand the result to [`SlotTable::find_from`].
+    pub fn touch(&self, home: u64) -> Option<usize> {
+        let first = self.candidate(self.home_index(home), tag_of(home));
+        if let Some(i) = first {
+            let slot = &self.slots[i];
+            // Both cache lines: the entry and the use counters.
+            prefetch(&slot.seq);
+            prefetch(&slot.uses);
+        }
+        first
     }
 
     /// The live key with `hash` placed from `home`: its slot and entry.
     pub fn find(&self, home: u64, hash: &[u8; 32]) -> Option<(usize, SlotData)> {
+        let first = self.candidate(self.home_index(home), tag_of(home));
+        self.find_from(first, home, hash)
+    }
+
+    /// As [`SlotTable::find`], resuming from the first candidate slot that
+    /// [`SlotTable::touch`] found, so the tags are scanned once.
+    pub fn find_from(
+        &self,
+        first: Option<usize>,
+        home: u64,
+        hash: &[u8; 32],
+    ) -> Option<(usize, SlotData)> {
         let tag = tag_of(home);
-        let mut i = self.home_index(home);
+        let mut at = first;
+        // Each round moves past at least one slot: the table is covered once.
         for _ in 0..self.slots.len() {
-            match self.tags[i].load(Ordering::Acquire) {
-                0 => return None,
-                t if t == tag => {
-                    let data = self.slots[i].read();
-                    if data.state() == LIVE && data.hash == *hash {
-                        return Some((i, data));
-                    }
-                }
-                _ => {}
+            let i = at?;
+            let data = self.slots[i].read();
+            if data.state() == LIVE && data.hash == *hash {
+                return Some((i, data));
             }
-            i = self.next(i);
+            at = self.candidate(self.next(i), tag);
         }
         None
     }
@@ -449,6 +462,23 @@ mod tests {
         }
         assert_eq!(table.find(42, &[99; 32]), None);
         assert_eq!(table.find(u64::MAX / 2, &[1; 32]), None, "another home");
+    }
+
+    #[test]
+    fn a_lookup_resumed_from_touch_finds_what_find_finds() {
+        let table = SlotTable::with_capacity(64);
+        for n in 1..=10u8 {
+            table.insert(&entry(42, n)).expect("room");
+        }
+        for n in 1..=11u8 {
+            let resumed = table.find_from(table.touch(42), 42, &[n; 32]);
+            assert_eq!(resumed, table.find(42, &[n; 32]), "key {n}");
+        }
+        assert_eq!(
+            table.touch(u64::MAX / 2),
+            None,
+            "an empty home has no candidate"
+        );
     }
 
     #[test]
