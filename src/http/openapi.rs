@@ -2,6 +2,7 @@
 
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::Required;
 use utoipa::{Modify, OpenApi};
 
 use crate::http::{audit, error, health, keys, metrics, proxy_auth, verify};
@@ -15,7 +16,7 @@ use crate::http::{audit, error, health, keys, metrics, proxy_auth, verify};
         health::live, health::ready, metrics::render
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &OptionalBodies),
     tags((name = "keys"), (name = "verification"), (name = "audit"), (name = "health"))
 )]
 pub struct ApiDoc;
@@ -37,7 +38,59 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Operations whose JSON body may be left out (API.md: deactivate takes an
+/// optional `{"reason"}`, rotate an optional grace period). utoipa marks every
+/// declared body required, and `Option<T>` would instead document a `null`
+/// body, which the handlers refuse; so the flag is cleared here.
+const OPTIONAL_BODIES: [&str; 2] = ["/v1/keys/{id}/deactivate", "/v1/keys/{id}/rotate"];
+
+struct OptionalBodies;
+
+impl Modify for OptionalBodies {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for path in OPTIONAL_BODIES {
+            let body = openapi
+                .paths
+                .paths
+                .get_mut(path)
+                .and_then(|item| item.post.as_mut())
+                .and_then(|op| op.request_body.as_mut());
+            if let Some(body) = body {
+                body.required = Some(Required::False);
+            }
+        }
+    }
+}
+
 /// GET /openapi.json
 pub async fn document() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body_required(path: &str) -> Option<Required> {
+        let doc = ApiDoc::openapi();
+        let item = doc.paths.paths.get(path)?;
+        let op = item.post.as_ref().or(item.patch.as_ref())?;
+        op.request_body.as_ref()?.required.clone()
+    }
+
+    #[test]
+    fn bodies_the_handlers_accept_absent_are_documented_as_optional() {
+        for path in OPTIONAL_BODIES {
+            assert!(
+                matches!(body_required(path), Some(Required::False)),
+                "{path}"
+            );
+        }
+        for path in ["/v1/keys", "/v1/keys/verify", "/v1/keys/{id}"] {
+            assert!(
+                matches!(body_required(path), Some(Required::True)),
+                "{path}"
+            );
+        }
+    }
 }

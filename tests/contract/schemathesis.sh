@@ -5,7 +5,8 @@
 # as documented, invalid data refused. Which checks run, and the one exception
 # for a single operation, are in schemathesis.toml beside this script. Warnings
 # are off: the only one is that GET /v1/auth refused every generated API key,
-# which is right (it takes API keys, and no generated string is one).
+# which is right (it takes API keys, and no generated string is one). One worker:
+# two threads hit a CPython 3.11 race inside hypothesis (RELIABILITY.md).
 # Usage: tests/contract/schemathesis.sh [keyledger binary]   (pip install schemathesis)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -22,4 +23,4 @@ for _ in $(seq 1 100); do curl -sf -o /dev/null "127.0.0.1:$port/readyz" && brea
 token=$("$bin" --data-dir "$work" token --tenant contract --subject schemathesis --ttl 1h)
 schemathesis --config-file tests/contract/schemathesis.toml run "http://127.0.0.1:$port/openapi.json" \
     -H "Authorization: Bearer $token" \
-    --max-examples "${MAX_EXAMPLES:-25}" --seed "${SEED:-20261123}" --workers 2 --warnings off
+    --max-examples "${MAX_EXAMPLES:-25}" --seed "${SEED:-20261123}" --workers 1 --warnings off
