@@ -3,7 +3,7 @@
 //! command's response includes its effect), on wake-ups, and on a polling timer so
 //! that events written by other processes arrive too.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +28,37 @@ pub struct Tailer {
     generation: std::sync::atomic::AtomicI64,
     /// Wake-ups put off while this node's own batches are in flight.
     own: OwnBatches,
+    /// How far the wake-ups since the last catch-up asked the feed to be read.
+    wanted: Wanted,
+}
+
+/// The highest position wake-ups asked for since the last catch-up began:
+/// 0 when none, `i64::MAX` when one did not say (read whatever is there).
+/// A notification that names a position this node has already applied (its
+/// own group-commit batch, applied from memory) then starts no catch-up.
+#[derive(Debug, Default)]
+struct Wanted(AtomicI64);
+
+impl Wanted {
+    fn through(&self, position: i64) {
+        self.0.fetch_max(position, Ordering::SeqCst);
+    }
+
+    fn anything(&self) {
+        self.0.store(i64::MAX, Ordering::SeqCst);
+    }
+
+    /// Whether some wake-up asked for more than `checkpoint`.
+    fn beyond(&self, checkpoint: i64) -> bool {
+        self.0.load(Ordering::SeqCst) > checkpoint
+    }
+
+    /// Called as a catch-up starts: what it reads covers every wake-up so
+    /// far, since each one's events were committed before it was sent. A
+    /// wake-up after this raises the mark again and wakes the loop again.
+    fn clear(&self) {
+        self.0.store(0, Ordering::SeqCst);
+    }
 }
 
 /// Batches this node is appending and will apply itself, and whether a
@@ -72,7 +103,9 @@ pub struct OwnBatch<'a> {
 impl Drop for OwnBatch<'_> {
     fn drop(&mut self) {
         if self.tailer.own.end() {
-            self.tailer.wake();
+            // Not `wake()`: the put-off wake-ups said how far they wanted the
+            // feed read, and the batches just applied may cover that.
+            self.tailer.wake.notify_one();
         }
     }
 }
@@ -86,6 +119,7 @@ impl Tailer {
             wake: Notify::new(),
             generation: std::sync::atomic::AtomicI64::new(0),
             own: OwnBatches::default(),
+            wanted: Wanted::default(),
         }
     }
 
@@ -207,6 +241,15 @@ impl Tailer {
 
     /// Asks the background loop to catch up now.
     pub fn wake(&self) {
+        self.wanted.anything();
+        self.wake.notify_one();
+    }
+
+    /// Asks the background loop to catch up to `position`, if this node's
+    /// projections do not hold it yet (a notification that names the last
+    /// position its commit gave).
+    pub fn wake_through(&self, position: i64) {
+        self.wanted.through(position);
         self.wake.notify_one();
     }
 
@@ -218,9 +261,13 @@ impl Tailer {
                 () = self.wake.notified() => false,
                 () = tokio::time::sleep(poll) => true,
             };
-            if !polled && self.own.put_off() {
+            if !polled
+                && (!self.wanted.beyond(self.projections.index().checkpoint())
+                    || self.own.put_off())
+            {
                 continue;
             }
+            self.wanted.clear();
             // Events whose writer died between its commit and numbering them
             // (PostgreSQL) are numbered by whichever node polls next.
             if polled {
@@ -240,7 +287,27 @@ impl Tailer {
 
 #[cfg(test)]
 mod tests {
-    use super::OwnBatches;
+    use super::{OwnBatches, Wanted};
+
+    #[test]
+    fn a_wake_up_for_an_applied_position_needs_no_catch_up() {
+        let wanted = Wanted::default();
+        assert!(!wanted.beyond(0), "no wake-up yet");
+        wanted.through(10);
+        wanted.through(7);
+        assert!(wanted.beyond(9), "position 10 is not applied at 9");
+        assert!(!wanted.beyond(10), "everything asked for is applied");
+        wanted.anything();
+        assert!(
+            wanted.beyond(1_000_000),
+            "a wake-up that names nothing reads the feed"
+        );
+        wanted.clear();
+        assert!(
+            !wanted.beyond(0),
+            "a catch-up covers the wake-ups before it"
+        );
+    }
 
     #[test]
     fn a_wake_up_during_own_batches_waits_for_the_last_of_them() {

@@ -8,6 +8,8 @@
 //! metadata (which holds `prev_hash`), as JSON re-serialised from what the store
 //! returns, so it is the same whoever computes it.
 
+use std::fmt::Write;
+
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -29,8 +31,34 @@ pub struct StoredFields<'a> {
     pub metadata: &'a Value,
 }
 
+/// The same fields with the payload and metadata as JSON text, as
+/// `Value::to_string` writes it (what a writer that binds text already holds).
+#[derive(Debug, Clone, Copy)]
+pub struct StoredText<'a> {
+    pub aggregate_type: &'a str,
+    pub aggregate_id: &'a str,
+    pub sequence: i64,
+    pub event_type: &'a str,
+    pub event_version: &'a str,
+    pub payload: &'a str,
+    pub metadata: &'a str,
+}
+
 /// Lowercase hex SHA-256 of an event's stored fields.
 pub fn event_hash(e: StoredFields<'_>) -> String {
+    event_hash_text(StoredText {
+        aggregate_type: e.aggregate_type,
+        aggregate_id: e.aggregate_id,
+        sequence: e.sequence,
+        event_type: e.event_type,
+        event_version: e.event_version,
+        payload: &e.payload.to_string(),
+        metadata: &e.metadata.to_string(),
+    })
+}
+
+/// `event_hash` of fields whose JSON is already text.
+pub fn event_hash_text(e: StoredText<'_>) -> String {
     let mut h = Sha256::new();
     for part in [
         e.aggregate_type,
@@ -42,10 +70,15 @@ pub fn event_hash(e: StoredFields<'_>) -> String {
         h.update(part.as_bytes());
         h.update([0u8]);
     }
-    h.update(e.payload.to_string().as_bytes());
+    h.update(e.payload.as_bytes());
     h.update([0u8]);
-    h.update(e.metadata.to_string().as_bytes());
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    h.update(e.metadata.as_bytes());
+    let mut hex = String::with_capacity(64);
+    for b in h.finalize() {
+        // Writing to a String cannot fail.
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
 }
 
 /// The `prev_hash` recorded in an event's metadata, if any.
@@ -89,5 +122,27 @@ mod tests {
             serde_json::from_str("{ \"KeyCreated\" : { \"name\" : \"a\" } }").expect("json");
         let meta = json!({});
         assert_eq!(event_hash(fields(&a, &meta)), event_hash(fields(&b, &meta)));
+    }
+
+    #[test]
+    fn the_hash_is_the_documented_digest_and_the_same_from_text() {
+        let payload = json!({"KeyCreated": {"name": "a"}});
+        let meta = json!({"prev_hash": GENESIS});
+        let hash = event_hash(fields(&payload, &meta));
+        // SHA-256 of the NUL-separated fields, computed outside Rust.
+        assert_eq!(
+            hash,
+            "41123eda4f86caa7835e864f014c6af0b5f3b19610031f64e4c946b07c9156ed"
+        );
+        let text = StoredText {
+            aggregate_type: "ApiKey",
+            aggregate_id: "key_1",
+            sequence: 1,
+            event_type: "KeyCreated",
+            event_version: "2.0",
+            payload: &payload.to_string(),
+            metadata: &meta.to_string(),
+        };
+        assert_eq!(event_hash_text(text), hash);
     }
 }

@@ -136,26 +136,48 @@ impl RecordedEvent {
                 serde_json::from_value(raw.payload).map_err(|e| decode_err(e.to_string()))?,
             )
         };
-        let text = |k: &str| {
-            raw.metadata
-                .get(k)
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
+        Self::from_parts(
+            position,
+            raw.aggregate_id,
+            raw.sequence,
+            event,
+            &raw.metadata,
+            hash,
+        )
+        .map(Some)
+    }
+
+    /// An event from its decoded parts: the metadata recorded with its
+    /// command and its chain hash. For a writer that holds the event it just
+    /// stored, which need not decode it back from JSON.
+    pub fn from_parts(
+        position: i64,
+        key_id: String,
+        sequence: i64,
+        event: KeyledgerEvent,
+        metadata: &Value,
+        hash: String,
+    ) -> Result<Self, ProjectionError> {
+        let text = |k: &str| metadata.get(k).and_then(Value::as_str).map(str::to_owned);
         let tenant = match (&event, text(meta_keys::TENANT)) {
             (_, Some(t)) => t,
             (KeyledgerEvent::Key(ApiKeyEvent::KeyCreated(c)), None) => c.tenant.clone(),
             (KeyledgerEvent::Usage(KeyUsageEvent::KeyUsageRecorded(u)), None) => u.tenant.clone(),
-            _ => return Err(decode_err("metadata has no tenant".into())),
+            _ => {
+                return Err(ProjectionError::Decode {
+                    position,
+                    message: "metadata has no tenant".into(),
+                })
+            }
         };
         let occurred_at = text(meta_keys::OCCURRED_AT)
             .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
             .map(|t| t.with_timezone(&Utc))
             .unwrap_or_else(|| event.time());
-        Ok(Some(Self {
+        Ok(Self {
             position,
-            key_id: raw.aggregate_id,
-            sequence: raw.sequence,
+            key_id,
+            sequence,
             meta: EventMeta {
                 tenant,
                 actor: text(meta_keys::ACTOR),
@@ -166,7 +188,7 @@ impl RecordedEvent {
             },
             event,
             hash,
-        }))
+        })
     }
 
     /// The type name shown in the audit log.

@@ -22,7 +22,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEvent};
 use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventStore as _};
 use keyledger_domain::chain::{GENESIS, PREV_HASH};
-use keyledger_domain::{ApiKey, DomainError, KeyCommand, KeyUsage, KeyUsageEvent};
+use keyledger_domain::{ApiKey, ApiKeyEvent, DomainError, KeyCommand, KeyUsage, KeyUsageEvent};
 use keyledger_projections::RawEvent;
 use rand::Rng;
 
@@ -145,9 +145,9 @@ impl EventStore {
     /// its event in stored form and, on PostgreSQL, its projection rows. Done
     /// on the caller's task, so a group-commit worker only writes.
     pub async fn prepare_new(&self, command: NewKeyCommand) -> Result<PreparedCreate, Error> {
-        let event = first_event(&command).await?;
+        let (event, domain) = first_event(&command).await?;
         let rows = match self {
-            Self::Postgres(_) => Some(numbered_append::Rows::of(&event)?),
+            Self::Postgres(_) => Some(numbered_append::Rows::of(&event, domain)?),
             _ => None,
         };
         Ok(PreparedCreate {
@@ -205,7 +205,7 @@ impl EventStore {
                     .map(|p| p.rows.as_ref())
                     .collect::<Option<Vec<_>>>()
                     .ok_or_else(|| Error::Internal("a create was not prepared".into()))?;
-                let appended = numbered_append::append_numbered(&s.pool, &rows).await?;
+                let appended = s.append_numbered(&rows).await?;
                 return Ok((appended.through, Some(appended)));
             }
             #[cfg(feature = "kurrentdb")]
@@ -445,7 +445,7 @@ pub struct NewKeyCommand {
 
 /// The one event a create produces, in stored form: the aggregate's own rules
 /// decide, on the empty aggregate a fresh id loads to.
-async fn first_event(item: &NewKeyCommand) -> Result<SerializedEvent, Error> {
+async fn first_event(item: &NewKeyCommand) -> Result<(SerializedEvent, ApiKeyEvent), Error> {
     let mut aggregate = ApiKey::default();
     let sink = EventSink::default();
     aggregate
@@ -460,7 +460,8 @@ async fn first_event(item: &NewKeyCommand) -> Result<SerializedEvent, Error> {
     };
     let mut metadata = item.metadata.clone();
     metadata.insert(PREV_HASH.to_string(), GENESIS.to_string());
-    serialize(ApiKey::TYPE, &item.key_id, 1, &event, &metadata)
+    let stored = serialize(ApiKey::TYPE, &item.key_id, 1, &event, &metadata)?;
+    Ok((stored, event))
 }
 
 async fn backoff(attempt: usize) {
@@ -520,5 +521,67 @@ fn map_aggregate_error(e: AggregateError<DomainError>) -> Error {
                 Error::Internal(format!("event store: {cause}"))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keyledger_domain::{CreateKey, Environment, KeyCommandKind, KeyHash};
+    use keyledger_projections::{RawEvent, RecordedEvent};
+
+    use super::*;
+
+    fn create() -> NewKeyCommand {
+        NewKeyCommand {
+            key_id: "key_0123".into(),
+            command: KeyCommand {
+                tenant: "acme".into(),
+                actor: "alice".into(),
+                at: chrono::DateTime::from_timestamp_millis(1_790_000_000_123).expect("time"),
+                kind: KeyCommandKind::CreateKey(CreateKey {
+                    key_hash: KeyHash::of("kl_live_example"),
+                    display_prefix: "kl_live_exampleX".into(),
+                    name: "billing".into(),
+                    description: Some("for the invoices".into()),
+                    environment: Environment::Live,
+                    permissions: vec!["keys:read".into()],
+                    expires_at: None,
+                    metadata: Some(serde_json::json!({"team": "payments"})),
+                    rotated_from: None,
+                }),
+            },
+            metadata: EventMetadata::from([
+                ("tenant".to_string(), "acme".to_string()),
+                ("actor".to_string(), "alice".to_string()),
+                ("request_id".to_string(), "req-1".to_string()),
+                (
+                    "occurred_at".to_string(),
+                    "2026-09-21T13:33:20.123+00:00".to_string(),
+                ),
+            ]),
+        }
+    }
+
+    /// Group commit builds a create's rows from the event it holds; they must
+    /// be what any node decoding the stored row gets (the same event, meta
+    /// and chain hash), or the audit log and the chain would disagree.
+    #[tokio::test]
+    async fn a_creates_rows_are_what_decoding_its_stored_event_gives() {
+        let (stored, domain) = first_event(&create()).await.expect("create");
+        let rows = numbered_append::Rows::of(&stored, domain).expect("rows");
+        let decoded = RecordedEvent::decode(RawEvent {
+            position: 0,
+            aggregate_type: stored.aggregate_type.clone(),
+            aggregate_id: stored.aggregate_id.clone(),
+            sequence: 1,
+            event_type: stored.event_type.clone(),
+            event_version: stored.event_version.clone(),
+            payload: stored.payload.clone(),
+            metadata: stored.metadata.clone(),
+        })
+        .expect("decodes")
+        .expect("a key event");
+        assert_eq!(rows.event(), &decoded);
+        assert_eq!(decoded.meta.request_id.as_deref(), Some("req-1"));
     }
 }

@@ -24,13 +24,14 @@
 use std::sync::LazyLock;
 
 use cqrs_es::persist::SerializedEvent;
+use keyledger_domain::chain::{event_hash_text, StoredText};
 use keyledger_domain::ApiKeyEvent;
 use keyledger_projections::audit::AuditEntry;
 use keyledger_projections::checkpoint;
 use keyledger_projections::key_list::KeyRow;
 use keyledger_projections::replay::{audit_entry, created_row};
-use keyledger_projections::{KeyledgerEvent, RawEvent, RecordedEvent};
-use sqlx::PgPool;
+use keyledger_projections::{KeyledgerEvent, RecordedEvent};
+use sqlx::PgConnection;
 
 use crate::error::Error;
 use crate::store::feed::store_error;
@@ -53,7 +54,7 @@ pub struct Appended {
 /// reserved base added here.
 static APPEND: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH base AS MATERIALIZED (SELECT keyledger_reserve_positions() AS after), \
+        "WITH base AS MATERIALIZED (SELECT keyledger_reserve_positions($41) AS after), \
          appended AS ( \
             INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
                                 event_version, payload, metadata, global_position) \
@@ -171,20 +172,33 @@ pub struct Rows {
 }
 
 impl Rows {
-    /// Decodes a create's stored event and builds its rows.
-    pub fn of(e: &SerializedEvent) -> Result<Self, Error> {
-        let raw = RawEvent {
-            position: 0,
-            aggregate_type: e.aggregate_type.clone(),
-            aggregate_id: e.aggregate_id.clone(),
-            sequence: i64::try_from(e.sequence).unwrap_or(i64::MAX),
-            event_type: e.event_type.clone(),
-            event_version: e.event_version.clone(),
-            payload: e.payload.clone(),
-            metadata: e.metadata.clone(),
-        };
-        let event = RecordedEvent::decode(raw)?
-            .ok_or_else(|| Error::Internal("a create's event is not a key event".into()))?;
+    /// Builds a create's rows from its stored form and the domain event it
+    /// was serialised from (so nothing is decoded back from JSON, and each
+    /// JSON text is written once: for the bind and for the chain hash).
+    pub fn of(e: &SerializedEvent, domain: ApiKeyEvent) -> Result<Self, Error> {
+        if !matches!(domain, ApiKeyEvent::KeyCreated(_)) {
+            return Err(Error::Internal("group commit takes creates only".into()));
+        }
+        let sequence = i64::try_from(e.sequence).unwrap_or(i64::MAX);
+        let payload = e.payload.to_string();
+        let metadata = e.metadata.to_string();
+        let hash = event_hash_text(StoredText {
+            aggregate_type: &e.aggregate_type,
+            aggregate_id: &e.aggregate_id,
+            sequence,
+            event_type: &e.event_type,
+            event_version: &e.event_version,
+            payload: &payload,
+            metadata: &metadata,
+        });
+        let event = RecordedEvent::from_parts(
+            0,
+            e.aggregate_id.clone(),
+            sequence,
+            KeyledgerEvent::Key(domain),
+            &e.metadata,
+            hash,
+        )?;
         let KeyledgerEvent::Key(ApiKeyEvent::KeyCreated(created)) = &event.event else {
             return Err(Error::Internal("group commit takes creates only".into()));
         };
@@ -194,8 +208,8 @@ impl Rows {
             aggregate_type: e.aggregate_type.clone(),
             event_type: e.event_type.clone(),
             event_version: e.event_version.clone(),
-            payload: e.payload.to_string(),
-            metadata: e.metadata.to_string(),
+            payload,
+            metadata,
             permissions: json_text(&key.permissions),
             key_metadata: key.metadata.as_ref().map(json_text),
             audit_data: json_text(&audit.data),
@@ -206,11 +220,19 @@ impl Rows {
     }
 }
 
+impl Rows {
+    /// The create's event, with positions counted from 1 (0 before the batch).
+    #[cfg(test)]
+    pub fn event(&self) -> &RecordedEvent {
+        &self.event
+    }
+}
+
 /// Appends creates with their global positions, and their projection rows
 /// when the projections stand right before them, in one statement. A row
 /// whose stream already has that sequence fails the whole append with
 /// `Conflict`.
-pub async fn append_numbered(pool: &PgPool, batch: &[&Rows]) -> Result<Appended, Error> {
+pub async fn append_numbered(conn: &mut PgConnection, batch: &[&Rows]) -> Result<Appended, Error> {
     let count = i64::try_from(batch.len()).map_err(|e| Error::Internal(e.to_string()))?;
     let ordinals: Vec<i64> = (1..=count).collect();
     let col = |f: for<'a> fn(&'a Rows) -> &'a str| batch.iter().map(|r| f(r)).collect::<Vec<_>>();
@@ -265,7 +287,7 @@ pub async fn append_numbered(pool: &PgPool, batch: &[&Rows]) -> Result<Appended,
         .bind(checkpoint::KEY_LIST)
         .bind(checkpoint::AUDIT_LOG)
         .bind(count)
-        .fetch_one(pool)
+        .fetch_one(conn)
         .await
         .map_err(append_error)?;
     let events = batch

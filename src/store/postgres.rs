@@ -10,12 +10,15 @@ use std::time::Duration;
 use cqrs_es::persist::PersistedEventStore;
 use keyledger_domain::ApiKey;
 use postgres_es::PostgresEventRepository;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgListener, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres};
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 use crate::store::feed::store_error;
+use crate::store::numbered_append;
 use crate::tailer::Tailer;
 
 /// Migrations of the PostgreSQL store, embedded in the binary.
@@ -30,6 +33,10 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct PostgresStore {
     pub pool: PgPool,
     pub events: PersistedEventStore<PostgresEventRepository, ApiKey>,
+    /// Group commit's connection, kept from one batch to the next: sqlx pings
+    /// every connection handed back to its pool (a round trip it offers no
+    /// switch for), which would be one more per batch for both processes.
+    writer: Mutex<Option<PoolConnection<Postgres>>>,
 }
 
 impl PostgresStore {
@@ -57,7 +64,30 @@ impl PostgresStore {
         let events =
             PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()))
                 .with_upcasters(keyledger_domain::upcast::upcasters());
-        Ok(Self { pool, events })
+        Ok(Self {
+            pool,
+            events,
+            writer: Mutex::new(None),
+        })
+    }
+
+    /// Appends a group-commit batch on the writer's connection (see
+    /// `numbered_append`). After a failure the connection goes back to the
+    /// pool, which tests it, and the next batch takes a fresh one.
+    pub(crate) async fn append_numbered(
+        &self,
+        batch: &[&numbered_append::Rows],
+    ) -> Result<numbered_append::Appended, Error> {
+        let mut writer = self.writer.lock().await;
+        let mut conn = match writer.take() {
+            Some(conn) => conn,
+            None => self.pool.acquire().await.map_err(store_error)?,
+        };
+        let appended = numbered_append::append_numbered(&mut conn, batch).await;
+        if appended.is_ok() {
+            *writer = Some(conn);
+        }
+        appended
     }
 
     pub(crate) fn repository(&self) -> PostgresEventRepository {
@@ -109,7 +139,12 @@ pub async fn listen(pool: PgPool, tailer: Arc<Tailer>, stop: CancellationToken) 
             tokio::select! {
                 () = stop.cancelled() => return,
                 received = listener.try_recv() => match received {
-                    Ok(Some(_)) => tailer.wake(),
+                    // Group commit's notifications name the batch's last
+                    // position (migrations/postgres/0009); others say nothing.
+                    Ok(Some(n)) => match n.payload().parse::<i64>() {
+                        Ok(position) => tailer.wake_through(position),
+                        Err(_) => tailer.wake(),
+                    },
                     // The connection dropped and will be re-established:
                     // notifications may have been missed, so catch up.
                     Ok(None) => tailer.wake(),

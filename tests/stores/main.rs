@@ -16,6 +16,14 @@ use sqlx::Connection;
 
 /// A second node over the same PostgreSQL database as `app`.
 async fn second_node(app: &TestApp) -> TestApp {
+    second_node_with(app, |_| {}).await
+}
+
+/// A second node over `app`'s database, configured by `adjust`.
+async fn second_node_with(
+    app: &TestApp,
+    adjust: impl FnOnce(&mut keyledger::config::Config),
+) -> TestApp {
     let store = TestStore {
         backend: Backend::Postgres,
         data_dir: tempfile::tempdir().expect("tempdir"),
@@ -23,7 +31,7 @@ async fn second_node(app: &TestApp) -> TestApp {
         owns_database: false,
         kurrent: None,
     };
-    start(store, |_| {}).await
+    start(store, adjust).await
 }
 
 /// Polls `node` until the key's verification code is `want`; returns how long it took.
@@ -186,6 +194,28 @@ async fn a_key_revoked_on_one_node_fails_verification_on_another() {
     );
     let history = b.get(&format!("/v1/keys/{id}/events")).await;
     assert_eq!(history.body["events"].as_array().expect("events").len(), 4);
+    b.stop().await;
+    a.stop().await;
+}
+
+/// Node B polls once an hour here, so only the notifications of A's commits
+/// can bring them: group commit's, which names the batch's last position
+/// (migrations/postgres/0009), and the sequencer's, which names none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_nodes_commits_arrive_by_their_notifications() {
+    let Some(a) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let b = second_node_with(&a, |c| c.poll_interval = Duration::from_secs(3600)).await;
+    let (id, key) = a.create_key("notified").await;
+    until_code(&b, &key, "VALID").await;
+    let r = a
+        .send(Method::POST, &format!("/v1/keys/{id}/deactivate"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    until_code(&b, &key, "DISABLED").await;
+    let (_, second) = a.create_key("notified again").await;
+    until_code(&b, &second, "VALID").await;
     b.stop().await;
     a.stop().await;
 }
