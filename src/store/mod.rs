@@ -401,7 +401,7 @@ impl EventStore {
     pub async fn close(&self) {
         match self {
             Self::Sqlite(s) => s.pool.close().await,
-            Self::Postgres(s) => s.pool.close().await,
+            Self::Postgres(s) => s.close().await,
             #[cfg(feature = "kurrentdb")]
             Self::Kurrent(s) => s.close().await,
         }

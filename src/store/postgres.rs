@@ -71,6 +71,13 @@ impl PostgresStore {
         })
     }
 
+    /// Closes the pool, the writer's connection first: the pool waits for
+    /// the connections it has handed out, and that one is never given back.
+    pub async fn close(&self) {
+        drop(self.writer.lock().await.take());
+        self.pool.close().await;
+    }
+
     /// Appends a group-commit batch on the writer's connection (see
     /// `numbered_append`). After a failure the connection goes back to the
     /// pool, which tests it, and the next batch takes a fresh one.
