@@ -13,9 +13,14 @@
 //! reserved. The statement text never changes with the batch size, so it is
 //! prepared once per connection (the arrays carry the rows).
 //!
-//! The projection rows are written only when both checkpoints stand exactly at
-//! the reserved base (the `moved` step): otherwise another writer's events are
-//! still to be applied first, and the tailer applies this batch after them.
+//! Each projection's rows are written only when its checkpoint stands exactly
+//! at the reserved base (the `moved` step): otherwise other events are still
+//! to be applied to it first, and the tailer applies this batch after them.
+//! The two are decided apart because they can stand apart (a rebuild of one
+//! of them swaps it in at the head it started from): a batch that moved one
+//! checkpoint must write that projection's rows, or they would be skipped for
+//! good. `projected` (both written) is what lets this node's index take the
+//! batch from memory.
 //! That test sits in the `SET`, not the `WHERE`: the statement's snapshot is
 //! older than the lock it waits for, and under READ COMMITTED a `WHERE` on a
 //! row another batch has moved meanwhile is judged on the old version (and
@@ -70,28 +75,28 @@ static APPEND: LazyLock<String> = LazyLock::new(|| {
                                    ELSE c.position END \
               FROM base b \
              WHERE c.name IN ($39, $40) \
-            RETURNING c.position = b.after + $41 AS ok), \
+            RETURNING c.name, c.position = b.after + $41 AS ok), \
          projected AS (SELECT count(*) FILTER (WHERE ok) = 2 AS yes FROM moved), \
          keys AS ( \
             INSERT INTO key_list ({key_columns}) \
             SELECT {key_select} \
-              FROM base b, projected p, \
+              FROM base b, \
                    UNNEST($8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
                           $13::text[], $14::text[], $15::text[], $16::text[], $17::int8[], \
                           $18::text[], $19::int8[], $20::int8[], $21::int8[], $22::int8[], \
                           $23::text[], $24::int8[], $25::text[], $26::text[]) \
                    AS k({key_columns}) \
-             WHERE p.yes \
+             WHERE EXISTS (SELECT 1 FROM moved m WHERE m.name = $39 AND m.ok) \
             ON CONFLICT (id) DO NOTHING), \
          audited AS ( \
             INSERT INTO audit_log ({audit_columns}) \
             SELECT {audit_select} \
-              FROM base b, projected p, \
+              FROM base b, \
                    UNNEST($27::int8[], $28::text[], $29::text[], $30::int8[], $31::text[], \
                           $32::int8[], $33::text[], $34::text[], $35::text[], $36::text[], \
                           $37::text[], $38::text[]) \
                    AS a({audit_columns}) \
-             WHERE p.yes \
+             WHERE EXISTS (SELECT 1 FROM moved m WHERE m.name = $40 AND m.ok) \
             ON CONFLICT (position) DO NOTHING) \
          SELECT b.after, p.yes FROM base b, projected p",
         key_columns = KEY_COLUMNS.join(", "),

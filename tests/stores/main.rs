@@ -220,6 +220,55 @@ async fn another_nodes_commits_arrive_by_their_notifications() {
     a.stop().await;
 }
 
+/// After a rebuild of one projection the two checkpoints can stand apart (the
+/// rebuilt one is swapped in at the head it started from). A create's batch
+/// then writes the rows of the projection that stands at its base, and the
+/// tailer the other's: neither may be skipped. Polling is off, so nothing but
+/// the batch and its own catch-up moves the checkpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_after_one_projection_fell_behind_reaches_both() {
+    let Some(store) = TestStore::new(Backend::Postgres).await else {
+        return;
+    };
+    let app = start(store, |c| c.poll_interval = Duration::from_secs(3600)).await;
+    let (first, _) = app.create_key("before").await;
+    let url = app.store.database_url.clone().expect("postgres url");
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+    for behind in ["audit_log", "key_list"] {
+        sqlx::query("UPDATE projection_checkpoints SET position = position - 1 WHERE name = $1")
+            .bind(behind)
+            .execute(&mut conn)
+            .await
+            .expect("move the checkpoint back");
+        let (id, key) = app.create_key(&format!("after {behind} fell behind")).await;
+        let got = app.get(&format!("/v1/keys/{id}")).await;
+        assert_eq!(got.status, StatusCode::OK, "{behind}: {}", got.text);
+        let history = app.get(&format!("/v1/keys/{id}/events")).await;
+        let events = history.body["events"].as_array().expect("events");
+        assert_eq!(events.len(), 1, "{behind}: {}", history.text);
+        assert_eq!(app.verify_code(&key).await, "VALID");
+        let (head, low, high): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT MAX(global_position) FROM events), MIN(position), MAX(position) \
+               FROM projection_checkpoints WHERE name IN ('key_list', 'audit_log')",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .expect("checkpoints");
+        assert_eq!(
+            (low, high),
+            (head, head),
+            "{behind}: both checkpoints at the head"
+        );
+    }
+    let list = app.get("/v1/keys").await;
+    assert_eq!(list.body["keys"].as_array().expect("keys").len(), 3);
+    assert_eq!(
+        app.get(&format!("/v1/keys/{first}")).await.status,
+        StatusCode::OK
+    );
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_events_table_refuses_update_and_delete() {
     let Some(app) = spawn_app(Backend::Postgres).await else {
