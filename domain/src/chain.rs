@@ -19,30 +19,34 @@ pub const PREV_HASH: &str = "prev_hash";
 /// The `prev_hash` of the first event of a stream.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// The stored fields of one event that its hash covers.
-#[derive(Debug, Clone, Copy)]
-pub struct StoredFields<'a> {
+/// The stored fields of one event that its hash covers, its JSON held as `J`:
+/// parsed (`StoredFields`) or as the text `Value::to_string` writes
+/// (`StoredText`, what a writer that binds text already holds).
+#[derive(Debug)]
+pub struct Stored<'a, J: ?Sized> {
     pub aggregate_type: &'a str,
     pub aggregate_id: &'a str,
     pub sequence: i64,
     pub event_type: &'a str,
     pub event_version: &'a str,
-    pub payload: &'a Value,
-    pub metadata: &'a Value,
+    pub payload: &'a J,
+    pub metadata: &'a J,
 }
 
-/// The same fields with the payload and metadata as JSON text, as
-/// `Value::to_string` writes it (what a writer that binds text already holds).
-#[derive(Debug, Clone, Copy)]
-pub struct StoredText<'a> {
-    pub aggregate_type: &'a str,
-    pub aggregate_id: &'a str,
-    pub sequence: i64,
-    pub event_type: &'a str,
-    pub event_version: &'a str,
-    pub payload: &'a str,
-    pub metadata: &'a str,
+// Not derived: the derive would ask `J: Copy`, which `str` is not.
+impl<J: ?Sized> Clone for Stored<'_, J> {
+    fn clone(&self) -> Self {
+        *self
+    }
 }
+
+impl<J: ?Sized> Copy for Stored<'_, J> {}
+
+/// An event's stored fields with its JSON parsed.
+pub type StoredFields<'a> = Stored<'a, Value>;
+
+/// An event's stored fields with its JSON as text.
+pub type StoredText<'a> = Stored<'a, str>;
 
 /// Lowercase hex SHA-256 of an event's stored fields.
 pub fn event_hash(e: StoredFields<'_>) -> String {

@@ -181,9 +181,6 @@ impl Rows {
     /// was serialised from (so nothing is decoded back from JSON, and each
     /// JSON text is written once: for the bind and for the chain hash).
     pub fn of(e: &SerializedEvent, domain: ApiKeyEvent) -> Result<Self, Error> {
-        if !matches!(domain, ApiKeyEvent::KeyCreated(_)) {
-            return Err(Error::Internal("group commit takes creates only".into()));
-        }
         let sequence = i64::try_from(e.sequence).unwrap_or(i64::MAX);
         let payload = e.payload.to_string();
         let metadata = e.metadata.to_string();
