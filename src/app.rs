@@ -176,14 +176,8 @@ impl Application {
             tokio::spawn(flusher.run(self.config.usage_flush_interval, stop.clone()));
         let app = router::app(self.state.clone());
         tracing::info!(address = %self.address, "listening on http://{}", self.address);
-        let served = axum::serve(
-            self.listener,
-            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
-                SocketAddr,
-            >(app),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await;
+        let limits = crate::http::serve::Limits::from_config(&self.config);
+        crate::http::serve::serve(self.listener, app, limits, shutdown).await;
         stop.cancel();
         let _ = flusher_task.await;
         let _ = tailer_task.await;
@@ -193,7 +187,6 @@ impl Application {
         // Close the pool so SQLite checkpoints its WAL and PostgreSQL sessions end
         // before the process (or a test) moves on.
         self.state.store.close().await;
-        served.map_err(|e| Error::Internal(format!("server: {e}")))?;
         tracing::info!("stopped");
         Ok(())
     }

@@ -73,6 +73,13 @@ pub struct Config {
     pub max_keys_per_tenant: u64,
     /// Failed verifications a client address may make per minute before 429.
     pub verify_failure_limit: u32,
+    /// How long a client may take to send a request head, from its first byte.
+    pub header_read_timeout: Duration,
+    /// How long a connection may stay open with no request in flight.
+    pub idle_timeout: Duration,
+    /// Most open client connections; `None` derives it from the open-file
+    /// limit (see `http::serve`).
+    pub max_connections: Option<usize>,
     /// Management tokens from an identity provider (RS256/ES256), besides the
     /// HS256 tokens of the server secret; `None` means HS256 only.
     pub idp: Option<IdpConfig>,
@@ -124,6 +131,9 @@ impl Config {
             body_read_timeout: Duration::from_secs(10),
             max_keys_per_tenant: 10_000,
             verify_failure_limit: 100,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: None,
             idp: None,
         }
     }

@@ -52,6 +52,15 @@ pub enum Error {
     StoreUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
     Projection(#[from] ProjectionError),
+    /// A stored event's JSON does not parse: the row is corrupt.
+    #[error("stored event {aggregate_id}#{sequence}: its {column} is not JSON")]
+    UnreadableEvent {
+        aggregate_id: String,
+        sequence: i64,
+        column: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("configuration: {0}")]
     Config(String),
     /// Anything else; the cause is logged, never sent to a client.

@@ -8,6 +8,20 @@
 //! its response; duplicates wait for it. The raw key is sealed with
 //! XChaCha20-Poly1305 under a key derived from the server secret, and rows are
 //! erased 24 h after creation.
+//!
+//! A claim is **owned**: its row carries a random token of the request that took
+//! it, and storing the response (`complete`) or giving the claim up (`release`)
+//! only touches the row while it still carries the caller's token. A claim is
+//! also **leased**: while its request runs, a background task (`Lease`) moves
+//! `lease_until` forward every 10 s, 30 s ahead. Only a claim whose lease has
+//! lapsed (its node died, or stalled for longer than the lease) is taken over,
+//! and the taker writes a new token, so at any moment one request owns it.
+//!
+//! A request whose claim was taken over while it ran (it stalled past its lease)
+//! still finishes its command, which has taken effect: its `complete` changes
+//! nothing (`Settled::Lost`), the new owner's answer is what retries get, and
+//! the stale request answers its own client with its own result, because the
+//! key it issued exists and that response is the only place its raw key is.
 
 use std::time::{Duration, Instant};
 
@@ -24,8 +38,18 @@ use crate::store::EventStore;
 
 /// How long a response is replayed.
 pub const RETENTION: chrono::Duration = chrono::Duration::hours(24);
-/// A pending claim older than this is taken to be abandoned (its node died).
-const ABANDONED_AFTER: chrono::Duration = chrono::Duration::seconds(30);
+/// How long a claim holds without renewal. Past it, its request is taken to
+/// have died (or stalled), and a duplicate takes the claim over. Rows written
+/// before leases (no `lease_until`) hold this long after `created_at`.
+pub const LEASE: chrono::Duration = chrono::Duration::seconds(30);
+/// How often a running request renews its lease: a third of it, so that two
+/// renewals in a row may fail (a slow query, a database fail-over) before it
+/// lapses.
+pub const RENEW_EVERY: chrono::Duration = chrono::Duration::seconds(10);
+/// How often the renewer reads the clock. Renewal follows `Clock` rather than
+/// tokio's timer so that tests can move time over a real database; a reading
+/// a second costs nothing, a write happens every `RENEW_EVERY`.
+const RENEW_TICK: Duration = Duration::from_secs(1);
 /// How long a duplicate waits for the first request to finish.
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -89,10 +113,51 @@ pub fn request_hash(route: &str, body: &[u8]) -> String {
 
 /// What a claim found.
 pub enum Claim {
-    /// This request owns the key: run it, then `complete` (or `release`).
-    Owned,
+    /// This request owns the key: run it, then `complete` (or `release`) with
+    /// the lease's owner token. The lease is renewed until it is dropped.
+    Owned(Lease),
     /// A previous request answered; replay this body (raw key restored).
     Replay(Value),
+}
+
+/// What `complete` or `release` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// The claim was the caller's: the response is stored (or the claim given up).
+    Done,
+    /// The claim is no longer the caller's (taken over, or gone): nothing changed.
+    Lost,
+}
+
+/// A claim this request owns, kept alive in the background while it runs.
+/// Dropping it stops the renewal (the claim then lapses after `LEASE` unless
+/// it was completed or released); it does not release the claim, because
+/// `Drop` cannot wait for the database, and because a request dropped midway
+/// (its client went away) may already have committed its command: the lease
+/// running out is the signal that it is gone.
+pub struct Lease {
+    owner: String,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl Lease {
+    /// The owner token to pass to `complete` or `release`.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Stops the renewal once the request's command is over, and gives back
+    /// the token for `complete` or `release`. Stopping first keeps a renewal
+    /// from landing just after `complete` and reporting the claim as lost.
+    pub fn into_owner(mut self) -> String {
+        std::mem::take(&mut self.owner)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -102,33 +167,55 @@ struct Row {
     created_at: i64,
     response_body: Option<String>,
     sealed_key: Option<String>,
+    owner: Option<String>,
+    lease_until: Option<i64>,
 }
 
-macro_rules! on_pool {
-    ($store:expr, |$pool:ident| $body:expr) => {
-        match $store {
-            EventStore::Sqlite(s) => {
-                let $pool = &s.pool;
-                $body
-            }
-            EventStore::Postgres(s) => {
-                let $pool = &s.pool;
-                $body
-            }
+impl Row {
+    /// When the claim lapses (rows from before leases: `LEASE` after creation).
+    fn lease_until(&self) -> i64 {
+        self.lease_until
+            .unwrap_or(self.created_at + LEASE.num_milliseconds())
+    }
+}
+
+/// The database holding the claims, owned so that a lease's renewer (a task of
+/// its own) can use it.
+#[derive(Clone)]
+enum ClaimDb {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl ClaimDb {
+    fn of(store: &EventStore) -> Self {
+        match store {
+            EventStore::Sqlite(s) => Self::Sqlite(s.pool.clone()),
+            EventStore::Postgres(s) => Self::Postgres(s.pool.clone()),
             // KurrentDB holds events only: the claims live with the projections.
             #[cfg(feature = "kurrentdb")]
             EventStore::Kurrent(k) => match &k.side {
-                crate::store::kurrent::SideDb::Sqlite(s) => {
-                    let $pool = &s.pool;
-                    $body
-                }
-                crate::store::kurrent::SideDb::Postgres(s) => {
-                    let $pool = &s.pool;
-                    $body
-                }
+                crate::store::kurrent::SideDb::Sqlite(s) => Self::Sqlite(s.pool.clone()),
+                crate::store::kurrent::SideDb::Postgres(s) => Self::Postgres(s.pool.clone()),
             },
         }
+    }
+}
+
+macro_rules! on_pool {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            ClaimDb::Sqlite($pool) => $body,
+            ClaimDb::Postgres($pool) => $body,
+        }
     };
+}
+
+/// A fresh owner token: 128 random bits, so no two requests share one.
+fn new_owner() -> String {
+    let mut token = [0u8; 16];
+    rand::rng().fill_bytes(&mut token);
+    hex::encode(token)
 }
 
 pub struct Idempotency<'a> {
@@ -140,28 +227,36 @@ pub struct Idempotency<'a> {
 impl Idempotency<'_> {
     /// Claims `key` for this request, or returns the first response.
     pub async fn claim(&self, tenant: &str, key: &str, hash: &str) -> Result<Claim, Error> {
+        let db = ClaimDb::of(self.store);
+        // One token per request, also when it takes a lapsed claim over: the
+        // previous owner's token stops matching the row at that moment.
+        let owner = new_owner();
         let started = Instant::now();
         loop {
             let now = self.clock.now();
-            let inserted = on_pool!(self.store, |pool| sqlx::query(
-                "INSERT INTO idempotency_keys (tenant, idem_key, request_hash, state, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant, idem_key) DO NOTHING"
+            let now_ms = now.timestamp_millis();
+            let inserted = on_pool!(&db, |pool| sqlx::query(
+                "INSERT INTO idempotency_keys \
+                 (tenant, idem_key, request_hash, state, created_at, expires_at, owner, lease_until) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (tenant, idem_key) DO NOTHING"
             )
             .bind(tenant)
             .bind(key)
             .bind(hash)
             .bind(PENDING)
-            .bind(now.timestamp_millis())
+            .bind(now_ms)
             .bind((now + RETENTION).timestamp_millis())
+            .bind(&owner)
+            .bind((now + LEASE).timestamp_millis())
             .execute(pool)
             .await
             .map(|r| r.rows_affected()))
             .map_err(store_error)?;
             if inserted == 1 {
-                return Ok(Claim::Owned);
+                return Ok(Claim::Owned(self.lease(&db, tenant, key, owner, now)));
             }
-            let row: Option<Row> = on_pool!(self.store, |pool| sqlx::query_as(
-                "SELECT request_hash, state, created_at, response_body, sealed_key \
+            let row: Option<Row> = on_pool!(&db, |pool| sqlx::query_as(
+                "SELECT request_hash, state, created_at, response_body, sealed_key, owner, lease_until \
                  FROM idempotency_keys WHERE tenant = $1 AND idem_key = $2"
             )
             .bind(tenant)
@@ -170,10 +265,22 @@ impl Idempotency<'_> {
             .await)
             .map_err(store_error)?;
             let Some(row) = row else { continue };
-            let age = now.timestamp_millis() - row.created_at;
-            if age > RETENTION.num_milliseconds()
-                || (row.state == PENDING && age > ABANDONED_AFTER.num_milliseconds())
-            {
+            if row.state == PENDING && row.lease_until() < now_ms {
+                // Its request died or stalled past its lease. Taken over as a
+                // whole (this request's body, a fresh 24 h), as if the row had
+                // been erased and claimed again, but in one conditional write:
+                // of several duplicates only one takes it, and an owner that
+                // renewed meanwhile keeps it.
+                if take_over(&db, tenant, key, hash, &row, &owner, now).await? {
+                    tracing::warn!(
+                        tenant,
+                        "an idempotency claim's lease ran out while its request was pending; taken over"
+                    );
+                    return Ok(Claim::Owned(self.lease(&db, tenant, key, owner, now)));
+                }
+                continue;
+            }
+            if row.state != PENDING && now_ms - row.created_at > RETENTION.num_milliseconds() {
                 self.forget(tenant, key, &row.state, row.created_at).await?;
                 continue;
             }
@@ -198,9 +305,36 @@ impl Idempotency<'_> {
         }
     }
 
-    /// Stores the response of the request that owns the claim. The raw key is
-    /// taken out of `body` and sealed.
-    pub async fn complete(&self, tenant: &str, key: &str, mut body: Value) -> Result<(), Error> {
+    /// Starts renewing the claim `owner` just took at `at`.
+    fn lease(
+        &self,
+        db: &ClaimDb,
+        tenant: &str,
+        key: &str,
+        owner: String,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Lease {
+        let renewer = tokio::spawn(keep_alive(
+            db.clone(),
+            self.clock.clone(),
+            tenant.to_string(),
+            key.to_string(),
+            owner.clone(),
+            at,
+        ));
+        Lease { owner, renewer }
+    }
+
+    /// Stores the response of the request that owns the claim (`owner`). The
+    /// raw key is taken out of `body` and sealed. `Settled::Lost` when the claim
+    /// is no longer `owner`'s: the row (another owner's) is left alone.
+    pub async fn complete(
+        &self,
+        tenant: &str,
+        key: &str,
+        owner: &str,
+        mut body: Value,
+    ) -> Result<Settled, Error> {
         let raw = match &mut body {
             Value::Object(m) => m.remove("key"),
             _ => None,
@@ -211,38 +345,44 @@ impl Idempotency<'_> {
             .map(|k| self.sealer.seal(k))
             .transpose()?;
         let text = body.to_string();
-        on_pool!(self.store, |pool| sqlx::query(
+        let updated = on_pool!(&ClaimDb::of(self.store), |pool| sqlx::query(
             "UPDATE idempotency_keys SET state = $1, response_body = $2, sealed_key = $3 \
-             WHERE tenant = $4 AND idem_key = $5"
+             WHERE tenant = $4 AND idem_key = $5 AND owner = $6 AND state = $7"
         )
         .bind(DONE)
         .bind(&text)
         .bind(&sealed)
         .bind(tenant)
         .bind(key)
+        .bind(owner)
+        .bind(PENDING)
         .execute(pool)
         .await
         .map(|r| r.rows_affected()))
         .map_err(store_error)?;
-        Ok(())
+        Ok(settled(updated))
     }
 
-    /// Gives up a claim whose request failed, so a retry runs it again.
-    pub async fn release(&self, tenant: &str, key: &str) {
-        let result = on_pool!(self.store, |pool| sqlx::query(
-            "DELETE FROM idempotency_keys WHERE tenant = $1 AND idem_key = $2 AND state = $3"
+    /// Gives up a claim whose request failed, so a retry runs it again; only
+    /// while the claim is still `owner`'s (else `Settled::Lost`, nothing changed).
+    pub async fn release(&self, tenant: &str, key: &str, owner: &str) -> Result<Settled, Error> {
+        let deleted = on_pool!(&ClaimDb::of(self.store), |pool| sqlx::query(
+            "DELETE FROM idempotency_keys \
+             WHERE tenant = $1 AND idem_key = $2 AND owner = $3 AND state = $4"
         )
         .bind(tenant)
         .bind(key)
+        .bind(owner)
         .bind(PENDING)
         .execute(pool)
         .await
-        .map(|r| r.rows_affected()));
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "could not release an idempotency claim; it expires by itself");
-        }
+        .map(|r| r.rows_affected()))
+        .map_err(store_error)?;
+        Ok(settled(deleted))
     }
 
+    /// Erases an answered entry past its retention (`created_at` tells it from
+    /// an entry claimed again meanwhile).
     async fn forget(
         &self,
         tenant: &str,
@@ -250,7 +390,7 @@ impl Idempotency<'_> {
         state: &str,
         created_at: i64,
     ) -> Result<(), Error> {
-        on_pool!(self.store, |pool| sqlx::query(
+        on_pool!(&ClaimDb::of(self.store), |pool| sqlx::query(
             "DELETE FROM idempotency_keys WHERE tenant = $1 AND idem_key = $2 AND state = $3 AND created_at = $4"
         )
         .bind(tenant)
@@ -265,10 +405,108 @@ impl Idempotency<'_> {
     }
 }
 
+fn settled(rows: u64) -> Settled {
+    if rows == 1 {
+        Settled::Done
+    } else {
+        Settled::Lost
+    }
+}
+
+/// Takes over the lapsed claim `seen` for `owner`; false when someone else
+/// changed it first (renewed, completed, released or took it over).
+async fn take_over(
+    db: &ClaimDb,
+    tenant: &str,
+    key: &str,
+    hash: &str,
+    seen: &Row,
+    owner: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<bool, Error> {
+    let now_ms = now.timestamp_millis();
+    // The previous owner's token (empty for rows from before tokens, which
+    // `created_at` then tells apart) and the lease still lapsed, in the same
+    // statement: a renewal that landed after our read wins.
+    let updated = on_pool!(db, |pool| sqlx::query(
+        "UPDATE idempotency_keys SET owner = $1, lease_until = $2, request_hash = $3, \
+         created_at = $4, expires_at = $5 \
+         WHERE tenant = $6 AND idem_key = $7 AND state = $8 AND COALESCE(owner, '') = $9 \
+         AND created_at = $10 AND COALESCE(lease_until, created_at + $11) < $4"
+    )
+    .bind(owner)
+    .bind((now + LEASE).timestamp_millis())
+    .bind(hash)
+    .bind(now_ms)
+    .bind((now + RETENTION).timestamp_millis())
+    .bind(tenant)
+    .bind(key)
+    .bind(PENDING)
+    .bind(seen.owner.as_deref().unwrap_or(""))
+    .bind(seen.created_at)
+    .bind(LEASE.num_milliseconds())
+    .execute(pool)
+    .await
+    .map(|r| r.rows_affected()))
+    .map_err(store_error)?;
+    Ok(updated == 1)
+}
+
+/// Moves the lease of `owner`'s claim forward every `RENEW_EVERY` until the
+/// task is aborted (the request ended) or the claim is found to be someone
+/// else's. A failed renewal is retried on the next tick: the lease has two
+/// more renewals' worth of time left.
+async fn keep_alive(
+    db: ClaimDb,
+    clock: Clock,
+    tenant: String,
+    key: String,
+    owner: String,
+    leased_at: chrono::DateTime<chrono::Utc>,
+) {
+    let mut renewed = leased_at;
+    let mut tick = tokio::time::interval(RENEW_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = clock.now();
+        if now - renewed < RENEW_EVERY {
+            continue;
+        }
+        let result = on_pool!(&db, |pool| sqlx::query(
+            "UPDATE idempotency_keys SET lease_until = $1 \
+             WHERE tenant = $2 AND idem_key = $3 AND owner = $4 AND state = $5"
+        )
+        .bind((now + LEASE).timestamp_millis())
+        .bind(&tenant)
+        .bind(&key)
+        .bind(&owner)
+        .bind(PENDING)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()));
+        match result {
+            Ok(1) => renewed = now,
+            Ok(_) => {
+                // Taken over after this request stalled past its lease: the
+                // request's `complete` will find it so and leave the row alone.
+                tracing::warn!(
+                    tenant = %tenant,
+                    "an idempotency claim was taken over while its request was still running"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not renew an idempotency claim; retrying");
+            }
+        }
+    }
+}
+
 /// Erases expired entries, and with them the sealed raw keys.
 pub async fn purge_expired(store: &EventStore, clock: &Clock) -> Result<u64, Error> {
     let now = clock.now().timestamp_millis();
-    on_pool!(store, |pool| sqlx::query(
+    on_pool!(&ClaimDb::of(store), |pool| sqlx::query(
         "DELETE FROM idempotency_keys WHERE expires_at < $1"
     )
     .bind(now)

@@ -83,10 +83,11 @@ impl KeyService {
         }
     }
 
-    /// Caps the live keys of each tenant (creation only; rotation may replace
-    /// a key at the cap). Checked against this node's index, so concurrent
-    /// creates (or other nodes') can overshoot by a few: a guard against
-    /// runaway scripts, not a quota.
+    /// Caps the live (not deleted) keys of each tenant. Every new key counts,
+    /// a create's or a rotation's successor alike (see `issue`). Checked
+    /// against this node's index, so concurrent creates and rotations (or
+    /// other nodes') can overshoot by a few: a guard against runaway scripts,
+    /// not a quota.
     pub fn with_key_limit(mut self, max_keys: u64) -> Self {
         self.max_keys = max_keys;
         self
@@ -104,24 +105,32 @@ impl KeyService {
         &self.store
     }
 
+    /// This node's tailer (its health decides readiness).
+    pub fn tailer(&self) -> &Arc<Tailer> {
+        &self.tailer
+    }
+
     /// Issues a key. The raw key is generated here (CSPRNG), hashed, and only the
     /// hash and display prefix enter the command.
     pub async fn create(&self, actor: &Actor, new: NewKey) -> Result<IssuedKey, Error> {
+        self.issue(actor, new, None, self.clock.now()).await
+    }
+
+    /// Makes a key, the one way keys are made: the tenant's key cap is checked
+    /// here, before anything is written.
+    async fn issue(
+        &self,
+        actor: &Actor,
+        new: NewKey,
+        rotated_from: Option<String>,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<IssuedKey, Error> {
         let held = self.projections.index().tenant_keys(&actor.tenant);
         if held >= self.max_keys {
             return Err(Error::KeyLimitReached {
                 limit: self.max_keys,
             });
         }
-        self.issue(actor, new, None).await
-    }
-
-    async fn issue(
-        &self,
-        actor: &Actor,
-        new: NewKey,
-        rotated_from: Option<String>,
-    ) -> Result<IssuedKey, Error> {
         let raw = RawKey::generate(&self.prefix, new.environment, &mut rand::rng());
         let parsed = raw.parsed();
         let key_id = format!("key_{}", Uuid::now_v7().simple());
@@ -138,7 +147,7 @@ impl KeyService {
         });
         let view = match &self.creates {
             Some(queue) => {
-                let command = self.key_command(actor, kind);
+                let command = self.key_command(actor, kind, at);
                 let create = NewKeyCommand {
                     key_id: key_id.clone(),
                     metadata: metadata(actor, command.at),
@@ -147,7 +156,7 @@ impl KeyService {
                 queue.create(create).await?
             }
             None => {
-                self.command(actor, &key_id, kind).await?;
+                self.command_at(actor, &key_id, kind, at).await?;
                 None
             }
         };
@@ -160,19 +169,29 @@ impl KeyService {
 
     /// Rotates a key: issues its successor (same name, description, permissions,
     /// environment and metadata), then lets the old key expire after `grace`
-    /// (never later than it already would). The successor is created first so a
+    /// (never later than it already would). An expired key is refused (its
+    /// successor would bring back access that has ended), and the successor
+    /// counts against the tenant's key cap like any new key; both are checked
+    /// before anything is written. The successor is created first so a
     /// failure never leaves the old key pointing at a key nobody received; if the
-    /// old key refuses (deleted or already rotated, e.g. by a concurrent
-    /// rotation), the successor is deleted again.
+    /// old key refuses (deleted, already rotated or expired, e.g. after a
+    /// concurrent command), the successor is deleted again.
     pub async fn rotate(
         &self,
         actor: &Actor,
         id: &str,
         grace: chrono::Duration,
     ) -> Result<IssuedKey, Error> {
+        // One reading of the clock for the whole rotation: the expiry checked
+        // here is the one the aggregate checks, so a key live now is not
+        // refused there a moment later (leaving a successor to delete).
+        let at = self.clock.now();
         let old = self.get(actor, id).await?;
         if old.rotated_to.is_some() {
             return Err(Error::Domain(DomainError::AlreadyRotated));
+        }
+        if old.expires_at.is_some_and(|exp| exp <= at) {
+            return Err(Error::Domain(DomainError::Expired));
         }
         let new = NewKey {
             name: old.name,
@@ -182,12 +201,12 @@ impl KeyService {
             expires_at: None,
             metadata: old.metadata,
         };
-        let issued = self.issue(actor, new, Some(old.id.clone())).await?;
+        let issued = self.issue(actor, new, Some(old.id.clone()), at).await?;
         let rotate = KeyCommandKind::RotateKey {
             successor: issued.view.id.clone(),
             grace,
         };
-        if let Err(e) = self.command(actor, &old.id, rotate).await {
+        if let Err(e) = self.command_at(actor, &old.id, rotate, at).await {
             if let Err(undo) = self
                 .command(actor, &issued.view.id, KeyCommandKind::DeleteKey)
                 .await
@@ -279,7 +298,18 @@ impl KeyService {
         key_id: &str,
         kind: KeyCommandKind,
     ) -> Result<(), Error> {
-        let command = self.key_command(actor, kind);
+        self.command_at(actor, key_id, kind, self.clock.now()).await
+    }
+
+    /// A command issued at `at` (the time its rules judge and its events carry).
+    async fn command_at(
+        &self,
+        actor: &Actor,
+        key_id: &str,
+        kind: KeyCommandKind,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), Error> {
+        let command = self.key_command(actor, kind, at);
         let metadata = metadata(actor, command.at);
         let result = self.store.execute(key_id, command, metadata).await;
         match result {
@@ -298,11 +328,16 @@ impl KeyService {
         }
     }
 
-    fn key_command(&self, actor: &Actor, kind: KeyCommandKind) -> KeyCommand {
+    fn key_command(
+        &self,
+        actor: &Actor,
+        kind: KeyCommandKind,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> KeyCommand {
         KeyCommand {
             tenant: actor.tenant.clone(),
             actor: actor.subject.clone(),
-            at: self.clock.now(),
+            at,
             kind,
         }
     }

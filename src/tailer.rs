@@ -30,6 +30,90 @@ pub struct Tailer {
     own: OwnBatches,
     /// How far the wake-ups since the last catch-up asked the feed to be read.
     wanted: Wanted,
+    /// Whether the last catch-up failed, and since when.
+    health: Health,
+}
+
+/// Failures counted by `keyledger_tailer_failures_total`.
+pub const TAILER_FAILURES_TOTAL: &str = "keyledger_tailer_failures_total";
+
+/// Consecutive failures between two error-level log lines while the tailer
+/// stays stuck (it retries every poll interval, 500 ms by default).
+const LOG_EVERY: u64 = 20;
+
+/// A tailer that cannot apply the feed: every node keeps answering
+/// verifications from its index, so revocations stop reaching it. That must
+/// never be quiet: each failure is counted, the first and then every
+/// `LOG_EVERY`th is logged at error level, and `/readyz` answers 503 until a
+/// catch-up succeeds again.
+#[derive(Debug, Default)]
+struct Health(std::sync::Mutex<Option<Stall>>);
+
+/// The projections could not be brought forward.
+#[derive(Debug, Clone)]
+pub struct Stall {
+    /// When the first of the consecutive failures happened.
+    pub since: std::time::Instant,
+    /// Consecutive failed catch-ups.
+    pub failures: u64,
+    /// The position applied last: the event after it is the one that fails.
+    pub checkpoint: i64,
+}
+
+impl Health {
+    fn failed(&self, checkpoint: i64, error: &Error) {
+        ::metrics::counter!(TAILER_FAILURES_TOTAL).increment(1);
+        let mut stall = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let s = stall.get_or_insert(Stall {
+            since: std::time::Instant::now(),
+            failures: 0,
+            checkpoint,
+        });
+        if s.checkpoint != checkpoint {
+            // Progress was made before this failure: a new stall.
+            *s = Stall {
+                since: std::time::Instant::now(),
+                failures: 0,
+                checkpoint,
+            };
+        }
+        s.failures += 1;
+        if s.failures % LOG_EVERY == 1 {
+            tracing::error!(
+                error = %error,
+                error_detail = ?error,
+                checkpoint,
+                failures = s.failures,
+                stuck_for_ms = s.since.elapsed().as_millis() as u64,
+                "projections cannot apply the event after their checkpoint: this node \
+                 learns of no revocation until this is fixed; /readyz answers 503"
+            );
+        }
+    }
+
+    fn succeeded(&self) {
+        let mut stall = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(s) = stall.take() {
+            tracing::info!(
+                failures = s.failures,
+                stuck_for_ms = s.since.elapsed().as_millis() as u64,
+                "projections caught up again"
+            );
+        }
+    }
+
+    fn stalled(&self) -> Option<Stall> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// The highest position wake-ups asked for since the last catch-up began:
@@ -120,6 +204,7 @@ impl Tailer {
             generation: std::sync::atomic::AtomicI64::new(0),
             own: OwnBatches::default(),
             wanted: Wanted::default(),
+            health: Health::default(),
         }
     }
 
@@ -204,6 +289,21 @@ impl Tailer {
     }
 
     async fn catch_up_locked(&self) -> Result<usize, Error> {
+        let result = self.apply_pending().await;
+        match &result {
+            Ok(_) => self.health.succeeded(),
+            Err(e) => self.health.failed(self.projections.index().checkpoint(), e),
+        }
+        result
+    }
+
+    /// Whether this node's projections are stuck, and since when: `/readyz`
+    /// answers 503 while they are.
+    pub fn stalled(&self) -> Option<Stall> {
+        self.health.stalled()
+    }
+
+    async fn apply_pending(&self) -> Result<usize, Error> {
         let mut applied = 0;
         loop {
             let from = self.projections.resume_position().await?;
@@ -278,9 +378,9 @@ impl Tailer {
             if let Err(e) = self.reload_if_rebuilt().await {
                 tracing::warn!(error = %e, "verification index reload failed; will retry");
             }
-            if let Err(e) = self.catch_up().await {
-                tracing::warn!(error = %e, "projection catch-up failed; will retry");
-            }
+            // A failed catch-up is logged (loudly while it persists) and
+            // counted by `catch_up_locked`'s health record.
+            let _ = self.catch_up().await;
         }
     }
 }

@@ -363,6 +363,296 @@ async fn serve_token_lifecycle_sigterm_and_audit_work_from_the_command_line_with
         .all(|e| e["key_id"] == id.as_str()));
 }
 
+/// A management token from `keyledger token`, signed with the data dir's secret.
+fn cli_token(data: &Path, tenant: &str, subject: &str) -> String {
+    let data = data.to_str().expect("utf-8 path");
+    let token = run_ok(&[
+        "token",
+        "--tenant",
+        tenant,
+        "--subject",
+        subject,
+        "--data-dir",
+        data,
+    ]);
+    token.trim().to_string()
+}
+
+/// Creates a key over HTTP; returns its id and the raw key.
+async fn create_key(client: &reqwest::Client, server: &Server, token: &str) -> (String, String) {
+    let created = client
+        .post(format!("{}/v1/keys", server.address))
+        .bearer_auth(token)
+        .json(&json!({"name": "cli", "permissions": ["keys:read"]}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.expect("json");
+    let id = created["id"].as_str().expect("id").to_string();
+    let key = created["key"].as_str().expect("key").to_string();
+    (id, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_key_in_a_request_path_reaches_no_log_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let server = Server::start(&data);
+    let token = cli_token(&data, "t", "s");
+    let client = reqwest::Client::new();
+    let (id, key) = create_key(&client, &server, &token).await;
+    // `kl_live_` then the body: the 46 characters that are the secret.
+    let body = key.rsplit('_').next().expect("body").to_string();
+    assert_eq!(body.len(), 46, "{key}");
+
+    // Where a raw key ends up in a path by mistake: used as an id, percent-encoded,
+    // or on a route that does not exist. Each request line is logged at debug level.
+    let encoded = key.replace('_', "%5F");
+    let requests = [
+        (reqwest::Method::GET, format!("/v1/keys/{key}"), 404),
+        (reqwest::Method::GET, format!("/v1/keys/{key}/events"), 404),
+        (reqwest::Method::PATCH, format!("/v1/keys/{key}"), 404),
+        (reqwest::Method::DELETE, format!("/v1/keys/{key}"), 404),
+        (
+            reqwest::Method::POST,
+            format!("/v1/keys/{key}/deactivate"),
+            404,
+        ),
+        (reqwest::Method::GET, format!("/v1/keys/{encoded}"), 404),
+        (reqwest::Method::GET, format!("/{key}"), 404),
+        (reqwest::Method::GET, format!("/v1/keys/{key}/bogus"), 404),
+        (reqwest::Method::GET, format!("/v1/keys/{id}"), 200),
+    ];
+    for (method, path, status) in requests {
+        let mut request = client
+            .request(method.clone(), format!("{}{path}", server.address))
+            .bearer_auth(&token);
+        if method == reqwest::Method::PATCH {
+            request = request.json(&json!({"description": "d"}));
+        }
+        let response = request.send().await.expect("request");
+        assert_eq!(response.status(), status, "{method} {path}");
+    }
+
+    let (status, logs) = server.terminate();
+    assert!(status.success(), "graceful shutdown, got {status}:\n{logs}");
+    for line in logs.lines() {
+        for (what, secret) in [
+            ("the raw key", key.as_str()),
+            ("the key's body", body.as_str()),
+            ("the percent-encoded key", encoded.as_str()),
+            ("the key past its display prefix", &key[16..]),
+        ] {
+            assert!(!line.contains(secret), "{what} is in a log line: {line}");
+        }
+    }
+    // The request lines were written, naming the routes and the well-formed id.
+    let request_lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("DEBUG") && l.contains(" request "))
+        .collect();
+    assert!(
+        request_lines.len() >= 9,
+        "a debug line per request:\n{logs}"
+    );
+    for logged in [
+        "/v1/keys/{id}/events".to_string(),
+        "/v1/keys/{id}/deactivate".to_string(),
+        format!("/v1/keys/{id}"),
+        "/v1/keys/*/*".to_string(),
+    ] {
+        assert!(
+            request_lines.iter().any(|l| l.contains(&logged)),
+            "a request line with {logged}:\n{}",
+            request_lines.join("\n")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_escapes_control_characters_that_a_token_put_in_actor_and_tenant() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let server = Server::start(&data);
+    let client = reqwest::Client::new();
+    // Through the API: a subject whose U+202E (right-to-left override) would show
+    // "alice" reversed into "ecila", with a zero-width space and a BEL.
+    let bidi_subject = "mallory\u{202e}ecila\u{200b}";
+    let bidi_token = cli_token(&data, "acme", bidi_subject);
+    let (bidi_id, _) = create_key(&client, &server, &bidi_token).await;
+    // Control characters in a token's claims may be refused when the token is
+    // checked, but the audit log also holds events written before such a check,
+    // or by a database someone edited: this key's event gets them in the store.
+    // ESC [2J clears the screen, ESC ] 0; sets the window title, BEL rings, CR
+    // returns to overwrite the line, U+009B is the C1 form of ESC [, DEL erases,
+    // NEL (U+0085) is a C1 newline, BS steps back.
+    let subject = "mallory\u{1b}[2J\u{1b}]0;pwned\u{7}\r\u{9b}31malice\u{7f}\u{202e}\t";
+    let tenant = "ev\u{1b}[1Ail\u{85}\u{8}";
+    let token = cli_token(&data, "acme", "mallory");
+    let (id, _) = create_key(&client, &server, &token).await;
+    let (status, logs) = server.terminate();
+    assert!(status.success(), "graceful shutdown, got {status}:\n{logs}");
+    {
+        use sqlx::Connection;
+        let url = format!("sqlite://{}", data.join("keyledger.db").display());
+        let mut db = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("open the store");
+        let updated = sqlx::query("UPDATE audit_log SET actor = ?, tenant = ? WHERE key_id = ?")
+            .bind(subject)
+            .bind(tenant)
+            .bind(&id)
+            .execute(&mut db)
+            .await
+            .expect("update");
+        assert!(updated.rows_affected() >= 1);
+        db.close().await.expect("close");
+    }
+    let data_arg = data.to_str().expect("utf-8 path");
+
+    // The hostile text really is in the store as it came: --json shows it exactly.
+    let json_out = run_ok(&["audit", "--json", "--data-dir", data_arg]);
+    let entries: Value = serde_json::from_str(&json_out).expect("json");
+    let created = |key: &str| {
+        entries
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|e| e["key_id"] == key && e["type"] == "KeyCreated")
+            .unwrap_or_else(|| panic!("the KeyCreated event of {key}: {json_out}"))
+            .clone()
+    };
+    assert_eq!(created(&bidi_id)["actor"], bidi_subject);
+    assert_eq!(created(&id)["actor"], subject);
+    assert_eq!(created(&id)["tenant"], tenant);
+
+    let output = keyledger()
+        .args(["audit", "--data-dir", data_arg])
+        .output()
+        .expect("run keyledger audit");
+    assert!(output.status.success());
+    for (at, byte) in output.stdout.iter().enumerate() {
+        assert!(
+            (*byte >= 0x20 && *byte != 0x7f) || *byte == b'\n',
+            "byte {byte:#04x} at {at} of the table: {:?}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
+    let table = String::from_utf8(output.stdout).expect("utf-8 table");
+    let hidden = table
+        .chars()
+        .find(|c| (c.is_control() && *c != '\n') || matches!(c, '\u{202e}' | '\u{200b}'));
+    assert_eq!(
+        hidden, None,
+        "no C1 control or invisible character: {table:?}"
+    );
+    let row = |key: &str| {
+        table
+            .lines()
+            .find(|l| l.contains(key) && l.contains("KeyCreated"))
+            .unwrap_or_else(|| panic!("a row for {key}: {table}"))
+            .to_string()
+    };
+    let bidi_row = row(&bidi_id);
+    assert!(
+        bidi_row.contains(r"mallory\u{202e}ecila\u{200b}"),
+        "the actor, escaped: {bidi_row}"
+    );
+    let row = row(&id);
+    assert!(
+        row.contains(r"mallory\u{1b}[2J\u{1b}]0;pwned\u{7}\r\u{9b}31malice\u{7f}\u{202e}\t"),
+        "the actor, escaped: {row}"
+    );
+    assert!(
+        row.contains(r"ev\u{1b}[1Ail\u{85}\u{8}"),
+        "the tenant, escaped: {row}"
+    );
+}
+
+#[test]
+fn serve_and_token_refuse_a_server_secret_shorter_than_32_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8 path");
+    for short in ["x", "0123456789abcdef0123456789abcde"] {
+        let mut child = keyledger()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", data])
+            .env("KEYLEDGER_JWT_SECRET", short)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn keyledger serve");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "keyledger serve kept running with a {}-byte secret",
+                    short.len()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut stderr)
+            .expect("read stderr");
+        assert!(!status.success(), "serve exits non-zero: {stderr}");
+        assert!(
+            stderr.contains("KEYLEDGER_JWT_SECRET")
+                && stderr.contains("at least 32 bytes")
+                && stderr.contains("openssl rand -hex 32"),
+            "a configuration error naming the minimum and how to make a secret: {stderr}"
+        );
+        assert!(!stderr.contains("listening on"), "{stderr}");
+
+        let output = keyledger()
+            .args([
+                "token",
+                "--tenant",
+                "t",
+                "--subject",
+                "s",
+                "--data-dir",
+                data,
+            ])
+            .env("KEYLEDGER_JWT_SECRET", short)
+            .output()
+            .expect("run keyledger token");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "token refuses it too");
+        assert!(output.stdout.is_empty(), "no token is printed");
+        assert!(stderr.contains("at least 32 bytes"), "{stderr}");
+    }
+    // 32 bytes are enough.
+    let output = keyledger()
+        .args([
+            "token",
+            "--tenant",
+            "t",
+            "--subject",
+            "s",
+            "--data-dir",
+            data,
+        ])
+        .env("KEYLEDGER_JWT_SECRET", "0123456789abcdef0123456789abcdef")
+        .output()
+        .expect("run keyledger token");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[test]
 fn migrate_creates_the_embedded_database_in_a_new_data_dir() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -2,8 +2,9 @@
 //! a real browser (Debian's Chromium, driven by Playwright in
 //! `tests/console/e2e.mjs`) taking a key through create, copy, deactivate,
 //! reactivate, rotate and delete while checking what the page shows against what
-//! the API then says. The browser run also saves the screenshots of
-//! `docs/screenshots/`.
+//! the API then says, and refusing to switch to the token of a `#token=` link
+//! (another tenant's) without asking. The browser run also saves the screenshots
+//! of `docs/screenshots/` (or of `KEYLEDGER_SCREENSHOTS`).
 //!
 //! Without node, `tests/console/node_modules` (`npm ci --prefix tests/console`) or
 //! Chromium the browser test prints `SKIPPED` and passes; with
@@ -152,14 +153,20 @@ async fn a_key_goes_through_its_lifecycle_in_the_console_in_a_real_browser() {
         return;
     }
 
+    // KEYLEDGER_SCREENSHOTS elsewhere leaves the committed screenshots alone.
+    let screenshots = std::env::var_os("KEYLEDGER_SCREENSHOTS")
+        .map_or_else(|| root.join("docs/screenshots"), PathBuf::from);
     let server = console_server().await;
     let run = tokio::process::Command::new("node")
         .arg("e2e.mjs")
         .current_dir(&dir)
         .env("KEYLEDGER_URL", &server.address)
         .env("KEYLEDGER_TOKEN", token("acme", "alice"))
+        // A sign-in link someone else sent: another tenant, which the console
+        // must not switch to without asking.
+        .env("KEYLEDGER_OTHER_TOKEN", token("evil-corp", "mallory"))
         .env("KEYLEDGER_CHROMIUM", chromium())
-        .env("KEYLEDGER_SCREENSHOTS", root.join("docs/screenshots"))
+        .env("KEYLEDGER_SCREENSHOTS", screenshots)
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();

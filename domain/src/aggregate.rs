@@ -1,7 +1,7 @@
 //! The `ApiKey` aggregate: the rules of a key's life. It holds only what the rules
 //! need; everything shown to users comes from the projections.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
@@ -89,6 +89,32 @@ impl ApiKey {
         }))
     }
 
+    /// Once rotated, a key's expiry can only move earlier: the rotation gave it
+    /// its last moment (its successor carries on), so clearing the expiry or
+    /// moving it later would keep a retired key alive. Each accepted change
+    /// lowers the bound, so a grace cut short cannot grow back either.
+    fn ensure_retirement_kept(&self, expiry: Option<DateTime<Utc>>) -> Result<(), DomainError> {
+        if self.rotated_to.is_none() {
+            return Ok(());
+        }
+        match (expiry, self.expires_at) {
+            (None, _) => Err(DomainError::validation(
+                "expires_at",
+                "cannot be cleared on a rotated key",
+            )),
+            (Some(exp), Some(end)) if exp > end => Err(DomainError::validation(
+                "expires_at",
+                format!(
+                    "must not be later than {} on a rotated key",
+                    end.to_rfc3339_opts(SecondsFormat::Millis, true)
+                ),
+            )),
+            // Earlier (or the same), or a key whose expiry an older version let
+            // a PATCH clear after rotation: any expiry shortens its life.
+            (Some(_), _) => Ok(()),
+        }
+    }
+
     fn update(&self, u: UpdateKey, at: DateTime<Utc>) -> Result<KeyUpdated, DomainError> {
         if let Some(n) = &u.name {
             validate::name(n)?;
@@ -97,8 +123,11 @@ impl ApiKey {
             validate::description(d)?;
         }
         let permissions = u.permissions.map(Permissions::parse).transpose()?;
-        if let Some(Some(exp)) = u.expires_at {
-            validate::expires_at(exp, at)?;
+        if let Some(expiry) = u.expires_at {
+            if let Some(exp) = expiry {
+                validate::expires_at(exp, at)?;
+            }
+            self.ensure_retirement_kept(expiry)?;
         }
         if let Some(Some(m)) = &u.metadata {
             validate::metadata(m)?;
@@ -168,6 +197,12 @@ impl Aggregate for ApiKey {
                 self.ensure_live_for(&tenant)?;
                 if self.rotated_to.is_some() {
                     return Err(DomainError::AlreadyRotated);
+                }
+                // An expired key verifies as EXPIRED from `expires_at` on; a
+                // successor would bring that access back. Judged at the
+                // command's time, as verification judges at its own.
+                if self.expires_at.is_some_and(|exp| exp <= at) {
+                    return Err(DomainError::Expired);
                 }
                 if grace < chrono::Duration::zero() {
                     return Err(DomainError::validation(
@@ -524,5 +559,165 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    fn hours(h: i64) -> DateTime<Utc> {
+        t0() + chrono::Duration::hours(h)
+    }
+
+    /// A key created an hour before `t0` that expires at `expires_at`.
+    fn created_expiring(expires_at: DateTime<Utc>) -> ApiKeyEvent {
+        let ApiKeyEvent::KeyCreated(mut c) = created() else {
+            unreachable!("created() is a KeyCreated");
+        };
+        c.created_at = hours(-1);
+        c.expires_at = Some(expires_at);
+        ApiKeyEvent::KeyCreated(c)
+    }
+
+    /// The old key's half of a rotation: it now expires at `expires_at`.
+    fn rotated_until(expires_at: DateTime<Utc>) -> ApiKeyEvent {
+        ApiKeyEvent::KeyExpirySet(KeyExpirySet {
+            expires_at,
+            rotated_to: Some("key_next".into()),
+            at: t0(),
+        })
+    }
+
+    fn set_expiry(expires_at: Option<DateTime<Utc>>) -> KeyCommandKind {
+        KeyCommandKind::UpdateKey(UpdateKey {
+            expires_at: Some(expires_at),
+            ..UpdateKey::default()
+        })
+    }
+
+    fn expiry_updated(expires_at: Option<DateTime<Utc>>) -> ApiKeyEvent {
+        ApiKeyEvent::KeyUpdated(KeyUpdated {
+            expires_at: Some(expires_at),
+            updated_at: t0(),
+            ..KeyUpdated::default()
+        })
+    }
+
+    fn fails_on_expires_at(result: Result<Vec<ApiKeyEvent>, DomainError>) {
+        assert!(
+            matches!(
+                result,
+                Err(DomainError::Validation {
+                    field: "expires_at",
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn a_rotated_keys_expiry_cannot_be_cleared() {
+        let result = Given::with(())
+            .given(vec![created(), rotated_until(hours(1))])
+            .when(command(set_expiry(None)))
+            .inspect_result();
+        fails_on_expires_at(result);
+    }
+
+    #[test]
+    fn a_rotated_keys_expiry_cannot_move_later() {
+        let result = Given::with(())
+            .given(vec![created(), rotated_until(hours(1))])
+            .when(command(set_expiry(Some(hours(2)))))
+            .inspect_result();
+        fails_on_expires_at(result);
+    }
+
+    #[test]
+    fn a_rotated_keys_expiry_may_move_earlier_or_stay() {
+        for at in [t0() + chrono::Duration::minutes(30), hours(1)] {
+            Given::with(())
+                .given(vec![created(), rotated_until(hours(1))])
+                .when(command(set_expiry(Some(at))))
+                .then_expect_events(vec![expiry_updated(Some(at))]);
+        }
+    }
+
+    #[test]
+    fn a_shortened_grace_cannot_grow_back() {
+        let result = Given::with(())
+            .given(vec![
+                created(),
+                rotated_until(hours(2)),
+                expiry_updated(Some(hours(1))),
+            ])
+            .when(command(set_expiry(Some(hours(2)))))
+            .inspect_result();
+        fails_on_expires_at(result);
+    }
+
+    #[test]
+    fn a_rotated_key_still_takes_other_updates() {
+        let update = UpdateKey {
+            name: Some("renamed".into()),
+            ..UpdateKey::default()
+        };
+        Given::with(())
+            .given(vec![created(), rotated_until(hours(1))])
+            .when(command(KeyCommandKind::UpdateKey(update)))
+            .then_expect_events(vec![ApiKeyEvent::KeyUpdated(KeyUpdated {
+                name: Some("renamed".into()),
+                updated_at: t0(),
+                ..KeyUpdated::default()
+            })]);
+    }
+
+    #[test]
+    fn a_key_never_rotated_may_still_clear_or_extend_its_expiry() {
+        for expiry in [None, Some(hours(48))] {
+            Given::with(())
+                .given(vec![created_expiring(hours(1))])
+                .when(command(set_expiry(expiry)))
+                .then_expect_events(vec![expiry_updated(expiry)]);
+        }
+    }
+
+    #[test]
+    fn an_expired_key_cannot_be_rotated() {
+        // Expired a second ago, and expiring at the very time of the command
+        // (verification answers EXPIRED from `expires_at` on).
+        for expired in [t0() - chrono::Duration::seconds(1), t0()] {
+            for grace in [0, 24] {
+                Given::with(())
+                    .given(vec![created_expiring(expired)])
+                    .when(command(rotate(grace)))
+                    .then_expect_error(DomainError::Expired);
+            }
+        }
+    }
+
+    #[test]
+    fn expiry_is_judged_at_the_time_of_the_command() {
+        let expires = t0() + chrono::Duration::milliseconds(1);
+        Given::with(())
+            .given(vec![created_expiring(expires)])
+            .when(command(rotate(24)))
+            .then_expect_events(vec![rotated_until(expires)]);
+        let mut later = command(rotate(24));
+        later.at = expires;
+        Given::with(())
+            .given(vec![created_expiring(expires)])
+            .when(later)
+            .then_expect_error(DomainError::Expired);
+    }
+
+    #[test]
+    fn a_deactivated_key_can_be_rotated_and_stays_inactive() {
+        let mut key = ApiKey::default();
+        for e in [created(), deactivated(), rotated_until(hours(24))] {
+            key.apply(e);
+        }
+        assert_eq!(key.lifecycle(), KeyLifecycle::Inactive);
+        Given::with(())
+            .given(vec![created(), deactivated()])
+            .when(command(rotate(24)))
+            .then_expect_events(vec![rotated_until(hours(24))]);
     }
 }

@@ -21,6 +21,10 @@ pub enum DomainError {
     /// The key was rotated already; it has a successor.
     #[error("key was already rotated")]
     AlreadyRotated,
+    /// The key's expiry has passed at the time of the command, so it cannot be
+    /// rotated: its successor would bring back access that has ended.
+    #[error("key has expired")]
+    Expired,
     /// A create command hit an id that already has events.
     #[error("key already exists")]
     AlreadyExists,

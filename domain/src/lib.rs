@@ -11,6 +11,7 @@ pub mod chain;
 pub mod commands;
 pub mod error;
 pub mod events;
+pub mod json;
 pub mod key;
 pub mod permissions;
 pub mod upcast;

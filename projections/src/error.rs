@@ -14,6 +14,14 @@ pub enum ProjectionError {
     /// before it rather than skip it: skipping would make the view silently wrong.
     #[error("event at position {position} cannot be decoded: {message}")]
     Decode { position: i64, message: String },
+    /// A projection row does not read back as what was written.
+    #[error("{table} row {id}: {column} is corrupt: {message}")]
+    CorruptRow {
+        table: &'static str,
+        id: String,
+        column: &'static str,
+        message: String,
+    },
     /// A query parameter (cursor, filter) is not valid.
     #[error("{field}: {message}")]
     InvalidQuery {

@@ -63,8 +63,41 @@ struct AuditRecord {
     event_hash: Option<String>,
 }
 
-fn time(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+/// A row that does not read back as what the projection wrote is an error
+/// naming it, never a silent default.
+fn corrupt(
+    table: &'static str,
+    id: &str,
+    column: &'static str,
+    why: impl ToString,
+) -> ProjectionError {
+    ProjectionError::CorruptRow {
+        table,
+        id: id.to_string(),
+        column,
+        message: why.to_string(),
+    }
+}
+
+fn time(
+    table: &'static str,
+    id: &str,
+    column: &'static str,
+    ms: i64,
+) -> Result<DateTime<Utc>, ProjectionError> {
+    DateTime::from_timestamp_millis(ms)
+        .ok_or_else(|| corrupt(table, id, column, format!("{ms} is not a time")))
+}
+
+/// Parses JSON text a projection stored (no depth limit: see
+/// `keyledger_domain::json::parse_stored`).
+fn stored_json(
+    table: &'static str,
+    id: &str,
+    column: &'static str,
+    text: &str,
+) -> Result<Value, ProjectionError> {
+    keyledger_domain::json::parse_stored(text).map_err(|e| corrupt(table, id, column, e))
 }
 
 fn json_text(v: &impl serde::Serialize) -> String {
@@ -72,47 +105,63 @@ fn json_text(v: &impl serde::Serialize) -> String {
 }
 
 impl KeyRecord {
-    fn into_row(self) -> KeyRow {
-        KeyRow {
-            id: self.id,
+    fn into_row(self) -> Result<KeyRow, ProjectionError> {
+        const T: &str = "key_list";
+        let id = self.id;
+        let permissions = serde_json::from_str(&self.permissions)
+            .map_err(|e| corrupt(T, &id, "permissions", e))?;
+        let metadata = self
+            .metadata
+            .map(|m| stored_json(T, &id, "metadata", &m))
+            .transpose()?;
+        Ok(KeyRow {
             tenant: self.tenant,
             key_hash: self.key_hash,
             prefix: self.prefix,
             name: self.name,
             description: self.description,
             environment: self.environment,
-            permissions: serde_json::from_str(&self.permissions).unwrap_or_default(),
+            permissions,
             status: self.status,
-            created_at: time(self.created_at),
+            created_at: time(T, &id, "created_at", self.created_at)?,
             created_by: self.created_by,
-            updated_at: time(self.updated_at),
-            expires_at: self.expires_at.map(time),
-            last_used_at: self.last_used_at.map(time),
+            updated_at: time(T, &id, "updated_at", self.updated_at)?,
+            expires_at: self
+                .expires_at
+                .map(|t| time(T, &id, "expires_at", t))
+                .transpose()?,
+            last_used_at: self
+                .last_used_at
+                .map(|t| time(T, &id, "last_used_at", t))
+                .transpose()?,
             usage_count: self.usage_count,
-            metadata: self.metadata.and_then(|m| serde_json::from_str(&m).ok()),
+            metadata,
             created_position: self.created_position,
             rotated_from: self.rotated_from,
             rotated_to: self.rotated_to,
-        }
+            id,
+        })
     }
 }
 
 impl AuditRecord {
-    fn into_entry(self) -> AuditEntry {
-        AuditEntry {
+    fn into_entry(self) -> Result<AuditEntry, ProjectionError> {
+        const T: &str = "audit_log";
+        let at = self.position.to_string();
+        Ok(AuditEntry {
+            occurred_at: time(T, &at, "occurred_at", self.occurred_at)?,
+            data: stored_json(T, &at, "data", &self.data)?,
             position: self.position,
             tenant: self.tenant,
             key_id: self.key_id,
             sequence: self.sequence,
             event_type: self.event_type,
-            occurred_at: time(self.occurred_at),
             actor: self.actor,
             request_id: self.request_id,
-            data: serde_json::from_str(&self.data).unwrap_or(Value::Null),
             client_addr: self.client_addr,
             user_agent: self.user_agent,
             event_hash: self.event_hash,
-        }
+        })
     }
 }
 
@@ -491,7 +540,10 @@ macro_rules! backend {
                 .bind(limit + 1)
                 .fetch_all(pool)
                 .await?;
-                let mut keys: Vec<KeyRow> = records.into_iter().map(KeyRecord::into_row).collect();
+                let mut keys = records
+                    .into_iter()
+                    .map(KeyRecord::into_row)
+                    .collect::<Result<Vec<_>, _>>()?;
                 let more = keys.len() as i64 > limit;
                 keys.truncate(limit as usize);
                 let next_before = if more {
@@ -518,7 +570,7 @@ macro_rules! backend {
                 .fetch_optional(pool)
                 .await?;
                 if let Some(r) = by_id {
-                    return Ok((r.tenant == tenant).then(|| r.into_row()));
+                    return (r.tenant == tenant).then(|| r.into_row()).transpose();
                 }
                 let by_prefix: Vec<KeyRecord> = sqlx::query_as(&format!(
                     "SELECT {KEY_COLUMNS} FROM key_list WHERE tenant = $1 AND prefix = $2 LIMIT 2"
@@ -528,10 +580,10 @@ macro_rules! backend {
                 .fetch_all(pool)
                 .await?;
                 // A display prefix names a key only when it is unique in the tenant.
-                Ok(match <[KeyRecord; 1]>::try_from(by_prefix) {
-                    Ok([one]) => Some(one.into_row()),
-                    Err(_) => None,
-                })
+                match <[KeyRecord; 1]>::try_from(by_prefix) {
+                    Ok([one]) => one.into_row().map(Some),
+                    Err(_) => Ok(None),
+                }
             }
 
             /// The key list and its checkpoint, read from one snapshot.
@@ -553,7 +605,11 @@ macro_rules! backend {
                         .fetch_all(&mut *tx)
                         .await?;
                 tx.commit().await?;
-                Ok((cp.unwrap_or(0), records.into_iter().map(KeyRecord::into_row).collect()))
+                let rows = records
+                    .into_iter()
+                    .map(KeyRecord::into_row)
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((cp.unwrap_or(0), rows))
             }
 
             /// Drops any leftover scratch table and creates an empty one.
@@ -694,8 +750,10 @@ macro_rules! backend {
                 .bind(limit + 1)
                 .fetch_all(pool)
                 .await?;
-                let mut events: Vec<AuditEntry> =
-                    records.into_iter().map(AuditRecord::into_entry).collect();
+                let mut events = records
+                    .into_iter()
+                    .map(AuditRecord::into_entry)
+                    .collect::<Result<Vec<_>, _>>()?;
                 let more = events.len() as i64 > limit;
                 events.truncate(limit as usize);
                 let next_position = if more { events.last().map(|e| e.position) } else { None };

@@ -104,11 +104,23 @@ impl Cli {
     }
 }
 
+/// Stack of each runtime worker: what a value nested
+/// `keyledger_domain::json::MAX_STORED_DEPTH` levels needs, with room to spare.
+const WORKER_STACK_BYTES: usize = 16 << 20;
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Events older versions let through may nest about 2,000 levels deep
+    // (`json::MAX_STORED_DEPTH`); serde's clone, drop and serialise of such a
+    // value recurse, so the workers get stacks sized for it (untouched pages
+    // cost nothing).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(WORKER_STACK_BYTES)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("keyledger: cannot start the runtime: {e}");

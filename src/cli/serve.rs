@@ -29,6 +29,15 @@ pub struct ServeArgs {
     /// Failed verifications per client address per minute before answering 429.
     #[arg(long, env = "KEYLEDGER_VERIFY_FAILURE_LIMIT", default_value_t = 100)]
     verify_failure_limit: u32,
+    /// Seconds a client may take to send a request head, from its first byte.
+    #[arg(long, env = "KEYLEDGER_HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    header_read_timeout_secs: u64,
+    /// Seconds a connection may stay open with no request in flight.
+    #[arg(long, env = "KEYLEDGER_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    idle_timeout_secs: u64,
+    /// Most open client connections [default: the open-file limit less 64, at most 10000].
+    #[arg(long, env = "KEYLEDGER_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
     /// PEM public key (RSA or EC P-256) of an identity provider whose RS256/ES256
     /// management tokens are accepted besides HS256 ones; repeatable.
     #[arg(
@@ -111,6 +120,17 @@ pub async fn run(args: ServeArgs, mut config: Config) -> Result<ExitCode, Error>
     config.usage_flush_interval = Duration::from_secs(args.usage_flush_secs);
     config.max_keys_per_tenant = args.max_keys_per_tenant;
     config.verify_failure_limit = args.verify_failure_limit;
+    config.header_read_timeout = seconds(
+        args.header_read_timeout_secs,
+        "KEYLEDGER_HEADER_READ_TIMEOUT_SECS",
+    )?;
+    config.idle_timeout = seconds(args.idle_timeout_secs, "KEYLEDGER_IDLE_TIMEOUT_SECS")?;
+    if args.max_connections == Some(0) {
+        return Err(Error::Config(
+            "KEYLEDGER_MAX_CONNECTIONS must be at least 1".into(),
+        ));
+    }
+    config.max_connections = args.max_connections;
     config.idp = args.idp()?;
     match &config.store {
         StoreConfig::Sqlite => tracing::info!(
@@ -128,6 +148,14 @@ pub async fn run(args: ServeArgs, mut config: Config) -> Result<ExitCode, Error>
     let app = Application::build(config).await?;
     app.run_until_stopped(shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whole seconds, at least one.
+fn seconds(value: u64, name: &str) -> Result<Duration, Error> {
+    if value == 0 {
+        return Err(Error::Config(format!("{name} must be at least 1")));
+    }
+    Ok(Duration::from_secs(value))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -1,6 +1,6 @@
-//! The audit log of a tenant, and the full history of one key.
+//! The audit log of a tenant, and the full history of one key (both paged).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use keyledger_projections::audit::{AuditEntry, AuditFilter, Order};
@@ -11,13 +11,15 @@ use utoipa::{IntoParams, ToSchema};
 use crate::error::Error;
 use crate::http::auth::Management;
 use crate::http::error::ErrorBody;
-use crate::http::extract::ApiQuery;
+use crate::http::extract::{ApiQuery, KeyPath};
 use crate::http::keys::cursor;
 use crate::http::AppState;
 
-/// Most events a key's history returns (a key rarely has more than a handful;
-/// usage events are one per flush interval).
-const KEY_HISTORY_LIMIT: u32 = 10_000;
+/// Events per page of a key's history, by default and at most. A history has
+/// no length bound (a used key gains a usage event every flush interval), so it
+/// is paged; the default is the largest page, so that the whole history of
+/// nearly every key is still one response.
+const KEY_HISTORY_PAGE: u32 = 1000;
 
 /// One event as the audit log shows it.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -65,9 +67,24 @@ pub struct AuditList {
     pub next_cursor: Option<String>,
 }
 
+/// One page of a key's history, oldest first.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct KeyHistory {
     pub events: Vec<AuditEvent>,
+    /// Pass as `cursor` for the next page; `null` on the last page (always sent).
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct KeyHistoryParams {
+    /// 1-1000, default 1000.
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[param(pattern = "^[1-9][0-9]{0,17}$")]
+    pub cursor: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -131,14 +148,24 @@ pub async fn list(
 
 /// GET /v1/keys/{id}/events
 #[utoipa::path(get, path = "/v1/keys/{id}/events", tag = "audit",
-    params(("id" = String, Path, description = "key id (also after deletion)")),
-    responses((status = 200, body = KeyHistory), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    params(("id" = String, Path, description = "key id (also after deletion)"), KeyHistoryParams),
+    responses((status = 200, body = KeyHistory), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn key_events(
     State(state): State<AppState>,
     Management(actor): Management,
-    Path(id): Path<String>,
+    KeyPath(id): KeyPath,
+    ApiQuery(params): ApiQuery<KeyHistoryParams>,
 ) -> Result<Json<KeyHistory>, Error> {
+    let limit = params.limit.unwrap_or(KEY_HISTORY_PAGE);
+    if !(1..=KEY_HISTORY_PAGE).contains(&limit) {
+        return Err(Error::validation(
+            "limit",
+            format!("must be between 1 and {KEY_HISTORY_PAGE}"),
+        ));
+    }
+    let after = cursor(params.cursor.as_deref())?;
     // A live key may be named by its display prefix; a deleted one only by id.
     let key_id = match state.service.get(&actor, &id).await {
         Ok(row) => row.id,
@@ -146,15 +173,35 @@ pub async fn key_events(
         Err(e) => return Err(e),
     };
     let filter = AuditFilter {
-        key_id: Some(key_id),
-        limit: KEY_HISTORY_LIMIT,
+        key_id: Some(key_id.clone()),
+        after_position: after,
+        limit,
         ..AuditFilter::default()
     };
     let page = state.service.audit(&actor, filter).await?;
     if page.events.is_empty() {
-        return Err(Error::KeyNotFound);
+        // No event (of this tenant) names the key: there is no such key. A
+        // page past the end of a history that exists is empty, not a 404.
+        let exists = after.is_some()
+            && !state
+                .service
+                .audit(
+                    &actor,
+                    AuditFilter {
+                        key_id: Some(key_id),
+                        limit: 1,
+                        ..AuditFilter::default()
+                    },
+                )
+                .await?
+                .events
+                .is_empty();
+        if !exists {
+            return Err(Error::KeyNotFound);
+        }
     }
     Ok(Json(KeyHistory {
         events: page.events.into_iter().map(AuditEvent::from).collect(),
+        next_cursor: page.next_position.map(|p| p.to_string()),
     }))
 }

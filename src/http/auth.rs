@@ -128,6 +128,8 @@ impl TokenVerifier {
         if claims.iat.is_some_and(|iat| iat > now + LEEWAY_SECS) {
             return Err(Error::Unauthorized("token is issued in the future".into()));
         }
+        identity_claim("sub", &claims.sub)?;
+        identity_claim("tenant", &claims.tenant)?;
         Ok(claims)
     }
 
@@ -152,6 +154,27 @@ impl TokenVerifier {
         }
         Ok(claims)
     }
+}
+
+/// The longest actor or tenant a token may name, in characters.
+pub const MAX_IDENTITY_CHARS: usize = 256;
+
+/// The actor and tenant of a token are written into every event, row and log
+/// line of its requests and sent in `/v1/auth`'s headers: a control character
+/// (NUL cannot be stored in PostgreSQL; CR/LF and escapes garble headers and
+/// terminals) or an unbounded length is refused here, once, for every store.
+fn identity_claim(name: &str, value: &str) -> Result<(), Error> {
+    if value.chars().any(char::is_control) {
+        return Err(Error::Unauthorized(format!(
+            "token claim {name} must not contain control characters"
+        )));
+    }
+    if value.chars().count() > MAX_IDENTITY_CHARS {
+        return Err(Error::Unauthorized(format!(
+            "token claim {name} must be at most {MAX_IDENTITY_CHARS} characters"
+        )));
+    }
+    Ok(())
 }
 
 impl IdpVerifier {

@@ -77,6 +77,13 @@ fn parts(error: &Error) -> Parts {
             "conflict",
             "key was already rotated; rotate its successor instead".into(),
         ),
+        // A state of the key, like a rotation already done: 409, with a code of
+        // its own so a client can tell that retrying will not help.
+        Error::Domain(DomainError::Expired) => p(
+            StatusCode::CONFLICT,
+            "key_expired",
+            "key has expired and cannot be rotated; create a new key instead".into(),
+        ),
         Error::Domain(DomainError::AlreadyExists) => p(
             StatusCode::CONFLICT,
             "conflict",
@@ -126,6 +133,7 @@ fn parts(error: &Error) -> Parts {
         Error::Projection(ProjectionError::Database(e)) if is_unavailable(e) => unavailable(),
         Error::Domain(DomainError::MalformedKey { .. } | DomainError::InvalidKeyPrefix)
         | Error::Projection(_)
+        | Error::UnreadableEvent { .. }
         | Error::Config(_)
         | Error::Internal(_) => p(
             StatusCode::INTERNAL_SERVER_ERROR,

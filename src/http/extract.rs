@@ -259,6 +259,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Error> {
         let query = parts.uri.query().unwrap_or_default();
+        query_controls(query)?;
         let de = serde_urlencoded::Deserializer::new(form_urlencoded_parse(query));
         serde_path_to_error::deserialize(de)
             .map(ApiQuery)
@@ -271,6 +272,42 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 
 fn form_urlencoded_parse(query: &str) -> form_urlencoded::Parse<'_> {
     form_urlencoded::parse(query.as_bytes())
+}
+
+/// The `{id}` of a key route (a key id or a display prefix). One holding a
+/// control character names no key (ids and prefixes are ASCII letters,
+/// digits and `_`): it is answered 404 before any store sees it, where NUL
+/// would be an error of PostgreSQL's rather than an answer.
+pub struct KeyPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let axum::extract::Path(id) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| Error::KeyNotFound)?;
+        if id.chars().any(char::is_control) {
+            return Err(Error::KeyNotFound);
+        }
+        Ok(KeyPath(id))
+    }
+}
+
+/// Refuses control characters in a query's names and values (percent-encoded
+/// NUL, CR, escapes): filters are compared with stored text, and PostgreSQL
+/// cannot even take NUL as a parameter.
+fn query_controls(query: &str) -> Result<(), Error> {
+    for (name, value) in form_urlencoded_parse(query) {
+        if name.chars().chain(value.chars()).any(char::is_control) {
+            return Err(Error::validation(
+                redact_path(&name),
+                "must not contain control characters",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The request id: from `X-Request-Id` when the client sent one, else generated

@@ -1,6 +1,6 @@
 //! Key management: create, list, get, update, deactivate, reactivate, delete.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,10 +16,10 @@ use crate::error::Error;
 use crate::http::auth::Management;
 use crate::http::error::ErrorBody;
 use crate::http::extract::{
-    ApiJson, ApiQuery, IdempotencyKey, JsonBytes, OptionalJson, OptionalJsonBytes,
+    ApiJson, ApiQuery, IdempotencyKey, JsonBytes, KeyPath, OptionalJson, OptionalJsonBytes,
 };
 use crate::http::AppState;
-use crate::idempotency::{request_hash, Claim, Idempotency};
+use crate::idempotency::{request_hash, Claim, Idempotency, Settled};
 use crate::service::Actor;
 use crate::service::NewKey;
 
@@ -256,18 +256,41 @@ async fn idempotent(
         .await?
     {
         Claim::Replay(first) => Ok((StatusCode::CREATED, Json(first)).into_response()),
-        Claim::Owned => match run.await {
-            Ok(view) => {
-                let value =
-                    serde_json::to_value(&view).map_err(|e| Error::Internal(e.to_string()))?;
-                store.complete(&actor.tenant, &key, value.clone()).await?;
-                Ok((StatusCode::CREATED, Json(value)).into_response())
+        Claim::Owned(lease) => {
+            // The claim's lease is renewed while `run` runs, and stopped
+            // before the claim is settled.
+            let outcome = run.await;
+            let owner = lease.into_owner();
+            match outcome {
+                Ok(view) => {
+                    let value =
+                        serde_json::to_value(&view).map_err(|e| Error::Internal(e.to_string()))?;
+                    let settled = store
+                        .complete(&actor.tenant, &key, &owner, value.clone())
+                        .await?;
+                    if settled == Settled::Lost {
+                        // Taken over after this request stalled past its lease:
+                        // the new owner's answer is what retries get. This key
+                        // was issued all the same, and this response is the
+                        // only place its raw key exists, so it still goes to
+                        // this client.
+                        tracing::warn!(
+                            tenant = %actor.tenant,
+                            "idempotency claim lost while the request ran; its answer was not stored"
+                        );
+                    }
+                    Ok((StatusCode::CREATED, Json(value)).into_response())
+                }
+                Err(e) => {
+                    // Only our own claim is given up; a failure releasing it
+                    // just leaves it to lapse with its lease.
+                    if let Err(re) = store.release(&actor.tenant, &key, &owner).await {
+                        tracing::warn!(error = %re, "could not release an idempotency claim; it lapses by itself");
+                    }
+                    Err(e)
+                }
             }
-            Err(e) => {
-                store.release(&actor.tenant, &key).await;
-                Err(e)
-            }
-        },
+        }
     }
 }
 
@@ -319,7 +342,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     Management(actor): Management,
-    Path(id): Path<String>,
+    KeyPath(id): KeyPath,
 ) -> Result<Json<KeyView>, Error> {
     let row = state.service.get(&actor, &id).await?;
     Ok(Json(KeyView::from_row(row, state.service.clock().now())))
@@ -334,7 +357,7 @@ pub async fn get(
 pub async fn update(
     State(state): State<AppState>,
     Management(actor): Management,
-    Path(id): Path<String>,
+    KeyPath(id): KeyPath,
     ApiJson(body): ApiJson<UpdateKeyRequest>,
 ) -> Result<Json<KeyView>, Error> {
     let update = UpdateKey {
@@ -363,7 +386,7 @@ pub async fn update(
 pub async fn deactivate(
     State(state): State<AppState>,
     Management(actor): Management,
-    Path(id): Path<String>,
+    KeyPath(id): KeyPath,
     OptionalJson(body): OptionalJson<DeactivateRequest>,
 ) -> Result<Json<KeyView>, Error> {
     let row = state.service.deactivate(&actor, &id, body.reason).await?;
@@ -379,7 +402,7 @@ pub async fn deactivate(
 pub async fn reactivate(
     State(state): State<AppState>,
     Management(actor): Management,
-    Path(id): Path<String>,
+    KeyPath(id): KeyPath,
     OptionalJson(_body): OptionalJson<EmptyRequest>,
 ) -> Result<Json<KeyView>, Error> {
     let row = state.service.reactivate(&actor, &id).await?;
@@ -395,7 +418,7 @@ pub async fn reactivate(
 pub async fn delete(
     State(state): State<AppState>,
     Management(actor): Management,
-    Path(id): Path<String>,
+    KeyPath(id): KeyPath,
 ) -> Result<StatusCode, Error> {
     state.service.delete(&actor, &id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -411,7 +434,7 @@ pub async fn delete(
 pub async fn rotate(
     State(state): State<AppState>,
     Management(actor): Management,
-    Path(id): Path<String>,
+    KeyPath(id): KeyPath,
     IdempotencyKey(idem): IdempotencyKey,
     OptionalJsonBytes(body, raw): OptionalJsonBytes<RotateRequest>,
 ) -> Result<Response, Error> {

@@ -1,6 +1,7 @@
 //! GET /metrics (Prometheus text format) and the middleware that records
 //! request latency and key commands for every request.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
@@ -106,9 +107,9 @@ where
             .get::<MatchedPath>()
             .map_or(UNMATCHED, |p| route_name(p.as_str()));
         let command = command_name(request.method(), route);
-        // Copied only when the request line will be logged.
-        let path =
-            tracing::enabled!(tracing::Level::DEBUG).then(|| request.uri().path().to_owned());
+        // Worked out only when the request line will be logged.
+        let path = tracing::enabled!(tracing::Level::DEBUG)
+            .then(|| loggable_path(route, request.uri().path()));
         TrackFuture {
             path,
             inner: self.inner.call(request),
@@ -129,7 +130,7 @@ pin_project! {
         method: &'static str,
         route: &'static str,
         command: Option<&'static str>,
-        path: Option<String>,
+        path: Option<Cow<'static, str>>,
     }
 }
 
@@ -146,8 +147,8 @@ where
             let status = response.status();
             let latency = this.start.elapsed();
             crate::metrics::request(this.method, this.route, status.as_u16(), latency);
-            // One line per request at debug level: the path, never the query
-            // or the body.
+            // One line per request at debug level: the path as `loggable_path`
+            // redacts it, never the query or the body.
             tracing::debug!(
                 method = *this.method,
                 path = this.path.as_deref().unwrap_or(""),
@@ -180,6 +181,92 @@ fn route_name(matched: &str) -> &'static str {
         return name;
     }
     names.get_or_insert_with(matched.into(), || Box::leak(matched.into()))
+}
+
+/// The request path as the request line logs it. Clients do put raw keys in
+/// paths (`GET /v1/keys/<key>` by mistake, or a key pasted into the address bar),
+/// and a key in a log is a leaked key. So the logged path is built only from text
+/// the server chose, never from what the client sent, with one exception: a path
+/// segment that is a well-formed key id (`key_` and 32 lower-case hex digits),
+/// which no key can be (a key is `<prefix>_<live|test>_<46 base62>`).
+///
+/// - A matched route: its template, each parameter replaced by the request's
+///   value when that is a key id (`/v1/keys/key_0190…/events`) and else left as
+///   the template has it (`/v1/keys/{id}/events` for a raw key, a display prefix
+///   or anything else). Templates without a parameter, `/v1/keys/verify` among
+///   them, are logged as the static string they are: no copy at all.
+/// - No route (a 404 from the fallback): each segment that is one of the words of
+///   the routes (`ROUTE_WORDS`) or a key id is kept, every other one is `*`.
+///
+/// An allow-list, not a search for key-shaped text: a search would have to know
+/// every way a key can be mangled on its way into a path (percent-encoded `_`
+/// as `%5F`, cut short, run into other text, a future prefix or format) and
+/// miss one; this cannot leak what it never copies. The cost is one pass over
+/// the path's bytes, only while debug logging is on.
+fn loggable_path(route: &'static str, path: &str) -> Cow<'static, str> {
+    if route == UNMATCHED {
+        let mut out = String::with_capacity(path.len().min(64));
+        // The path starts with `/`: the first piece is empty.
+        for segment in path.split('/').skip(1) {
+            out.push('/');
+            if segment.is_empty() || is_key_id(segment) || ROUTE_WORDS.contains(&segment) {
+                out.push_str(segment);
+            } else {
+                out.push('*');
+            }
+        }
+        if out.is_empty() {
+            out.push('/');
+        }
+        return Cow::Owned(out);
+    }
+    if !route.contains('{') {
+        return Cow::Borrowed(route);
+    }
+    let mut out = String::with_capacity(route.len() + 32);
+    let mut given = path.split('/');
+    for (i, part) in route.split('/').enumerate() {
+        let value = given.next();
+        if i > 0 {
+            out.push('/');
+        }
+        match value {
+            Some(value) if part.starts_with('{') && is_key_id(value) => out.push_str(value),
+            _ => out.push_str(part),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The literal path segments of the routes of `router.rs`, kept in paths of
+/// unmatched requests (a test checks them against the OpenAPI document).
+const ROUTE_WORDS: [&str; 16] = [
+    "v1",
+    "keys",
+    "verify",
+    "auth",
+    "deactivate",
+    "reactivate",
+    "rotate",
+    "events",
+    "audit",
+    "healthz",
+    "readyz",
+    "metrics",
+    "openapi.json",
+    "console",
+    "console.js",
+    "console.css",
+];
+
+/// `key_` and 32 lower-case hex digits: the ids `service.rs` gives keys.
+fn is_key_id(segment: &str) -> bool {
+    segment.len() == 36
+        && segment.starts_with("key_")
+        && segment
+            .bytes()
+            .skip(4)
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Standard methods by name; anything else is "other" (label values stay bounded).
@@ -256,6 +343,81 @@ mod tests {
         );
         assert_eq!(command_name(&Method::GET, "/v1/keys/{id}/events"), None);
         assert_eq!(command_name(&Method::GET, "/v1/audit"), None);
+    }
+
+    const ID: &str = "key_0190b2a4c3d87e1f9a6b5c4d3e2f1a0b";
+    const KEY: &str = "kl_live_AbCdEfGh0123456789AbCdEfGh0123456789AbCdEf";
+
+    #[test]
+    fn a_logged_path_keeps_key_ids_and_nothing_else_the_client_sent() {
+        assert!(is_key_id(ID));
+        let events = "/v1/keys/{id}/events";
+        assert_eq!(
+            loggable_path(events, &format!("/v1/keys/{ID}/events")),
+            format!("/v1/keys/{ID}/events")
+        );
+        let values: [&str; 8] = [
+            KEY,
+            "kl%5Flive%5FAbCdEfGh0123456789AbCdEfGh0123456789AbCdEf",
+            &KEY[..30],
+            "kl_live_AbCdEfGh",
+            "KEY_0190B2A4C3D87E1F9A6B5C4D3E2F1A0B",
+            &format!("{ID}0"),
+            &format!("{ID}{KEY}"),
+            "",
+        ];
+        for value in values {
+            assert_eq!(
+                loggable_path(events, &format!("/v1/keys/{value}/events")),
+                events,
+                "{value}"
+            );
+            assert_eq!(
+                loggable_path("/v1/keys/{id}", &format!("/v1/keys/{value}")),
+                "/v1/keys/{id}"
+            );
+        }
+        assert!(matches!(
+            loggable_path("/v1/keys/verify", "/v1/keys/verify"),
+            Cow::Borrowed("/v1/keys/verify")
+        ));
+    }
+
+    #[test]
+    fn an_unmatched_path_keeps_only_route_words_and_key_ids() {
+        let with_id = format!("/v1/keys/{ID}/events/");
+        let cases: [(String, &str); 7] = [
+            ("/".into(), "/"),
+            (format!("/{KEY}"), "/*"),
+            (format!("/v1/keys/{KEY}/bogus"), "/v1/keys/*/*"),
+            (with_id.clone(), &with_id),
+            (format!("/v2/verify/{KEY}"), "/*/verify/*"),
+            ("/console/nope".into(), "/console/*"),
+            ("//x".into(), "//*"),
+        ];
+        for (path, logged) in cases {
+            assert_eq!(loggable_path(UNMATCHED, &path), logged, "{path}");
+        }
+    }
+
+    #[test]
+    fn the_route_words_are_those_of_the_api() {
+        use utoipa::OpenApi;
+        let document = crate::http::openapi::ApiDoc::openapi();
+        let mut words: Vec<&str> = document
+            .paths
+            .paths
+            .keys()
+            .flat_map(|p| p.split('/'))
+            .filter(|s| !s.is_empty() && !s.starts_with('{'))
+            .collect();
+        // The console's routes are not in the API's document.
+        words.extend(["console", "console.js", "console.css", "openapi.json"]);
+        words.sort_unstable();
+        words.dedup();
+        let mut known = ROUTE_WORDS.to_vec();
+        known.sort_unstable();
+        assert_eq!(words, known);
     }
 
     #[test]

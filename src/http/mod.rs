@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod proxy_auth;
 pub mod router;
+pub mod serve;
 pub mod verify;
 
 use std::sync::Arc;

@@ -79,6 +79,34 @@ mod tests {
     }
 
     #[test]
+    fn a_keys_history_is_documented_as_paged() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).expect("document");
+        let op = &doc["paths"]["/v1/keys/{id}/events"]["get"];
+        let params: Vec<(&str, &str)> = op["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .filter_map(|p| Some((p["name"].as_str()?, p["in"].as_str()?)))
+            .collect();
+        for want in [("id", "path"), ("limit", "query"), ("cursor", "query")] {
+            assert!(params.contains(&want), "{want:?} in {params:?}");
+        }
+        assert!(op["responses"]["422"].is_object());
+        let history = &doc["components"]["schemas"]["KeyHistory"];
+        assert!(
+            history["properties"]["next_cursor"].is_object(),
+            "{history}"
+        );
+        // Always sent, `null` on the last page.
+        assert!(
+            history["required"]
+                .as_array()
+                .is_some_and(|r| r.contains(&"next_cursor".into())),
+            "{history}"
+        );
+    }
+
+    #[test]
     fn bodies_the_handlers_accept_absent_are_documented_as_optional() {
         for path in OPTIONAL_BODIES {
             assert!(

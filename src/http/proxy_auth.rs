@@ -7,6 +7,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use keyledger_projections::{KeyIdText, VerificationCode, VerifyRequest};
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use serde_json::json;
 
 use crate::http::error::ErrorBody;
@@ -47,8 +48,19 @@ fn refusal(status: StatusCode, code: &'static str, verification: &str, message: 
     response
 }
 
-fn header_value(s: &str) -> HeaderValue {
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+/// Bytes of an identity header value that are percent-encoded: controls,
+/// space (proxies trim it at the ends, which would change the value) and `%`
+/// itself (so decoding is unambiguous); percent-encoding always encodes
+/// non-ASCII bytes too. A value of visible ASCII without `%` goes out as is.
+const IDENTITY_ENCODED: &AsciiSet = &CONTROLS.add(b' ').add(b'%');
+
+/// An identity header's value: never empty, never garbled. Tenant names come
+/// from tokens (an identity provider's claims included) and may hold any
+/// Unicode; a proxy forwards the header to the upstream, which decodes it.
+fn identity_value(s: &str) -> HeaderValue {
+    let encoded = utf8_percent_encode(s, IDENTITY_ENCODED).to_string();
+    // Visible ASCII only after encoding, which a header value always admits.
+    HeaderValue::try_from(encoded).unwrap_or_else(|_| HeaderValue::from_static("%00"))
 }
 
 /// GET /v1/auth
@@ -101,9 +113,9 @@ pub async fn auth(
     let (verdict, identity) = state.service.verify(request, at, |answer| {
         let identity = match (answer.code, answer.key) {
             (VerificationCode::Valid, Some(k)) => Some([
-                header_value(k.key_id(&mut KeyIdText::default())),
-                header_value(k.tenant()),
-                header_value(&k.permissions().as_slice().join(",")),
+                identity_value(k.key_id(&mut KeyIdText::default())),
+                identity_value(k.tenant()),
+                identity_value(&k.permissions().as_slice().join(",")),
             ]),
             _ => None,
         };
@@ -135,5 +147,27 @@ pub async fn auth(
             code,
             "the API key is not valid",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::identity_value;
+
+    #[test]
+    fn identity_values_are_percent_encoded_only_where_needed() {
+        assert_eq!(
+            identity_value("acme-corp_1.x").to_str().ok(),
+            Some("acme-corp_1.x")
+        );
+        assert_eq!(
+            identity_value("a\r\nX-Evil: 1").to_str().ok(),
+            Some("a%0D%0AX-Evil:%201")
+        );
+        assert_eq!(
+            identity_value("müller %").to_str().ok(),
+            Some("m%C3%BCller%20%25")
+        );
+        assert_eq!(identity_value("\u{0}").to_str().ok(), Some("%00"));
     }
 }

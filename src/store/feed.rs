@@ -2,22 +2,33 @@
 //! own SQL because the cqrs-es repositories only order by per-key sequence. The
 //! SQL text is the same on both engines; `feed_functions!` compiles it for each.
 
+use keyledger_domain::json;
 use keyledger_projections::RawEvent;
 use sqlx::Row;
 
 use crate::error::Error;
 use crate::store::errors::sqlx_unavailable;
 
+// Payload and metadata are read as text and parsed by `json::parse_stored`
+// (no depth limit), never by sqlx's JSON decoding, which refuses what serde_json's
+// parser refuses: one event older versions let through would stop every reader.
 const FEED_SQL: &str = "SELECT global_position, aggregate_type, aggregate_id, sequence, \
-     event_type, event_version, payload, metadata FROM events \
+     event_type, event_version, CAST(payload AS TEXT), CAST(metadata AS TEXT) FROM events \
      WHERE global_position > $1 ORDER BY global_position LIMIT $2";
 
 // A stream's events are read before the sequencer may have numbered the newest
 // (PostgreSQL gives positions after commit); the chain hash does not use it.
 const EVENT_AT_SQL: &str =
     "SELECT COALESCE(global_position, 0), aggregate_type, aggregate_id, sequence, \
-     event_type, event_version, payload, metadata FROM events \
+     event_type, event_version, CAST(payload AS TEXT), CAST(metadata AS TEXT) FROM events \
      WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3";
+
+// One stream's events after a sequence, for loading an aggregate (see
+// `store::readable`).
+const STREAM_SQL: &str =
+    "SELECT COALESCE(global_position, 0), aggregate_type, aggregate_id, sequence, \
+     event_type, event_version, CAST(payload AS TEXT), CAST(metadata AS TEXT) FROM events \
+     WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 ORDER BY sequence";
 
 const HEAD_SQL: &str = "SELECT MAX(global_position) FROM events";
 
@@ -30,27 +41,40 @@ pub fn store_error(e: sqlx::Error) -> Error {
     }
 }
 
-fn to_raw<R: Row>(r: R) -> Result<RawEvent, sqlx::Error>
+fn to_raw<R: Row>(r: R) -> Result<RawEvent, Error>
 where
     usize: sqlx::ColumnIndex<R>,
     i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    serde_json::Value: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
-    Ok(RawEvent {
-        position: r.try_get(0)?,
-        aggregate_type: r.try_get(1)?,
-        aggregate_id: r.try_get(2)?,
-        sequence: r.try_get(3)?,
-        event_type: r.try_get(4)?,
-        event_version: r.try_get(5)?,
-        payload: r.try_get(6)?,
-        metadata: r.try_get(7)?,
-    })
+    let text = |i: usize| r.try_get::<String, _>(i).map_err(store_error);
+    let (payload, metadata) = (text(6)?, text(7)?);
+    let mut raw = RawEvent {
+        position: r.try_get(0).map_err(store_error)?,
+        aggregate_type: text(1)?,
+        aggregate_id: text(2)?,
+        sequence: r.try_get(3).map_err(store_error)?,
+        event_type: text(4)?,
+        event_version: text(5)?,
+        payload: serde_json::Value::Null,
+        metadata: serde_json::Value::Null,
+    };
+    let parse = |column: &'static str, text: &str| {
+        json::parse_stored(text).map_err(|source| Error::UnreadableEvent {
+            aggregate_id: raw.aggregate_id.clone(),
+            sequence: raw.sequence,
+            column,
+            source,
+        })
+    };
+    let (payload, metadata) = (parse("payload", &payload)?, parse("metadata", &metadata)?);
+    raw.payload = payload;
+    raw.metadata = metadata;
+    Ok(raw)
 }
 
 macro_rules! feed_functions {
-    ($read:ident, $head:ident, $event_at:ident, $pool:ty) => {
+    ($read:ident, $head:ident, $event_at:ident, $stream:ident, $pool:ty) => {
         /// Events after `after` in commit order, at most `limit`.
         pub async fn $read(pool: &$pool, after: i64, limit: i64) -> Result<Vec<RawEvent>, Error> {
             let rows = sqlx::query(FEED_SQL)
@@ -59,10 +83,7 @@ macro_rules! feed_functions {
                 .fetch_all(pool)
                 .await
                 .map_err(store_error)?;
-            rows.into_iter()
-                .map(to_raw)
-                .collect::<Result<Vec<_>, sqlx::Error>>()
-                .map_err(store_error)
+            rows.into_iter().map(to_raw).collect()
         }
 
         /// One event of a stream, by sequence.
@@ -79,7 +100,24 @@ macro_rules! feed_functions {
                 .fetch_optional(pool)
                 .await
                 .map_err(store_error)?;
-            row.map(to_raw).transpose().map_err(store_error)
+            row.map(to_raw).transpose()
+        }
+
+        /// One stream's events after `after_sequence`, in order.
+        pub async fn $stream(
+            pool: &$pool,
+            aggregate_type: &str,
+            aggregate_id: &str,
+            after_sequence: i64,
+        ) -> Result<Vec<RawEvent>, Error> {
+            let rows = sqlx::query(STREAM_SQL)
+                .bind(aggregate_type)
+                .bind(aggregate_id)
+                .bind(after_sequence)
+                .fetch_all(pool)
+                .await
+                .map_err(store_error)?;
+            rows.into_iter().map(to_raw).collect()
         }
 
         /// Position of the newest committed event (0 when none).
@@ -93,11 +131,18 @@ macro_rules! feed_functions {
     };
 }
 
-feed_functions!(read_sqlite, head_sqlite, event_at_sqlite, sqlx::SqlitePool);
+feed_functions!(
+    read_sqlite,
+    head_sqlite,
+    event_at_sqlite,
+    stream_sqlite,
+    sqlx::SqlitePool
+);
 feed_functions!(
     read_postgres,
     head_postgres,
     event_at_postgres,
+    stream_postgres,
     sqlx::PgPool
 );
 
@@ -115,7 +160,8 @@ macro_rules! newest_events_fn {
             }
             let mut q = sqlx::QueryBuilder::<$db>::new(
                 "SELECT COALESCE(global_position, 0), aggregate_type, aggregate_id, sequence, \
-                 event_type, event_version, payload, metadata FROM events e \
+                 event_type, event_version, CAST(payload AS TEXT), CAST(metadata AS TEXT) \
+                 FROM events e \
                  WHERE aggregate_type = ",
             );
             q.push_bind(aggregate_type);
@@ -129,10 +175,7 @@ macro_rules! newest_events_fn {
                  WHERE m.aggregate_type = e.aggregate_type AND m.aggregate_id = e.aggregate_id)",
             );
             let rows = q.build().fetch_all(pool).await.map_err(store_error)?;
-            rows.into_iter()
-                .map(to_raw)
-                .collect::<Result<Vec<_>, sqlx::Error>>()
-                .map_err(store_error)
+            rows.into_iter().map(to_raw).collect()
         }
     };
 }

@@ -13,6 +13,7 @@ pub mod feed;
 pub mod kurrent;
 mod numbered_append;
 pub mod postgres;
+mod readable;
 pub mod sqlite;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEvent};
 use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventStore as _};
 use keyledger_domain::chain::{GENESIS, PREV_HASH};
+use keyledger_domain::json;
 use keyledger_domain::{ApiKey, ApiKeyEvent, DomainError, KeyCommand, KeyUsage, KeyUsageEvent};
 use keyledger_projections::RawEvent;
 use rand::Rng;
@@ -97,6 +99,12 @@ impl EventStore {
         let events = sink.collect().await;
         if events.is_empty() {
             return Ok(());
+        }
+        // cqrs-es serialises the events inside `commit`; the same serialisation
+        // here lets the last line refuse what would not read back.
+        let stored_metadata = to_json(&metadata)?;
+        for event in &events {
+            check_storable(&to_json(event)?, &stored_metadata)?;
         }
         let prev = self
             .hash_at(ApiKey::TYPE, key_id, context.current_sequence)
@@ -478,8 +486,9 @@ fn serialize<E: DomainEvent>(
     event: &E,
     metadata: &EventMetadata,
 ) -> Result<SerializedEvent, Error> {
-    let payload = serde_json::to_value(event).map_err(|e| Error::Internal(e.to_string()))?;
-    let metadata = serde_json::to_value(metadata).map_err(|e| Error::Internal(e.to_string()))?;
+    let payload = to_json(event)?;
+    let metadata = to_json(metadata)?;
+    check_storable(&payload, &metadata)?;
     Ok(SerializedEvent::new(
         key_id.to_string(),
         sequence,
@@ -489,6 +498,39 @@ fn serialize<E: DomainEvent>(
         payload,
         metadata,
     ))
+}
+
+fn to_json(value: &impl serde::Serialize) -> Result<serde_json::Value, Error> {
+    serde_json::to_value(value).map_err(|e| Error::Internal(format!("serialising an event: {e}")))
+}
+
+/// The last line before a commit: an event is written only if its stored form
+/// reads back unchanged with serde_json's ordinary parser and holds no NUL
+/// (PostgreSQL text cannot), so no accepted request can leave an event that
+/// stops the readers of the log. The validators refuse all of this first;
+/// reaching it means a rule is missing, and the request is refused (422)
+/// rather than committed.
+fn check_storable(payload: &serde_json::Value, metadata: &serde_json::Value) -> Result<(), Error> {
+    for (part, value) in [("payload", payload), ("metadata", metadata)] {
+        let refused = |why: String| {
+            tracing::error!(
+                part,
+                why,
+                "refused an event whose stored form would not read back"
+            );
+            Err(Error::validation(
+                "body",
+                format!("the request cannot be stored: its event's {part} {why}"),
+            ))
+        };
+        if let Err(e) = json::round_trips(value) {
+            return refused(e.to_string());
+        }
+        if json::contains_nul(value) {
+            return refused("holds a NUL character".into());
+        }
+    }
+    Ok(())
 }
 
 fn persistence_error(e: PersistenceError) -> Error {

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Error;
 use crate::store::feed::store_error;
 use crate::store::numbered_append;
+use crate::store::readable::Readable;
 use crate::tailer::Tailer;
 
 /// Migrations of the PostgreSQL store, embedded in the binary.
@@ -32,7 +33,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct PostgresStore {
     pub pool: PgPool,
-    pub events: PersistedEventStore<PostgresEventRepository, ApiKey>,
+    pub events: PersistedEventStore<Readable<PostgresEventRepository, PgPool>, ApiKey>,
     /// Group commit's connection, kept from one batch to the next: sqlx pings
     /// every connection handed back to its pool (a round trip it offers no
     /// switch for), which would be one more per batch for both processes.
@@ -61,9 +62,11 @@ impl PostgresStore {
             .await
             .map_err(|e| Error::Internal(format!("postgres migrations: {e}")))?;
         // Never a snapshot store: cqrs-es 0.5 snapshots apply events twice.
-        let events =
-            PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()))
-                .with_upcasters(keyledger_domain::upcast::upcasters());
+        let events = PersistedEventStore::new_event_store(Readable::new(
+            PostgresEventRepository::new(pool.clone()),
+            pool.clone(),
+        ))
+        .with_upcasters(keyledger_domain::upcast::upcasters());
         Ok(Self {
             pool,
             events,

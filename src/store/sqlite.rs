@@ -12,13 +12,14 @@ use sqlx::SqlitePool;
 
 use crate::error::Error;
 use crate::store::feed::store_error;
+use crate::store::readable::Readable;
 
 /// Migrations of the embedded store, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 pub struct SqliteStore {
     pub pool: SqlitePool,
-    pub events: PersistedEventStore<SqliteEventRepository, ApiKey>,
+    pub events: PersistedEventStore<Readable<SqliteEventRepository, SqlitePool>, ApiKey>,
 }
 
 impl SqliteStore {
@@ -47,8 +48,11 @@ impl SqliteStore {
             .await
             .map_err(|e| Error::Internal(format!("sqlite migrations: {e}")))?;
         // Never a snapshot store: cqrs-es 0.5 snapshots apply events twice.
-        let events = PersistedEventStore::new_event_store(SqliteEventRepository::new(pool.clone()))
-            .with_upcasters(keyledger_domain::upcast::upcasters());
+        let events = PersistedEventStore::new_event_store(Readable::new(
+            SqliteEventRepository::new(pool.clone()),
+            pool.clone(),
+        ))
+        .with_upcasters(keyledger_domain::upcast::upcasters());
         Ok(Self { pool, events })
     }
 

@@ -3,15 +3,20 @@
 
 mod abuse;
 mod concurrency;
+mod connections;
 mod errors;
 mod helpers;
+mod history;
+mod hostile_text;
 mod idempotency;
 mod idp;
 mod lifecycle;
 mod metrics;
+mod poison;
 mod proxy_auth;
 mod rebuild;
 mod restart;
 mod rotation;
+mod roundtrip;
 mod secrecy;
 mod upcast;

@@ -2,7 +2,11 @@
 // by playwright-core (no browser download). Started by `cargo test --test console`
 // with a running server; run by hand with
 //
-//   KEYLEDGER_URL=http://127.0.0.1:8080 KEYLEDGER_TOKEN=$(keyledger token ...) node e2e.mjs
+//   KEYLEDGER_URL=http://127.0.0.1:8080 KEYLEDGER_TOKEN=$(keyledger token ...) \
+//   KEYLEDGER_OTHER_TOKEN=$(keyledger token --tenant evil-corp --subject mallory) node e2e.mjs
+//
+// KEYLEDGER_OTHER_TOKEN plays a link sent by someone else: a token for another
+// tenant, which the console must not switch to without asking.
 //
 // Every step checks what the page shows and then what the API says. Screenshots
 // of each screen go to KEYLEDGER_SCREENSHOTS (default: docs/screenshots).
@@ -17,9 +21,10 @@ import { chromium } from 'playwright-core';
 const here = path.dirname(fileURLToPath(import.meta.url));
 const BASE = (process.env.KEYLEDGER_URL ?? '').replace(/\/$/, '');
 const TOKEN = process.env.KEYLEDGER_TOKEN ?? '';
+const OTHER_TOKEN = process.env.KEYLEDGER_OTHER_TOKEN ?? '';
 const CHROMIUM = process.env.KEYLEDGER_CHROMIUM ?? '/usr/bin/chromium';
 const SHOTS = process.env.KEYLEDGER_SCREENSHOTS ?? path.resolve(here, '../../docs/screenshots');
-assert.ok(BASE && TOKEN, 'set KEYLEDGER_URL and KEYLEDGER_TOKEN');
+assert.ok(BASE && TOKEN && OTHER_TOKEN, 'set KEYLEDGER_URL, KEYLEDGER_TOKEN and KEYLEDGER_OTHER_TOKEN');
 
 const KEY_PATTERN = /^kl_(live|test)_[0-9A-Za-z]{46}$/;
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -27,9 +32,9 @@ const step = (text) => console.log(`e2e: ${text}`);
 
 // ---------------------------------------------------------------- the API, directly
 
-async function api(method, urlPath, body, { auth = true } = {}) {
+async function api(method, urlPath, body, { auth = true, token = TOKEN } = {}) {
   const headers = {};
-  if (auth) headers.authorization = `Bearer ${TOKEN}`;
+  if (auth) headers.authorization = `Bearer ${token}`;
   if (body !== undefined) headers['content-type'] = 'application/json';
   const response = await fetch(`${BASE}${urlPath}`, {
     method, headers, body: body === undefined ? undefined : JSON.stringify(body),
@@ -48,8 +53,8 @@ async function verifyCode(key) {
   return r.body.code;
 }
 
-async function createViaApi(body) {
-  const r = await api('POST', '/v1/keys', body);
+async function createViaApi(body, token = TOKEN) {
+  const r = await api('POST', '/v1/keys', body, { token });
   assert.equal(r.status, 201, JSON.stringify(r.body));
   return r.body;
 }
@@ -80,6 +85,8 @@ const sandbox = await createViaApi({
   expires_at: new Date(Date.now() + 1500).toISOString(),
 });
 const reporting = await createViaApi({ name: 'reporting', description: 'Monthly revenue report', permissions: ['reports:read'] });
+// A key in the other tenant: what a switched console would show.
+const bait = await createViaApi({ name: 'evil-corp-bait', permissions: ['orders:read'] }, OTHER_TOKEN);
 for (let i = 0; i < 3; i++) assert.equal(await verifyCode(billing.key), 'VALID');
 assert.equal(await verifyCode(ci.key), 'VALID');
 await eventually('usage to be flushed', async () => (await getKey(billing.id)).body.usage_count === 3
@@ -154,13 +161,38 @@ const noHorizontalScroll = async (what) => {
   assert.ok(scroll <= width, `${what}: the page is ${scroll}px wide in a ${width}px window`);
 };
 
+const switchDialog = page.locator('#switch-dialog');
+const storedToken = () => page.evaluate(() => sessionStorage.getItem('keyledger.token'));
+/** Waits for the question of a `#token=` link; checks what it names and where focus is. */
+async function linkQuestion(...named) {
+  await switchDialog.waitFor({ state: 'visible' });
+  const text = await switchDialog.innerText();
+  for (const pattern of named) assert.match(text, pattern);
+  await focusLands('the safe answer', () => document.activeElement?.id === 'switch-keep');
+  return text;
+}
+
 let failed = false;
 try {
-  step('opening the console with the token in the fragment');
+  step('a sign-in link asks first, also when no one is signed in');
   await page.goto(`${BASE}/#token=${TOKEN}`);
+  await linkQuestion(/Sign in with the token of this link\?/, /acme/, /alice/, /You are not signed in/);
+  assert.equal(page.url(), `${BASE}/`, 'the fragment with the token is gone from the address at once');
+  assert.equal(await storedToken(), null, 'nothing is signed in before the answer');
+  await switchDialog.getByRole('button', { name: 'Cancel' }).click();
+  await switchDialog.waitFor({ state: 'hidden' });
+  assert.equal(await storedToken(), null, 'Cancel keeps the tab signed out');
+  await page.getByLabel('Management token', { exact: true }).waitFor();
+  assert.equal(page.url(), `${BASE}/`);
+
+  step('opening the console with the token in the fragment, and saying yes');
+  await page.goto(`${BASE}/#token=${TOKEN}`);
+  await linkQuestion(/acme/, /alice/);
+  await switchDialog.getByRole('button', { name: 'Sign in' }).click();
+  await switchDialog.waitFor({ state: 'hidden' });
   await ready('keys');
-  assert.equal(page.url(), `${BASE}/`, 'the fragment with the token is gone from the address');
-  assert.equal(await page.evaluate(() => sessionStorage.getItem('keyledger.token')), TOKEN);
+  assert.equal(page.url(), `${BASE}/#/keys`, 'the fragment with the token is gone from the address');
+  assert.equal(await storedToken(), TOKEN);
   const identity = await page.locator('#identity').textContent();
   assert.match(identity, /alice in acme/);
 
@@ -395,9 +427,63 @@ try {
   await noHorizontalScroll('audit log');
   await page.setViewportSize({ width: 1280, height: 800 });
 
+  step("a link with another tenant's token: declining keeps the session and its keys");
+  // A fresh load of the page (a link followed from elsewhere), in a tab signed in to acme.
+  await page.goto(`${BASE}/console#token=${OTHER_TOKEN}`);
+  await linkQuestion(/Switch to the token of this link\?/, /evil-corp/, /mallory/,
+    /You are signed in as alice in acme/, /another tenant/);
+  assert.equal(page.url(), `${BASE}/console`, 'the token is out of the address before any answer');
+  assert.equal(await storedToken(), TOKEN, 'the session is untouched while the question is open');
+  await keyRow(billing.id).waitFor();
+  await switchDialog.getByRole('button', { name: 'Keep current session' }).click();
+  await switchDialog.waitFor({ state: 'hidden' });
+  assert.equal(await storedToken(), TOKEN);
+  assert.match(await page.locator('#identity').textContent(), /alice in acme/);
+  await keyRow(billing.id).waitFor();
+  assert.equal(await keyRow(bait.id).count(), 0, "the other tenant's keys are not shown");
+  assert.ok(!page.url().includes('token'), page.url());
+
+  step('a link followed inside the console asks too; Escape declines');
+  await page.evaluate((t) => { location.hash = `token=${t}`; }, OTHER_TOKEN);
+  await linkQuestion(/evil-corp/);
+  assert.ok(!page.url().includes('token'), page.url());
+  await page.keyboard.press('Escape');
+  await switchDialog.waitFor({ state: 'hidden' });
+  assert.equal(await storedToken(), TOKEN);
+  assert.match(await page.locator('#identity').textContent(), /alice in acme/);
+  await keyRow(billing.id).waitFor();
+
+  step("accepting switches to the link's tenant");
+  await page.goto(`${BASE}/console#token=${OTHER_TOKEN}`);
+  await linkQuestion(/evil-corp/, /mallory/);
+  await switchDialog.getByRole('button', { name: 'Switch' }).click();
+  await switchDialog.waitFor({ state: 'hidden' });
+  await page.locator('#identity', { hasText: 'mallory in evil-corp' }).waitFor();
+  await keyRow(bait.id).waitFor();
+  assert.equal(await keyRow(billing.id).count(), 0, "acme's keys are gone from the screen");
+  assert.equal(await storedToken(), OTHER_TOKEN);
+
+  step('the same token again changes nothing and asks nothing');
+  await page.goto(`${BASE}/#token=${OTHER_TOKEN}`);
+  await page.waitForFunction(() => !location.hash.includes('token'));
+  await page.locator('#identity', { hasText: 'mallory in evil-corp' }).waitFor();
+  assert.equal(await switchDialog.isVisible(), false);
+
+  step('and back to acme, through the same question');
+  await page.goto(`${BASE}/#token=${TOKEN}`);
+  await linkQuestion(/acme/, /You are signed in as mallory in evil-corp/);
+  await switchDialog.getByRole('button', { name: 'Switch' }).click();
+  await page.locator('#identity', { hasText: 'alice in acme' }).waitFor();
+  await keyRow(billing.id).waitFor();
+  assert.equal(await storedToken(), TOKEN);
+
   step('a refused token is explained, and another one can be pasted');
   const other = watch(await context.newPage());
   await other.goto(`${BASE}/#token=not.a.token`);
+  const otherQuestion = other.locator('#switch-dialog');
+  await otherQuestion.waitFor({ state: 'visible' });
+  assert.match(await otherQuestion.innerText(), /cannot read/);
+  await otherQuestion.getByRole('button', { name: 'Sign in' }).click();
   const alert = other.locator('.alert');
   await alert.waitFor();
   const alertText = await alert.innerText();

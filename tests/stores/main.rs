@@ -616,3 +616,139 @@ async fn a_failed_group_commit_gives_each_create_its_own_outcome() {
         app.stop().await;
     }
 }
+
+/// Holds the numbering lock of `app`'s PostgreSQL database (the one every
+/// append takes, migrations/postgres/0008) on a connection of its own, so
+/// that every create on it waits: a slow request, on demand.
+async fn stall_appends(app: &TestApp) -> sqlx::PgConnection {
+    let url = app.store.database_url.clone().expect("postgres url");
+    let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
+    sqlx::query("SELECT pg_advisory_lock(7305425)")
+        .execute(&mut c)
+        .await
+        .expect("numbering lock");
+    c
+}
+
+/// Waits until a claim of `idem` exists.
+async fn until_claimed(c: &mut sqlx::PgConnection, idem: &str) {
+    let started = Instant::now();
+    loop {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM idempotency_keys WHERE idem_key = $1")
+                .bind(idem)
+                .fetch_one(&mut *c)
+                .await
+                .expect("claims");
+        if n == 1 {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never claimed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn create_with_key(
+    app: &TestApp,
+    idem: &str,
+    name: &str,
+) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> + Send + 'static {
+    app.client
+        .post(app.url("/v1/keys"))
+        .bearer_auth(&app.token)
+        .header("Idempotency-Key", idem)
+        .json(&json!({"name": name}))
+        .send()
+}
+
+/// A first request that runs longer than 30 s (by the clock) keeps its claim
+/// by renewing it: its retry waits and gets the same key, and one key exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_first_request_keeps_its_claim_and_its_retry_gets_the_same_key() {
+    let Some(app) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let mut lock = stall_appends(&app).await;
+    let first = tokio::spawn(create_with_key(&app, "slow", "slow"));
+    until_claimed(&mut lock, "slow").await;
+    // 35 s pass while it waits, in two steps shorter than its 30 s lease;
+    // between them it has time to renew (it looks every second).
+    app.clock.advance(chrono::Duration::seconds(20));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    app.clock.advance(chrono::Duration::seconds(15));
+    let retry = tokio::spawn(create_with_key(&app, "slow", "slow"));
+    // Long enough for the retry to have taken the claim over, had it lapsed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sqlx::query("SELECT pg_advisory_unlock(7305425)")
+        .execute(&mut lock)
+        .await
+        .expect("unlock");
+    let first = first.await.expect("task").expect("first request");
+    let retry = retry.await.expect("task").expect("retry");
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert_eq!(retry.status(), StatusCode::CREATED);
+    let first: serde_json::Value = first.json().await.expect("json");
+    let retry: serde_json::Value = retry.json().await.expect("json");
+    assert_eq!(
+        retry["key"], first["key"],
+        "the retry replays the first key"
+    );
+    let list = app.get("/v1/keys").await;
+    assert_eq!(list.body["keys"].as_array().expect("keys").len(), 1);
+    app.stop().await;
+}
+
+/// A request whose claim was taken over while it ran (here: the row replaced
+/// behind its back, as a node of the previous release takes a claim over)
+/// finishes its command and answers its client, but leaves the new owner's
+/// claim as it is: no answer of its own stored there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_claim_was_taken_over_leaves_the_new_claim_alone() {
+    let Some(app) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let mut lock = stall_appends(&app).await;
+    let first = tokio::spawn(create_with_key(&app, "taken", "stalled"));
+    until_claimed(&mut lock, "taken").await;
+    let now = app.clock.now().timestamp_millis();
+    sqlx::query("DELETE FROM idempotency_keys WHERE idem_key = 'taken'")
+        .execute(&mut lock)
+        .await
+        .expect("delete");
+    sqlx::query(
+        "INSERT INTO idempotency_keys (tenant, idem_key, request_hash, state, created_at, expires_at) \
+         VALUES ($1, 'taken', 'the new owner''s request', 'pending', $2, $3)",
+    )
+    .bind(helpers::TENANT)
+    .bind(now)
+    .bind(now + 86_400_000)
+    .execute(&mut lock)
+    .await
+    .expect("the new owner's claim");
+    sqlx::query("SELECT pg_advisory_unlock(7305425)")
+        .execute(&mut lock)
+        .await
+        .expect("unlock");
+
+    let first = first.await.expect("task").expect("first request");
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: serde_json::Value = first.json().await.expect("json");
+    let id = first["id"].as_str().expect("id");
+    // Its key exists; its client has the only copy of the raw key.
+    assert_eq!(
+        app.get(&format!("/v1/keys/{id}")).await.status,
+        StatusCode::OK
+    );
+    let (state, hash, body): (String, String, Option<String>) = sqlx::query_as(
+        "SELECT state, request_hash, response_body FROM idempotency_keys WHERE idem_key = 'taken'",
+    )
+    .fetch_one(&mut lock)
+    .await
+    .expect("the new owner's claim is still there");
+    assert_eq!(
+        (state.as_str(), hash.as_str(), body),
+        ("pending", "the new owner's request", None),
+        "the stale request did not complete the new owner's claim"
+    );
+    app.stop().await;
+}

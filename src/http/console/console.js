@@ -4,7 +4,10 @@
 //
 // The management token comes from the user (pasted) or from the URL fragment
 // (`keyledger token --open` prints `<url>/#token=<jwt>`). Fragments never reach a
-// server; the token is moved to sessionStorage and the fragment removed at once.
+// server; the fragment is removed from the address at once. A link's token is used
+// only after the user, told which tenant and subject it is for, says so: anyone
+// can send a link, and a silent sign-in would put the victim's tab in the sender's
+// tenant (login CSRF), where keys created and copied are the sender's.
 
 const TOKEN_KEY = 'keyledger.token';
 const PAGE_SIZE = 50;
@@ -66,12 +69,16 @@ function randomId() {
 
 // ---------------------------------------------------------------- token
 
+/**
+ * The token of a `#token=` fragment, or null. The fragment leaves the address bar
+ * and the history at once, whatever the user answers later; the session is not
+ * touched here (see offerToken).
+ */
 function takeTokenFromFragment() {
-  if (!location.hash.startsWith('#token=')) return;
+  if (!location.hash.startsWith('#token=')) return null;
   const token = new URLSearchParams(location.hash.slice(1)).get('token');
-  if (token && token.trim()) sessionStorage.setItem(TOKEN_KEY, token.trim());
-  // Out of the address bar and the history at once.
   history.replaceState(null, '', location.pathname + location.search);
+  return token && token.trim() ? token.trim() : null;
 }
 
 function token() {
@@ -286,6 +293,96 @@ function confirmAction({ title, message, confirm, danger = false, reason = false
   };
   const first = reason ? $('#confirm-reason') : grace ? $('#confirm-grace') : danger ? $('#confirm-dialog [data-close]') : submit;
   return openDialog(dialog, returnTo, first).then(() => result);
+}
+
+// ---------------------------------------------------------------- sign-in links
+
+/**
+ * A claim as it is shown: text (never HTML), with control and invisible
+ * formatting characters written as \u{…}, so that a right-to-left override or a
+ * zero-width space cannot make one tenant's name look like another's. null when
+ * the claim is missing or not a string.
+ */
+function shownClaim(value) {
+  if (typeof value !== 'string' || !value.trim()) return null;
+  return value.replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu, (c) => `\\u{${c.codePointAt(0).toString(16)}}`);
+}
+
+/** "subject in tenant" of a token's claims, as shown in the top bar. */
+function who(c) {
+  return `${shownClaim(c?.sub) ?? '?'} in ${shownClaim(c?.tenant) ?? '?'}`;
+}
+
+let offerOpen = false;
+
+/**
+ * Asks whether the token of a `#token=` link may replace the session, naming the
+ * tenant and subject it is for (read from the token, unverified: the server
+ * checks the signature when it is used), and the session it would end. Only
+ * "Sign in" / "Switch" stores it; Cancel, Escape or closing keep what there was.
+ * It asks when no one is signed in too: a victim without a session would
+ * otherwise be signed in to the sender's tenant unawares.
+ */
+async function offerToken(offered) {
+  const current = token();
+  if (offered === current) return;
+  const dialog = $('#switch-dialog');
+  // While one question is open, another link (e.g. a window this one was opened
+  // from navigating it again) is dropped rather than changing what the open
+  // question offers under the user's pointer.
+  if (offerOpen) {
+    announce('A second sign-in link was ignored: answer the open question first.');
+    return;
+  }
+  offerOpen = true;
+  const c = claims(offered);
+  const tenant = shownClaim(c?.tenant);
+  const subject = shownClaim(c?.sub);
+  const mine = current ? claims(current) : null;
+  const claimText = (el, value) => {
+    el.textContent = value ?? 'unknown: the token does not say';
+    el.classList.toggle('claim-unknown', value === null);
+  };
+  $('#switch-title').textContent = current ? 'Switch to the token of this link?' : 'Sign in with the token of this link?';
+  $('#switch-message').textContent = c
+    ? 'The link you opened carries a management token for the tenant below. Use it only if you asked for this link: anyone can make one that signs you in to a tenant of theirs, where the keys you create would be in their hands.'
+    : 'The link you opened carries a token the console cannot read: it does not say which tenant it is for. The server will most likely refuse it.';
+  claimText($('#switch-tenant'), tenant);
+  claimText($('#switch-subject'), subject);
+  const expires = $('#switch-expires');
+  expires.replaceChildren(typeof c?.exp === 'number'
+    ? (c.exp * 1000 <= Date.now() ? h('span', { class: 'identity-expired', text: 'expired' }) : time(new Date(c.exp * 1000).toISOString()))
+    : h('span', { class: 'muted', text: 'unknown' }));
+  const session = $('#switch-session');
+  if (current) {
+    const other = tenant !== null && tenant !== shownClaim(mine?.tenant);
+    session.className = 'warning';
+    session.textContent = `You are signed in as ${who(mine)}. Switching ends that session in this tab${other ? ' and shows another tenant' : ''}.`;
+  } else {
+    session.className = 'hint';
+    session.textContent = 'You are not signed in. Nothing happens unless you choose to sign in.';
+  }
+  $('#switch-keep').textContent = current ? 'Keep current session' : 'Cancel';
+  const accept = $('#switch-accept');
+  accept.textContent = current ? 'Switch' : 'Sign in';
+  $('#switch-form').onsubmit = (event) => {
+    event.preventDefault();
+    dialog.close('switch');
+  };
+  // The safe answer has focus, so that Enter pressed in passing keeps the session.
+  const answer = await openDialog(dialog, null, $('#switch-keep'));
+  offerOpen = false;
+  if (answer === 'switch') {
+    sessionStorage.setItem(TOKEN_KEY, offered);
+    history.replaceState(null, '', '#/keys');
+    announce(`Signed in as ${who(c)}.`);
+    render();
+  } else if (current) {
+    announce(`Kept the session of ${who(mine)}; the link's token was not used.`);
+  } else {
+    announce("Not signed in: the link's token was not used.");
+    $('#token-input')?.focus();
+  }
 }
 
 /** Shows a raw key once, with a copy button; forgets it when closed. */
@@ -666,9 +763,19 @@ async function keyScreen(id, main) {
       return;
     }
   }
+  // The history is paged (oldest first): the first page now, the next ones as
+  // "Show more events" follows `next_cursor`.
+  const historyPage = (cursor) => {
+    const query = new URLSearchParams({ limit: String(AUDIT_PAGE_SIZE) });
+    if (cursor) query.set('cursor', cursor);
+    return api('GET', `/v1/keys/${encodeURIComponent(key?.id ?? id)}/events?${query}`);
+  };
   let events = [];
+  let historyCursor = null;
   try {
-    events = (await api('GET', `/v1/keys/${encodeURIComponent(key?.id ?? id)}/events`)).events;
+    const page = await historyPage(null);
+    events = page.events;
+    historyCursor = page.next_cursor;
   } catch (error) {
     showError(error);
     if (!key) {
@@ -677,9 +784,25 @@ async function keyScreen(id, main) {
     }
   }
   const back = backLink();
+  const historyWrap = h('div', { class: 'table-wrap' }, eventsTable(events, {}));
+  const moreHistory = h('button', { type: 'button', class: 'button-quiet', hidden: !historyCursor, text: 'Show more events' });
+  moreHistory.addEventListener('click', async () => {
+    moreHistory.disabled = true;
+    try {
+      const page = await historyPage(historyCursor);
+      events = events.concat(page.events);
+      historyCursor = page.next_cursor;
+      historyWrap.replaceChildren(eventsTable(events, {}));
+      moreHistory.hidden = !historyCursor;
+    } catch (error) {
+      showError(error);
+    } finally {
+      moreHistory.disabled = false;
+    }
+  });
   const historySection = [h('h2', { text: 'History' }),
     h('p', { class: 'hint', text: 'Every change, oldest first, as recorded in the event store.' }),
-    h('div', { class: 'table-wrap' }, eventsTable(events, {})),
+    historyWrap, moreHistory,
     h('p', {}, h('a', { href: routeQuery('audit', { key_id: key?.id ?? id }), text: 'Show in the audit log' }))];
 
   if (!key) {
@@ -849,7 +972,7 @@ function signInScreen(main) {
     h('div', { class: 'field' }, h('label', { for: 'token-input', text: 'Management token' }), input,
       h('p', { class: 'hint', id: 'token-hint' }, 'Get one with ',
         h('code', { text: 'keyledger token --tenant T --subject YOU --open' }),
-        ', which prints a link that signs you in directly.')),
+        ', which prints a link that opens the console and offers to sign you in.')),
     h('div', { class: 'dialog-actions' }, h('button', { type: 'submit', class: 'button-primary', text: 'Open the console' })));
   form.addEventListener('submit', (event) => {
     event.preventDefault();
@@ -887,8 +1010,8 @@ function renderSession(jwt) {
   const identity = $('#identity');
   identity.replaceChildren();
   if (!c) return;
-  identity.append(h('span', { class: 'identity-who', text: c.sub ?? '?' }), ' in ',
-    h('span', { class: 'identity-tenant', text: c.tenant ?? '?' }));
+  identity.append(h('span', { class: 'identity-who', text: shownClaim(c.sub) ?? '?' }), ' in ',
+    h('span', { class: 'identity-tenant', text: shownClaim(c.tenant) ?? '?' }));
   if (typeof c.exp === 'number') {
     const expired = c.exp * 1000 <= Date.now();
     identity.append(h('span', { class: expired ? 'identity-expired' : 'subtle',
@@ -928,10 +1051,16 @@ async function render() {
   main.dataset.ready = route().name;
 }
 
-$('#sign-out').addEventListener('click', signOut);
-window.addEventListener('hashchange', () => {
-  takeTokenFromFragment();
+/**
+ * The page as the address says, after taking out a link's token: the current
+ * session (or the sign-in screen) is shown, and the question of the token over it.
+ */
+function arrive() {
+  const offered = takeTokenFromFragment();
   render();
-});
-takeTokenFromFragment();
-render();
+  if (offered) offerToken(offered);
+}
+
+$('#sign-out').addEventListener('click', signOut);
+window.addEventListener('hashchange', arrive);
+arrive();

@@ -149,7 +149,18 @@ impl Decoded {
                 stored.stream, stored.revision
             ))
         };
-        let payload: Value = serde_json::from_slice(stored.data).map_err(|e| corrupt("data", e))?;
+        // No depth limit on what is read back (`json::parse_stored`): an event
+        // an older version let through must not stop the log.
+        let payload: Value = std::str::from_utf8(stored.data)
+            .map_err(|e| {
+                Error::Internal(format!(
+                    "event {}@{} cannot be read: data: {e}",
+                    stored.stream, stored.revision
+                ))
+            })
+            .and_then(|text| {
+                keyledger_domain::json::parse_stored(text).map_err(|e| corrupt("data", e))
+            })?;
         let meta: StoredMetadata =
             serde_json::from_slice(stored.custom_metadata).map_err(|e| corrupt("metadata", e))?;
         Ok(Some(Self {
