@@ -6,11 +6,14 @@
 # insert1.sql, 8 clients as in the harness, and 16 like ours).
 # Usage: bench/create.sh     env: REPS (3), DURATION (15s), CLIENTS (16)
 # Needs PostgreSQL on 127.0.0.1:5432 with trust auth, and pgbench.
+# Needs the reference harness at ../shared/bench/limits (set LIMITS=path); it
+# ships beside the project in CI, not in this repository. Without it the script
+# stops at once, saying so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 REPS=${REPS:-3}; DURATION=${DURATION:-15s}; CLIENTS=${CLIENTS:-16}
-LIMITS=${LIMITS:-$(cd ../shared/bench/limits && pwd)}
+require_limits
 admin="postgres://postgres@127.0.0.1:5432/postgres"
 db="kl_bench_create_$$"
 work=$(mktemp -d)

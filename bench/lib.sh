@@ -21,3 +21,17 @@ wait_up() {
 
 # Resident set size of a process, in KiB.
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
+# The reference harness (`limits`) that verify.sh and create.sh measure beside.
+# It is not in this repository: it ships beside the project in CI, at
+# ../shared/bench/limits. Sets LIMITS to its absolute path, or stops the script
+# saying where to get it. Called before anything is built or started.
+require_limits() {
+    local dir=${LIMITS:-../shared/bench/limits}
+    if [ ! -f "$dir/Cargo.toml" ]; then
+        echo "$(basename "$0"): needs the reference harness at ../shared/bench/limits (set LIMITS=path);" \
+            "it ships beside the project in CI, not in this repository (not found: $dir)" >&2
+        exit 2
+    fi
+    LIMITS=$(cd "$dir" && pwd)
+}

@@ -6,12 +6,15 @@
 # Usage: bench/verify.sh [keys]        env: REPS (3), DURATION (15s), CONNS (64)
 # Needs wrk (apt-get install wrk). Servers run side by side and are driven one at
 # a time by `wrk -t1 -c$CONNS --latency`, each after a 5 s warm-up, REPS rounds.
+# Needs the reference harness at ../shared/bench/limits (set LIMITS=path); it
+# ships beside the project in CI, not in this repository. Without it the script
+# stops at once, saying so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 keys=${1:-1000000}
 REPS=${REPS:-3}; DURATION=${DURATION:-15s}; CONNS=${CONNS:-64}
-LIMITS=${LIMITS:-$(cd ../shared/bench/limits && pwd)}
+require_limits
 work=${WORK:-/tmp/keyledger-bench/$keys}
 out="$work/verify-$(date +%Y%m%dT%H%M%S)"
 unset DATABASE_URL

@@ -36,22 +36,51 @@ pub struct Application {
 pub async fn open_store(config: &Config) -> Result<EventStore, Error> {
     match &config.store {
         StoreConfig::Sqlite => {
-            std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-                Error::Config(format!(
-                    "cannot create data directory {}: {e}",
-                    config.data_dir.display()
-                ))
-            })?;
+            create_data_dir(&config.data_dir)?;
             Ok(EventStore::Sqlite(
                 SqliteStore::open(&config.sqlite_path()).await?,
             ))
         }
         StoreConfig::Postgres(url) => Ok(EventStore::Postgres(PostgresStore::open(url).await?)),
         #[cfg(feature = "kurrentdb")]
-        StoreConfig::Kurrent(k) => Ok(EventStore::Kurrent(Box::new(
-            crate::store::kurrent::KurrentStore::open(k, &config.data_dir).await?,
-        ))),
+        StoreConfig::Kurrent(k) => {
+            if k.projections_url.is_none() {
+                // Its projections file lives there (`KurrentStore::open`).
+                create_data_dir(&config.data_dir)?;
+            }
+            Ok(EventStore::Kurrent(Box::new(
+                crate::store::kurrent::KurrentStore::open(k, &config.data_dir).await?,
+            )))
+        }
     }
+}
+
+/// Creates the data directory, and any missing parent, with mode 0700 (set
+/// explicitly, whatever the umask): it holds the database and the token
+/// secret. An existing directory keeps its mode; opening the SQLite store
+/// warns when others may read it.
+pub fn create_data_dir(dir: &std::path::Path) -> Result<(), Error> {
+    let failed = |e: std::io::Error| {
+        Error::Config(format!(
+            "cannot create data directory {}: {e}",
+            dir.display()
+        ))
+    };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        builder.mode(0o700);
+        builder.create(dir).map_err(failed)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(failed)?;
+    }
+    #[cfg(not(unix))]
+    builder.create(dir).map_err(failed)?;
+    Ok(())
 }
 
 /// The token secret: from the configuration, or the file in the data directory.
@@ -59,12 +88,7 @@ pub fn server_secret(config: &Config) -> Result<ServerSecret, Error> {
     match &config.jwt_secret {
         Some(s) => ServerSecret::from_env_value(s),
         None => {
-            std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-                Error::Config(format!(
-                    "cannot create data directory {}: {e}",
-                    config.data_dir.display()
-                ))
-            })?;
+            create_data_dir(&config.data_dir)?;
             ServerSecret::load_or_create(&config.secret_path())
         }
     }
@@ -99,7 +123,8 @@ impl Application {
                 clock.clone(),
                 config.key_prefix.clone(),
             )
-            .with_key_limit(config.max_keys_per_tenant),
+            .with_key_limit(config.max_keys_per_tenant)
+            .with_after_commit(config.after_commit.clone()),
         );
         let listener = TcpListener::bind(config.listen)
             .await
@@ -119,6 +144,7 @@ impl Application {
             failures: Arc::new(crate::http::limit::FailureLimiter::new(
                 config.verify_failure_limit,
             )),
+            trusted_proxies: config.trusted_proxies.clone(),
             sealer: Arc::new(crate::idempotency::Sealer::from_secret(secret.expose())),
             metrics: crate::metrics::handle(),
         });

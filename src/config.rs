@@ -83,6 +83,13 @@ pub struct Config {
     /// Management tokens from an identity provider (RS256/ES256), besides the
     /// HS256 tokens of the server secret; `None` means HS256 only.
     pub idp: Option<IdpConfig>,
+    /// Tests only: a failure injected right after each commit (never set by
+    /// `serve`; see `service::AfterCommit`).
+    pub after_commit: Option<crate::service::AfterCommit>,
+    /// Proxies whose `X-Forwarded-For` / `Forwarded` headers name the client
+    /// (for the guess limiter and the audit trail); empty: none, the socket
+    /// address is the client's.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Which RS256/ES256 management tokens of an identity provider are accepted.
@@ -135,6 +142,8 @@ impl Config {
             idle_timeout: Duration::from_secs(60),
             max_connections: None,
             idp: None,
+            after_commit: None,
+            trusted_proxies: Vec::new(),
         }
     }
 
@@ -147,6 +156,17 @@ impl Config {
     pub fn secret_path(&self) -> PathBuf {
         self.data_dir.join("jwt-secret")
     }
+}
+
+/// One entry of `--trusted-proxies`: a CIDR (`10.0.0.0/8`, `fd00::/8`) or a
+/// single address (`127.0.0.1`, meaning `/32`; `::1`, meaning `/128`).
+pub fn parse_trusted_proxy(entry: &str) -> Result<ipnet::IpNet, String> {
+    let entry = entry.trim();
+    entry
+        .parse::<ipnet::IpNet>()
+        .map(|net| net.trunc())
+        .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("`{entry}` is not a CIDR (such as 10.0.0.0/8) or an IP address"))
 }
 
 /// Chooses the store from a database URL: `postgres://`/`postgresql://` select

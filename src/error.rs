@@ -61,6 +61,11 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// The command's events are committed, but what follows (this node's
+    /// projections catching up, reading the result) failed: the answer must
+    /// say the change happened.
+    #[error("committed, but its effect cannot be shown yet: {0}")]
+    Committed(#[source] Box<Error>),
     #[error("configuration: {0}")]
     Config(String),
     /// Anything else; the cause is logged, never sent to a client.
@@ -69,6 +74,20 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether a command that failed with this error may have been committed
+    /// all the same (the store or the connection failed around the commit).
+    /// Every other error is a refusal: nothing was written.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            Self::StoreUnavailable(_)
+                | Self::Internal(_)
+                | Self::Projection(_)
+                | Self::UnreadableEvent { .. }
+                | Self::Committed(_)
+        )
+    }
+
     pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Validation {
             field: field.into(),

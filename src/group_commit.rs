@@ -19,7 +19,7 @@ use keyledger_projections::{KeyledgerEvent, RecordedEvent};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::error::Error;
-use crate::store::{EventStore, NewKeyCommand, NewKeysOutcome, PreparedCreate};
+use crate::store::{EventStore, NewKeysOutcome, PreparedCreate};
 use crate::tailer::Tailer;
 
 /// Most creates in one transaction: bounds a batch's latency and its size in
@@ -49,7 +49,6 @@ struct Pending {
 /// The queue of creates waiting to be written. Workers stop when it is dropped.
 pub struct CreateQueue {
     sender: mpsc::Sender<Pending>,
-    store: Arc<EventStore>,
 }
 
 impl CreateQueue {
@@ -60,14 +59,16 @@ impl CreateQueue {
         for _ in 0..WORKERS {
             tokio::spawn(work(receiver.clone(), store.clone(), tailer.clone()));
         }
-        Self { sender, store }
+        Self { sender }
     }
 
-    /// Runs one create; returns once this node's projections hold its event.
-    pub async fn create(&self, create: NewKeyCommand) -> Created {
-        // Everything that does not need the batch happens here, on the
-        // request's own task: the worker's time is what bounds throughput.
-        let create = self.store.prepare_new(create).await?;
+    /// Runs one create, prepared on the caller's task (`EventStore::prepare_new`:
+    /// everything that does not need the batch, since the worker's time is
+    /// what bounds throughput). Returns once this node's projections hold its
+    /// event (`Ok(Some(view))` when the batch gave it, else `Ok(None)`: read
+    /// it), or, when they could not catch up, `Ok(None)` all the same: the
+    /// create is committed, and nothing committed is answered as failed.
+    pub async fn create(&self, create: PreparedCreate) -> Created {
         let (done, outcome) = oneshot::channel();
         self.sender
             .send(Pending { create, done })
@@ -123,15 +124,11 @@ async fn work(
                     }
                 }
                 Err(e) => {
-                    // As for any command: written, but not visible here yet, so
-                    // the caller is not told it is ready. The tailer applies it.
+                    // Committed, but not visible here yet: each create is
+                    // answered from its own event by the caller (`Ok(None)`
+                    // plus its prepared view); the tailer applies it later.
                     tailer.wake();
-                    let cause = e.to_string();
-                    for outcome in outcomes.iter_mut().filter(|o| o.is_ok()) {
-                        *outcome = Err(Error::Internal(format!(
-                            "written, but this node's projections could not catch up: {cause}"
-                        )));
-                    }
+                    tracing::warn!(error = %e, "creates committed, but this node's projections could not catch up");
                 }
             }
         }

@@ -118,6 +118,15 @@ pub enum Claim {
     Owned(Lease),
     /// A previous request answered; replay this body (raw key restored).
     Replay(Value),
+    /// This request took over the claim of one that died after recording its
+    /// answer (`record`) and maybe before or after committing: `proof` says
+    /// which (`KeyService::settle`). If it committed, `complete` with
+    /// `recorded` (raw key restored) and answer that; else run as `Owned`.
+    Unsettled {
+        lease: Lease,
+        recorded: Value,
+        proof: Value,
+    },
 }
 
 /// What `complete` or `release` did.
@@ -169,6 +178,7 @@ struct Row {
     sealed_key: Option<String>,
     owner: Option<String>,
     lease_until: Option<i64>,
+    proof: Option<String>,
 }
 
 impl Row {
@@ -256,8 +266,8 @@ impl Idempotency<'_> {
                 return Ok(Claim::Owned(self.lease(&db, tenant, key, owner, now)));
             }
             let row: Option<Row> = on_pool!(&db, |pool| sqlx::query_as(
-                "SELECT request_hash, state, created_at, response_body, sealed_key, owner, lease_until \
-                 FROM idempotency_keys WHERE tenant = $1 AND idem_key = $2"
+                "SELECT request_hash, state, created_at, response_body, sealed_key, owner, \
+                 lease_until, proof FROM idempotency_keys WHERE tenant = $1 AND idem_key = $2"
             )
             .bind(tenant)
             .bind(key)
@@ -265,6 +275,13 @@ impl Idempotency<'_> {
             .await)
             .map_err(store_error)?;
             let Some(row) = row else { continue };
+            // Another body under the same key is refused whatever the state
+            // of the claim: a request that died may have committed its own.
+            if row.request_hash != hash
+                && (row.state == PENDING || now_ms - row.created_at <= RETENTION.num_milliseconds())
+            {
+                return Err(Error::IdempotencyKeyReused);
+            }
             if row.state == PENDING && row.lease_until() < now_ms {
                 // Its request died or stalled past its lease. Taken over as a
                 // whole (this request's body, a fresh 24 h), as if the row had
@@ -276,7 +293,23 @@ impl Idempotency<'_> {
                         tenant,
                         "an idempotency claim's lease ran out while its request was pending; taken over"
                     );
-                    return Ok(Claim::Owned(self.lease(&db, tenant, key, owner, now)));
+                    let lease = self.lease(&db, tenant, key, owner, now);
+                    // Same request (same hash): its recorded answer may be
+                    // the one to give, if its command was committed.
+                    if row.request_hash == hash {
+                        if let (Some(recorded), Some(proof)) = (self.answer(&row)?, &row.proof) {
+                            let proof =
+                                keyledger_domain::json::parse_stored(proof).map_err(|e| {
+                                    Error::Internal(format!("stored proof corrupt: {e}"))
+                                })?;
+                            return Ok(Claim::Unsettled {
+                                lease,
+                                recorded,
+                                proof,
+                            });
+                        }
+                    }
+                    return Ok(Claim::Owned(lease));
                 }
                 continue;
             }
@@ -288,14 +321,9 @@ impl Idempotency<'_> {
                 return Err(Error::IdempotencyKeyReused);
             }
             if row.state == DONE {
-                let mut body: Value = row
-                    .response_body
-                    .as_deref()
-                    .and_then(|b| serde_json::from_str(b).ok())
-                    .ok_or_else(|| Error::Internal("stored response corrupt".into()))?;
-                if let (Some(sealed), Value::Object(m)) = (row.sealed_key.as_deref(), &mut body) {
-                    m.insert("key".into(), Value::String(self.sealer.open(sealed)?));
-                }
+                let body = self
+                    .answer(&row)?
+                    .ok_or_else(|| Error::Internal("stored response missing".into()))?;
                 return Ok(Claim::Replay(body));
             }
             if started.elapsed() > WAIT {
@@ -325,16 +353,52 @@ impl Idempotency<'_> {
         Lease { owner, renewer }
     }
 
-    /// Stores the response of the request that owns the claim (`owner`). The
-    /// raw key is taken out of `body` and sealed. `Settled::Lost` when the claim
-    /// is no longer `owner`'s: the row (another owner's) is left alone.
-    pub async fn complete(
+    /// The answer a row holds (recorded or final), raw key unsealed.
+    fn answer(&self, row: &Row) -> Result<Option<Value>, Error> {
+        let Some(text) = row.response_body.as_deref() else {
+            return Ok(None);
+        };
+        let mut body = keyledger_domain::json::parse_stored(text)
+            .map_err(|e| Error::Internal(format!("stored response corrupt: {e}")))?;
+        if let (Some(sealed), Value::Object(m)) = (row.sealed_key.as_deref(), &mut body) {
+            m.insert("key".into(), Value::String(self.sealer.open(sealed)?));
+        }
+        Ok(Some(body))
+    }
+
+    /// Records, before its command is written, the answer the owner's request
+    /// will give and what will prove the command committed (`proof`); the
+    /// claim stays pending. A request that dies or loses its commit's answer
+    /// after the commit thereby leaves its answer for a retry (`Unsettled`).
+    pub async fn record(
         &self,
         tenant: &str,
         key: &str,
         owner: &str,
-        mut body: Value,
+        body: Value,
+        proof: &Value,
     ) -> Result<Settled, Error> {
+        let (text, sealed) = self.sealed(body)?;
+        let updated = on_pool!(&ClaimDb::of(self.store), |pool| sqlx::query(
+            "UPDATE idempotency_keys SET response_body = $1, sealed_key = $2, proof = $3 \
+             WHERE tenant = $4 AND idem_key = $5 AND owner = $6 AND state = $7"
+        )
+        .bind(&text)
+        .bind(&sealed)
+        .bind(proof.to_string())
+        .bind(tenant)
+        .bind(key)
+        .bind(owner)
+        .bind(PENDING)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
+        .map_err(store_error)?;
+        Ok(settled(updated))
+    }
+
+    /// A response as stored: its text without the raw key, and the key sealed.
+    fn sealed(&self, mut body: Value) -> Result<(String, Option<String>), Error> {
         let raw = match &mut body {
             Value::Object(m) => m.remove("key"),
             _ => None,
@@ -344,7 +408,20 @@ impl Idempotency<'_> {
             .and_then(Value::as_str)
             .map(|k| self.sealer.seal(k))
             .transpose()?;
-        let text = body.to_string();
+        Ok((body.to_string(), sealed))
+    }
+
+    /// Stores the response of the request that owns the claim (`owner`). The
+    /// raw key is taken out of `body` and sealed. `Settled::Lost` when the claim
+    /// is no longer `owner`'s: the row (another owner's) is left alone.
+    pub async fn complete(
+        &self,
+        tenant: &str,
+        key: &str,
+        owner: &str,
+        body: Value,
+    ) -> Result<Settled, Error> {
+        let (text, sealed) = self.sealed(body)?;
         let updated = on_pool!(&ClaimDb::of(self.store), |pool| sqlx::query(
             "UPDATE idempotency_keys SET state = $1, response_body = $2, sealed_key = $3 \
              WHERE tenant = $4 AND idem_key = $5 AND owner = $6 AND state = $7"
@@ -427,10 +504,15 @@ async fn take_over(
     let now_ms = now.timestamp_millis();
     // The previous owner's token (empty for rows from before tokens, which
     // `created_at` then tells apart) and the lease still lapsed, in the same
-    // statement: a renewal that landed after our read wins.
+    // statement: a renewal that landed after our read wins. An answer the
+    // previous request recorded is kept only for the same request (hash): it
+    // is no answer to another body. (SET expressions read the old row.)
     let updated = on_pool!(db, |pool| sqlx::query(
         "UPDATE idempotency_keys SET owner = $1, lease_until = $2, request_hash = $3, \
-         created_at = $4, expires_at = $5 \
+         created_at = $4, expires_at = $5, \
+         response_body = CASE WHEN request_hash = $3 THEN response_body END, \
+         sealed_key = CASE WHEN request_hash = $3 THEN sealed_key END, \
+         proof = CASE WHEN request_hash = $3 THEN proof END \
          WHERE tenant = $6 AND idem_key = $7 AND state = $8 AND COALESCE(owner, '') = $9 \
          AND created_at = $10 AND COALESCE(lease_until, created_at + $11) < $4"
     )

@@ -59,6 +59,8 @@ pub struct KeyService {
     /// Creates are written in groups on the SQL stores (see `group_commit`);
     /// KurrentDB appends each stream on its own anyway.
     creates: Option<CreateQueue>,
+    /// Tests only: a failure injected right after commits.
+    after_commit: Option<AfterCommit>,
 }
 
 impl KeyService {
@@ -80,7 +82,14 @@ impl KeyService {
             prefix,
             max_keys: u64::MAX,
             creates,
+            after_commit: None,
         }
+    }
+
+    /// Tests only: fails what follows each commit as `hook` says.
+    pub fn with_after_commit(mut self, hook: Option<AfterCommit>) -> Self {
+        self.after_commit = hook;
+        self
     }
 
     /// Caps the live (not deleted) keys of each tenant. Every new key counts,
@@ -113,18 +122,26 @@ impl KeyService {
     /// Issues a key. The raw key is generated here (CSPRNG), hashed, and only the
     /// hash and display prefix enter the command.
     pub async fn create(&self, actor: &Actor, new: NewKey) -> Result<IssuedKey, Error> {
-        self.issue(actor, new, None, self.clock.now()).await
+        let prepared = self.prepare_create(actor, new).await?;
+        self.issue(actor, prepared).await
     }
 
-    /// Makes a key, the one way keys are made: the tenant's key cap is checked
-    /// here, before anything is written.
-    async fn issue(
+    /// Decides everything about a new key (its id, raw key, event and view)
+    /// and writes nothing: the caller may record the answer first
+    /// (`Idempotency-Key`), so a commit can never lose it.
+    pub async fn prepare_create(&self, actor: &Actor, new: NewKey) -> Result<PreparedKey, Error> {
+        self.prepare_key(actor, new, None, self.clock.now()).await
+    }
+
+    /// The tenant's key cap is checked here, before anything is written: the
+    /// one way keys are made.
+    async fn prepare_key(
         &self,
         actor: &Actor,
         new: NewKey,
         rotated_from: Option<String>,
         at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<IssuedKey, Error> {
+    ) -> Result<PreparedKey, Error> {
         let held = self.projections.index().tenant_keys(&actor.tenant);
         if held >= self.max_keys {
             return Err(Error::KeyLimitReached {
@@ -145,43 +162,94 @@ impl KeyService {
             metadata: new.metadata,
             rotated_from,
         });
-        let view = match &self.creates {
-            Some(queue) => {
-                let command = self.key_command(actor, kind, at);
-                let create = NewKeyCommand {
-                    key_id: key_id.clone(),
-                    metadata: metadata(actor, command.at),
-                    command,
-                };
-                queue.create(create).await?
-            }
-            None => {
-                self.command_at(actor, &key_id, kind, at).await?;
-                None
-            }
+        let command = self.key_command(actor, kind, at);
+        let create = self
+            .store
+            .prepare_new(NewKeyCommand {
+                key_id,
+                metadata: metadata(actor, command.at),
+                command,
+            })
+            .await?;
+        let view = create.view()?;
+        Ok(PreparedKey { create, raw, view })
+    }
+
+    /// Commits a prepared key. Once its event is durable the answer is the
+    /// key: if this node's projections cannot show it yet, it is answered
+    /// from its own event (the view the key list will hold).
+    pub async fn issue(&self, actor: &Actor, prepared: PreparedKey) -> Result<IssuedKey, Error> {
+        let PreparedKey { create, raw, view } = prepared;
+        let key_id = create.command.key_id.clone();
+        let written = async {
+            let fresh = match &self.creates {
+                Some(queue) => queue.create(create).await?,
+                None => {
+                    let c = create.command;
+                    self.store.execute(&c.key_id, c.command, c.metadata).await?;
+                    None
+                }
+            };
+            self.committed(Stage::Created)?;
+            Ok::<_, Error>(fresh)
         };
-        let view = match view {
-            Some(view) => view,
-            None => self.get(actor, &key_id).await?,
+        let fresh = match written.await {
+            Ok(fresh) => fresh,
+            // The commit's answer may have been lost (a connection cut after
+            // COMMIT): the key's existence decides. Its id is fresh, so if it
+            // exists, this create wrote it.
+            Err(e) if e.outcome_unknown() => match self.store.exists(&key_id).await {
+                Ok(true) => {
+                    tracing::warn!(error = %e, key_id, "create committed, but its commit answered an error");
+                    None
+                }
+                Ok(false) | Err(_) => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
+        let view = match fresh {
+            Some(fresh) => fresh,
+            None => match self.visible(actor, &key_id).await {
+                Ok(fresh) => fresh,
+                Err(e) => {
+                    tracing::warn!(error = %e, key_id, "created, but not visible on this node yet; answered from its event");
+                    view
+                }
+            },
         };
         Ok(IssuedKey { view, raw })
     }
 
+    /// Read-your-writes: the key once this node's projections hold everything
+    /// up to the head.
+    async fn visible(&self, actor: &Actor, key_id: &str) -> Result<KeyRow, Error> {
+        let head = self.store.head().await?;
+        self.tailer.catch_up_to(head).await?;
+        self.get(actor, key_id).await
+    }
+
     /// Rotates a key: issues its successor (same name, description, permissions,
     /// environment and metadata), then lets the old key expire after `grace`
-    /// (never later than it already would). An expired key is refused (its
-    /// successor would bring back access that has ended), and the successor
-    /// counts against the tenant's key cap like any new key; both are checked
-    /// before anything is written. The successor is created first so a
-    /// failure never leaves the old key pointing at a key nobody received; if the
-    /// old key refuses (deleted, already rotated or expired, e.g. after a
-    /// concurrent command), the successor is deleted again.
+    /// (never later than it already would). See `prepare_rotation`.
     pub async fn rotate(
         &self,
         actor: &Actor,
         id: &str,
         grace: chrono::Duration,
     ) -> Result<IssuedKey, Error> {
+        let prepared = self.prepare_rotation(actor, id, grace).await?;
+        self.rotate_prepared(actor, prepared).await
+    }
+
+    /// Decides a rotation and writes nothing. An expired key is refused (its
+    /// successor would bring back access that has ended), and the successor
+    /// counts against the tenant's key cap like any new key.
+    pub async fn prepare_rotation(
+        &self,
+        actor: &Actor,
+        id: &str,
+        grace: chrono::Duration,
+    ) -> Result<PreparedRotation, Error> {
         // One reading of the clock for the whole rotation: the expiry checked
         // here is the one the aggregate checks, so a key live now is not
         // refused there a moment later (leaving a successor to delete).
@@ -201,21 +269,99 @@ impl KeyService {
             expires_at: None,
             metadata: old.metadata,
         };
-        let issued = self.issue(actor, new, Some(old.id.clone()), at).await?;
+        let successor = self
+            .prepare_key(actor, new, Some(old.id.clone()), at)
+            .await?;
+        Ok(PreparedRotation {
+            old_id: old.id,
+            successor,
+            grace,
+            at,
+        })
+    }
+
+    /// Commits a prepared rotation. The successor is created first so a
+    /// failure never leaves the old key pointing at a key nobody received; if
+    /// the old key refuses (deleted, already rotated or expired, e.g. after a
+    /// concurrent command), the successor is deleted again.
+    pub async fn rotate_prepared(
+        &self,
+        actor: &Actor,
+        prepared: PreparedRotation,
+    ) -> Result<IssuedKey, Error> {
+        let PreparedRotation {
+            old_id,
+            successor,
+            grace,
+            at,
+        } = prepared;
+        let issued = self.issue(actor, successor).await?;
+        self.retire(actor, &old_id, &issued.view.id, grace, at)
+            .await?;
+        Ok(issued)
+    }
+
+    /// Points the old key of a rotation at its committed successor; if the old
+    /// key refuses, deletes the successor again.
+    async fn retire(
+        &self,
+        actor: &Actor,
+        old_id: &str,
+        successor: &str,
+        grace: chrono::Duration,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), Error> {
         let rotate = KeyCommandKind::RotateKey {
-            successor: issued.view.id.clone(),
+            successor: successor.to_string(),
             grace,
         };
-        if let Err(e) = self.command_at(actor, &old.id, rotate, at).await {
-            if let Err(undo) = self
-                .command(actor, &issued.view.id, KeyCommandKind::DeleteKey)
-                .await
-            {
-                tracing::error!(error = %undo, key_id = %issued.view.id, "could not delete the successor of a failed rotation");
+        match self.command_at(actor, old_id, rotate, at).await {
+            Ok(()) | Err(Error::Committed(_)) => Ok(()),
+            Err(e) => {
+                if let Err(undo) = self
+                    .command(actor, successor, KeyCommandKind::DeleteKey)
+                    .await
+                {
+                    tracing::error!(error = %undo, key_id = %successor, "could not delete the successor of a failed rotation");
+                }
+                Err(e)
             }
-            return Err(e);
         }
-        Ok(issued)
+    }
+
+    /// Whether what a request recorded before its commit (`Proof`) was
+    /// committed, finishing a rotation whose successor was committed but whose
+    /// old key was not yet pointed at it. Used when the request died or lost
+    /// its answer: `Ok(true)` means its recorded answer is the answer.
+    pub async fn settle(&self, actor: &Actor, proof: &Proof) -> Result<bool, Error> {
+        match proof {
+            Proof::Created { key_id } => self.store.exists(key_id).await,
+            Proof::Rotated {
+                old_id,
+                successor,
+                grace_ms,
+            } => {
+                if !self.store.exists(successor).await? {
+                    return Ok(false);
+                }
+                let old = self.projections.get_key(&actor.tenant, old_id).await?;
+                if old.as_ref().and_then(|o| o.rotated_to.as_deref()) == Some(successor.as_str()) {
+                    return Ok(true);
+                }
+                let grace = chrono::Duration::milliseconds(*grace_ms);
+                self.retire(actor, old_id, successor, grace, self.clock.now())
+                    .await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Test hook: a failure injected right after a commit.
+    fn committed(&self, stage: Stage) -> Result<(), Error> {
+        match &self.after_commit {
+            Some(hook) => hook.call(stage),
+            None => Ok(()),
+        }
     }
 
     pub async fn update(
@@ -321,9 +467,12 @@ impl KeyService {
             Err(e) => Err(e),
             // Read-your-writes: answer once this node's projections hold
             // everything up to the head, which includes this command's events.
+            // The command is committed whatever fails now, and the answer
+            // says so (`Error::Committed`), never that nothing changed.
             Ok(()) => {
-                let head = self.store.head().await?;
-                self.tailer.catch_up_to(head).await
+                self.committed(Stage::Command).map_err(committed)?;
+                let head = self.store.head().await.map_err(committed)?;
+                self.tailer.catch_up_to(head).await.map_err(committed)
             }
         }
     }
@@ -340,6 +489,106 @@ impl KeyService {
             at,
             kind,
         }
+    }
+}
+
+/// A failure after a commit: reported as such.
+fn committed(cause: Error) -> Error {
+    match cause {
+        e @ Error::Committed(_) => e,
+        e => Error::Committed(Box::new(e)),
+    }
+}
+
+/// A key about to be issued: decided, not written (`KeyService::prepare_create`).
+pub struct PreparedKey {
+    create: crate::store::PreparedCreate,
+    raw: RawKey,
+    view: KeyRow,
+}
+
+impl PreparedKey {
+    pub fn key_id(&self) -> &str {
+        &self.create.command.key_id
+    }
+
+    /// The key as it will be listed once committed.
+    pub fn view(&self) -> &KeyRow {
+        &self.view
+    }
+
+    pub fn raw(&self) -> &RawKey {
+        &self.raw
+    }
+}
+
+/// A rotation about to happen: decided, not written.
+pub struct PreparedRotation {
+    old_id: String,
+    successor: PreparedKey,
+    grace: chrono::Duration,
+    at: chrono::DateTime<chrono::Utc>,
+}
+
+impl PreparedRotation {
+    pub fn successor(&self) -> &PreparedKey {
+        &self.successor
+    }
+
+    /// What tells, later, whether this rotation was committed.
+    pub fn proof(&self) -> Proof {
+        Proof::Rotated {
+            old_id: self.old_id.clone(),
+            successor: self.successor.key_id().to_string(),
+            grace_ms: self.grace.num_milliseconds(),
+        }
+    }
+}
+
+/// What shows whether a recorded answer's command was committed: kept with
+/// an `Idempotency-Key` claim before the commit (see `KeyService::settle`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Proof {
+    /// A create: committed if the key exists.
+    Created { key_id: String },
+    /// A rotation: committed if the successor exists (its old key is then
+    /// pointed at it, if that had not happened yet).
+    Rotated {
+        old_id: String,
+        successor: String,
+        grace_ms: i64,
+    },
+}
+
+/// Where a test's injected failure strikes (`AfterCommit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Right after a new key's event was committed.
+    Created,
+    /// Right after any other command's events were committed.
+    Command,
+}
+
+/// A failure injected right after a commit, standing in for whatever can go
+/// wrong there (a lost acknowledgement, a store gone, projections that cannot
+/// catch up). For tests only: `serve` never sets one.
+#[derive(Clone)]
+pub struct AfterCommit(Arc<dyn Fn(Stage) -> Result<(), Error> + Send + Sync>);
+
+impl AfterCommit {
+    pub fn new(hook: impl Fn(Stage) -> Result<(), Error> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(hook))
+    }
+
+    fn call(&self, stage: Stage) -> Result<(), Error> {
+        (self.0)(stage)
+    }
+}
+
+impl std::fmt::Debug for AfterCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AfterCommit(..)")
     }
 }
 

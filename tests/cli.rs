@@ -812,3 +812,77 @@ fn projections_tools_rebuild_report_and_check_seeded_events() {
     assert!(ok, "{out}");
     assert!(out.starts_with("ok: 20 events verified"), "{out}");
 }
+
+/// The permission bits of a file or directory, in octal (`0700`).
+#[cfg(unix)]
+fn mode_of(path: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .permissions()
+        .mode();
+    format!("{:04o}", mode & 0o777)
+}
+
+/// The data directory is 0700 and the SQLite file with its `-wal` and `-shm`
+/// files 0600 (while the server runs, when all three exist).
+#[cfg(unix)]
+fn assert_private(data: &Path, when: &str) {
+    assert_eq!(mode_of(data), "0700", "{when}: {}", data.display());
+    for file in ["keyledger.db", "keyledger.db-wal", "keyledger.db-shm"] {
+        let path = data.join(file);
+        assert_eq!(mode_of(&path), "0600", "{when}: {}", path.display());
+    }
+}
+
+const SHARED_WARNING: &str = "accessible to group or others";
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_dir_and_database_files_are_private_and_serve_warns_when_they_are_not() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let client = reqwest::Client::new();
+
+    // First start (a umask of 022 would give 0755 and 0644), then a restart.
+    for when in ["first start", "restart"] {
+        let server = Server::start(&data);
+        let token = cli_token(&data, "acme", "alice");
+        let (_, key) = create_key(&client, &server, &token).await;
+        assert!(!key.is_empty());
+        assert_private(&data, when);
+        let (status, log) = server.terminate();
+        assert!(status.success(), "{when}: {status}\n{log}");
+        assert!(!log.contains(SHARED_WARNING), "{when}: no warning\n{log}");
+        assert_eq!(mode_of(&data.join("keyledger.db")), "0600", "{when}");
+    }
+
+    // A database left readable by an older release (or by hand): serve warns,
+    // naming each, and leaves the modes to the operator.
+    let db = data.join("keyledger.db");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let server = Server::start(&data);
+    let (status, log) = server.terminate();
+    assert!(status.success(), "{status}\n{log}");
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains(SHARED_WARNING))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{log}");
+    assert!(
+        warnings
+            .iter()
+            .any(|l| l.contains("database file") && l.contains(&db.display().to_string())),
+        "{log}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|l| l.contains("data directory") && l.contains(&data.display().to_string())),
+        "{log}"
+    );
+    assert_eq!(mode_of(&db), "0644");
+    assert_eq!(mode_of(&data), "0755");
+}

@@ -2,7 +2,8 @@
 //!
 //! The format `<prefix>_<env>_<body><check>` is a public contract: secret scanners
 //! match it and every stored hash was computed over it, so everything that knows its
-//! shape lives here and is pinned by `shared/vectors/key-format.json`.
+//! shape lives here and is pinned by `domain/vectors/key-format.json` (a copy of the
+//! reference vectors, checked against `../shared/vectors/key-format.json` when present).
 //!
 //! Parsing sits on the verification hot path. It rejects typos and garbage by
 //! structure and by the CRC-32 check digits before any store is touched, it does not
@@ -429,7 +430,9 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
-    const VECTORS: &str = include_str!("../../../shared/vectors/key-format.json");
+    /// The key-format vectors, owned by this crate so that a clone builds and tests
+    /// on its own (they are part of the public key format).
+    const VECTORS: &str = include_str!("../vectors/key-format.json");
 
     #[derive(Deserialize)]
     struct Vectors {
@@ -456,6 +459,32 @@ mod tests {
 
     fn vectors() -> Vectors {
         serde_json::from_str(VECTORS).expect("the key format vectors are valid JSON")
+    }
+
+    /// Where the reference copy lives when the project sits beside `../shared`
+    /// (relative to the workspace root, as in CI).
+    fn reference_vectors_path() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/vectors/key-format.json")
+    }
+
+    #[test]
+    fn vectors_are_the_reference_copy_when_it_is_present() {
+        let path = reference_vectors_path();
+        match std::fs::read_to_string(&path) {
+            Ok(reference) => assert!(
+                reference == VECTORS,
+                "domain/vectors/key-format.json differs from {}: copy the reference vectors \
+                 into the repository again (they pin the public key format)",
+                path.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => eprintln!(
+                "SKIPPED: {} not found ({e}): domain/vectors/key-format.json is not \
+                 compared with the reference copy",
+                path.display()
+            ),
+            Err(e) => panic!("cannot read {}: {e}", path.display()),
+        }
     }
 
     fn generated(seed: u64, prefix: &str, env: Environment) -> RawKey {

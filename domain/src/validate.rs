@@ -1,4 +1,4 @@
-//! Field rules of the contract (../shared/API.md), shared by create and update.
+//! Field rules of the contract (docs/API.md), shared by create and update.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;

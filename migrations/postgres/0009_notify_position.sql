@@ -3,9 +3,7 @@
 -- appended the batch applies it from memory (group commit); with the position
 -- in hand its listener sees that there is nothing to read, instead of starting
 -- a catch-up (three queries) after every batch of its own. The 0008 function
--- stays for nodes of the previous release that are still running while the
--- first new one starts (a previous-release node cannot start again afterwards:
--- its migrator refuses a database with a migration it does not know); their
+-- stays for nodes of the previous release during a rolling upgrade; their
 -- empty payload, like the sequencer's, still means "read the feed".
 CREATE FUNCTION keyledger_reserve_positions(count BIGINT) RETURNS BIGINT LANGUAGE plpgsql AS $$
 DECLARE

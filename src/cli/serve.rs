@@ -26,9 +26,20 @@ pub struct ServeArgs {
     /// Most keys one tenant may hold.
     #[arg(long, env = "KEYLEDGER_MAX_KEYS_PER_TENANT", default_value_t = 10_000)]
     max_keys_per_tenant: u64,
-    /// Failed verifications per client address per minute before answering 429.
+    /// Malformed or unknown keys per client address per minute before answering
+    /// 429 to more of them (keys that exist always get their answer; 0 disables).
     #[arg(long, env = "KEYLEDGER_VERIFY_FAILURE_LIMIT", default_value_t = 100)]
     verify_failure_limit: u32,
+    /// Proxies (comma-separated CIDRs or addresses) whose X-Forwarded-For /
+    /// Forwarded headers name the client [default: none].
+    #[arg(
+        long,
+        value_name = "CIDRS",
+        env = "KEYLEDGER_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = crate::config::parse_trusted_proxy
+    )]
+    trusted_proxies: Vec<ipnet::IpNet>,
     /// Seconds a client may take to send a request head, from its first byte.
     #[arg(long, env = "KEYLEDGER_HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
     header_read_timeout_secs: u64,
@@ -120,6 +131,7 @@ pub async fn run(args: ServeArgs, mut config: Config) -> Result<ExitCode, Error>
     config.usage_flush_interval = Duration::from_secs(args.usage_flush_secs);
     config.max_keys_per_tenant = args.max_keys_per_tenant;
     config.verify_failure_limit = args.verify_failure_limit;
+    config.trusted_proxies = args.trusted_proxies.clone();
     config.header_read_timeout = seconds(
         args.header_read_timeout_secs,
         "KEYLEDGER_HEADER_READ_TIMEOUT_SECS",
@@ -150,10 +162,19 @@ pub async fn run(args: ServeArgs, mut config: Config) -> Result<ExitCode, Error>
     Ok(ExitCode::SUCCESS)
 }
 
-/// Whole seconds, at least one.
+/// The longest a timeout may be set to: one day.
+const MAX_TIMEOUT_SECS: u64 = 24 * 3600;
+
+/// Whole seconds, at least one and at most [`MAX_TIMEOUT_SECS`] (values near
+/// `u64::MAX` would not fit in an instant).
 fn seconds(value: u64, name: &str) -> Result<Duration, Error> {
     if value == 0 {
         return Err(Error::Config(format!("{name} must be at least 1")));
+    }
+    if value > MAX_TIMEOUT_SECS {
+        return Err(Error::Config(format!(
+            "{name} must be at most {MAX_TIMEOUT_SECS} (one day)"
+        )));
     }
     Ok(Duration::from_secs(value))
 }
@@ -185,4 +206,24 @@ async fn shutdown_signal() {
         () = terminate => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_are_whole_seconds_from_one_to_one_day() {
+        let name = "KEYLEDGER_IDLE_TIMEOUT_SECS";
+        assert!(seconds(0, name).is_err());
+        assert_eq!(seconds(1, name).ok(), Some(Duration::from_secs(1)));
+        assert_eq!(
+            seconds(86_400, name).ok(),
+            Some(Duration::from_secs(86_400))
+        );
+        for too_long in [86_401, u64::MAX / 1000, u64::MAX] {
+            let e = seconds(too_long, name).expect_err("too long");
+            assert!(e.to_string().contains("at most 86400"), "{e}");
+        }
+    }
 }

@@ -111,7 +111,7 @@ pub struct AuditParams {
 }
 
 /// GET /v1/audit
-#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditParams),
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", operation_id = "listAuditEvents", params(AuditParams),
     responses((status = 200, body = AuditList), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list(
@@ -147,7 +147,7 @@ pub async fn list(
 }
 
 /// GET /v1/keys/{id}/events
-#[utoipa::path(get, path = "/v1/keys/{id}/events", tag = "audit",
+#[utoipa::path(get, path = "/v1/keys/{id}/events", tag = "audit", operation_id = "listKeyEvents",
     params(("id" = String, Path, description = "key id (also after deletion)"), KeyHistoryParams),
     responses((status = 200, body = KeyHistory), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 422, body = ErrorBody)),

@@ -7,9 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::FromRequestParts;
 use axum::http::header::{AUTHORIZATION, USER_AGENT};
 use axum::http::request::Parts;
 use jsonwebtoken::errors::ErrorKind;
@@ -22,7 +20,7 @@ use serde_json::{Map, Value};
 
 use crate::config::IdpConfig;
 use crate::error::Error;
-use crate::http::extract::RequestId;
+use crate::http::extract::{ClientAddr, RequestId};
 use crate::http::AppState;
 use crate::service::Actor;
 
@@ -377,10 +375,9 @@ impl FromRequestParts<AppState> for Management {
         }
         let claims = state.tokens.verify(token)?;
         let RequestId(request_id) = RequestId::from_request_parts(parts, state).await?;
-        let client_addr = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip().to_string());
+        // The socket address, or the client a trusted proxy names.
+        let ClientAddr(client) = ClientAddr::from_request_parts(parts, state).await?;
+        let client_addr = client.map(|ip| ip.to_string());
         let user_agent = parts
             .headers
             .get(USER_AGENT)

@@ -129,6 +129,14 @@ fn parts(error: &Error) -> Parts {
             "method_not_allowed",
             error.to_string(),
         ),
+        Error::Committed(_) => Parts {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "committed_not_visible",
+            message: "the change was committed, but this node cannot show its effect yet; \
+                      read the key to see it"
+                .into(),
+            details: None,
+        },
         Error::StoreUnavailable(_) => unavailable(),
         Error::Projection(ProjectionError::Database(e)) if is_unavailable(e) => unavailable(),
         Error::Domain(DomainError::MalformedKey { .. } | DomainError::InvalidKeyPrefix)
@@ -147,7 +155,10 @@ fn unavailable() -> Parts {
     Parts {
         status: StatusCode::SERVICE_UNAVAILABLE,
         code: "store_unavailable",
-        message: "the event store is unavailable; nothing was changed, retry later".into(),
+        // Not "nothing was changed": a store that failed around a commit
+        // cannot say. A create or rotation retried with the same
+        // Idempotency-Key never makes a second key.
+        message: "the event store is unavailable; retry later".into(),
         details: None,
     }
 }

@@ -3,12 +3,15 @@
 //! oversize bodies), query strings, and the request id.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::task::Poll;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
@@ -329,19 +332,355 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     }
 }
 
-/// The address of the connected client, when the server knows it.
-pub struct ClientAddr(pub Option<std::net::IpAddr>);
+/// The client's address, when the server knows it: the connecting (socket)
+/// address, or, when that is a trusted proxy (`--trusted-proxies`), the
+/// address its forwarding headers name (see [`client_addr`]). The guess
+/// limiter counts by it and the audit trail records it.
+pub struct ClientAddr(pub Option<IpAddr>);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Error> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
         Ok(ClientAddr(
             parts
                 .extensions
                 .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| c.0.ip()),
+                .map(|c| client_addr(c.0.ip(), &parts.headers, &state.trusted_proxies)),
         ))
+    }
+}
+
+/// The client behind `peer`, the connecting address. Unless `peer` is in
+/// `trusted`, that is `peer` itself: anyone can write forwarding headers.
+/// Else the hops of `X-Forwarded-For` (or of RFC 7239 `Forwarded`) are walked
+/// from the right, the nearest first, skipping trusted proxies, and the first
+/// untrusted address is the client: every hop right of it was written by a
+/// trusted proxy, everything left of it may be the client's own invention. A
+/// chain of trusted proxies only names its leftmost hop. `peer` is kept when
+/// the headers are absent, when a hop to be read is malformed or not an
+/// address (`unknown`, an obfuscated `_node`), and when both headers are sent:
+/// a proxy sets one, so the other may be the client's own. Allocates nothing.
+pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    if trusted.is_empty() || !is_trusted(peer, trusted) {
+        return peer;
+    }
+    let forwarded_for = headers.get_all(&X_FORWARDED_FOR);
+    let forwarded = headers.get_all(header::FORWARDED);
+    let found = match (
+        forwarded_for.iter().next().is_some(),
+        forwarded.iter().next().is_some(),
+    ) {
+        (true, false) => rightmost_untrusted(forwarded_for.iter(), trusted, forwarded_for_hop),
+        (false, true) => rightmost_untrusted(forwarded.iter(), trusted, forwarded_element),
+        _ => None,
+    };
+    found.unwrap_or(peer)
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    // An IPv4 peer of a dual-stack listener arrives as `::ffff:a.b.c.d`.
+    let ip = ip.to_canonical();
+    trusted.iter().any(|net| net.contains(&ip))
+}
+
+/// Walks the comma-separated hops of all `values` (several header lines are
+/// one list, in order) from the right; `None` at the first malformed hop.
+fn rightmost_untrusted<'a>(
+    values: impl DoubleEndedIterator<Item = &'a HeaderValue>,
+    trusted: &[IpNet],
+    hop: fn(&str) -> Option<IpAddr>,
+) -> Option<IpAddr> {
+    let mut leftmost = None;
+    for value in values.rev() {
+        for text in value.to_str().ok()?.rsplit(',') {
+            let ip = hop(text)?;
+            if !is_trusted(ip, trusted) {
+                return Some(ip);
+            }
+            leftmost = Some(ip);
+        }
+    }
+    leftmost
+}
+
+/// One hop of `X-Forwarded-For`: an address, as some proxies write it with a
+/// port (`192.0.2.1:4711`, `[2001:db8::1]:4711`) or in brackets.
+fn forwarded_for_hop(text: &str) -> Option<IpAddr> {
+    let text = text.trim();
+    text.parse::<IpAddr>()
+        .ok()
+        .or_else(|| text.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            text.strip_prefix('[')?
+                .strip_suffix(']')?
+                .parse::<std::net::Ipv6Addr>()
+                .ok()
+                .map(IpAddr::V6)
+        })
+}
+
+/// The `for=` node of one `Forwarded` element (`for=192.0.2.60;proto=http;by=…`,
+/// `for="[2001:db8:cafe::17]:4711"`), when it is an address.
+fn forwarded_element(element: &str) -> Option<IpAddr> {
+    let mut node = None;
+    for pair in element.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=')?;
+        if name.trim().eq_ignore_ascii_case("for") {
+            if node.is_some() {
+                return None;
+            }
+            node = Some(value.trim());
+        }
+    }
+    let node = node?;
+    let node = match node.strip_prefix('"') {
+        Some(quoted) => quoted
+            .strip_suffix('"')
+            .filter(|inner| !inner.contains(['"', '\\']))?,
+        None => node,
+    };
+    if let Ok(ip) = node.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    // nodename [ ":" node-port ]: "[" IPv6 "]", or IPv4 (`unknown` and
+    // obfuscated `_names` are not addresses).
+    let (name, port) = match node.strip_prefix('[') {
+        Some(rest) => {
+            let (v6, rest) = rest.split_once(']')?;
+            let name = IpAddr::V6(v6.parse().ok()?);
+            if rest.is_empty() {
+                return Some(name);
+            }
+            (name, rest.strip_prefix(':')?)
+        }
+        None => {
+            let (v4, port) = node.split_once(':')?;
+            (IpAddr::V4(v4.parse().ok()?), port)
+        }
+    };
+    let valid_port = port.parse::<u16>().is_ok()
+        || (port.starts_with('_')
+            && port.len() > 1
+            && port
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')));
+    valid_port.then_some(name)
+}
+
+#[cfg(test)]
+mod client_addr_tests {
+    use super::*;
+
+    const PEER: &str = "127.0.0.1";
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter()
+            .map(|n| crate::config::parse_trusted_proxy(n).expect("cidr"))
+            .collect()
+    }
+
+    /// The client of a request from `peer` with these header lines.
+    fn client(peer: &str, trusted: &[&str], lines: &[(&'static str, &str)]) -> IpAddr {
+        let mut headers = HeaderMap::new();
+        for (name, value) in lines {
+            headers.append(*name, HeaderValue::from_str(value).expect("value"));
+        }
+        client_addr(ip(peer), &headers, &nets(trusted))
+    }
+
+    fn xff(trusted: &[&str], value: &str) -> IpAddr {
+        client(PEER, trusted, &[("x-forwarded-for", value)])
+    }
+
+    fn forwarded(value: &str) -> IpAddr {
+        client(PEER, &["127.0.0.1/32"], &[("forwarded", value)])
+    }
+
+    #[test]
+    fn forwarding_headers_count_only_from_a_trusted_proxy() {
+        // No proxy trusted (the default): the headers are anyone's to write.
+        assert_eq!(xff(&[], "203.0.113.7"), ip(PEER));
+        // The peer is not one of the trusted proxies.
+        assert_eq!(xff(&["10.0.0.0/8"], "203.0.113.7"), ip(PEER));
+        assert_eq!(
+            client(PEER, &["10.0.0.0/8"], &[("forwarded", "for=203.0.113.7")]),
+            ip(PEER)
+        );
+        // A trusted proxy, also as an IPv4-mapped peer of a dual-stack socket.
+        assert_eq!(xff(&["127.0.0.1/32"], "203.0.113.7"), ip("203.0.113.7"));
+        assert_eq!(
+            client(
+                "::ffff:127.0.0.1",
+                &["127.0.0.1"],
+                &[("x-forwarded-for", "203.0.113.7")]
+            ),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            client(
+                "fd00::5",
+                &["fd00::/8"],
+                &[("x-forwarded-for", "2001:db8::9")]
+            ),
+            ip("2001:db8::9")
+        );
+        // Trusted, but no header: the proxy itself.
+        assert_eq!(client(PEER, &["127.0.0.1/32"], &[]), ip(PEER));
+    }
+
+    #[test]
+    fn x_forwarded_for_is_walked_from_the_right_to_the_first_untrusted_hop() {
+        let t = &["127.0.0.1/32", "10.0.0.0/8"];
+        // What the client wrote itself (left) is never taken over a real hop.
+        assert_eq!(xff(t, "1.1.1.1, 203.0.113.7"), ip("203.0.113.7"));
+        assert_eq!(xff(t, "203.0.113.7, 10.0.0.2"), ip("203.0.113.7"));
+        assert_eq!(
+            xff(t, "1.1.1.1,203.0.113.7,10.1.2.3, 10.0.0.2"),
+            ip("203.0.113.7")
+        );
+        // Garbage left of the client does not matter.
+        assert_eq!(xff(t, "garbage, 203.0.113.7"), ip("203.0.113.7"));
+        // Several header lines are one list, in order.
+        assert_eq!(
+            client(
+                PEER,
+                t,
+                &[
+                    ("x-forwarded-for", "1.1.1.1"),
+                    ("x-forwarded-for", "203.0.113.7, 10.0.0.2")
+                ]
+            ),
+            ip("203.0.113.7")
+        );
+        // Only trusted hops: the leftmost.
+        assert_eq!(xff(t, "10.0.0.5, 10.0.0.2"), ip("10.0.0.5"));
+        // Addresses as proxies write them.
+        assert_eq!(xff(t, " 203.0.113.7:4711 "), ip("203.0.113.7"));
+        assert_eq!(xff(t, "[2001:db8::1]:4711"), ip("2001:db8::1"));
+        assert_eq!(xff(t, "[2001:db8::1]"), ip("2001:db8::1"));
+        assert_eq!(xff(t, "2001:db8::1"), ip("2001:db8::1"));
+    }
+
+    #[test]
+    fn a_malformed_header_falls_back_to_the_socket_address() {
+        let t = &["127.0.0.1/32"];
+        for value in [
+            "",
+            " ",
+            "garbage",
+            "203.0.113.7, garbage",
+            "203.0.113.7,",
+            "203.0.113.7,,127.0.0.1",
+            "unknown",
+            "203.0.113.7:99999",
+            "fe80::1%eth0",
+            "[2001:db8::1",
+        ] {
+            assert_eq!(xff(t, value), ip(PEER), "{value:?}");
+        }
+        // Not text.
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"203.0.113.7\xff").expect("value"),
+        );
+        assert_eq!(client_addr(ip(PEER), &headers, &nets(t)), ip(PEER));
+    }
+
+    #[test]
+    fn forwarded_is_read_as_rfc_7239_writes_it() {
+        assert_eq!(
+            forwarded("for=192.0.2.60;proto=http;by=203.0.113.43"),
+            ip("192.0.2.60")
+        );
+        assert_eq!(
+            forwarded("For=\"[2001:db8:cafe::17]:4711\""),
+            ip("2001:db8:cafe::17")
+        );
+        assert_eq!(
+            forwarded("for=\"[2001:db8:cafe::17]\""),
+            ip("2001:db8:cafe::17")
+        );
+        assert_eq!(forwarded("for=\"192.0.2.43:4711\""), ip("192.0.2.43"));
+        assert_eq!(forwarded("for=192.0.2.43:_abc-1"), ip("192.0.2.43"));
+        assert_eq!(forwarded("proto=https; for=192.0.2.43 ;"), ip("192.0.2.43"));
+        // The rightmost element is the nearest hop; trusted ones are skipped.
+        assert_eq!(
+            forwarded("for=192.0.2.43, for=198.51.100.17"),
+            ip("198.51.100.17")
+        );
+        assert_eq!(forwarded("for=192.0.2.43, for=127.0.0.1"), ip("192.0.2.43"));
+        assert_eq!(
+            client(
+                PEER,
+                &["127.0.0.1/32"],
+                &[
+                    ("forwarded", "for=192.0.2.43"),
+                    ("forwarded", "for=198.51.100.17")
+                ]
+            ),
+            ip("198.51.100.17")
+        );
+        // Not an address, or not well-formed: the socket address.
+        for value in [
+            "for=unknown",
+            "for=_hidden",
+            "for=\"_gazonk\"",
+            "proto=https",
+            "for",
+            "for=192.0.2.43;for=198.51.100.17",
+            "for=\"[2001:db8::1\"",
+            "for=\"[2001:db8::1]",
+            "for=\"[2001:db8::1]x\"",
+            "for=192.0.2.43:",
+            "for=192.0.2.43:_",
+            "for=192.0.2.43:http",
+            "for=\"192.0.2.43,198.51.100.17\"",
+            "for=192.0.2.43, garbage",
+        ] {
+            assert_eq!(forwarded(value), ip(PEER), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn both_headers_at_once_are_ambiguous_and_fall_back_to_the_socket_address() {
+        // A proxy sets one of them; the other may be the client's own.
+        let lines = &[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("forwarded", "for=198.51.100.17"),
+        ];
+        assert_eq!(client(PEER, &["127.0.0.1/32"], lines), ip(PEER));
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidrs_or_addresses() {
+        let parse = crate::config::parse_trusted_proxy;
+        assert_eq!(
+            parse("127.0.0.1/32").map(|n| n.to_string()).ok().as_deref(),
+            Some("127.0.0.1/32")
+        );
+        assert_eq!(
+            parse(" 10.1.2.3/8 ").map(|n| n.to_string()).ok().as_deref(),
+            Some("10.0.0.0/8")
+        );
+        assert_eq!(
+            parse("127.0.0.1").map(|n| n.to_string()).ok().as_deref(),
+            Some("127.0.0.1/32")
+        );
+        assert_eq!(
+            parse("::1").map(|n| n.to_string()).ok().as_deref(),
+            Some("::1/128")
+        );
+        for bad in ["", "nope", "10.0.0.0/33", "10.0.0/8", "::1/129"] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 }
 

@@ -40,14 +40,14 @@ pub struct Stalled {
 }
 
 /// GET /healthz: the process is up.
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", tag = "health", operation_id = "health", responses((status = 200, body = Health)))]
 pub async fn live() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
 /// GET /readyz: the store answers and this node's projections are caught up
 /// and not stuck (a tailer failing on an event is not ready, whatever the lag).
-#[utoipa::path(get, path = "/readyz", tag = "health",
+#[utoipa::path(get, path = "/readyz", tag = "health", operation_id = "ready",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let index = state.service.projections().index();

@@ -21,7 +21,7 @@ use crate::http::extract::{
 use crate::http::AppState;
 use crate::idempotency::{request_hash, Claim, Idempotency, Settled};
 use crate::service::Actor;
-use crate::service::NewKey;
+use crate::service::{NewKey, PreparedKey, PreparedRotation, Proof};
 
 /// A key as users see it: never the hash, never the raw key.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -197,7 +197,7 @@ pub fn cursor(value: Option<&str>) -> Result<Option<i64>, Error> {
 }
 
 /// POST /v1/keys
-#[utoipa::path(post, path = "/v1/keys", tag = "keys", request_body = CreateKeyRequest,
+#[utoipa::path(post, path = "/v1/keys", tag = "keys", operation_id = "createKey", request_body = CreateKeyRequest,
     params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "a retry with the same key and body returns the first response (same raw key) for 24 h")),
     responses((status = 201, body = KeyCreatedView), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -220,10 +220,56 @@ pub async fn create(
     let service = state.service.clone();
     let run_actor = actor.clone();
     idempotent(&state, &actor, idem, "POST /v1/keys", &raw, async move {
-        let issued = service.create(&run_actor, new).await?;
-        Ok(created_view(issued, service.clock().now()))
+        Ok(Issue::Create(
+            service.prepare_create(&run_actor, new).await?,
+        ))
     })
     .await
+}
+
+/// A key-issuing command, decided and not yet written: a create or a
+/// rotation. Split so that its answer can be recorded before its commit.
+enum Issue {
+    Create(PreparedKey),
+    Rotate(PreparedRotation),
+}
+
+impl Issue {
+    fn key(&self) -> &PreparedKey {
+        match self {
+            Self::Create(k) => k,
+            Self::Rotate(r) => r.successor(),
+        }
+    }
+
+    fn proof(&self) -> Proof {
+        match self {
+            Self::Create(k) => Proof::Created {
+                key_id: k.key_id().to_string(),
+            },
+            Self::Rotate(r) => r.proof(),
+        }
+    }
+
+    /// The answer it will give once committed.
+    fn answer(&self, now: DateTime<Utc>) -> KeyCreatedView {
+        let key = self.key();
+        KeyCreatedView {
+            view: KeyView::from_row(key.view().clone(), now),
+            key: key.raw().expose().to_string(),
+        }
+    }
+
+    async fn commit(
+        self,
+        service: &crate::service::KeyService,
+        actor: &Actor,
+    ) -> Result<crate::service::IssuedKey, Error> {
+        match self {
+            Self::Create(k) => service.issue(actor, k).await,
+            Self::Rotate(r) => service.rotate_prepared(actor, r).await,
+        }
+    }
 }
 
 fn created_view(issued: crate::service::IssuedKey, now: chrono::DateTime<Utc>) -> KeyCreatedView {
@@ -235,67 +281,146 @@ fn created_view(issued: crate::service::IssuedKey, now: chrono::DateTime<Utc>) -
 
 /// Runs a key-issuing command once per `Idempotency-Key`: the first request
 /// runs and its answer is kept; retries get that answer back.
+///
+/// The answer is recorded with the claim before the command is written
+/// (`Idempotency::record`), with what proves the command committed. So once
+/// the events are durable the answer cannot be lost: if the commit itself
+/// reports an error that leaves its outcome unknown, the proof decides at
+/// once; if that cannot be read either, the claim keeps the recorded answer
+/// and the retry that takes it over after its lease settles it.
 async fn idempotent(
     state: &AppState,
     actor: &Actor,
     key: Option<String>,
     route: &str,
     body: &[u8],
-    run: impl std::future::Future<Output = Result<KeyCreatedView, Error>>,
+    prepare: impl std::future::Future<Output = Result<Issue, Error>>,
 ) -> Result<Response, Error> {
+    let service = state.service.as_ref();
     let Some(key) = key else {
-        return Ok((StatusCode::CREATED, Json(run.await?)).into_response());
+        let issued = prepare.await?.commit(service, actor).await?;
+        return Ok(created(created_view(issued, service.clock().now())));
     };
     let store = Idempotency {
         store: state.store.as_ref(),
         sealer: state.sealer.as_ref(),
-        clock: state.service.clock(),
+        clock: service.clock(),
     };
-    match store
+    let lease = match store
         .claim(&actor.tenant, &key, &request_hash(route, body))
         .await?
     {
-        Claim::Replay(first) => Ok((StatusCode::CREATED, Json(first)).into_response()),
-        Claim::Owned(lease) => {
-            // The claim's lease is renewed while `run` runs, and stopped
-            // before the claim is settled.
-            let outcome = run.await;
-            let owner = lease.into_owner();
-            match outcome {
-                Ok(view) => {
-                    let value =
-                        serde_json::to_value(&view).map_err(|e| Error::Internal(e.to_string()))?;
-                    let settled = store
-                        .complete(&actor.tenant, &key, &owner, value.clone())
-                        .await?;
-                    if settled == Settled::Lost {
-                        // Taken over after this request stalled past its lease:
-                        // the new owner's answer is what retries get. This key
-                        // was issued all the same, and this response is the
-                        // only place its raw key exists, so it still goes to
-                        // this client.
-                        tracing::warn!(
-                            tenant = %actor.tenant,
-                            "idempotency claim lost while the request ran; its answer was not stored"
-                        );
-                    }
-                    Ok((StatusCode::CREATED, Json(value)).into_response())
-                }
-                Err(e) => {
-                    // Only our own claim is given up; a failure releasing it
-                    // just leaves it to lapse with its lease.
-                    if let Err(re) = store.release(&actor.tenant, &key, &owner).await {
-                        tracing::warn!(error = %re, "could not release an idempotency claim; it lapses by itself");
-                    }
-                    Err(e)
-                }
+        Claim::Replay(first) => return Ok((StatusCode::CREATED, Json(first)).into_response()),
+        Claim::Owned(lease) => lease,
+        Claim::Unsettled {
+            lease,
+            recorded,
+            proof,
+        } => {
+            let proof: Proof = serde_json::from_value(proof)
+                .map_err(|e| Error::Internal(format!("stored proof unreadable: {e}")))?;
+            // Dropping the lease on an error leaves the claim to lapse again:
+            // the next retry settles it.
+            if service.settle(actor, &proof).await? {
+                let owner = lease.into_owner();
+                store
+                    .complete(&actor.tenant, &key, &owner, recorded.clone())
+                    .await?;
+                return Ok((StatusCode::CREATED, Json(recorded)).into_response());
             }
+            lease
         }
+    };
+    let owner = lease.owner().to_string();
+    let issue = match prepare.await {
+        Ok(issue) => issue,
+        Err(e) => return Err(give_up(&store, actor, &key, lease, e).await),
+    };
+    let proof = serde_json::to_value(issue.proof()).map_err(|e| Error::Internal(e.to_string()))?;
+    let answer = to_json(&issue.answer(service.clock().now()))?;
+    match store
+        .record(&actor.tenant, &key, &owner, answer.clone(), &proof)
+        .await
+    {
+        Ok(Settled::Done) => {}
+        // Taken over already (this request stalled past its lease): nothing
+        // is written, the new owner runs it.
+        Ok(Settled::Lost) => return Err(Error::Conflict),
+        Err(e) => return Err(give_up(&store, actor, &key, lease, e).await),
+    }
+    let proof = issue.proof();
+    let outcome = issue.commit(service, actor).await;
+    let outcome = match outcome {
+        Err(e) if e.outcome_unknown() => match service.settle(actor, &proof).await {
+            // Committed: the recorded answer is the answer.
+            Ok(true) => Ok(None),
+            Ok(false) => Err(e),
+            Err(unknown) => {
+                // The store cannot say: the claim keeps the recorded answer
+                // for the retry that takes it over.
+                drop(lease);
+                tracing::warn!(error = %unknown, "a create's outcome is unknown; its claim keeps its recorded answer");
+                return Err(e);
+            }
+        },
+        other => other.map(Some),
+    };
+    match outcome {
+        Ok(issued) => {
+            let value = match issued {
+                Some(issued) => to_json(&created_view(issued, service.clock().now()))?,
+                None => answer,
+            };
+            let owner = lease.into_owner();
+            let settled = store
+                .complete(&actor.tenant, &key, &owner, value.clone())
+                .await;
+            match settled {
+                Ok(Settled::Done) => {}
+                // Taken over after this request stalled past its lease: the new
+                // owner settles it from the recorded answer and proof. This
+                // key was issued all the same, and this response carries it.
+                Ok(Settled::Lost) => tracing::warn!(
+                    tenant = %actor.tenant,
+                    "idempotency claim lost while the request ran; its answer was not stored"
+                ),
+                // The recorded answer stays with the claim; a retry after the
+                // lease settles it from the proof.
+                Err(e) => tracing::warn!(error = %e, "could not complete an idempotency claim"),
+            }
+            Ok((StatusCode::CREATED, Json(value)).into_response())
+        }
+        Err(e) => Err(give_up(&store, actor, &key, lease, e).await),
     }
 }
 
+/// Gives up the claim of a request that failed and wrote nothing, so its
+/// retry runs again (only our own claim; a failure releasing it just leaves
+/// it to lapse with its lease). Returns the request's error.
+async fn give_up(
+    store: &Idempotency<'_>,
+    actor: &Actor,
+    key: &str,
+    lease: crate::idempotency::Lease,
+    error: Error,
+) -> Error {
+    let owner = lease.into_owner();
+    if let Err(re) = store.release(&actor.tenant, key, &owner).await {
+        tracing::warn!(error = %re, "could not release an idempotency claim; it lapses by itself");
+    }
+    error
+}
+
+fn to_json(view: &KeyCreatedView) -> Result<Value, Error> {
+    serde_json::to_value(view).map_err(|e| Error::Internal(e.to_string()))
+}
+
+fn created(view: KeyCreatedView) -> Response {
+    (StatusCode::CREATED, Json(view)).into_response()
+}
+
 /// GET /v1/keys
-#[utoipa::path(get, path = "/v1/keys", tag = "keys", params(ListParams),
+#[utoipa::path(get, path = "/v1/keys", tag = "keys", operation_id = "listKeys", params(ListParams),
     responses((status = 200, body = KeyList), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list(
@@ -335,7 +460,7 @@ pub async fn list(
 }
 
 /// GET /v1/keys/{id}
-#[utoipa::path(get, path = "/v1/keys/{id}", tag = "keys",
+#[utoipa::path(get, path = "/v1/keys/{id}", tag = "keys", operation_id = "getKey",
     params(("id" = String, Path, description = "key id, or its display prefix when unique")),
     responses((status = 200, body = KeyView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -349,7 +474,7 @@ pub async fn get(
 }
 
 /// PATCH /v1/keys/{id}
-#[utoipa::path(patch, path = "/v1/keys/{id}", tag = "keys", request_body = UpdateKeyRequest,
+#[utoipa::path(patch, path = "/v1/keys/{id}", tag = "keys", operation_id = "updateKey", request_body = UpdateKeyRequest,
     params(("id" = String, Path, description = "key id")),
     responses((status = 200, body = KeyView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 408, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
@@ -378,7 +503,7 @@ pub async fn update(
 }
 
 /// POST /v1/keys/{id}/deactivate
-#[utoipa::path(post, path = "/v1/keys/{id}/deactivate", tag = "keys", request_body(content = DeactivateRequest, description = "optional"),
+#[utoipa::path(post, path = "/v1/keys/{id}/deactivate", tag = "keys", operation_id = "deactivateKey", request_body(content = DeactivateRequest, description = "optional"),
     params(("id" = String, Path, description = "key id")),
     responses((status = 200, body = KeyView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 408, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
@@ -394,7 +519,7 @@ pub async fn deactivate(
 }
 
 /// POST /v1/keys/{id}/reactivate
-#[utoipa::path(post, path = "/v1/keys/{id}/reactivate", tag = "keys",
+#[utoipa::path(post, path = "/v1/keys/{id}/reactivate", tag = "keys", operation_id = "reactivateKey",
     params(("id" = String, Path, description = "key id")),
     responses((status = 200, body = KeyView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 408, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
@@ -410,7 +535,7 @@ pub async fn reactivate(
 }
 
 /// DELETE /v1/keys/{id}
-#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys",
+#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys", operation_id = "deleteKey",
     params(("id" = String, Path, description = "key id")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)),
@@ -425,7 +550,7 @@ pub async fn delete(
 }
 
 /// POST /v1/keys/{id}/rotate
-#[utoipa::path(post, path = "/v1/keys/{id}/rotate", tag = "keys", request_body(content = RotateRequest, description = "optional"),
+#[utoipa::path(post, path = "/v1/keys/{id}/rotate", tag = "keys", operation_id = "rotateKey", request_body(content = RotateRequest, description = "optional"),
     params(("id" = String, Path, description = "key id"),
         ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "a retry with the same key and body returns the first response for 24 h")),
     responses((status = 201, body = KeyCreatedView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -449,10 +574,11 @@ pub async fn rotate(
     let run_actor = actor.clone();
     let route = format!("POST /v1/keys/{id}/rotate");
     idempotent(&state, &actor, idem, &route, &raw, async move {
-        let issued = service
-            .rotate(&run_actor, &id, chrono::Duration::seconds(grace))
-            .await?;
-        Ok(created_view(issued, service.clock().now()))
+        Ok(Issue::Rotate(
+            service
+                .prepare_rotation(&run_actor, &id, chrono::Duration::seconds(grace))
+                .await?,
+        ))
     })
     .await
 }

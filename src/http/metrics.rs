@@ -22,7 +22,7 @@ use crate::metrics::{INDEX_KEYS, PROJECTION_LAG};
 pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4";
 
 /// GET /metrics
-#[utoipa::path(get, path = "/metrics", tag = "health",
+#[utoipa::path(get, path = "/metrics", tag = "health", operation_id = "metrics",
     responses((status = 200, description = "Prometheus text exposition format (version 0.0.4)",
         body = String, content_type = "text/plain")))]
 pub async fn render(State(state): State<AppState>) -> Response {

@@ -49,8 +49,10 @@ pub struct SharedState {
     pub store: Arc<EventStore>,
     pub max_body_bytes: usize,
     pub body_read_timeout: std::time::Duration,
-    /// Failed verifications per client address.
+    /// Guesses (malformed or unknown keys) per client address.
     pub failures: Arc<limit::FailureLimiter>,
+    /// Proxies whose forwarding headers name the client (`extract::ClientAddr`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Seals raw keys kept for idempotent replays.
     pub sealer: Arc<crate::idempotency::Sealer>,
     /// Renders the process-wide Prometheus recorder (`GET /metrics`).

@@ -13,7 +13,7 @@ use crate::http::{audit, error, health, keys, metrics, proxy_auth, verify};
     paths(
         keys::create, keys::list, keys::get, keys::update, keys::deactivate,
         keys::reactivate, keys::delete, keys::rotate, verify::verify, proxy_auth::auth, audit::list, audit::key_events,
-        health::live, health::ready, metrics::render
+        health::live, health::ready, metrics::render, document
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     modifiers(&BearerAuth, &OptionalBodies),
@@ -63,6 +63,9 @@ impl Modify for OptionalBodies {
 }
 
 /// GET /openapi.json
+#[utoipa::path(get, path = "/openapi.json", tag = "health", operation_id = "openapi",
+    responses((status = 200, description = "This OpenAPI 3 document", body = Object,
+        content_type = "application/json")))]
 pub async fn document() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
@@ -76,6 +79,73 @@ mod tests {
         let item = doc.paths.paths.get(path)?;
         let op = item.post.as_ref().or(item.patch.as_ref())?;
         op.request_body.as_ref()?.required.clone()
+    }
+
+    /// Every operation of the document, as (method, path, operationId).
+    fn operations() -> Vec<(String, String, Option<String>)> {
+        let doc = serde_json::to_value(ApiDoc::openapi()).expect("document");
+        let mut ops = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                if !matches!(
+                    method.as_str(),
+                    "get" | "put" | "post" | "delete" | "options" | "head" | "patch" | "trace"
+                ) {
+                    continue;
+                }
+                let id = op["operationId"].as_str().map(str::to_owned);
+                ops.push((method.clone(), path.clone(), id));
+            }
+        }
+        ops
+    }
+
+    #[test]
+    fn every_operation_has_a_unique_operation_id() {
+        let ops = operations();
+        assert!(ops.len() >= 15, "{ops:?}");
+        let mut seen = std::collections::BTreeMap::new();
+        for (method, path, id) in &ops {
+            let id = id
+                .as_deref()
+                .unwrap_or_else(|| panic!("{method} {path} has no operationId"));
+            assert!(!id.is_empty(), "{method} {path}: empty operationId");
+            if let Some(first) = seen.insert(id, format!("{method} {path}")) {
+                panic!("operationId {id:?} of {method} {path} is also that of {first}");
+            }
+        }
+    }
+
+    /// Clients generate method names from these: they are part of the interface.
+    #[test]
+    fn operation_ids_are_the_stable_names() {
+        let ops = operations();
+        let id = |method: &str, path: &str| {
+            ops.iter()
+                .find(|(m, p, _)| m == method && p == path)
+                .and_then(|(_, _, id)| id.clone())
+                .unwrap_or_else(|| panic!("{method} {path} missing"))
+        };
+        for (method, path, want) in [
+            ("post", "/v1/keys", "createKey"),
+            ("get", "/v1/keys", "listKeys"),
+            ("get", "/v1/keys/{id}", "getKey"),
+            ("patch", "/v1/keys/{id}", "updateKey"),
+            ("delete", "/v1/keys/{id}", "deleteKey"),
+            ("post", "/v1/keys/{id}/deactivate", "deactivateKey"),
+            ("post", "/v1/keys/{id}/reactivate", "reactivateKey"),
+            ("post", "/v1/keys/{id}/rotate", "rotateKey"),
+            ("get", "/v1/keys/{id}/events", "listKeyEvents"),
+            ("post", "/v1/keys/verify", "verifyKey"),
+            ("get", "/v1/auth", "authorize"),
+            ("get", "/v1/audit", "listAuditEvents"),
+            ("get", "/healthz", "health"),
+            ("get", "/readyz", "ready"),
+            ("get", "/metrics", "metrics"),
+            ("get", "/openapi.json", "openapi"),
+        ] {
+            assert_eq!(id(method, path), want, "{method} {path}");
+        }
     }
 
     #[test]

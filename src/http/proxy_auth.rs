@@ -64,7 +64,7 @@ fn identity_value(s: &str) -> HeaderValue {
 }
 
 /// GET /v1/auth
-#[utoipa::path(get, path = "/v1/auth", tag = "verification",
+#[utoipa::path(get, path = "/v1/auth", tag = "verification", operation_id = "authorize",
     params(
         ("X-Api-Key" = Option<String>, Header, description = "the API key (or Authorization: Bearer <key>)"),
         ("X-Required-Permissions" = Option<String>, Header, description = "comma-separated permissions that must all be granted"),
@@ -73,7 +73,7 @@ fn identity_value(s: &str) -> HeaderValue {
         (status = 204, description = "valid; X-Key-Id, X-Key-Tenant and X-Key-Permissions set"),
         (status = 401, body = ErrorBody, description = "missing, unknown, disabled or expired key"),
         (status = 403, body = ErrorBody, description = "a required permission is missing"),
-        (status = 429, body = ErrorBody, description = "too many failed verifications from this address"),
+        (status = 429, body = ErrorBody, description = "an unknown key from an address that sent too many unknown keys this minute"),
     ))]
 pub async fn auth(
     State(state): State<AppState>,
@@ -81,10 +81,6 @@ pub async fn auth(
     headers: HeaderMap,
 ) -> Response {
     let at = state.service.clock().now();
-    let now = at.timestamp();
-    if client.is_some_and(|ip| state.failures.blocked(ip, now)) {
-        return crate::error::Error::RateLimited.into_response();
-    }
     let Some(key) = presented_key(&headers) else {
         return refusal(
             StatusCode::UNAUTHORIZED,
@@ -121,11 +117,15 @@ pub async fn auth(
         };
         (answer.code, identity)
     });
+    // Only a malformed or unknown key is a guess, counted and, once its address
+    // used up its guesses, refused; a key that exists always gets its answer.
+    if verdict == VerificationCode::NotFound
+        && client.is_some_and(|ip| state.failures.refuse_guess(ip, at.timestamp()))
+    {
+        return crate::error::Error::RateLimited.into_response();
+    }
     let code = code_name(verdict);
     crate::metrics::verification(verdict);
-    if let (true, Some(ip)) = (identity.is_none(), client) {
-        state.failures.record_failure(ip, now);
-    }
     match (verdict, identity) {
         (_, Some([id, tenant, permissions])) => {
             let mut response = StatusCode::NO_CONTENT.into_response();

@@ -128,7 +128,7 @@ pub fn code_name(code: VerificationCode) -> &'static str {
 }
 
 /// POST /v1/keys/verify
-#[utoipa::path(post, path = "/v1/keys/verify", tag = "verification", request_body = VerifyBody,
+#[utoipa::path(post, path = "/v1/keys/verify", tag = "verification", operation_id = "verifyKey", request_body = VerifyBody,
     responses((status = 200, body = VerificationView), (status = 400, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn verify(
@@ -137,10 +137,6 @@ pub async fn verify(
     ApiJson(body): ApiJson<VerifyBody>,
 ) -> Result<Response, Error> {
     let at = state.service.clock().now();
-    let now = at.timestamp();
-    if client.is_some_and(|ip| state.failures.blocked(ip, now)) {
-        return Err(Error::RateLimited);
-    }
     let environment = body
         .environment
         .as_deref()
@@ -169,11 +165,15 @@ pub async fn verify(
         let mut body = Vec::with_capacity(512);
         (answer.code, view.write_json(&mut body).map(|()| body))
     });
+    // Only a malformed or unknown key is a guess, counted and, once its address
+    // used up its guesses, refused; a key that exists always gets its answer.
+    if code == VerificationCode::NotFound
+        && client.is_some_and(|ip| state.failures.refuse_guess(ip, at.timestamp()))
+    {
+        return Err(Error::RateLimited);
+    }
     let body = body.map_err(|e| Error::Internal(format!("verification answer: {e}")))?;
     crate::metrics::verification(code);
-    if let (false, Some(ip)) = (code == VerificationCode::Valid, client) {
-        state.failures.record_failure(ip, now);
-    }
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 

@@ -117,7 +117,18 @@ impl EventStore {
             Self::Kurrent(s) => s.events.commit(events, context, metadata).await,
         }
         .map_err(map_aggregate_error)?;
-        self.sequence_pending().await
+        // Committed: from here on nothing may report the command as failed.
+        // Numbering is done by whichever node polls next if it fails here.
+        self.sequence_after_commit().await;
+        Ok(())
+    }
+
+    /// Numbers what was just committed; a failure is logged, not returned,
+    /// because the events are durable and every node's poll numbers them.
+    async fn sequence_after_commit(&self) {
+        if let Err(e) = self.sequence_pending().await {
+            tracing::warn!(error = %e, "committed, but numbering failed; the next poll numbers it");
+        }
     }
 
     /// Whether creates go through group commit (`execute_new`): the SQL
@@ -172,14 +183,25 @@ impl EventStore {
         } else {
             self.append_new(items).await
         };
+        // A refusal (a conflict) wrote nothing; a failure around the commit
+        // (the store or connection gone) may have written the whole batch.
+        let ambiguous = matches!(&shared, Err(e) if e.outcome_unknown());
         let mut results = Vec::with_capacity(items.len());
         for item in items {
             results.push(match &shared {
                 Ok(_) => Ok(()),
                 Err(_) => {
                     let c = &item.command;
-                    self.execute(&c.key_id, c.command.clone(), c.metadata.clone())
+                    match self
+                        .execute(&c.key_id, c.command.clone(), c.metadata.clone())
                         .await
+                    {
+                        // The id is fresh: if it exists after an append
+                        // whose outcome was unknown, that append did commit
+                        // (its answer was lost), so this create is done.
+                        Err(Error::Domain(DomainError::AlreadyExists)) if ambiguous => Ok(()),
+                        other => other,
+                    }
                 }
             });
         }
@@ -220,7 +242,17 @@ impl EventStore {
             Self::Kurrent(s) => s.repository().persist::<ApiKey>(&events(), None).await,
         }
         .map_err(persistence_error)?;
-        Ok((self.head().await?, None))
+        // Committed: a head that cannot be read now must not make the batch
+        // count as failed (its creates would run again, and be refused as
+        // existing). Position 0 makes the caller catch up to whatever is there.
+        let head = match self.head().await {
+            Ok(head) => head,
+            Err(e) => {
+                tracing::warn!(error = %e, "batch committed, but its position could not be read");
+                0
+            }
+        };
+        Ok((head, None))
     }
 
     /// Gives committed events their global positions. SQLite numbers them at
@@ -230,6 +262,17 @@ impl EventStore {
             Self::Postgres(s) => postgres::sequence_pending(&s.pool).await.map(|_| ()),
             _ => Ok(()),
         }
+    }
+
+    /// Whether a key has any event: its create was committed.
+    pub async fn exists(&self, key_id: &str) -> Result<bool, Error> {
+        let first = match self {
+            Self::Sqlite(s) => feed::event_at_sqlite(&s.pool, ApiKey::TYPE, key_id, 1).await?,
+            Self::Postgres(s) => feed::event_at_postgres(&s.pool, ApiKey::TYPE, key_id, 1).await?,
+            #[cfg(feature = "kurrentdb")]
+            Self::Kurrent(s) => s.event_at(ApiKey::TYPE, key_id, 1).await?,
+        };
+        Ok(first.is_some())
     }
 
     /// The chain hash of event `sequence` of a stream (`GENESIS` before the first).
@@ -305,7 +348,8 @@ impl EventStore {
             Self::Kurrent(_) => Ok(()),
         }
         .map_err(persistence_error)?;
-        self.sequence_pending().await
+        self.sequence_after_commit().await;
+        Ok(())
     }
 
     /// Appends one usage event to the key's usage stream (never loads its history).
@@ -353,7 +397,8 @@ impl EventStore {
             }
         }
         .map_err(persistence_error)?;
-        self.sequence_pending().await
+        self.sequence_after_commit().await;
+        Ok(())
     }
 
     async fn last_sequence(
@@ -441,6 +486,33 @@ pub struct PreparedCreate {
     pub command: NewKeyCommand,
     event: SerializedEvent,
     rows: Option<numbered_append::Rows>,
+}
+
+impl PreparedCreate {
+    /// The key as the key list will hold it once this create is committed,
+    /// by the key list's own rule over the event about to be written (its
+    /// position is not known yet: 0). What a create answers when its commit
+    /// is known but the node's projections cannot show it yet.
+    pub fn view(&self) -> Result<keyledger_projections::key_list::KeyRow, Error> {
+        let e = &self.event;
+        let recorded = keyledger_projections::RecordedEvent::decode(RawEvent {
+            position: 0,
+            aggregate_type: e.aggregate_type.clone(),
+            aggregate_id: e.aggregate_id.clone(),
+            sequence: 1,
+            event_type: e.event_type.clone(),
+            event_version: e.event_version.clone(),
+            payload: e.payload.clone(),
+            metadata: e.metadata.clone(),
+        })?
+        .ok_or_else(|| Error::Internal("a create's event is not a key event".into()))?;
+        match &recorded.event {
+            keyledger_projections::KeyledgerEvent::Key(ApiKeyEvent::KeyCreated(c)) => {
+                Ok(keyledger_projections::replay::created_row(&recorded, c))
+            }
+            _ => Err(Error::Internal("a create's event is not KeyCreated".into())),
+        }
+    }
 }
 
 /// A command on a key id that has no events yet.

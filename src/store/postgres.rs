@@ -12,7 +12,7 @@ use keyledger_domain::ApiKey;
 use postgres_es::PostgresEventRepository;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgListener, PgPoolOptions};
-use sqlx::{PgPool, Postgres};
+use sqlx::{PgConnection, PgPool, Postgres};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -22,8 +22,166 @@ use crate::store::numbered_append;
 use crate::store::readable::Readable;
 use crate::tailer::Tailer;
 
-/// Migrations of the PostgreSQL store, embedded in the binary.
+/// Migrations of the PostgreSQL store, embedded in the binary. Run them with
+/// [`migrate`], never directly: it repairs what older releases recorded first.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Migrations whose file was edited after a release had applied it, each with
+/// the SHA-384 of the edited bytes (what sqlx records in
+/// `_sqlx_migrations.checksum`). The files hold their released text again.
+///
+/// 0009 (`0009_notify_position.sql`) was released by e302a9a and its comment
+/// reworded by 840c0b9; sqlx checksums the whole file, so after that edit a
+/// database migrated by e302a9a's text refused to start ("migration 9 was
+/// previously applied but has been modified"). The released text is back, so
+/// those databases start again; databases created from 840c0b9 on recorded the
+/// edited text's checksum, which [`repair_checksums`] rewrites to the released
+/// one. Only the comment differed: the function both texts create is the same.
+/// A binary of 840c0b9 up to this fix refuses a database repaired this way (its
+/// file is the edited one): roll back past this fix only after setting the
+/// checksum back. `migrations/checksums` (tests/stores/upgrade.rs) now fails
+/// the tests when any released migration file changes.
+const EDITED_AFTER_RELEASE: &[(i64, &str)] = &[(
+    9,
+    "71e06f1ad778b162d44aff5aff054bad67caddc091778d0b61678d81b9731fe0\
+     12b18160a25a54bb4aad0ee1bf8257af",
+)];
+
+/// keyledger's advisory lock id for "migrating" (7305425 is appending).
+const MIGRATE_LOCK: i64 = 7_305_426;
+
+/// Applies the migrations: every PostgreSQL database keyledger opens (event
+/// store, or KurrentDB's projections) is migrated here and nowhere else. The
+/// repairs before and after the migrator run under a lock of their own, on the
+/// migrator's connection, so nodes starting together take turns.
+pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
+    let mut conn = pool.acquire().await.map_err(store_error)?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(MIGRATE_LOCK)
+        .execute(&mut *conn)
+        .await
+        .map_err(store_error)?;
+    let migrated = migrate_locked(&mut conn).await;
+    // A connection that failed ends its session, which lets go of the lock.
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(MIGRATE_LOCK)
+        .execute(&mut *conn)
+        .await;
+    migrated
+}
+
+async fn migrate_locked(conn: &mut PgConnection) -> Result<(), Error> {
+    repair_checksums(conn).await?;
+    let relaxed = let_0006_fill_append_seq(conn).await?;
+    let ran = MIGRATOR
+        .run(&mut *conn)
+        .await
+        .map_err(|e| Error::Internal(format!("postgres migrations: {e}")));
+    if relaxed {
+        // Whether or not 0006 went through: 0001's function again.
+        sqlx::raw_sql(REFUSE_CHANGE_0001)
+            .execute(&mut *conn)
+            .await
+            .map_err(store_error)?;
+    }
+    ran
+}
+
+/// Rewrites the recorded checksum of each migration in [`EDITED_AFTER_RELEASE`]
+/// from its edited text's to the embedded (released) text's, and only where it
+/// is exactly the edited one: any other mismatch is still the migrator's error.
+/// A fresh database (no `_sqlx_migrations` yet) has nothing to repair.
+async fn repair_checksums(conn: &mut PgConnection) -> Result<(), Error> {
+    if !has_migrations_table(conn).await? {
+        return Ok(());
+    }
+    for (version, edited) in EDITED_AFTER_RELEASE {
+        let released = MIGRATOR
+            .iter()
+            .find(|m| m.version == *version)
+            .map(|m| m.checksum.to_vec())
+            .ok_or_else(|| Error::Internal(format!("migration {version} is not embedded")))?;
+        let edited = hex::decode(edited)
+            .map_err(|e| Error::Internal(format!("checksum of migration {version}: {e}")))?;
+        let repaired = sqlx::query(
+            "UPDATE _sqlx_migrations SET checksum = $1 WHERE version = $2 AND checksum = $3",
+        )
+        .bind(&released)
+        .bind(version)
+        .bind(&edited)
+        .execute(&mut *conn)
+        .await
+        .map_err(store_error)?
+        .rows_affected();
+        if repaired > 0 {
+            tracing::info!(
+                version,
+                "migration {version} was recorded with the checksum of a text edited after \
+                 its release; recorded the released text's checksum instead"
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn has_migrations_table(conn: &mut PgConnection) -> Result<bool, Error> {
+    sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(store_error)
+}
+
+/// 0001's `events_refuse_change()`, byte for byte.
+const REFUSE_CHANGE_0001: &str = "\
+CREATE OR REPLACE FUNCTION events_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'events are append-only: % refused', TG_OP;
+END;
+$$;";
+
+/// 0001's function, also accepting the one UPDATE 0006 makes of every row
+/// (`SET append_seq = global_position` on its new, empty column) and nothing
+/// else: no row has that column before 0006, and none has it empty after.
+const REFUSE_CHANGE_BUT_0006: &str = "\
+CREATE OR REPLACE FUNCTION events_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE'
+       AND to_jsonb(OLD) ->> 'append_seq' IS NULL
+       AND (to_jsonb(NEW) ->> 'append_seq')::bigint = OLD.global_position
+       AND to_jsonb(NEW) - 'append_seq' = to_jsonb(OLD) - 'append_seq' THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'events are append-only: % refused', TG_OP;
+END;
+$$;";
+
+/// Migration 0006 fills its new `append_seq` column with an UPDATE of every
+/// event while 0001's trigger still refuses every UPDATE of `events` (0006
+/// replaces that trigger only further down), so on a database of the first
+/// release (0001-0005) holding any event it failed with "events are
+/// append-only: UPDATE refused" and such a database could not start (0006
+/// went out in 46effe8; it worked on empty databases only). 0006 is released
+/// and stays as it is: when it is still to run, 0001's function lets exactly
+/// that UPDATE through until the migrator is done. Returns whether it did.
+async fn let_0006_fill_append_seq(conn: &mut PgConnection) -> Result<bool, Error> {
+    if !has_migrations_table(conn).await? {
+        return Ok(false);
+    }
+    let pending: bool = sqlx::query_scalar(
+        "SELECT NOT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = 6) \
+            AND to_regprocedure('events_refuse_change()') IS NOT NULL",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(store_error)?;
+    if pending {
+        sqlx::raw_sql(REFUSE_CHANGE_BUT_0006)
+            .execute(&mut *conn)
+            .await
+            .map_err(store_error)?;
+    }
+    Ok(pending)
+}
 
 /// Channel the events trigger notifies.
 pub const NOTIFY_CHANNEL: &str = "keyledger_events";
@@ -57,10 +215,7 @@ impl PostgresStore {
             .connect(url)
             .await
             .map_err(store_error)?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(|e| Error::Internal(format!("postgres migrations: {e}")))?;
+        migrate(&pool).await?;
         // Never a snapshot store: cqrs-es 0.5 snapshots apply events twice.
         let events = PersistedEventStore::new_event_store(Readable::new(
             PostgresEventRepository::new(pool.clone()),
@@ -166,5 +321,34 @@ pub async fn listen(pool: PgPool, tailer: Arc<Tailer>, stop: CancellationToken) 
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest, Sha384};
+
+    use super::{EDITED_AFTER_RELEASE, MIGRATOR};
+
+    /// The embedded 0009 is the text e302a9a released, and the repair names
+    /// the checksum of 840c0b9's edit (kept in tests/fixtures/migrations).
+    #[test]
+    fn the_repair_turns_the_edited_0009_checksum_into_the_released_one() {
+        let released = MIGRATOR
+            .iter()
+            .find(|m| m.version == 9)
+            .expect("migration 9");
+        assert_eq!(
+            hex::encode(&*released.checksum),
+            "0ce0b7bcdd81dc234214f3eedd5b20f21a6e69758094349b0bdd72945e1700d8\
+             cc9764293a8c9d7a14f45b49c76243ce",
+            "migrations/postgres/0009_notify_position.sql is not the text e302a9a released"
+        );
+        let edited =
+            include_bytes!("../../tests/fixtures/migrations/postgres-0009-edited-840c0b9.sql");
+        assert_eq!(
+            EDITED_AFTER_RELEASE,
+            &[(9, hex::encode(Sha384::digest(edited)).as_str())]
+        );
     }
 }

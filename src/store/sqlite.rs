@@ -25,6 +25,8 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if missing) the database file and applies migrations.
     pub async fn open(path: &Path) -> Result<Self, Error> {
+        create_private(path)?;
+        warn_if_shared(path);
         let url = format!("sqlite://{}", path.display());
         let options = SqliteConnectOptions::from_str(&url)
             .map_err(|e| Error::Config(format!("sqlite path {}: {e}", path.display())))?
@@ -58,5 +60,122 @@ impl SqliteStore {
 
     pub(crate) fn repository(&self) -> SqliteEventRepository {
         SqliteEventRepository::new(self.pool.clone())
+    }
+}
+
+/// Mode of the database file: it holds every key's hash, tenant and metadata.
+#[cfg(unix)]
+const PRIVATE_FILE: u32 = 0o600;
+
+/// Creates the database file empty (a valid empty SQLite database) with mode
+/// 0600 when it is missing, before SQLite opens it: SQLite would create it
+/// 0644 (less the umask), and it gives the `-wal` and `-shm` files it creates
+/// later the main file's mode, so all three are 0600. The mode is set
+/// explicitly, whatever the umask. An existing file keeps its mode (see
+/// [`warn_if_shared`]).
+fn create_private(path: &Path) -> Result<(), Error> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(PRIVATE_FILE);
+    }
+    match options.open(path) {
+        Ok(file) => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                file.set_permissions(std::fs::Permissions::from_mode(PRIVATE_FILE))
+                    .map_err(|e| {
+                        Error::Config(format!("cannot set the mode of {}: {e}", path.display()))
+                    })?;
+            }
+            drop(file);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::Config(format!(
+            "cannot create {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Warns (without changing anything) when the database file, its `-wal` or
+/// `-shm` file, or the directory holding them may be read or written by the
+/// group or others: files created by a release before 0600/0700, or modes set
+/// by hand.
+fn warn_if_shared(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mut paths = vec![path.to_path_buf()];
+        for suffix in ["-wal", "-shm"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            paths.push(name.into());
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            paths.push(dir.to_path_buf());
+        }
+        for p in paths {
+            let Ok(meta) = std::fs::metadata(&p) else {
+                continue;
+            };
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                let (what, fix) = if meta.is_dir() {
+                    ("data directory", "chmod 700")
+                } else {
+                    ("database file", "chmod 600")
+                };
+                tracing::warn!(
+                    path = %p.display(),
+                    mode = %format!("{mode:04o}"),
+                    "{what} is accessible to group or others; `{fix} {}` to keep the key \
+                     data private",
+                    p.display()
+                );
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::SqliteStore;
+
+    fn mode(path: &std::path::Path) -> String {
+        let mode = std::fs::metadata(path)
+            .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+            .permissions()
+            .mode();
+        format!("{:04o}", mode & 0o777)
+    }
+
+    /// Any file this store opens (`keyledger.db`, and KurrentDB's
+    /// `kurrent-projections.db`) is 0600 with its -wal and -shm files,
+    /// created and reopened.
+    #[tokio::test]
+    async fn a_new_database_and_its_wal_and_shm_files_are_0600() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kurrent-projections.db");
+        for _ in 0..2 {
+            let store = SqliteStore::open(&path).await.expect("open");
+            sqlx::query("SELECT COUNT(*) FROM events")
+                .execute(&store.pool)
+                .await
+                .expect("read");
+            for suffix in ["", "-wal", "-shm"] {
+                let file = dir.path().join(format!("kurrent-projections.db{suffix}"));
+                assert_eq!(mode(&file), "0600", "{}", file.display());
+            }
+            store.pool.close().await;
+        }
     }
 }

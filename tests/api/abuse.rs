@@ -1,6 +1,7 @@
 //! Abuse: a cap on keys per tenant (creates and rotations alike), a per-address
-//! limit on failed verifications, a deadline for request bodies, and tokens from
-//! the future.
+//! limit on guessed (malformed or unknown) keys that never refuses a key that
+//! exists, client addresses behind trusted proxies, a deadline for request
+//! bodies, and tokens from the future.
 
 use std::time::Duration;
 
@@ -15,6 +16,9 @@ backend_tests!(
     a_tenant_at_its_key_cap_gets_a_clear_422,
     at_the_cap_concurrent_creates_and_rotations_are_all_refused,
     an_address_guessing_keys_is_refused_with_429_until_the_minute_ends,
+    keys_that_exist_get_their_answer_whatever_their_address_guessed,
+    known_keys_that_are_not_valid_never_count_as_guesses,
+    forwarding_headers_name_the_client_only_from_a_trusted_proxy,
     a_request_body_that_never_arrives_times_out_with_408,
     a_token_issued_in_the_future_is_refused,
 );
@@ -137,22 +141,286 @@ async fn an_address_guessing_keys_is_refused_with_429_until_the_minute_ends(back
     let r = app.verify(json!({"key": "kl_live_guess5"})).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(r.code(), "rate_limited");
-    // Blocked means blocked: even a real key is not looked up from this address.
-    let r = app.verify(json!({"key": key})).await;
-    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
-    let proxy = app
-        .client
-        .get(app.url("/v1/auth"))
-        .header("X-Api-Key", &key)
-        .send()
-        .await
-        .expect("request");
+    let proxy = auth(&app, "not-a-key-at-all", None).await;
     assert_eq!(proxy.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(proxy.headers()["retry-after"], "60");
+    // Only guesses are refused: the real key is looked up and answered.
+    assert_eq!(app.verify_code(&key).await, "VALID");
+    assert_eq!(
+        auth(&app, &key, None).await.status(),
+        StatusCode::NO_CONTENT
+    );
     // Management is not affected.
     assert_eq!(app.get("/v1/keys").await.status, StatusCode::OK);
     app.clock.advance(chrono::Duration::seconds(61));
-    assert_eq!(app.verify_code(&key).await, "VALID");
+    assert_eq!(app.verify_code("kl_live_guess6").await, "NOT_FOUND");
+    app.stop().await;
+}
+
+/// `GET /v1/auth` with this key (and required permissions), as nginx asks it.
+async fn auth(app: &TestApp, key: &str, permissions: Option<&str>) -> reqwest::Response {
+    let mut request = app.client.get(app.url("/v1/auth")).header("X-Api-Key", key);
+    if let Some(p) = permissions {
+        request = request.header("X-Required-Permissions", p);
+    }
+    request.send().await.expect("request")
+}
+
+/// Keys that exist but do not verify: (key, verification body, code, /v1/auth
+/// status and its required permissions), one per way a key can fail.
+async fn known_invalid_keys(
+    app: &TestApp,
+) -> Vec<(
+    String,
+    serde_json::Value,
+    &'static str,
+    StatusCode,
+    Option<&'static str>,
+)> {
+    let (disabled_id, disabled) = app.create_key("disabled").await;
+    let r = app
+        .post(
+            &format!("/v1/keys/{disabled_id}/deactivate"),
+            json!({"reason": "revoked"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let r = app
+        .post("/v1/keys", json!({"name": "expiring", "expires_at": soon}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let expiring = r.body["key"].as_str().expect("key").to_string();
+    app.clock.advance(chrono::Duration::seconds(3));
+    let r = app
+        .post(
+            "/v1/keys",
+            json!({"name": "testing", "environment": "test"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let test_env = r.body["key"].as_str().expect("key").to_string();
+    let (_, reader) = app.create_key("reader").await;
+    vec![
+        (
+            disabled.clone(),
+            json!({"key": disabled}),
+            "DISABLED",
+            StatusCode::UNAUTHORIZED,
+            None,
+        ),
+        (
+            expiring.clone(),
+            json!({"key": expiring}),
+            "EXPIRED",
+            StatusCode::UNAUTHORIZED,
+            None,
+        ),
+        (
+            test_env.clone(),
+            json!({"key": test_env, "environment": "live"}),
+            "WRONG_ENVIRONMENT",
+            // /v1/auth asks for no environment: the key is valid there.
+            StatusCode::NO_CONTENT,
+            None,
+        ),
+        (
+            reader.clone(),
+            json!({"key": reader, "permissions": ["admin"]}),
+            "INSUFFICIENT_PERMISSIONS",
+            StatusCode::FORBIDDEN,
+            Some("admin"),
+        ),
+    ]
+}
+
+async fn keys_that_exist_get_their_answer_whatever_their_address_guessed(backend: Backend) {
+    let Some(store) = TestStore::new(backend).await else {
+        return;
+    };
+    // The default limit (100 a minute).
+    let app = start(store, |_| {}).await;
+    let (_, key) = app.create_key("real").await;
+    let known = known_invalid_keys(&app).await;
+    // 200 guesses from this address, malformed and well-formed: the first
+    // 100 are answered, the rest refused.
+    let mut refused = 0;
+    for i in 0..200 {
+        let guess = if i % 2 == 0 {
+            format!("garbage-{i}")
+        } else {
+            format!("kl_live_{i:0>40}")
+        };
+        let r = app.verify(json!({"key": guess})).await;
+        match r.status {
+            StatusCode::OK => assert_eq!(r.body["code"], "NOT_FOUND", "{}", r.text),
+            StatusCode::TOO_MANY_REQUESTS => refused += 1,
+            other => panic!("{other}: {}", r.text),
+        }
+    }
+    assert_eq!(refused, 100);
+    // The address is blocked for guesses, on both routes...
+    let r = app.verify(json!({"key": "kl_live_one_more"})).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text);
+    assert_eq!(r.code(), "rate_limited");
+    let r = auth(&app, "kl_live_one_more", None).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["retry-after"], "60");
+    // ...but a valid key is answered VALID, and a key that exists but fails
+    // gets its real answer, not 429.
+    for _ in 0..3 {
+        assert_eq!(app.verify_code(&key).await, "VALID");
+        let r = auth(&app, &key, None).await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        assert!(r.headers().contains_key("x-key-id"));
+        for (raw, body, code, auth_status, permissions) in &known {
+            let r = app.verify(body.clone()).await;
+            assert_eq!(r.status, StatusCode::OK, "{code}: {}", r.text);
+            assert_eq!(r.body["code"], *code, "{}", r.text);
+            let r = auth(&app, raw, *permissions).await;
+            assert_eq!(r.status(), *auth_status, "{code}");
+            if *auth_status == StatusCode::UNAUTHORIZED {
+                assert_eq!(r.headers()["x-key-code"], *code);
+            }
+        }
+    }
+    // Still blocked for guesses.
+    assert_eq!(
+        app.verify(json!({"key": "garbage"})).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    app.stop().await;
+}
+
+async fn known_keys_that_are_not_valid_never_count_as_guesses(backend: Backend) {
+    let Some(store) = TestStore::new(backend).await else {
+        return;
+    };
+    let app = start(store, |c| c.verify_failure_limit = 5).await;
+    let known = known_invalid_keys(&app).await;
+    // 200 verifications of each known-but-failing key (a client retrying with
+    // a revoked key), 40 times the limit: every one gets its real answer.
+    for (raw, body, code, auth_status, permissions) in &known {
+        for i in 0..200 {
+            if i % 2 == 0 {
+                let r = app.verify(body.clone()).await;
+                assert_eq!(r.status, StatusCode::OK, "{code} #{i}: {}", r.text);
+                assert_eq!(r.body["code"], *code, "{}", r.text);
+            } else {
+                let r = auth(&app, raw, *permissions).await;
+                assert_eq!(r.status(), *auth_status, "{code} #{i}");
+            }
+        }
+    }
+    // None of them counted: the address still has all its guesses, and they
+    // are counted on their own (5 answered, then 429).
+    for i in 0..5 {
+        let r = app.verify(json!({"key": format!("guess-{i}")})).await;
+        assert_eq!(r.status, StatusCode::OK, "guess {i}: {}", r.text);
+        assert_eq!(r.body["code"], "NOT_FOUND");
+    }
+    let r = app.verify(json!({"key": "guess-5"})).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text);
+    // And blocked, the known keys still get their answers.
+    let (_, body, code, _, _) = &known[0];
+    assert_eq!(app.verify(body.clone()).await.body["code"], *code);
+    app.stop().await;
+}
+
+/// Verifies `key` as if forwarded by a proxy for `client` (X-Forwarded-For).
+async fn verify_via(app: &TestApp, client: &str, key: &str) -> StatusCode {
+    app.client
+        .post(app.url("/v1/keys/verify"))
+        .header("X-Forwarded-For", client)
+        .json(&json!({ "key": key }))
+        .send()
+        .await
+        .expect("request")
+        .status()
+}
+
+/// The client address the audit trail records for a create sent with these
+/// forwarding headers.
+async fn audited_client(app: &TestApp, headers: &[(&str, &str)]) -> serde_json::Value {
+    let mut request = app
+        .client
+        .post(app.url("/v1/keys"))
+        .bearer_auth(&app.token)
+        .json(&json!({"name": "audited"}));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let r = crate::helpers::reply(request.send().await.expect("request")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let id = r.body["id"].as_str().expect("id");
+    let audit = app.get(&format!("/v1/audit?key_id={id}")).await;
+    assert_eq!(audit.status, StatusCode::OK, "{}", audit.text);
+    audit.body["events"][0]["client_addr"].clone()
+}
+
+async fn forwarding_headers_name_the_client_only_from_a_trusted_proxy(backend: Backend) {
+    let Some(store) = TestStore::new(backend).await else {
+        return;
+    };
+    // The test client connects from 127.0.0.1: untrusted by default.
+    let app = start(store, |c| c.verify_failure_limit = 3).await;
+    // A spoofed X-Forwarded-For does not give a guesser fresh addresses.
+    for i in 0..3 {
+        let status = verify_via(&app, &format!("203.0.113.{i}"), "guess").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(
+        verify_via(&app, "203.0.113.99", "guess").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let forwarded = [("X-Forwarded-For", "198.51.100.9")];
+    assert_eq!(audited_client(&app, &forwarded).await, "127.0.0.1");
+    let store = app.stop().await;
+
+    // 127.0.0.1 is a trusted proxy: the client is the hop it names.
+    let trusted = vec!["127.0.0.1/32".parse().expect("cidr")];
+    let app = start(store, |c| {
+        c.verify_failure_limit = 3;
+        c.trusted_proxies = trusted;
+    })
+    .await;
+    for i in 0..3 {
+        let status = verify_via(&app, "1.1.1.1, 203.0.113.7", &format!("guess-{i}")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    // The client's own left part of the header does not matter: 203.0.113.7
+    // is blocked, whatever it claims.
+    for client in [
+        "203.0.113.7",
+        "9.9.9.9, 203.0.113.7",
+        "garbage, 203.0.113.7",
+    ] {
+        assert_eq!(
+            verify_via(&app, client, "guess").await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{client}"
+        );
+    }
+    // Another client behind the same proxy is not.
+    assert_eq!(
+        verify_via(&app, "203.0.113.8", "guess").await,
+        StatusCode::OK
+    );
+    // The audit trail records the client, not the proxy; a malformed header
+    // names the proxy.
+    assert_eq!(audited_client(&app, &forwarded).await, "198.51.100.9");
+    assert_eq!(
+        audited_client(
+            &app,
+            &[("Forwarded", "for=\"[2001:db8::7]:4711\";proto=https")]
+        )
+        .await,
+        "2001:db8::7"
+    );
+    assert_eq!(
+        audited_client(&app, &[("X-Forwarded-For", "not an address")]).await,
+        "127.0.0.1"
+    );
     app.stop().await;
 }
 

@@ -8,19 +8,16 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::backend_tests;
-use crate::helpers::{reply, spawn_app, token, Backend, Reply, TestApp, SECRET, TENANT};
+use crate::helpers::{
+    reply, spawn_app, spawn_sqlite_app, token, Backend, Reply, TestApp, SECRET, TENANT,
+};
 
+// These involve the store, once per backend. Those decided before any store is
+// touched (the token, the shape of the request) are the plain `#[tokio::test]`s
+// below, run once, on SQLite.
 backend_tests!(
-    malformed_json_is_a_400_malformed_request,
-    an_empty_body_on_create_is_a_400_malformed_request,
     an_unknown_field_is_a_422_naming_the_field,
-    a_wrongly_typed_field_is_a_422_naming_the_field,
-    a_body_over_64_kib_is_a_413_payload_too_large,
     a_missing_authorization_header_is_a_401_with_a_bearer_challenge,
-    a_non_bearer_authorization_is_a_401,
-    a_token_signed_with_another_secret_is_a_401,
-    an_expired_token_is_a_401,
-    a_garbage_token_is_a_401,
     an_api_key_as_management_credential_is_a_403_api_key_not_allowed,
     another_tenants_key_is_a_404_on_every_route_and_stays_untouched,
     an_unknown_key_id_is_a_404_on_every_route,
@@ -30,15 +27,10 @@ backend_tests!(
     a_past_expiry_is_422_on_expires_at,
     oversized_or_non_object_metadata_is_422_on_metadata,
     an_unknown_environment_is_422_on_environment,
-    an_overlong_description_is_422_on_description,
     invalid_updates_are_422_naming_the_field,
     invalid_list_parameters_are_422_naming_the_parameter,
-    invalid_audit_parameters_are_422_naming_the_parameter,
-    an_unknown_route_is_a_json_404,
-    a_wrong_method_is_a_json_405,
     verifying_garbage_answers_200_not_found,
     verifying_with_an_unknown_environment_is_422,
-    verifying_with_a_malformed_body_is_400_or_422,
     deactivating_an_inactive_key_is_200_and_records_no_event,
     reactivating_an_active_key_is_200_and_records_no_event,
 );
@@ -98,10 +90,9 @@ fn now_secs() -> u64 {
         .as_secs()
 }
 
-async fn malformed_json_is_a_400_malformed_request(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_json_is_a_400_malformed_request() {
+    let app = spawn_sqlite_app().await;
     for body in [
         r#"{"name": "#,
         r#"{"name": "a",}"#,
@@ -120,10 +111,9 @@ async fn malformed_json_is_a_400_malformed_request(backend: Backend) {
     app.stop().await;
 }
 
-async fn an_empty_body_on_create_is_a_400_malformed_request(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_body_on_create_is_a_400_malformed_request() {
+    let app = spawn_sqlite_app().await;
     let r = app.send_raw(Method::POST, "/v1/keys", "").await;
     assert_error(&r, StatusCode::BAD_REQUEST, "malformed_request");
     app.stop().await;
@@ -156,10 +146,9 @@ async fn an_unknown_field_is_a_422_naming_the_field(backend: Backend) {
     app.stop().await;
 }
 
-async fn a_wrongly_typed_field_is_a_422_naming_the_field(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrongly_typed_field_is_a_422_naming_the_field() {
+    let app = spawn_sqlite_app().await;
     assert_validation(&create(&app, json!({"name": 5})).await, "name");
     assert_validation(
         &create(&app, json!({"name": "a", "permissions": "keys:read"})).await,
@@ -177,10 +166,9 @@ async fn a_wrongly_typed_field_is_a_422_naming_the_field(backend: Backend) {
     app.stop().await;
 }
 
-async fn a_body_over_64_kib_is_a_413_payload_too_large(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_64_kib_is_a_413_payload_too_large() {
+    let app = spawn_sqlite_app().await;
     let body = json!({"name": "big", "description": "x".repeat(65 * 1024)}).to_string();
     assert!(body.len() > 64 * 1024);
     let r = app.send_raw(Method::POST, "/v1/keys", &body).await;
@@ -240,10 +228,9 @@ async fn a_missing_authorization_header_is_a_401_with_a_bearer_challenge(backend
     app.stop().await;
 }
 
-async fn a_non_bearer_authorization_is_a_401(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_bearer_authorization_is_a_401() {
+    let app = spawn_sqlite_app().await;
     for header in ["Basic YWxpY2U6c2VjcmV0", "Bearer", "Bearer    ", "token"] {
         let r = with_authorization(&app, "/v1/keys", header).await;
         assert_error(&r, StatusCode::UNAUTHORIZED, "unauthorized");
@@ -251,10 +238,9 @@ async fn a_non_bearer_authorization_is_a_401(backend: Backend) {
     app.stop().await;
 }
 
-async fn a_token_signed_with_another_secret_is_a_401(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_signed_with_another_secret_is_a_401() {
+    let app = spawn_sqlite_app().await;
     let forged = keyledger::http::auth::mint(
         b"not-the-server-secret-0123456789abcdef",
         TENANT,
@@ -292,10 +278,9 @@ async fn a_token_signed_with_another_secret_is_a_401(backend: Backend) {
     app.stop().await;
 }
 
-async fn an_expired_token_is_a_401(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_is_a_401() {
+    let app = spawn_sqlite_app().await;
     let now = now_secs();
     let claims = Claims {
         sub: "alice".into(),
@@ -327,10 +312,9 @@ async fn an_expired_token_is_a_401(backend: Backend) {
     app.stop().await;
 }
 
-async fn a_garbage_token_is_a_401(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_token_is_a_401() {
+    let app = spawn_sqlite_app().await;
     for bad in ["garbage", "a.b.c", "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."] {
         let r = app.send_as(bad, Method::GET, "/v1/keys", None).await;
         assert_error(&r, StatusCode::UNAUTHORIZED, "unauthorized");
@@ -595,10 +579,9 @@ async fn an_unknown_environment_is_422_on_environment(backend: Backend) {
     app.stop().await;
 }
 
-async fn an_overlong_description_is_422_on_description(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overlong_description_is_422_on_description() {
+    let app = spawn_sqlite_app().await;
     let r = create(&app, json!({"name": "a", "description": "d".repeat(501)})).await;
     assert_validation(&r, "description");
     app.stop().await;
@@ -672,10 +655,9 @@ async fn invalid_list_parameters_are_422_naming_the_parameter(backend: Backend) 
     app.stop().await;
 }
 
-async fn invalid_audit_parameters_are_422_naming_the_parameter(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_audit_parameters_are_422_naming_the_parameter() {
+    let app = spawn_sqlite_app().await;
     let cases = [
         ("limit=0", "limit"),
         ("limit=1001", "limit"),
@@ -690,10 +672,9 @@ async fn invalid_audit_parameters_are_422_naming_the_parameter(backend: Backend)
     app.stop().await;
 }
 
-async fn an_unknown_route_is_a_json_404(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_route_is_a_json_404() {
+    let app = spawn_sqlite_app().await;
     for path in ["/v2/keys", "/nope", "/v1/keys/a/b/c"] {
         let r = unauthenticated(&app, Method::GET, path).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}: {}", r.text);
@@ -707,10 +688,9 @@ async fn an_unknown_route_is_a_json_404(backend: Backend) {
     app.stop().await;
 }
 
-async fn a_wrong_method_is_a_json_405(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_method_is_a_json_405() {
+    let app = spawn_sqlite_app().await;
     let r = app
         .send(Method::PUT, "/v1/keys", Some(json!({"name": "a"})))
         .await;
@@ -766,10 +746,9 @@ async fn verifying_with_an_unknown_environment_is_422(backend: Backend) {
     app.stop().await;
 }
 
-async fn verifying_with_a_malformed_body_is_400_or_422(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verifying_with_a_malformed_body_is_400_or_422() {
+    let app = spawn_sqlite_app().await;
     let raw = |body: &'static str| {
         app.client
             .post(app.url("/v1/keys/verify"))

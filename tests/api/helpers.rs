@@ -211,6 +211,15 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
     Some(start(store, |_| {}).await)
 }
 
+/// A server over a fresh SQLite store, for behaviours decided before any store
+/// is touched (a token, the shape of a request): those run once, not once per
+/// backend, as plain `#[tokio::test]`s.
+pub async fn spawn_sqlite_app() -> TestApp {
+    spawn_app(Backend::Sqlite)
+        .await
+        .expect("SQLite is always available")
+}
+
 /// Starts a server over an existing store, letting the test adjust the config.
 pub async fn start(store: TestStore, adjust: impl FnOnce(&mut Config)) -> TestApp {
     init_test_logging();

@@ -62,16 +62,40 @@ async fn full_lifecycle_create_verify_deactivate_reactivate_delete_audit(backend
     let audit = app.get("/v1/audit").await;
     assert_eq!(audit.status, StatusCode::OK);
     let events = audit.body["events"].as_array().expect("events");
-    assert!(events.iter().all(|e| e["actor"] == "alice"));
-    // Provenance: every command event records where it came from and its request id.
-    assert!(
-        events.iter().all(|e| e["client_addr"] == "127.0.0.1"),
+    // The four events of the key, in commit order: an empty or short list
+    // must fail here, not pass the checks of every entry below.
+    let audited: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["key_id"].as_str().expect("key_id"),
+                e["type"].as_str().expect("type"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        audited,
+        [
+            (id.as_str(), "KeyCreated"),
+            (id.as_str(), "KeyDeactivated"),
+            (id.as_str(), "KeyReactivated"),
+            (id.as_str(), "KeyDeleted"),
+        ],
         "{}",
         audit.text
     );
-    assert!(events
-        .iter()
-        .all(|e| e["request_id"].as_str().is_some_and(|r| !r.is_empty())));
+    // Provenance: every command event records who, where from and its request id.
+    let mut request_ids = Vec::new();
+    for e in events {
+        assert_eq!(e["actor"], "alice", "{e}");
+        assert_eq!(e["client_addr"], "127.0.0.1", "{e}");
+        let request_id = e["request_id"].as_str().expect("request_id");
+        assert!(!request_id.is_empty(), "{e}");
+        request_ids.push(request_id);
+    }
+    request_ids.sort_unstable();
+    request_ids.dedup();
+    assert_eq!(request_ids.len(), 4, "one request each: {}", audit.text);
     assert!(!audit.text.contains(&key));
     app.stop().await;
 }

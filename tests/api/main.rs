@@ -1,7 +1,11 @@
 //! End-to-end tests: a real server on a random port over a real store. Every
-//! behaviour runs once per backend (`backend_tests!`).
+//! behaviour that involves the store runs once per backend (`backend_tests!`);
+//! those decided before any store is touched (tokens, the shape of a request)
+//! run once, on SQLite. `/metrics` has a test binary of its own
+//! (tests/metrics.rs): this one's tests would move its counters.
 
 mod abuse;
+mod committed;
 mod concurrency;
 mod connections;
 mod errors;
@@ -11,7 +15,7 @@ mod hostile_text;
 mod idempotency;
 mod idp;
 mod lifecycle;
-mod metrics;
+mod openapi;
 mod poison;
 mod proxy_auth;
 mod rebuild;

@@ -11,7 +11,7 @@ use serde_json::json;
 use sqlx::Connection;
 
 use crate::backend_tests;
-use crate::helpers::{spawn_app, Backend, TestApp};
+use crate::helpers::{spawn_app, start, Backend, TestApp};
 
 backend_tests!(
     check_catches_a_corrupted_row_and_rebuild_repairs_it,
@@ -28,33 +28,45 @@ async fn open_tool(app: &TestApp) -> (keyledger::store::EventStore, Projections)
 
 /// Corrupts one key-list row directly in the database.
 async fn corrupt(app: &TestApp, id: &str) {
-    const SQL: &str = "UPDATE key_list SET name = 'corrupted', usage_count = 999 WHERE id = $1";
+    let sql = "UPDATE key_list SET name = 'corrupted', usage_count = 999 WHERE id = $1";
+    assert_eq!(alter_key_list(app, sql, id).await, 1);
+}
+
+/// Removes one key-list row directly in the database.
+async fn forget(app: &TestApp, id: &str) {
+    assert_eq!(
+        alter_key_list(app, "DELETE FROM key_list WHERE id = $1", id).await,
+        1
+    );
+}
+
+/// Runs `sql` (binding `id`) on the projections' database; rows affected.
+async fn alter_key_list(app: &TestApp, sql: &str, id: &str) -> u64 {
     // Projections are in PostgreSQL when there is a database URL, else in an
     // SQLite file (the SQLite store's, or the one beside KurrentDB).
-    let affected = match app.store.database_url.clone() {
+    match app.store.database_url.clone() {
         None => {
             let path = app.store.projections_sqlite_path();
             let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
                 .await
                 .expect("open");
-            sqlx::query(SQL)
+            sqlx::query(sql)
                 .bind(id)
                 .execute(&mut c)
                 .await
-                .expect("corrupt")
+                .expect("alter key_list")
                 .rows_affected()
         }
         Some(url) => {
             let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
-            sqlx::query(SQL)
+            sqlx::query(sql)
                 .bind(id)
                 .execute(&mut c)
                 .await
-                .expect("corrupt")
+                .expect("alter key_list")
                 .rows_affected()
         }
-    };
-    assert_eq!(affected, 1);
+    }
 }
 
 async fn check_catches_a_corrupted_row_and_rebuild_repairs_it(backend: Backend) {
@@ -122,6 +134,15 @@ async fn verification_keeps_answering_through_a_rebuild_and_after_the_swap(backe
     for i in 0..20 {
         keys.push(app.create_key(&format!("k{i}")).await);
     }
+    // A key only a rebuilt key list knows: its row is gone, and the node,
+    // restarted, loaded its index without it.
+    let (hidden_id, hidden) = keys[2].clone();
+    forget(&app, &hidden_id).await;
+    // Polling an unknown key counts as failed verifications: no 429 here.
+    let store = app.stop().await;
+    let app = start(store, |c| c.verify_failure_limit = 0).await;
+    assert_eq!(app.verify_code(&hidden).await, "NOT_FOUND");
+    assert_eq!(app.verify_code(&keys[0].1).await, "VALID");
     let app = Arc::new(app);
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicUsize::new(0));
@@ -148,10 +169,19 @@ async fn verification_keeps_answering_through_a_rebuild_and_after_the_swap(backe
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(app.verify_code(key).await, "DISABLED");
-    // The node notices the rebuild and reloads its index; keys stay verifiable.
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(2) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    // The node notices the rebuild and reloads its index from the rebuilt
+    // list: the hidden key verifies once it has.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match app.verify_code(&hidden).await.as_str() {
+            "VALID" => break,
+            "NOT_FOUND" => assert!(
+                Instant::now() < deadline,
+                "the node did not reload its index within 10 s of the rebuild"
+            ),
+            other => panic!("the hidden key verified as {other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.store(true, Ordering::SeqCst);
     verifier

@@ -49,6 +49,8 @@ async fn rotation_issues_a_successor_and_retires_the_old_key_after_the_grace_per
         "permissions",
         "metadata",
     ] {
+        // Both null (a field missing from both answers) would prove nothing.
+        assert!(!r.body[field].is_null(), "{field}: {}", r.text);
         assert_eq!(rotated.body[field], r.body[field], "{field}");
     }
     assert_eq!(rotated.body["rotated_from"], old_id.as_str());

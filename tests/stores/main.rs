@@ -4,6 +4,7 @@
 #[path = "../api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+mod upgrade;
 
 use std::time::{Duration, Instant};
 
@@ -630,12 +631,18 @@ async fn stall_appends(app: &TestApp) -> sqlx::PgConnection {
     c
 }
 
-/// Waits until a claim of `idem` exists.
+/// Waits until the request holding `idem` has recorded its answer (it then
+/// goes on to write, where the held numbering lock stalls it).
 async fn until_claimed(c: &mut sqlx::PgConnection, idem: &str) {
     let started = Instant::now();
     loop {
         let n: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM idempotency_keys WHERE idem_key = $1")
+            // Recorded: the request has written its answer to the claim and
+            // goes on to its commit (where the held lock stalls it).
+            sqlx::query_scalar(
+                "SELECT count(*) FROM idempotency_keys \
+                 WHERE idem_key = $1 AND response_body IS NOT NULL",
+            )
                 .bind(idem)
                 .fetch_one(&mut *c)
                 .await
