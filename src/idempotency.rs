@@ -378,37 +378,8 @@ impl Idempotency<'_> {
         body: Value,
         proof: &Value,
     ) -> Result<Settled, Error> {
-        let (text, sealed) = self.sealed(body)?;
-        let updated = on_pool!(&ClaimDb::of(self.store), |pool| sqlx::query(
-            "UPDATE idempotency_keys SET response_body = $1, sealed_key = $2, proof = $3 \
-             WHERE tenant = $4 AND idem_key = $5 AND owner = $6 AND state = $7"
-        )
-        .bind(&text)
-        .bind(&sealed)
-        .bind(proof.to_string())
-        .bind(tenant)
-        .bind(key)
-        .bind(owner)
-        .bind(PENDING)
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected()))
-        .map_err(store_error)?;
-        Ok(settled(updated))
-    }
-
-    /// A response as stored: its text without the raw key, and the key sealed.
-    fn sealed(&self, mut body: Value) -> Result<(String, Option<String>), Error> {
-        let raw = match &mut body {
-            Value::Object(m) => m.remove("key"),
-            _ => None,
-        };
-        let sealed = raw
-            .as_ref()
-            .and_then(Value::as_str)
-            .map(|k| self.sealer.seal(k))
-            .transpose()?;
-        Ok((body.to_string(), sealed))
+        self.store_answer(tenant, key, owner, body, PENDING, Some(proof))
+            .await
     }
 
     /// Stores the response of the request that owns the claim (`owner`). The
@@ -421,14 +392,39 @@ impl Idempotency<'_> {
         owner: &str,
         body: Value,
     ) -> Result<Settled, Error> {
-        let (text, sealed) = self.sealed(body)?;
+        self.store_answer(tenant, key, owner, body, DONE, None)
+            .await
+    }
+
+    /// Writes an answer (raw key sealed) into `owner`'s pending claim and
+    /// moves it to `state`; a `proof` replaces the stored one, none keeps it.
+    async fn store_answer(
+        &self,
+        tenant: &str,
+        key: &str,
+        owner: &str,
+        mut body: Value,
+        state: &str,
+        proof: Option<&Value>,
+    ) -> Result<Settled, Error> {
+        let raw = match &mut body {
+            Value::Object(m) => m.remove("key"),
+            _ => None,
+        };
+        let sealed = raw
+            .as_ref()
+            .and_then(Value::as_str)
+            .map(|k| self.sealer.seal(k))
+            .transpose()?;
         let updated = on_pool!(&ClaimDb::of(self.store), |pool| sqlx::query(
-            "UPDATE idempotency_keys SET state = $1, response_body = $2, sealed_key = $3 \
-             WHERE tenant = $4 AND idem_key = $5 AND owner = $6 AND state = $7"
+            "UPDATE idempotency_keys SET state = $1, response_body = $2, sealed_key = $3, \
+             proof = COALESCE($4, proof) \
+             WHERE tenant = $5 AND idem_key = $6 AND owner = $7 AND state = $8"
         )
-        .bind(DONE)
-        .bind(&text)
+        .bind(state)
+        .bind(body.to_string())
         .bind(&sealed)
+        .bind(proof.map(Value::to_string))
         .bind(tenant)
         .bind(key)
         .bind(owner)

@@ -266,13 +266,7 @@ impl EventStore {
 
     /// Whether a key has any event: its create was committed.
     pub async fn exists(&self, key_id: &str) -> Result<bool, Error> {
-        let first = match self {
-            Self::Sqlite(s) => feed::event_at_sqlite(&s.pool, ApiKey::TYPE, key_id, 1).await?,
-            Self::Postgres(s) => feed::event_at_postgres(&s.pool, ApiKey::TYPE, key_id, 1).await?,
-            #[cfg(feature = "kurrentdb")]
-            Self::Kurrent(s) => s.event_at(ApiKey::TYPE, key_id, 1).await?,
-        };
-        Ok(first.is_some())
+        Ok(self.event_at(ApiKey::TYPE, key_id, 1).await?.is_some())
     }
 
     /// The chain hash of event `sequence` of a stream (`GENESIS` before the first).
@@ -285,20 +279,30 @@ impl EventStore {
         if sequence == 0 {
             return Ok(GENESIS.to_string());
         }
-        let seq = i64::try_from(sequence).map_err(|e| Error::Internal(e.to_string()))?;
-        let event = match self {
-            Self::Sqlite(s) => {
-                feed::event_at_sqlite(&s.pool, aggregate_type, aggregate_id, seq).await?
-            }
-            Self::Postgres(s) => {
-                feed::event_at_postgres(&s.pool, aggregate_type, aggregate_id, seq).await?
-            }
-            #[cfg(feature = "kurrentdb")]
-            Self::Kurrent(s) => s.event_at(aggregate_type, aggregate_id, sequence).await?,
-        };
-        event
+        self.event_at(aggregate_type, aggregate_id, sequence)
+            .await?
             .map(|e| e.chain_hash())
             .ok_or_else(|| Error::Internal(format!("event {aggregate_id}#{sequence} vanished")))
+    }
+
+    /// Event `sequence` (from 1) of a stream, if it exists.
+    async fn event_at(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: usize,
+    ) -> Result<Option<RawEvent>, Error> {
+        let seq = i64::try_from(sequence).map_err(|e| Error::Internal(e.to_string()))?;
+        match self {
+            Self::Sqlite(s) => {
+                feed::event_at_sqlite(&s.pool, aggregate_type, aggregate_id, seq).await
+            }
+            Self::Postgres(s) => {
+                feed::event_at_postgres(&s.pool, aggregate_type, aggregate_id, seq).await
+            }
+            #[cfg(feature = "kurrentdb")]
+            Self::Kurrent(s) => s.event_at(aggregate_type, aggregate_id, sequence).await,
+        }
     }
 
     /// Appends one usage event to each of several keys' usage streams in one
