@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create throughput: `keyledger bench create` (16 clients, each its own tenant,
+# Create throughput: `keyledger-bench create` (16 clients, each its own tenant,
 # POST /v1/keys in a loop) against a node on the embedded store and against a
 # node on PostgreSQL, beside the durable single-row INSERT rate that pgbench
 # reaches on the same PostgreSQL in the same run (the reference harness's
@@ -25,7 +25,7 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-cargo build --release -q
+cargo build --release -q --workspace --bins
 psql -q "$admin" -c "CREATE DATABASE $db" -c "CREATE DATABASE ${db}_pgbench"
 psql -q "postgres://postgres@127.0.0.1:5432/${db}_pgbench" -f "$LIMITS/sql/key_events.sql" >/dev/null 2>&1
 
@@ -38,7 +38,7 @@ serve() {  # store-url (empty = embedded) -> starts the node on :18097
 }
 stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""; }
 drive() {
-    ./target/release/keyledger --data-dir "$work/data" bench create \
+    ./target/release/keyledger-bench --data-dir "$work/data" create \
         --url http://127.0.0.1:18097 --clients "$CLIENTS" --duration "$DURATION" \
         | sed -n 's/.*commands_per_s=\([0-9]*\).*/\1/p'
 }

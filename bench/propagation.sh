@@ -17,7 +17,7 @@ cleanup() {
 }
 pids=()
 trap cleanup EXIT
-cargo build --release -q
+cargo build --release -q --workspace --bins
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db"
 export KEYLEDGER_JWT_SECRET="bench-secret-$(date +%s%N)-0123456789abcdef"
 export RUST_LOG=warn
@@ -28,5 +28,5 @@ export RUST_LOG=warn
 for port in 18181 18182; do
     for _ in $(seq 1 100); do curl -sf "127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
 done
-./target/release/keyledger bench propagation --node-a http://127.0.0.1:18181 \
+./target/release/keyledger-bench propagation --node-a http://127.0.0.1:18181 \
     --node-b http://127.0.0.1:18182 --count "$count"

@@ -10,14 +10,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::config::{Config, StoreConfig};
+use crate::config::Config;
 use crate::error::Error;
 use crate::http::auth::TokenVerifier;
 use crate::http::{router, AppState};
 use crate::secret::ServerSecret;
 use crate::service::KeyService;
-use crate::store::postgres::PostgresStore;
-use crate::store::sqlite::SqliteStore;
 use crate::store::EventStore;
 use crate::tailer::Tailer;
 use crate::usage::UsageFlusher;
@@ -34,25 +32,7 @@ pub struct Application {
 
 /// Opens the configured event store, applying migrations.
 pub async fn open_store(config: &Config) -> Result<EventStore, Error> {
-    match &config.store {
-        StoreConfig::Sqlite => {
-            create_data_dir(&config.data_dir)?;
-            Ok(EventStore::Sqlite(
-                SqliteStore::open(&config.sqlite_path()).await?,
-            ))
-        }
-        StoreConfig::Postgres(url) => Ok(EventStore::Postgres(PostgresStore::open(url).await?)),
-        #[cfg(feature = "kurrentdb")]
-        StoreConfig::Kurrent(k) => {
-            if k.projections_url.is_none() {
-                // Its projections file lives there (`KurrentStore::open`).
-                create_data_dir(&config.data_dir)?;
-            }
-            Ok(EventStore::Kurrent(Box::new(
-                crate::store::kurrent::KurrentStore::open(k, &config.data_dir).await?,
-            )))
-        }
-    }
+    crate::store::open(config, create_data_dir).await
 }
 
 /// Creates the data directory, and any missing parent, with mode 0700 (set
@@ -103,6 +83,9 @@ impl Application {
     pub async fn build_with_clock(config: Config, clock: Clock) -> Result<Self, Error> {
         let secret = server_secret(&config)?;
         let store = Arc::new(open_store(&config).await?);
+        // Where the store can, a create's key-list and audit rows are written
+        // with its event (PostgreSQL group commit).
+        store.project_inline(Arc::new(keyledger_projections::inline::InlineCreates));
         let projections = Arc::new(Projections::open(store.projection_db()).await?);
         let tailer = Arc::new(Tailer::new(store.clone(), projections.clone()));
         tailer.remember_generation().await?;
@@ -131,14 +114,13 @@ impl Application {
             .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", config.listen)))?;
         let address = listener
             .local_addr()
-            .map_err(|e| Error::Internal(e.to_string()))?;
+            .map_err(|e| Error::internal_from("the listener's address", e))?;
         let state = AppState::new(crate::http::SharedState {
             service,
             tokens: Arc::new(TokenVerifier::with_idp(
                 secret.expose(),
                 config.idp.as_ref(),
             )?),
-            store,
             max_body_bytes: config.max_body_bytes,
             body_read_timeout: config.body_read_timeout,
             failures: Arc::new(crate::http::limit::FailureLimiter::new(
@@ -174,45 +156,42 @@ impl Application {
                 .clone()
                 .run(self.config.poll_interval, stop.clone()),
         );
-        let listener_task = match self.state.store.as_ref() {
-            EventStore::Postgres(pg) => Some(tokio::spawn(crate::store::postgres::listen(
-                pg.pool.clone(),
-                self.tailer.clone(),
-                stop.clone(),
-            ))),
-            EventStore::Sqlite(_) => None,
-            #[cfg(feature = "kurrentdb")]
-            EventStore::Kurrent(k) => {
-                Some(tokio::spawn(crate::store::kurrent::subscription::listen(
-                    k.client().clone(),
-                    k.naming().prefix().to_string(),
-                    self.state.service.projections().clone(),
-                    self.tailer.clone(),
-                    stop.clone(),
-                )))
-            }
+        // Other nodes' events, as the store tells of them (the tailer's
+        // polling covers a store that does not).
+        let listener_task = {
+            let store = self.state.service.store().clone();
+            let listener: Arc<dyn crate::store::FeedListener> = self.tailer.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move { store.listen(listener, stop).await })
         };
         let flusher = UsageFlusher {
-            store: self.state.store.clone(),
+            store: self.state.service.store().clone(),
             index: self.state.service.projections().index().clone(),
             tailer: self.tailer.clone(),
             clock: self.clock.clone(),
         };
         let flusher_task =
             tokio::spawn(flusher.run(self.config.usage_flush_interval, stop.clone()));
+        // Expired idempotency entries (and their sealed keys) go on the
+        // flusher's beat.
+        let purger_task = tokio::spawn(crate::idempotency::purge_periodically(
+            self.state.service.store().clone(),
+            self.clock.clone(),
+            self.config.usage_flush_interval,
+            stop.clone(),
+        ));
         let app = router::app(self.state.clone());
         tracing::info!(address = %self.address, "listening on http://{}", self.address);
         let limits = crate::http::serve::Limits::from_config(&self.config);
         crate::http::serve::serve(self.listener, app, limits, shutdown).await;
         stop.cancel();
         let _ = flusher_task.await;
+        let _ = purger_task.await;
         let _ = tailer_task.await;
-        if let Some(task) = listener_task {
-            let _ = task.await;
-        }
+        let _ = listener_task.await;
         // Close the pool so SQLite checkpoints its WAL and PostgreSQL sessions end
         // before the process (or a test) moves on.
-        self.state.store.close().await;
+        self.state.service.store().close().await;
         tracing::info!("stopped");
         Ok(())
     }

@@ -7,6 +7,11 @@ use std::time::Duration;
 
 use keyledger_domain::KeyPrefix;
 
+/// Whether this build has the KurrentDB store (feature `kurrentdb`, whose
+/// implementation `store::open` registers): a KurrentDB URL is refused here,
+/// with how to get it, rather than at start.
+const KURRENTDB_BUILT: bool = cfg!(feature = "kurrentdb");
+
 /// Where the events live.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreConfig {
@@ -14,9 +19,28 @@ pub enum StoreConfig {
     Sqlite,
     /// PostgreSQL at this URL.
     Postgres(String),
-    /// Events in KurrentDB, projections in SQLite or PostgreSQL.
-    #[cfg(feature = "kurrentdb")]
+    /// Events in KurrentDB, projections in SQLite or PostgreSQL (chosen
+    /// only where the build has the store: see `store_from_urls`).
     Kurrent(KurrentConfig),
+}
+
+impl StoreConfig {
+    /// What the log says at start.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite => "the embedded SQLite store".into(),
+            Self::Postgres(_) => "PostgreSQL".into(),
+            Self::Kurrent(k) => format!(
+                "KurrentDB (namespace {}, projections in {})",
+                k.namespace,
+                if k.projections_url.is_some() {
+                    "PostgreSQL"
+                } else {
+                    "SQLite"
+                }
+            ),
+        }
+    }
 }
 
 /// The KurrentDB (EventStoreDB) event store.
@@ -84,8 +108,8 @@ pub struct Config {
     /// HS256 tokens of the server secret; `None` means HS256 only.
     pub idp: Option<IdpConfig>,
     /// Tests only: a failure injected right after each commit (never set by
-    /// `serve`; see `service::AfterCommit`).
-    pub after_commit: Option<crate::service::AfterCommit>,
+    /// `serve`; see `fault::AfterCommit`).
+    pub after_commit: Option<crate::fault::AfterCommit>,
     /// Proxies whose `X-Forwarded-For` / `Forwarded` headers name the client
     /// (for the guess limiter and the audit trail); empty: none, the socket
     /// address is the client's.
@@ -230,17 +254,15 @@ pub fn store_from_urls(
     }
 }
 
-#[cfg(feature = "kurrentdb")]
 fn kurrent_store(config: KurrentConfig) -> Result<StoreConfig, crate::Error> {
-    Ok(StoreConfig::Kurrent(config))
-}
-
-#[cfg(not(feature = "kurrentdb"))]
-fn kurrent_store(_config: KurrentConfig) -> Result<StoreConfig, crate::Error> {
-    Err(crate::Error::Config(
-        "this keyledger was built without KurrentDB support: rebuild with `--features kurrentdb`"
-            .into(),
-    ))
+    if KURRENTDB_BUILT {
+        Ok(StoreConfig::Kurrent(config))
+    } else {
+        Err(crate::Error::Config(
+            "this keyledger was built without KurrentDB support: rebuild with `--features kurrentdb`"
+                .into(),
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -68,10 +68,28 @@ pub enum Error {
     Committed(#[source] Box<Error>),
     #[error("configuration: {0}")]
     Config(String),
-    /// Anything else; the cause is logged, never sent to a client.
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// Anything else: what was being done, and the error that stopped it
+    /// (none where a rule of this program was broken). Logged with its
+    /// cause, never sent to a client.
+    // The cause is in the text too, as before causes were kept: a log line
+    // or a CLI message reads whole (and the `cause` field holds the chain).
+    #[error("internal error: {context}{}", cause_suffix(.source))]
+    Internal {
+        context: String,
+        #[source]
+        source: Option<BoxError>,
+    },
 }
+
+fn cause_suffix(source: &Option<BoxError>) -> String {
+    source
+        .as_ref()
+        .map(|s| format!(": {s}"))
+        .unwrap_or_default()
+}
+
+/// An error of any kind, kept as the source of ours.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Error {
     /// Whether a command that failed with this error may have been committed
@@ -81,11 +99,27 @@ impl Error {
         matches!(
             self,
             Self::StoreUnavailable(_)
-                | Self::Internal(_)
+                | Self::Internal { .. }
                 | Self::Projection(_)
                 | Self::UnreadableEvent { .. }
                 | Self::Committed(_)
         )
+    }
+
+    /// A broken rule of this program, with no other error behind it.
+    pub fn internal(context: impl Into<String>) -> Self {
+        Self::Internal {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// `source` stopped what `context` says was being done.
+    pub fn internal_from(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Internal {
+            context: context.into(),
+            source: Some(source.into()),
+        }
     }
 
     pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
@@ -94,4 +128,21 @@ impl Error {
             message: message.into(),
         }
     }
+}
+
+/// An error and its causes, `a: b: c`, for a person to read (the CLI).
+pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        // thiserror's `#[error(transparent)]` and wrappers that print their
+        // source already hold it.
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }

@@ -7,7 +7,7 @@
 //! alone; under load the commit, the numbering and the projection work are
 //! shared by the whole batch. On PostgreSQL the batch also numbers its own
 //! rows and writes its projection rows in the same transaction
-//! (`store::postgres::append_numbered`), and each create is answered from its
+//! (`store::numbered_append`), and each create is answered from its
 //! event instead of a read of the key list.
 
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use keyledger_projections::{KeyledgerEvent, RecordedEvent};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::error::Error;
-use crate::store::{EventStore, NewKeysOutcome, PreparedCreate};
+use crate::store::{Appended, EventStore, NewKeysOutcome, PreparedCreate};
 use crate::tailer::Tailer;
 
 /// Most creates in one transaction: bounds a batch's latency and its size in
@@ -43,6 +43,8 @@ type Created = Result<Option<KeyRow>, Error>;
 
 struct Pending {
     create: PreparedCreate,
+    /// Its event as the projections see it (position 0 until written).
+    event: RecordedEvent,
     done: oneshot::Sender<Created>,
 }
 
@@ -68,15 +70,19 @@ impl CreateQueue {
     /// event (`Ok(Some(view))` when the batch gave it, else `Ok(None)`: read
     /// it), or, when they could not catch up, `Ok(None)` all the same: the
     /// create is committed, and nothing committed is answered as failed.
-    pub async fn create(&self, create: PreparedCreate) -> Created {
+    pub async fn create(&self, create: PreparedCreate, event: RecordedEvent) -> Created {
         let (done, outcome) = oneshot::channel();
         self.sender
-            .send(Pending { create, done })
+            .send(Pending {
+                create,
+                event,
+                done,
+            })
             .await
-            .map_err(|_| Error::Internal("the create queue is closed".into()))?;
+            .map_err(|_| Error::internal("the create queue is closed"))?;
         outcome
             .await
-            .map_err(|_| Error::Internal("the create was dropped by its worker".into()))?
+            .map_err(|_| Error::internal("the create was dropped by its worker"))?
     }
 }
 
@@ -93,32 +99,43 @@ async fn work(
                 return;
             }
         }
-        let (creates, waiting): (Vec<_>, Vec<_>) =
-            batch.drain(..).map(|p| (p.create, p.done)).unzip();
+        let mut creates = Vec::with_capacity(batch.len());
+        let mut events = Vec::with_capacity(batch.len());
+        let mut waiting = Vec::with_capacity(batch.len());
+        for p in batch.drain(..) {
+            creates.push(p.create);
+            events.push(p.event);
+            waiting.push(p.done);
+        }
         let own = tailer.own_batch();
-        let NewKeysOutcome {
-            outcomes,
+        let NewKeysOutcome { outcomes, appended } = store.execute_prepared(&creates).await;
+        let Appended {
+            after,
             through,
-            written,
-        } = store.execute_prepared(&creates).await;
+            numbered,
+            projected,
+        } = appended;
+        // Numbered by the store: its events are at `after + 1 ..= through`.
+        if numbered {
+            for (event, position) in events.iter_mut().zip(after + 1..) {
+                event.position = position;
+            }
+        }
         let mut outcomes: Vec<Created> = outcomes.into_iter().map(|o| o.map(|()| None)).collect();
         if outcomes.iter().any(Result::is_ok) {
             // Read-your-writes: answer once this node's projections hold
             // everything up to the batch's last event.
-            let caught_up = match &written {
-                Some(w) => {
-                    tailer
-                        .take_own(w.after, &w.events, w.through, w.projected)
-                        .await
-                }
-                None => tailer.catch_up_to(through).await,
+            let caught_up = if numbered {
+                tailer.take_own(after, &events, through, projected).await
+            } else {
+                tailer.catch_up_to(through).await
             };
             match caught_up {
                 Ok(()) => {
-                    if let Some(w) = &written {
-                        for (outcome, create) in outcomes.iter_mut().zip(&creates) {
+                    if numbered {
+                        for (outcome, event) in outcomes.iter_mut().zip(&events) {
                             if let Ok(view) = outcome {
-                                *view = view_of(&w.events, &create.command.key_id);
+                                *view = view_of(event);
                             }
                         }
                     }
@@ -143,12 +160,9 @@ async fn work(
 
 /// A created key as the key list holds it, built from its event by the key
 /// list's own rule: the answer to its create without a query.
-fn view_of(events: &[RecordedEvent], key_id: &str) -> Option<KeyRow> {
-    events
-        .iter()
-        .find(|e| e.key_id == key_id)
-        .and_then(|e| match &e.event {
-            KeyledgerEvent::Key(ApiKeyEvent::KeyCreated(c)) => Some(created_row(e, c)),
-            _ => None,
-        })
+fn view_of(e: &RecordedEvent) -> Option<KeyRow> {
+    match &e.event {
+        KeyledgerEvent::Key(ApiKeyEvent::KeyCreated(c)) => Some(created_row(e, c)),
+        _ => None,
+    }
 }

@@ -23,6 +23,7 @@
 //! the stale request answers its own client with its own result, because the
 //! key it issued exists and that response is the only place its raw key is.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chacha20poly1305::aead::{Aead, KeyInit};
@@ -33,7 +34,6 @@ use sha2::{Digest, Sha256};
 
 use crate::clock::Clock;
 use crate::error::Error;
-use crate::store::feed::store_error;
 use crate::store::EventStore;
 
 /// How long a response is replayed.
@@ -80,25 +80,24 @@ impl Sealer {
         let sealed = self
             .0
             .encrypt(&XNonce::from(nonce), plaintext.as_bytes())
-            .map_err(|_| Error::Internal("sealing failed".into()))?;
+            .map_err(|_| Error::internal("sealing failed"))?;
         Ok(format!("{}{}", hex::encode(nonce), hex::encode(sealed)))
     }
 
     fn open(&self, sealed: &str) -> Result<String, Error> {
-        let bytes =
-            hex::decode(sealed).map_err(|_| Error::Internal("sealed key corrupt".into()))?;
+        let bytes = hex::decode(sealed).map_err(|_| Error::internal("sealed key corrupt"))?;
         if bytes.len() < 24 {
-            return Err(Error::Internal("sealed key corrupt".into()));
+            return Err(Error::internal("sealed key corrupt"));
         }
         let (nonce, body) = bytes.split_at(24);
         let nonce: [u8; 24] = nonce
             .try_into()
-            .map_err(|_| Error::Internal("sealed key corrupt".into()))?;
+            .map_err(|_| Error::internal("sealed key corrupt"))?;
         let plain = self
             .0
             .decrypt(&XNonce::from(nonce), body)
-            .map_err(|_| Error::Internal("sealed key cannot be opened".into()))?;
-        String::from_utf8(plain).map_err(|_| Error::Internal("sealed key corrupt".into()))
+            .map_err(|_| Error::internal("sealed key cannot be opened"))?;
+        String::from_utf8(plain).map_err(|_| Error::internal("sealed key corrupt"))
     }
 }
 
@@ -169,17 +168,7 @@ impl Drop for Lease {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct Row {
-    request_hash: String,
-    state: String,
-    created_at: i64,
-    response_body: Option<String>,
-    sealed_key: Option<String>,
-    owner: Option<String>,
-    lease_until: Option<i64>,
-    proof: Option<String>,
-}
+use crate::store::claims::{Answer, ClaimRow as Row, ClaimTable, NewClaim, TakeOver};
 
 impl Row {
     /// When the claim lapses (rows from before leases: `LEASE` after creation).
@@ -187,38 +176,6 @@ impl Row {
         self.lease_until
             .unwrap_or(self.created_at + LEASE.num_milliseconds())
     }
-}
-
-/// The database holding the claims, owned so that a lease's renewer (a task of
-/// its own) can use it.
-#[derive(Clone)]
-enum ClaimDb {
-    Sqlite(sqlx::SqlitePool),
-    Postgres(sqlx::PgPool),
-}
-
-impl ClaimDb {
-    fn of(store: &EventStore) -> Self {
-        match store {
-            EventStore::Sqlite(s) => Self::Sqlite(s.pool.clone()),
-            EventStore::Postgres(s) => Self::Postgres(s.pool.clone()),
-            // KurrentDB holds events only: the claims live with the projections.
-            #[cfg(feature = "kurrentdb")]
-            EventStore::Kurrent(k) => match &k.side {
-                crate::store::kurrent::SideDb::Sqlite(s) => Self::Sqlite(s.pool.clone()),
-                crate::store::kurrent::SideDb::Postgres(s) => Self::Postgres(s.pool.clone()),
-            },
-        }
-    }
-}
-
-macro_rules! on_pool {
-    ($db:expr, |$pool:ident| $body:expr) => {
-        match $db {
-            ClaimDb::Sqlite($pool) => $body,
-            ClaimDb::Postgres($pool) => $body,
-        }
-    };
 }
 
 /// A fresh owner token: 128 random bits, so no two requests share one.
@@ -237,7 +194,7 @@ pub struct Idempotency<'a> {
 impl Idempotency<'_> {
     /// Claims `key` for this request, or returns the first response.
     pub async fn claim(&self, tenant: &str, key: &str, hash: &str) -> Result<Claim, Error> {
-        let db = ClaimDb::of(self.store);
+        let db = self.store.claims();
         // One token per request, also when it takes a lapsed claim over: the
         // previous owner's token stops matching the row at that moment.
         let owner = new_owner();
@@ -245,35 +202,22 @@ impl Idempotency<'_> {
         loop {
             let now = self.clock.now();
             let now_ms = now.timestamp_millis();
-            let inserted = on_pool!(&db, |pool| sqlx::query(
-                "INSERT INTO idempotency_keys \
-                 (tenant, idem_key, request_hash, state, created_at, expires_at, owner, lease_until) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (tenant, idem_key) DO NOTHING"
-            )
-            .bind(tenant)
-            .bind(key)
-            .bind(hash)
-            .bind(PENDING)
-            .bind(now_ms)
-            .bind((now + RETENTION).timestamp_millis())
-            .bind(&owner)
-            .bind((now + LEASE).timestamp_millis())
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected()))
-            .map_err(store_error)?;
-            if inserted == 1 {
+            let inserted = db
+                .insert(NewClaim {
+                    tenant,
+                    key,
+                    request_hash: hash,
+                    state: PENDING,
+                    created_at: now_ms,
+                    expires_at: (now + RETENTION).timestamp_millis(),
+                    owner: &owner,
+                    lease_until: (now + LEASE).timestamp_millis(),
+                })
+                .await?;
+            if inserted {
                 return Ok(Claim::Owned(self.lease(&db, tenant, key, owner, now)));
             }
-            let row: Option<Row> = on_pool!(&db, |pool| sqlx::query_as(
-                "SELECT request_hash, state, created_at, response_body, sealed_key, owner, \
-                 lease_until, proof FROM idempotency_keys WHERE tenant = $1 AND idem_key = $2"
-            )
-            .bind(tenant)
-            .bind(key)
-            .fetch_optional(pool)
-            .await)
-            .map_err(store_error)?;
+            let row: Option<Row> = db.get(tenant, key).await?;
             let Some(row) = row else { continue };
             // Another body under the same key is refused whatever the state
             // of the claim: a request that died may have committed its own.
@@ -298,10 +242,8 @@ impl Idempotency<'_> {
                     // the one to give, if its command was committed.
                     if row.request_hash == hash {
                         if let (Some(recorded), Some(proof)) = (self.answer(&row)?, &row.proof) {
-                            let proof =
-                                keyledger_domain::json::parse_stored(proof).map_err(|e| {
-                                    Error::Internal(format!("stored proof corrupt: {e}"))
-                                })?;
+                            let proof = keyledger_domain::json::parse_stored(proof)
+                                .map_err(|e| Error::internal_from("stored proof corrupt", e))?;
                             return Ok(Claim::Unsettled {
                                 lease,
                                 recorded,
@@ -323,7 +265,7 @@ impl Idempotency<'_> {
             if row.state == DONE {
                 let body = self
                     .answer(&row)?
-                    .ok_or_else(|| Error::Internal("stored response missing".into()))?;
+                    .ok_or_else(|| Error::internal("stored response missing"))?;
                 return Ok(Claim::Replay(body));
             }
             if started.elapsed() > WAIT {
@@ -336,7 +278,7 @@ impl Idempotency<'_> {
     /// Starts renewing the claim `owner` just took at `at`.
     fn lease(
         &self,
-        db: &ClaimDb,
+        db: &Arc<dyn ClaimTable>,
         tenant: &str,
         key: &str,
         owner: String,
@@ -359,7 +301,7 @@ impl Idempotency<'_> {
             return Ok(None);
         };
         let mut body = keyledger_domain::json::parse_stored(text)
-            .map_err(|e| Error::Internal(format!("stored response corrupt: {e}")))?;
+            .map_err(|e| Error::internal_from("stored response corrupt", e))?;
         if let (Some(sealed), Value::Object(m)) = (row.sealed_key.as_deref(), &mut body) {
             m.insert("key".into(), Value::String(self.sealer.open(sealed)?));
         }
@@ -416,41 +358,35 @@ impl Idempotency<'_> {
             .and_then(Value::as_str)
             .map(|k| self.sealer.seal(k))
             .transpose()?;
-        let updated = on_pool!(&ClaimDb::of(self.store), |pool| sqlx::query(
-            "UPDATE idempotency_keys SET state = $1, response_body = $2, sealed_key = $3, \
-             proof = COALESCE($4, proof) \
-             WHERE tenant = $5 AND idem_key = $6 AND owner = $7 AND state = $8"
-        )
-        .bind(state)
-        .bind(body.to_string())
-        .bind(&sealed)
-        .bind(proof.map(Value::to_string))
-        .bind(tenant)
-        .bind(key)
-        .bind(owner)
-        .bind(PENDING)
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected()))
-        .map_err(store_error)?;
+        let body = body.to_string();
+        let proof = proof.map(Value::to_string);
+        let updated = self
+            .store
+            .claims()
+            .answer(
+                tenant,
+                key,
+                owner,
+                PENDING,
+                Answer {
+                    state,
+                    body: &body,
+                    sealed_key: sealed.as_deref(),
+                    proof: proof.as_deref(),
+                },
+            )
+            .await?;
         Ok(settled(updated))
     }
 
     /// Gives up a claim whose request failed, so a retry runs it again; only
     /// while the claim is still `owner`'s (else `Settled::Lost`, nothing changed).
     pub async fn release(&self, tenant: &str, key: &str, owner: &str) -> Result<Settled, Error> {
-        let deleted = on_pool!(&ClaimDb::of(self.store), |pool| sqlx::query(
-            "DELETE FROM idempotency_keys \
-             WHERE tenant = $1 AND idem_key = $2 AND owner = $3 AND state = $4"
-        )
-        .bind(tenant)
-        .bind(key)
-        .bind(owner)
-        .bind(PENDING)
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected()))
-        .map_err(store_error)?;
+        let deleted = self
+            .store
+            .claims()
+            .release(tenant, key, owner, PENDING)
+            .await?;
         Ok(settled(deleted))
     }
 
@@ -463,17 +399,10 @@ impl Idempotency<'_> {
         state: &str,
         created_at: i64,
     ) -> Result<(), Error> {
-        on_pool!(&ClaimDb::of(self.store), |pool| sqlx::query(
-            "DELETE FROM idempotency_keys WHERE tenant = $1 AND idem_key = $2 AND state = $3 AND created_at = $4"
-        )
-        .bind(tenant)
-        .bind(key)
-        .bind(state)
-        .bind(created_at)
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected()))
-        .map_err(store_error)?;
+        self.store
+            .claims()
+            .forget(tenant, key, state, created_at)
+            .await?;
         Ok(())
     }
 }
@@ -489,7 +418,7 @@ fn settled(rows: u64) -> Settled {
 /// Takes over the lapsed claim `seen` for `owner`; false when someone else
 /// changed it first (renewed, completed, released or took it over).
 async fn take_over(
-    db: &ClaimDb,
+    db: &Arc<dyn ClaimTable>,
     tenant: &str,
     key: &str,
     hash: &str,
@@ -498,35 +427,25 @@ async fn take_over(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<bool, Error> {
     let now_ms = now.timestamp_millis();
-    // The previous owner's token (empty for rows from before tokens, which
-    // `created_at` then tells apart) and the lease still lapsed, in the same
-    // statement: a renewal that landed after our read wins. An answer the
-    // previous request recorded is kept only for the same request (hash): it
-    // is no answer to another body. (SET expressions read the old row.)
-    let updated = on_pool!(db, |pool| sqlx::query(
-        "UPDATE idempotency_keys SET owner = $1, lease_until = $2, request_hash = $3, \
-         created_at = $4, expires_at = $5, \
-         response_body = CASE WHEN request_hash = $3 THEN response_body END, \
-         sealed_key = CASE WHEN request_hash = $3 THEN sealed_key END, \
-         proof = CASE WHEN request_hash = $3 THEN proof END \
-         WHERE tenant = $6 AND idem_key = $7 AND state = $8 AND COALESCE(owner, '') = $9 \
-         AND created_at = $10 AND COALESCE(lease_until, created_at + $11) < $4"
-    )
-    .bind(owner)
-    .bind((now + LEASE).timestamp_millis())
-    .bind(hash)
-    .bind(now_ms)
-    .bind((now + RETENTION).timestamp_millis())
-    .bind(tenant)
-    .bind(key)
-    .bind(PENDING)
-    .bind(seen.owner.as_deref().unwrap_or(""))
-    .bind(seen.created_at)
-    .bind(LEASE.num_milliseconds())
-    .execute(pool)
-    .await
-    .map(|r| r.rows_affected()))
-    .map_err(store_error)?;
+    // The statement checks the previous owner and the lapsed lease itself:
+    // a renewal that landed after our read wins (see `ClaimTable::take_over`).
+    let updated = db
+        .take_over(
+            tenant,
+            key,
+            PENDING,
+            TakeOver {
+                owner,
+                lease_until: (now + LEASE).timestamp_millis(),
+                request_hash: hash,
+                now: now_ms,
+                expires_at: (now + RETENTION).timestamp_millis(),
+                seen_owner: seen.owner.as_deref().unwrap_or(""),
+                seen_created_at: seen.created_at,
+                default_lease_ms: LEASE.num_milliseconds(),
+            },
+        )
+        .await?;
     Ok(updated == 1)
 }
 
@@ -535,7 +454,7 @@ async fn take_over(
 /// else's. A failed renewal is retried on the next tick: the lease has two
 /// more renewals' worth of time left.
 async fn keep_alive(
-    db: ClaimDb,
+    db: Arc<dyn ClaimTable>,
     clock: Clock,
     tenant: String,
     key: String,
@@ -551,18 +470,15 @@ async fn keep_alive(
         if now - renewed < RENEW_EVERY {
             continue;
         }
-        let result = on_pool!(&db, |pool| sqlx::query(
-            "UPDATE idempotency_keys SET lease_until = $1 \
-             WHERE tenant = $2 AND idem_key = $3 AND owner = $4 AND state = $5"
-        )
-        .bind((now + LEASE).timestamp_millis())
-        .bind(&tenant)
-        .bind(&key)
-        .bind(&owner)
-        .bind(PENDING)
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected()));
+        let result = db
+            .renew(
+                &tenant,
+                &key,
+                &owner,
+                PENDING,
+                (now + LEASE).timestamp_millis(),
+            )
+            .await;
         match result {
             Ok(1) => renewed = now,
             Ok(_) => {
@@ -581,17 +497,30 @@ async fn keep_alive(
     }
 }
 
+/// Erases expired entries every `interval` until cancelled.
+pub async fn purge_periodically(
+    store: Arc<EventStore>,
+    clock: Clock,
+    interval: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if let Err(e) = purge_expired(&store, &clock).await {
+            tracing::warn!(error = %e, "could not purge expired idempotency keys");
+        }
+    }
+}
+
 /// Erases expired entries, and with them the sealed raw keys.
 pub async fn purge_expired(store: &EventStore, clock: &Clock) -> Result<u64, Error> {
     let now = clock.now().timestamp_millis();
-    on_pool!(&ClaimDb::of(store), |pool| sqlx::query(
-        "DELETE FROM idempotency_keys WHERE expires_at < $1"
-    )
-    .bind(now)
-    .execute(pool)
-    .await
-    .map(|r| r.rows_affected()))
-    .map_err(store_error)
+    store.claims().purge(now).await
 }
 
 #[cfg(test)]

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use keyledger_projections::VerificationCode;
 
-use crate::http::verify::code_name;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Verifications answered, by `code` (`VALID`, `NOT_FOUND`, ...).
@@ -173,7 +172,7 @@ pub fn render_sharded(out: &mut String) {
         let _ = writeln!(
             out,
             "{VERIFICATIONS_TOTAL}{{code=\"{}\"}} {}",
-            code_name(*code),
+            code.as_str(),
             counter.value()
         );
     }

@@ -14,7 +14,7 @@ use std::time::Instant;
 use keyledger_projections::audit::AuditEntry;
 use keyledger_projections::audit::{AuditFilter, Order};
 use keyledger_projections::replay::{audit_entry, diff_audit, diff_key_lists, KeyListFold};
-use keyledger_projections::{Projections, RawEvent, RecordedEvent, Table};
+use keyledger_projections::{Projections, RawEvent, Rebuilt as Table, RecordedEvent};
 use tokio::sync::mpsc;
 
 use crate::error::Error;

@@ -6,17 +6,24 @@
 use std::sync::Arc;
 
 use keyledger_domain::{
-    CreateKey, DomainError, Environment, KeyCommand, KeyCommandKind, KeyPrefix, RawKey, UpdateKey,
+    ApiKeyEvent, CreateKey, DomainError, Environment, KeyCommand, KeyCommandKind, KeyPrefix,
+    RawKey, UpdateKey,
 };
 use keyledger_projections::audit::{AuditFilter, AuditPage};
 use keyledger_projections::event::meta_keys;
+use keyledger_projections::inline::InlineCreates;
 use keyledger_projections::key_list::{KeyPage, KeyRow, ListFilter};
-use keyledger_projections::{Projections, Verification, VerifyRequest};
+use keyledger_projections::replay::created_row;
+use keyledger_projections::{
+    KeyledgerEvent, Projections, RecordedEvent, Verification, VerifyRequest,
+};
 use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::error::Error;
+pub use crate::fault::{AfterCommit, Stage};
 use crate::group_commit::CreateQueue;
+use crate::idempotency::{Idempotency, Sealer};
 use crate::store::{EventMetadata, EventStore, NewKeyCommand};
 use crate::tailer::Tailer;
 
@@ -114,6 +121,20 @@ impl KeyService {
         &self.store
     }
 
+    /// The position of the newest committed event (0 when empty).
+    pub async fn head(&self) -> Result<i64, Error> {
+        self.store.head().await
+    }
+
+    /// The idempotency claims of requests, sealing raw keys with `sealer`.
+    pub fn idempotency<'a>(&'a self, sealer: &'a Sealer) -> Idempotency<'a> {
+        Idempotency {
+            store: &self.store,
+            sealer,
+            clock: &self.clock,
+        }
+    }
+
     /// This node's tailer (its health decides readiness).
     pub fn tailer(&self) -> &Arc<Tailer> {
         &self.tailer
@@ -171,19 +192,34 @@ impl KeyService {
                 command,
             })
             .await?;
-        let view = create.view()?;
-        Ok(PreparedKey { create, raw, view })
+        let event = InlineCreates::recorded(create.inline_event()?, 0)
+            .map_err(|e| Error::internal_from("a create's event", e))?;
+        let view = match &event.event {
+            KeyledgerEvent::Key(ApiKeyEvent::KeyCreated(c)) => created_row(&event, c),
+            _ => return Err(Error::internal("a create's event is not KeyCreated")),
+        };
+        Ok(PreparedKey {
+            create,
+            event,
+            raw,
+            view,
+        })
     }
 
     /// Commits a prepared key. Once its event is durable the answer is the
     /// key: if this node's projections cannot show it yet, it is answered
     /// from its own event (the view the key list will hold).
     pub async fn issue(&self, actor: &Actor, prepared: PreparedKey) -> Result<IssuedKey, Error> {
-        let PreparedKey { create, raw, view } = prepared;
+        let PreparedKey {
+            create,
+            event,
+            raw,
+            view,
+        } = prepared;
         let key_id = create.command.key_id.clone();
         let written = async {
             let fresh = match &self.creates {
-                Some(queue) => queue.create(create).await?,
+                Some(queue) => queue.create(create, event).await?,
                 None => {
                     let c = create.command;
                     self.store.execute(&c.key_id, c.command, c.metadata).await?;
@@ -503,6 +539,8 @@ fn committed(cause: Error) -> Error {
 /// A key about to be issued: decided, not written (`KeyService::prepare_create`).
 pub struct PreparedKey {
     create: crate::store::PreparedCreate,
+    /// Its event as the projections will see it (position 0: not written).
+    event: RecordedEvent,
     raw: RawKey,
     view: KeyRow,
 }
@@ -559,37 +597,6 @@ pub enum Proof {
         successor: String,
         grace_ms: i64,
     },
-}
-
-/// Where a test's injected failure strikes (`AfterCommit`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// Right after a new key's event was committed.
-    Created,
-    /// Right after any other command's events were committed.
-    Command,
-}
-
-/// A failure injected right after a commit, standing in for whatever can go
-/// wrong there (a lost acknowledgement, a store gone, projections that cannot
-/// catch up). For tests only: `serve` never sets one.
-#[derive(Clone)]
-pub struct AfterCommit(Arc<dyn Fn(Stage) -> Result<(), Error> + Send + Sync>);
-
-impl AfterCommit {
-    pub fn new(hook: impl Fn(Stage) -> Result<(), Error> + Send + Sync + 'static) -> Self {
-        Self(Arc::new(hook))
-    }
-
-    fn call(&self, stage: Stage) -> Result<(), Error> {
-        (self.0)(stage)
-    }
-}
-
-impl std::fmt::Debug for AfterCommit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AfterCommit(..)")
-    }
 }
 
 /// What every event records about its request.

@@ -12,7 +12,7 @@ use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
-use crate::store::EventStore;
+use crate::store::{EventStore, FeedListener};
 
 /// Events read per round trip.
 const BATCH: i64 = 1000;
@@ -382,6 +382,22 @@ impl Tailer {
             // counted by `catch_up_locked`'s health record.
             let _ = self.catch_up().await;
         }
+    }
+}
+
+/// The store tells the tailer of other nodes' events through this.
+#[async_trait::async_trait]
+impl FeedListener for Tailer {
+    fn wake(&self) {
+        Tailer::wake(self);
+    }
+
+    fn wake_through(&self, position: i64) {
+        Tailer::wake_through(self, position);
+    }
+
+    async fn resume_position(&self) -> Result<i64, Error> {
+        Ok(self.projections.resume_position().await?)
     }
 }
 

@@ -117,10 +117,6 @@ impl UsageFlusher {
             if let Err(e) = self.flush().await {
                 tracing::warn!(error = %e, "usage flush failed; counts kept for the next one");
             }
-            // Housekeeping on the same beat: expired idempotency entries go.
-            if let Err(e) = crate::idempotency::purge_expired(&self.store, &self.clock).await {
-                tracing::warn!(error = %e, "could not purge expired idempotency keys");
-            }
         }
         match self.flush().await {
             Ok(n) => tracing::info!(keys = n, "final usage flush done"),

@@ -158,6 +158,10 @@ fn bench_scripts_that_need_the_reference_harness_stop_saying_so_when_it_is_missi
     std::fs::create_dir_all(project.join("bench")).expect("mkdir");
     for entry in std::fs::read_dir(root().join("bench")).expect("bench/") {
         let entry = entry.expect("entry");
+        // The scripts; `keyledger-bench`'s sources beside them are not needed.
+        if !entry.file_type().expect("file type").is_file() {
+            continue;
+        }
         std::fs::copy(entry.path(), project.join("bench").join(entry.file_name()))
             .expect("copy a bench file");
     }

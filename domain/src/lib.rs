@@ -11,6 +11,7 @@ pub mod chain;
 pub mod commands;
 pub mod error;
 pub mod events;
+pub mod feed;
 pub mod json;
 pub mod key;
 pub mod permissions;
@@ -25,6 +26,7 @@ pub use events::{
     ApiKeyEvent, KeyCreated, KeyDeactivated, KeyDeleted, KeyExpirySet, KeyReactivated, KeyUpdated,
     API_KEY_AGGREGATE_TYPE,
 };
+pub use feed::RawEvent;
 pub use key::{Environment, KeyHash, KeyPrefix, ParsedKey, RawKey};
 pub use permissions::Permissions;
 pub use usage::{KeyUsage, KeyUsageEvent, KeyUsageRecorded, RecordUsage, KEY_USAGE_AGGREGATE_TYPE};

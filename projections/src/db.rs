@@ -1,12 +1,130 @@
-//! Which database holds the projection tables. The SQL is the same text on both
-//! engines (`$n` parameters, BIGINT/TEXT columns only), so each query is written
-//! once and compiled for both pool types (see `sql.rs`).
+//! The seam between the projections and the database that holds their
+//! tables: [`ProjectionTables`], implemented once, generically, by
+//! `sql::SqlTables` for each SQL engine (`sql::tables` picks it).
 
-use sqlx::{PgPool, SqlitePool};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
-/// The pool of the database that holds the projection tables.
-#[derive(Clone, Debug)]
-pub enum ProjectionDb {
-    Sqlite(SqlitePool),
-    Postgres(PgPool),
+use crate::audit::{AuditEntry, AuditFilter, AuditPage};
+use crate::checkpoint::Checkpoints;
+use crate::error::ProjectionError;
+use crate::event::RecordedEvent;
+use crate::key_list::{KeyPage, KeyRow, ListFilter};
+use keyledger_sql::Engine;
+
+use crate::verification::VerificationIndex;
+use crate::{audit, key_list};
+
+/// Which SQL projection a rebuild targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rebuilt {
+    KeyList,
+    AuditLog,
+}
+
+impl Rebuilt {
+    pub fn live(self) -> &'static str {
+        match self {
+            Self::KeyList => key_list::TABLE.name,
+            Self::AuditLog => audit::TABLE.name,
+        }
+    }
+
+    pub(crate) fn scratch(self) -> &'static str {
+        match self {
+            Self::KeyList => key_list::TABLE.scratch,
+            Self::AuditLog => audit::TABLE.scratch,
+        }
+    }
+
+    pub(crate) fn checkpoint(self) -> &'static str {
+        match self {
+            Self::KeyList => key_list::TABLE.checkpoint,
+            Self::AuditLog => audit::TABLE.checkpoint,
+        }
+    }
+
+    pub(crate) fn create<DB: Engine>(self, suffix: &str) -> String {
+        match self {
+            Self::KeyList => key_list::TABLE.create::<DB>(self.scratch(), suffix),
+            Self::AuditLog => audit::TABLE.create::<DB>(self.scratch(), suffix),
+        }
+    }
+
+    pub(crate) fn create_indexes(self, suffix: &str) -> Vec<String> {
+        match self {
+            Self::KeyList => key_list::TABLE.create_indexes(self.scratch(), suffix),
+            Self::AuditLog => audit::TABLE.create_indexes(self.scratch(), suffix),
+        }
+    }
+}
+
+/// The SQL projections' tables and checkpoints in one database.
+#[async_trait]
+pub trait ProjectionTables: Send + Sync + std::fmt::Debug {
+    /// Checkpoints of the SQL projections as stored.
+    async fn checkpoints(&self) -> Result<Checkpoints, ProjectionError>;
+
+    /// Applies a batch to the key list and the audit log in one transaction,
+    /// skipping what each has applied already, and moves both checkpoints to
+    /// `through`. Returns the checkpoints now stored.
+    async fn apply_batch(
+        &self,
+        events: &[RecordedEvent],
+        through: i64,
+    ) -> Result<Checkpoints, ProjectionError>;
+
+    /// One page of a tenant's keys, newest first.
+    async fn list_keys(
+        &self,
+        tenant: &str,
+        filter: &ListFilter,
+        now: DateTime<Utc>,
+    ) -> Result<KeyPage, ProjectionError>;
+
+    /// One key of a tenant, by id or by its display prefix when that is unique.
+    async fn get_key(
+        &self,
+        tenant: &str,
+        id_or_prefix: &str,
+    ) -> Result<Option<KeyRow>, ProjectionError>;
+
+    /// The key list and its checkpoint, read from one snapshot.
+    async fn key_list_snapshot(&self) -> Result<(i64, Vec<KeyRow>), ProjectionError>;
+
+    /// Drops any leftover scratch table and creates an empty one.
+    async fn prepare_scratch(&self, table: Rebuilt, suffix: &str) -> Result<(), ProjectionError>;
+
+    /// Bulk-loads rows into the scratch key list.
+    async fn load_scratch_keys(&self, rows: &[KeyRow]) -> Result<(), ProjectionError>;
+
+    /// Bulk-loads rows into the scratch audit log.
+    async fn load_scratch_audit(&self, rows: &[AuditEntry]) -> Result<(), ProjectionError>;
+
+    /// Indexes the scratch table and swaps it in for the live one in one
+    /// transaction, setting the projection's checkpoint to `position`.
+    /// Events after `position` are then applied by the normal tailer.
+    async fn swap_in(
+        &self,
+        table: Rebuilt,
+        position: i64,
+        suffix: &str,
+    ) -> Result<(), ProjectionError>;
+
+    /// The rebuild counter of the key list (see `sql::VERIFICATION_RELOAD`).
+    async fn reload_generation(&self) -> Result<i64, ProjectionError>;
+
+    /// (position, event_hash) of audit rows after `after`, in order.
+    async fn audit_hashes(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, Option<String>)>, ProjectionError>;
+
+    /// One page of the audit log.
+    async fn audit(&self, filter: &AuditFilter) -> Result<AuditPage, ProjectionError>;
+
+    /// The verification index as the key list holds it, at the key list's
+    /// checkpoint (rows and checkpoint from one snapshot).
+    async fn load_index(&self) -> Result<VerificationIndex, ProjectionError>;
 }

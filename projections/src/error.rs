@@ -8,8 +8,11 @@ pub enum ProjectionError {
     #[error("projection database error")]
     Database(#[from] sqlx::Error),
     /// The key list could not be read into the verification index.
-    #[error("loading the verification index: {0}")]
-    Load(String),
+    #[error("loading the verification index")]
+    Load(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A rule of this crate was broken (a bug, never input).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     /// A stored event could not be read as any known event. The projection stops
     /// before it rather than skip it: skipping would make the view silently wrong.
     #[error("event at position {position} cannot be decoded: {message}")]
@@ -28,4 +31,12 @@ pub enum ProjectionError {
         field: &'static str,
         message: String,
     },
+}
+
+impl ProjectionError {
+    /// Whether the projection database is unreachable or overloaded (a
+    /// retry may succeed), rather than something being wrong.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Database(e) if keyledger_sql::is_unavailable(e))
+    }
 }

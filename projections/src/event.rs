@@ -8,6 +8,8 @@ use keyledger_domain::{
 };
 use serde_json::Value;
 
+pub use keyledger_domain::RawEvent;
+
 use crate::error::ProjectionError;
 
 /// Metadata keys written with every command. Persisted: never rename.
@@ -18,39 +20,6 @@ pub mod meta_keys {
     pub const OCCURRED_AT: &str = "occurred_at";
     pub const CLIENT_ADDR: &str = "client_addr";
     pub const USER_AGENT: &str = "user_agent";
-}
-
-/// One row of the events table, in global order.
-#[derive(Debug, Clone)]
-pub struct RawEvent {
-    pub position: i64,
-    pub aggregate_type: String,
-    pub aggregate_id: String,
-    pub sequence: i64,
-    pub event_type: String,
-    pub event_version: String,
-    pub payload: Value,
-    pub metadata: Value,
-}
-
-impl RawEvent {
-    /// The fields its chain hash covers.
-    pub fn stored_fields(&self) -> keyledger_domain::chain::StoredFields<'_> {
-        keyledger_domain::chain::StoredFields {
-            aggregate_type: &self.aggregate_type,
-            aggregate_id: &self.aggregate_id,
-            sequence: self.sequence,
-            event_type: &self.event_type,
-            event_version: &self.event_version,
-            payload: &self.payload,
-            metadata: &self.metadata,
-        }
-    }
-
-    /// This event's chain hash.
-    pub fn chain_hash(&self) -> String {
-        keyledger_domain::chain::event_hash(self.stored_fields())
-    }
 }
 
 /// Who did it, for whom, when.

@@ -2,7 +2,9 @@
 //! keys leave the view (and so answer 404); their history stays in the audit log.
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
+
+use crate::error::ProjectionError;
+use crate::schema::{strings_json, Column, Fields, Index, Record, Table, Value, ValueOf};
 
 /// Status of a key as stored (expiry is derived at read time).
 pub const STATUS_ACTIVE: &str = "active";
@@ -28,7 +30,7 @@ pub struct KeyRow {
     pub expires_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub usage_count: i64,
-    pub metadata: Option<Value>,
+    pub metadata: Option<serde_json::Value>,
     pub created_position: i64,
     pub rotated_from: Option<String>,
     pub rotated_to: Option<String>,
@@ -91,4 +93,96 @@ pub struct KeyPage {
     pub keys: Vec<KeyRow>,
     /// The `created_position` to continue from, when more keys may follow.
     pub next_before: Option<i64>,
+}
+
+/// The key list's table.
+pub static TABLE: Table<19> = Table {
+    name: "key_list",
+    scratch: "key_list_rebuild",
+    checkpoint: crate::checkpoint::KEY_LIST,
+    columns: [
+        Column::text("id"),
+        Column::text("tenant"),
+        Column::text("key_hash"),
+        Column::text("prefix"),
+        Column::text("name"),
+        Column::text("description").nullable(),
+        Column::text("environment"),
+        Column::text("permissions"),
+        Column::text("status"),
+        Column::int("created_at"),
+        Column::text("created_by"),
+        Column::int("updated_at"),
+        Column::int("expires_at").nullable(),
+        Column::int("last_used_at").nullable(),
+        Column::int("usage_count"),
+        Column::text("metadata").nullable(),
+        Column::int("created_position"),
+        Column::text("rotated_from").nullable(),
+        Column::text("rotated_to").nullable(),
+    ],
+    primary_key: "id",
+    indexes: &[
+        Index {
+            name: "key_list_by_tenant",
+            columns: "tenant, created_position",
+        },
+        Index {
+            name: "key_list_by_prefix",
+            columns: "tenant, prefix",
+        },
+    ],
+};
+
+impl Record<19> for KeyRow {
+    const TABLE: &'static Table<19> = &TABLE;
+
+    fn values(&self) -> [Value; 19] {
+        [
+            Value::text(&self.id),
+            Value::text(&self.tenant),
+            Value::text(&self.key_hash),
+            Value::text(&self.prefix),
+            Value::text(&self.name),
+            Value::Text(self.description.clone()),
+            Value::text(&self.environment),
+            Value::text(strings_json(&self.permissions)),
+            Value::text(&self.status),
+            Value::time(self.created_at),
+            Value::text(&self.created_by),
+            Value::time(self.updated_at),
+            Value::opt_time(self.expires_at),
+            Value::opt_time(self.last_used_at),
+            Value::Int(Some(self.usage_count)),
+            Value::Text(self.metadata.as_ref().map(|m| m.to_string())),
+            Value::Int(Some(self.created_position)),
+            Value::Text(self.rotated_from.clone()),
+            Value::Text(self.rotated_to.clone()),
+        ]
+    }
+
+    fn from_values(values: [Value; 19]) -> Result<Self, ProjectionError> {
+        let mut f = Fields::new(&TABLE, values, 0);
+        Ok(Self {
+            id: f.text()?,
+            tenant: f.text()?,
+            key_hash: f.text()?,
+            prefix: f.text()?,
+            name: f.text()?,
+            description: f.opt_text()?,
+            environment: f.text()?,
+            permissions: f.json_as()?,
+            status: f.text()?,
+            created_at: f.time()?,
+            created_by: f.text()?,
+            updated_at: f.time()?,
+            expires_at: f.opt_time()?,
+            last_used_at: f.opt_time()?,
+            usage_count: f.int()?,
+            metadata: f.opt_json()?,
+            created_position: f.int()?,
+            rotated_from: f.opt_text()?,
+            rotated_to: f.opt_text()?,
+        })
+    }
 }

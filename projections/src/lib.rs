@@ -13,17 +13,22 @@ pub mod db;
 pub mod error;
 pub mod event;
 mod index_load;
+pub mod inline;
 pub mod key_list;
+mod postgres;
 pub mod projector;
 pub mod replay;
+pub mod schema;
 mod sql;
+mod sqlite;
 pub mod verification;
 
-pub use db::ProjectionDb;
+pub use db::ProjectionTables;
+pub use db::Rebuilt;
 pub use error::ProjectionError;
 pub use event::{EventMeta, KeyledgerEvent, RawEvent, RecordedEvent};
+pub use keyledger_sql::SqlPool;
 pub use projector::Projections;
-pub use sql::Table;
 pub use verification::{
     DrainedUsage, IndexedKey, KeyIdText, Verification, VerificationCode, VerificationIndex,
     VerifyRequest,

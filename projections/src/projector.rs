@@ -10,50 +10,35 @@ use chrono::{DateTime, Utc};
 use crate::audit::AuditEntry;
 use crate::audit::{AuditFilter, AuditPage};
 use crate::checkpoint::Checkpoints;
-use crate::db::ProjectionDb;
+use crate::db::ProjectionTables;
+use crate::db::Rebuilt;
 use crate::error::ProjectionError;
 use crate::event::RecordedEvent;
 use crate::key_list::{KeyPage, KeyRow, ListFilter};
-use crate::sql::{self, Table};
+use crate::sql;
 use crate::verification::VerificationIndex;
-
-/// Calls the same function of the SQLite or PostgreSQL SQL module.
-macro_rules! dispatch {
-    ($db:expr, $f:ident ( $($arg:expr),* )) => {
-        match $db {
-            ProjectionDb::Sqlite(p) => sql::sqlite::$f(p, $($arg),*).await,
-            ProjectionDb::Postgres(p) => sql::postgres::$f(p, $($arg),*).await,
-        }
-    };
-}
-
-/// The verification index as the key list holds it.
-async fn load_index(db: &ProjectionDb) -> Result<VerificationIndex, ProjectionError> {
-    match db {
-        ProjectionDb::Sqlite(p) => crate::index_load::load_sqlite(p).await,
-        ProjectionDb::Postgres(p) => crate::index_load::load_postgres(p).await,
-    }
-}
+use keyledger_sql::SqlPool;
 
 /// The projections of one node.
 #[derive(Debug)]
 pub struct Projections {
-    db: ProjectionDb,
+    db: Arc<dyn ProjectionTables>,
     index: Arc<VerificationIndex>,
 }
 
 impl Projections {
     /// Opens the projections and fills the verification index from the key list.
-    pub async fn open(db: ProjectionDb) -> Result<Self, ProjectionError> {
-        let index = Arc::new(load_index(&db).await?);
+    pub async fn open(pool: SqlPool) -> Result<Self, ProjectionError> {
+        let db = sql::tables(pool);
+        let index = Arc::new(db.load_index().await?);
         Ok(Self { db, index })
     }
 
     /// Opens the SQL projections only, with an empty index: for tools that read
     /// the views (the `audit` command) and never verify.
-    pub fn unloaded(db: ProjectionDb) -> Self {
+    pub fn unloaded(pool: SqlPool) -> Self {
         Self {
-            db,
+            db: sql::tables(pool),
             index: Arc::new(VerificationIndex::new()),
         }
     }
@@ -64,7 +49,7 @@ impl Projections {
 
     /// Checkpoints of the SQL projections as stored.
     pub async fn checkpoints(&self) -> Result<Checkpoints, ProjectionError> {
-        dispatch!(&self.db, checkpoints())
+        self.db.checkpoints().await
     }
 
     /// Where the feed must be read from so that no projection misses an event.
@@ -80,7 +65,7 @@ impl Projections {
         events: &[RecordedEvent],
         through: i64,
     ) -> Result<(), ProjectionError> {
-        dispatch!(&self.db, apply_batch(events, through))?;
+        self.db.apply_batch(events, through).await?;
         for e in events {
             self.index.apply(e);
         }
@@ -95,7 +80,7 @@ impl Projections {
         filter: &ListFilter,
         now: DateTime<Utc>,
     ) -> Result<KeyPage, ProjectionError> {
-        dispatch!(&self.db, list_keys(tenant, filter, now))
+        self.db.list_keys(tenant, filter, now).await
     }
 
     /// One key of a tenant, by id or by its display prefix when that is unique.
@@ -104,52 +89,50 @@ impl Projections {
         tenant: &str,
         id_or_prefix: &str,
     ) -> Result<Option<KeyRow>, ProjectionError> {
-        dispatch!(&self.db, get_key(tenant, id_or_prefix))
+        self.db.get_key(tenant, id_or_prefix).await
     }
 
     /// The key list and its checkpoint, read from one snapshot.
     pub async fn key_list_snapshot(&self) -> Result<(i64, Vec<KeyRow>), ProjectionError> {
-        dispatch!(&self.db, key_list_snapshot())
+        self.db.key_list_snapshot().await
     }
 
     /// Creates an empty scratch table for rebuilding `table`.
-    pub async fn prepare_scratch(&self, table: Table, suffix: &str) -> Result<(), ProjectionError> {
-        dispatch!(&self.db, prepare_scratch(table, suffix))
+    pub async fn prepare_scratch(
+        &self,
+        table: Rebuilt,
+        suffix: &str,
+    ) -> Result<(), ProjectionError> {
+        self.db.prepare_scratch(table, suffix).await
     }
 
     pub async fn load_scratch_keys(&self, rows: &[KeyRow]) -> Result<(), ProjectionError> {
-        match &self.db {
-            ProjectionDb::Sqlite(p) => sql::sqlite::load_scratch_keys(p, rows).await,
-            ProjectionDb::Postgres(p) => sql::copy::load_scratch_keys(p, rows).await,
-        }
+        self.db.load_scratch_keys(rows).await
     }
 
     pub async fn load_scratch_audit(&self, rows: &[AuditEntry]) -> Result<(), ProjectionError> {
-        match &self.db {
-            ProjectionDb::Sqlite(p) => sql::sqlite::load_scratch_audit(p, rows).await,
-            ProjectionDb::Postgres(p) => sql::copy::load_scratch_audit(p, rows).await,
-        }
+        self.db.load_scratch_audit(rows).await
     }
 
     /// Swaps a loaded scratch table in atomically, at checkpoint `position`.
     pub async fn swap_in(
         &self,
-        table: Table,
+        table: Rebuilt,
         position: i64,
         suffix: &str,
     ) -> Result<(), ProjectionError> {
-        dispatch!(&self.db, swap_in(table, position, suffix))
+        self.db.swap_in(table, position, suffix).await
     }
 
     /// How many times the key list was rebuilt (nodes reload their index when it changes).
     pub async fn reload_generation(&self) -> Result<i64, ProjectionError> {
-        dispatch!(&self.db, reload_generation())
+        self.db.reload_generation().await
     }
 
     /// Loads a fresh verification index from the key list and swaps it in; the
     /// caller must hold the tailer lock.
     pub async fn reload_index(&self) -> Result<(), ProjectionError> {
-        let fresh = load_index(&self.db).await?;
+        let fresh = self.db.load_index().await?;
         self.index.replace_with(fresh);
         Ok(())
     }
@@ -160,11 +143,11 @@ impl Projections {
         after: i64,
         limit: i64,
     ) -> Result<Vec<(i64, Option<String>)>, ProjectionError> {
-        dispatch!(&self.db, audit_hashes(after, limit))
+        self.db.audit_hashes(after, limit).await
     }
 
     /// One page of the audit log.
     pub async fn audit(&self, filter: &AuditFilter) -> Result<AuditPage, ProjectionError> {
-        dispatch!(&self.db, audit(filter))
+        self.db.audit(filter).await
     }
 }

@@ -109,8 +109,8 @@ pub async fn run(args: AuditArgs, config: Config) -> Result<ExitCode, Error> {
                 v
             })
             .collect();
-        let text =
-            serde_json::to_string_pretty(&rows).map_err(|e| Error::Internal(e.to_string()))?;
+        let text = serde_json::to_string_pretty(&rows)
+            .map_err(|e| Error::internal_from("serialising the audit rows", e))?;
         println!("{text}");
     } else {
         println!(

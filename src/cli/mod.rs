@@ -1,7 +1,6 @@
 //! The `keyledger` command line: serve, token, migrate, audit.
 
 mod audit;
-mod bench;
 mod projections;
 mod serve;
 
@@ -21,6 +20,16 @@ use crate::error::Error;
     about = "Event-sourced API-key lifecycle service"
 )]
 pub struct Cli {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the data is: the options every command shares (also those of
+/// `keyledger-bench`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
     /// Directory of the embedded database and the generated server secret.
     #[arg(
         long,
@@ -51,8 +60,6 @@ pub struct Cli {
         default_value = crate::config::DEFAULT_KURRENT_NAMESPACE
     )]
     kurrent_namespace: String,
-    #[command(subcommand)]
-    command: Command,
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,12 +92,11 @@ enum Command {
         #[command(subcommand)]
         command: projections::ProjectionsCommand,
     },
-    /// Measure running nodes (see BENCHMARKS.md).
-    Bench(bench::BenchArgs),
 }
 
-impl Cli {
-    fn config(&self) -> Result<Config, Error> {
+impl StoreArgs {
+    /// The configuration these options (and the environment) give.
+    pub fn config(&self) -> Result<Config, Error> {
         let mut config = Config::new(self.data_dir.clone());
         config.store = store_from_urls(
             self.event_store.as_deref(),
@@ -111,6 +117,15 @@ const WORKER_STACK_BYTES: usize = 16 << 20;
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    run_main("keyledger", run(cli))
+}
+
+/// Runs a command-line program's future on keyledger's runtime, printing its
+/// error (with its causes) as `<name>: ...`.
+pub fn run_main(
+    name: &str,
+    program: impl std::future::Future<Output = Result<ExitCode, Error>>,
+) -> ExitCode {
     init_tracing();
     // Events older versions let through may nest about 2,000 levels deep
     // (`json::MAX_STORED_DEPTH`); serde's clone, drop and serialise of such a
@@ -123,21 +138,21 @@ pub fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("keyledger: cannot start the runtime: {e}");
+            eprintln!("{name}: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(program) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("keyledger: {e}");
+            eprintln!("{name}: {}", crate::error::with_causes(&e));
             ExitCode::FAILURE
         }
     }
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Error> {
-    let config = cli.config()?;
+    let config = cli.store.config()?;
     match cli.command {
         Command::Serve(args) => serve::run(args, config).await,
         Command::Token {
@@ -162,7 +177,6 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(args) => audit::run(args, config).await,
-        Command::Bench(args) => bench::run(args, config).await,
         Command::Projections { command } => projections::run(command, config).await,
     }
 }

@@ -65,7 +65,7 @@ pub async fn run(command: ProjectionsCommand, config: Config) -> Result<ExitCode
                     ProgressStyle::with_template(
                         "{bar:40} {pos}/{len} events  {per_sec}  eta {eta}",
                     )
-                    .map_err(|e| Error::Internal(e.to_string()))?,
+                    .map_err(|e| Error::internal_from("the progress bar's template", e))?,
                 );
                 bar.enable_steady_tick(Duration::from_millis(200));
                 let bar = Bar(bar);

@@ -9,7 +9,7 @@ use clap::Args;
 use keyledger_domain::KeyPrefix;
 
 use crate::app::Application;
-use crate::config::{Config, IdpConfig, StoreConfig};
+use crate::config::{Config, IdpConfig};
 use crate::error::Error;
 
 #[derive(Debug, Args)]
@@ -144,19 +144,11 @@ pub async fn run(args: ServeArgs, mut config: Config) -> Result<ExitCode, Error>
     }
     config.max_connections = args.max_connections;
     config.idp = args.idp()?;
-    match &config.store {
-        StoreConfig::Sqlite => tracing::info!(
-            data = %config.sqlite_path().display(),
-            "using the embedded SQLite store"
-        ),
-        StoreConfig::Postgres(_) => tracing::info!("using PostgreSQL"),
-        #[cfg(feature = "kurrentdb")]
-        StoreConfig::Kurrent(k) => tracing::info!(
-            namespace = %k.namespace,
-            projections = if k.projections_url.is_some() { "postgresql" } else { "sqlite" },
-            "using KurrentDB"
-        ),
-    }
+    tracing::info!(
+        data = %config.data_dir.display(),
+        "using {}",
+        config.store.describe()
+    );
     let app = Application::build(config).await?;
     app.run_until_stopped(shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)

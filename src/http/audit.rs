@@ -9,11 +9,11 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::Error;
-use crate::http::auth::Management;
 use crate::http::error::ErrorBody;
 use crate::http::extract::{ApiQuery, KeyPath};
 use crate::http::keys::cursor;
-use crate::http::AppState;
+use crate::http::management::Management;
+use crate::http::state::AppState;
 
 /// Events per page of a key's history, by default and at most. A history has
 /// no length bound (a used key gains a usage event every flush interval), so it

@@ -12,7 +12,6 @@ use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use crate::error::Error;
-use crate::store::is_unavailable;
 
 /// The error body of every failed request.
 #[derive(Debug, Serialize, ToSchema)]
@@ -138,12 +137,12 @@ fn parts(error: &Error) -> Parts {
             details: None,
         },
         Error::StoreUnavailable(_) => unavailable(),
-        Error::Projection(ProjectionError::Database(e)) if is_unavailable(e) => unavailable(),
+        Error::Projection(e) if e.is_unavailable() => unavailable(),
         Error::Domain(DomainError::MalformedKey { .. } | DomainError::InvalidKeyPrefix)
         | Error::Projection(_)
         | Error::UnreadableEvent { .. }
         | Error::Config(_)
-        | Error::Internal(_) => p(
+        | Error::Internal { .. } => p(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "internal error; see the server log".into(),

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
 use crate::error::Error;
-use crate::http::AppState;
+use crate::http::state::AppState;
 
 /// A JSON body, parsed strictly.
 pub struct ApiJson<T>(pub T);

@@ -6,7 +6,7 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::http::AppState;
+use crate::http::state::AppState;
 
 /// A node is ready while its projections are at most this many events behind.
 const READY_MAX_LAG: i64 = 1000;
@@ -51,7 +51,7 @@ pub async fn live() -> Json<Health> {
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let index = state.service.projections().index();
-    let head = state.store.head().await.ok();
+    let head = state.service.head().await.ok();
     let lag = head.map(|h| (h - index.checkpoint()).max(0));
     let stalled = state.service.tailer().stalled().map(|s| Stalled {
         checkpoint: s.checkpoint,

@@ -13,12 +13,12 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::Error;
-use crate::http::auth::Management;
 use crate::http::error::ErrorBody;
 use crate::http::extract::{
     ApiJson, ApiQuery, IdempotencyKey, JsonBytes, KeyPath, OptionalJson, OptionalJsonBytes,
 };
-use crate::http::AppState;
+use crate::http::management::Management;
+use crate::http::state::AppState;
 use crate::idempotency::{request_hash, Claim, Idempotency, Settled};
 use crate::service::Actor;
 use crate::service::{NewKey, PreparedKey, PreparedRotation, Proof};
@@ -301,11 +301,7 @@ async fn idempotent(
         let issued = prepare.await?.commit(service, actor).await?;
         return Ok(created(created_view(issued, service.clock().now())));
     };
-    let store = Idempotency {
-        store: state.store.as_ref(),
-        sealer: state.sealer.as_ref(),
-        clock: service.clock(),
-    };
+    let store = service.idempotency(state.sealer.as_ref());
     let lease = match store
         .claim(&actor.tenant, &key, &request_hash(route, body))
         .await?
@@ -318,7 +314,7 @@ async fn idempotent(
             proof,
         } => {
             let proof: Proof = serde_json::from_value(proof)
-                .map_err(|e| Error::Internal(format!("stored proof unreadable: {e}")))?;
+                .map_err(|e| Error::internal_from("stored proof unreadable", e))?;
             // Dropping the lease on an error leaves the claim to lapse again:
             // the next retry settles it.
             if service.settle(actor, &proof).await? {
@@ -336,7 +332,8 @@ async fn idempotent(
         Ok(issue) => issue,
         Err(e) => return Err(give_up(&store, actor, &key, lease, e).await),
     };
-    let proof = serde_json::to_value(issue.proof()).map_err(|e| Error::Internal(e.to_string()))?;
+    let proof = serde_json::to_value(issue.proof())
+        .map_err(|e| Error::internal_from("serialising a proof of commit", e))?;
     let answer = to_json(&issue.answer(service.clock().now()))?;
     match store
         .record(&actor.tenant, &key, &owner, answer.clone(), &proof)
@@ -412,7 +409,7 @@ async fn give_up(
 }
 
 fn to_json(view: &KeyCreatedView) -> Result<Value, Error> {
-    serde_json::to_value(view).map_err(|e| Error::Internal(e.to_string()))
+    serde_json::to_value(view).map_err(|e| Error::internal_from("serialising a key", e))
 }
 
 fn created(view: KeyCreatedView) -> Response {

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::http::AppState;
+use crate::http::state::AppState;
 use crate::metrics::{INDEX_KEYS, PROJECTION_LAG};
 
 /// The content type of the Prometheus text exposition format.
@@ -33,7 +33,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
     // This node's own state, computed now: lag needs the store's head, and an
     // unreachable store must not fail the scrape (the lag lines are left out).
     let mut lags: Vec<(&str, i64)> = Vec::with_capacity(3);
-    if let Ok(head) = state.store.head().await {
+    if let Ok(head) = state.service.head().await {
         match projections.checkpoints().await {
             Ok(c) => {
                 lags.push(("key_list", head - c.key_list));

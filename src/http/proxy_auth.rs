@@ -12,8 +12,7 @@ use serde_json::json;
 
 use crate::http::error::ErrorBody;
 use crate::http::extract::ClientAddr;
-use crate::http::verify::code_name;
-use crate::http::AppState;
+use crate::http::state::AppState;
 
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 static X_REQUIRED_PERMISSIONS: HeaderName = HeaderName::from_static("x-required-permissions");
@@ -124,7 +123,7 @@ pub async fn auth(
     {
         return crate::error::Error::RateLimited.into_response();
     }
-    let code = code_name(verdict);
+    let code = verdict.as_str();
     crate::metrics::verification(verdict);
     match (verdict, identity) {
         (_, Some([id, tenant, permissions])) => {

@@ -11,7 +11,9 @@ use tower_http::request_id::{
 };
 
 use crate::error::Error;
-use crate::http::{audit, console, health, keys, metrics, openapi, proxy_auth, verify, AppState};
+use crate::http::{
+    audit, console, health, keys, metrics, openapi, proxy_auth, state::AppState, verify,
+};
 
 /// The whole HTTP service: request ids around the router.
 pub type App = SetRequestId<PropagateRequestId<Router>, MakeRequestUuid>;
@@ -60,7 +62,7 @@ fn router(state: AppState) -> Router {
 }
 
 fn panic_response() -> Response {
-    let mut response = Error::Internal("handler panicked".into()).into_response();
+    let mut response = Error::internal("handler panicked").into_response();
     *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     response
 }

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use crate::error::Error;
 use crate::http::error::ErrorBody;
 use crate::http::extract::{ApiJson, ClientAddr};
-use crate::http::AppState;
+use crate::http::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -115,18 +115,6 @@ fn write_str(out: &mut Vec<u8>, s: &str) -> Result<(), serde_json::Error> {
     }
 }
 
-/// The contract's name of a verification code.
-pub fn code_name(code: VerificationCode) -> &'static str {
-    match code {
-        VerificationCode::Valid => "VALID",
-        VerificationCode::NotFound => "NOT_FOUND",
-        VerificationCode::Disabled => "DISABLED",
-        VerificationCode::Expired => "EXPIRED",
-        VerificationCode::WrongEnvironment => "WRONG_ENVIRONMENT",
-        VerificationCode::InsufficientPermissions => "INSUFFICIENT_PERMISSIONS",
-    }
-}
-
 /// POST /v1/keys/verify
 #[utoipa::path(post, path = "/v1/keys/verify", tag = "verification", operation_id = "verifyKey", request_body = VerifyBody,
     responses((status = 200, body = VerificationView), (status = 400, body = ErrorBody),
@@ -153,7 +141,7 @@ pub async fn verify(
         let mut id_text = KeyIdText::default();
         let view = VerificationView {
             valid: answer.valid(),
-            code: code_name(answer.code),
+            code: answer.code.as_str(),
             key_id: key.map(|k| k.key_id(&mut id_text)),
             tenant: key.map(|k| k.tenant()),
             name: key.map(|k| k.name()),
@@ -172,7 +160,7 @@ pub async fn verify(
     {
         return Err(Error::RateLimited);
     }
-    let body = body.map_err(|e| Error::Internal(format!("verification answer: {e}")))?;
+    let body = body.map_err(|e| Error::internal_from("verification answer", e))?;
     crate::metrics::verification(code);
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

@@ -1,5 +1,12 @@
 //! Telling "the database is not there right now" apart from real bugs, whatever
-//! layer wrapped the sqlx (or KurrentDB client) error.
+//! layer wrapped the sqlx (or KurrentDB client) error; and the cqrs-es
+//! errors of loads and appends as keyledger's.
+
+use cqrs_es::persist::PersistenceError;
+use cqrs_es::AggregateError;
+use keyledger_domain::DomainError;
+
+use crate::error::Error;
 
 /// True when the error means the store is unreachable or overloaded (retryable,
 /// answered 503), as opposed to a bug.
@@ -18,25 +25,43 @@ pub fn is_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Classifies a sqlx error.
+/// Classifies a sqlx error (see `keyledger_sql::is_unavailable`).
 pub fn sqlx_unavailable(e: &sqlx::Error) -> bool {
+    keyledger_sql::is_unavailable(e)
+}
+
+/// The store's answer to an append, as keyledger's error.
+pub(crate) fn persistence_error(e: PersistenceError) -> Error {
     match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        // A peer that answers garbage (a dying proxy or pooler) is as good as gone.
-        | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => {
-            // SQLite: SQLITE_BUSY (5) / SQLITE_LOCKED (6) after the busy timeout.
-            // PostgreSQL: class 08 (connection), 57P (shutdown), 53 (resources).
-            let code = db.code().unwrap_or_default();
-            matches!(code.as_ref(), "5" | "6" | "517" | "262")
-                || code.starts_with("08")
-                || code.starts_with("57P")
-                || code.starts_with("53")
+        PersistenceError::OptimisticLockError => Error::Conflict,
+        PersistenceError::ConnectionError(cause) => Error::StoreUnavailable(cause),
+        PersistenceError::DeserializationError(cause) => {
+            Error::internal_from("a stored event cannot be read", cause)
         }
-        _ => false,
+        PersistenceError::UnknownError(cause) => {
+            if is_unavailable(cause.as_ref()) {
+                Error::StoreUnavailable(cause)
+            } else {
+                Error::internal_from("event store", cause)
+            }
+        }
+    }
+}
+
+pub(crate) fn map_aggregate_error(e: AggregateError<DomainError>) -> Error {
+    match e {
+        AggregateError::UserError(d) => Error::Domain(d),
+        AggregateError::AggregateConflict => Error::Conflict,
+        AggregateError::DatabaseConnectionError(cause) => Error::StoreUnavailable(cause),
+        AggregateError::DeserializationError(cause) => {
+            Error::internal_from("a stored event cannot be read", cause)
+        }
+        AggregateError::UnexpectedError(cause) => {
+            if is_unavailable(cause.as_ref()) {
+                Error::StoreUnavailable(cause)
+            } else {
+                Error::internal_from("event store", cause)
+            }
+        }
     }
 }

@@ -1,12 +1,16 @@
-//! The event store behind one type: commands through cqrs-es, usage appends, and
-//! the global feed in commit order. Backends: embedded SQLite (default),
-//! PostgreSQL, and KurrentDB (feature `kurrentdb`).
+//! The event store: commands through cqrs-es, usage appends, group commit and
+//! the global feed in commit order, written once over a [`Backend`]. Backends:
+//! embedded SQLite (default), PostgreSQL, and KurrentDB (feature
+//! `kurrentdb`), each in its own module; nothing outside this module names
+//! one (`open` chooses).
 //!
 //! Commands run through cqrs-es's `EventStore` (load, handle, commit) rather than
 //! `CqrsFramework::execute`, because the chain link (`prev_hash`, see
 //! `keyledger_domain::chain`) must be the hash of exactly the event the aggregate
 //! was loaded up to: the loaded context tells us that sequence.
 
+pub mod backend;
+pub mod claims;
 mod errors;
 pub mod feed;
 #[cfg(feature = "kurrentdb")]
@@ -17,42 +21,92 @@ mod readable;
 pub mod sqlite;
 
 use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEvent};
-use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventStore as _};
-use keyledger_domain::chain::{GENESIS, PREV_HASH};
+use cqrs_es::persist::SerializedEvent;
+use cqrs_es::{Aggregate, DomainEvent};
+use keyledger_domain::chain::{event_hash_text, StoredText, GENESIS, PREV_HASH};
 use keyledger_domain::json;
-use keyledger_domain::{ApiKey, ApiKeyEvent, DomainError, KeyCommand, KeyUsage, KeyUsageEvent};
-use keyledger_projections::RawEvent;
+use keyledger_domain::{
+    ApiKey, ApiKeyEvent, DomainError, KeyCommand, KeyUsage, KeyUsageEvent, RawEvent,
+};
+use keyledger_sql::{InlineEvent, InlineProjection, SqlPool};
 use rand::Rng;
+use tokio_util::sync::CancellationToken;
 
+use crate::config::{Config, StoreConfig};
 use crate::error::Error;
+use backend::sequence_i64;
+pub use backend::{Appended, Backend, EventMetadata, FeedListener, NewEvent, Stream};
+pub use claims::ClaimTable;
 pub use errors::is_unavailable;
-#[cfg(feature = "kurrentdb")]
-use kurrent::KurrentStore;
-use postgres::PostgresStore;
-use sqlite::SqliteStore;
+use errors::map_aggregate_error;
 
 /// How often a command is retried when another command on the same key committed
 /// first. Each retry reloads the key, so the rules see the winner's events.
 const CONFLICT_RETRIES: usize = 8;
 
-/// Metadata recorded with every event of a command.
-pub type EventMetadata = HashMap<String, String>;
+/// The event store of a node, over one backend.
+pub struct EventStore {
+    backend: Box<dyn Backend>,
+}
 
-/// An event store backend.
-pub enum EventStore {
-    Sqlite(SqliteStore),
-    Postgres(PostgresStore),
-    /// Events in KurrentDB, projections in SQLite or PostgreSQL beside it
-    /// (boxed: the client is large).
-    #[cfg(feature = "kurrentdb")]
-    Kurrent(Box<KurrentStore>),
+/// Opens the configured event store, applying migrations. `data_dir` is
+/// created (mode 0700) by `create_dir` where the store keeps files there.
+pub async fn open(
+    config: &Config,
+    create_dir: impl Fn(&Path) -> Result<(), Error>,
+) -> Result<EventStore, Error> {
+    let backend: Box<dyn Backend> = match &config.store {
+        StoreConfig::Sqlite => {
+            create_dir(&config.data_dir)?;
+            Box::new(sqlite::SqliteStore::open(&config.sqlite_path()).await?)
+        }
+        StoreConfig::Postgres(url) => Box::new(postgres::PostgresStore::open(url).await?),
+        StoreConfig::Kurrent(k) => {
+            if k.projections_url.is_none() {
+                // Its projections file lives there (`KurrentStore::open`).
+                create_dir(&config.data_dir)?;
+            }
+            open_kurrent(k, &config.data_dir).await?
+        }
+    };
+    Ok(EventStore::new(backend))
+}
+
+/// The KurrentDB store, where it is built.
+#[cfg(feature = "kurrentdb")]
+async fn open_kurrent(
+    k: &crate::config::KurrentConfig,
+    data_dir: &Path,
+) -> Result<Box<dyn Backend>, Error> {
+    Ok(Box::new(kurrent::KurrentStore::open(k, data_dir).await?))
+}
+
+#[cfg(not(feature = "kurrentdb"))]
+async fn open_kurrent(
+    _k: &crate::config::KurrentConfig,
+    _data_dir: &Path,
+) -> Result<Box<dyn Backend>, Error> {
+    Err(Error::Config(
+        "this keyledger was built without KurrentDB support: rebuild with `--features kurrentdb`"
+            .into(),
+    ))
 }
 
 impl EventStore {
+    pub fn new(backend: Box<dyn Backend>) -> Self {
+        Self { backend }
+    }
+
+    /// The backend, for what only it knows (claims, its SQL database).
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
     /// Runs a command on one key. Optimistic concurrency decides races: the loser
     /// is re-executed on the new state, and reported as a conflict only when it
     /// keeps losing.
@@ -83,13 +137,11 @@ impl EventStore {
         command: KeyCommand,
         mut metadata: EventMetadata,
     ) -> Result<(), Error> {
-        let mut context = match self {
-            Self::Sqlite(s) => s.events.load_aggregate(key_id).await,
-            Self::Postgres(s) => s.events.load_aggregate(key_id).await,
-            #[cfg(feature = "kurrentdb")]
-            Self::Kurrent(s) => s.events.load_aggregate(key_id).await,
-        }
-        .map_err(map_aggregate_error)?;
+        let mut context = self
+            .backend
+            .load(key_id)
+            .await
+            .map_err(map_aggregate_error)?;
         let sink = EventSink::default();
         context
             .aggregate
@@ -110,13 +162,10 @@ impl EventStore {
             .hash_at(ApiKey::TYPE, key_id, context.current_sequence)
             .await?;
         metadata.insert(PREV_HASH.to_string(), prev);
-        match self {
-            Self::Sqlite(s) => s.events.commit(events, context, metadata).await,
-            Self::Postgres(s) => s.events.commit(events, context, metadata).await,
-            #[cfg(feature = "kurrentdb")]
-            Self::Kurrent(s) => s.events.commit(events, context, metadata).await,
-        }
-        .map_err(map_aggregate_error)?;
+        self.backend
+            .commit(events, context, metadata)
+            .await
+            .map_err(map_aggregate_error)?;
         // Committed: from here on nothing may report the command as failed.
         // Numbering is done by whichever node polls next if it fails here.
         self.sequence_after_commit().await;
@@ -126,23 +175,62 @@ impl EventStore {
     /// Numbers what was just committed; a failure is logged, not returned,
     /// because the events are durable and every node's poll numbers them.
     async fn sequence_after_commit(&self) {
-        if let Err(e) = self.sequence_pending().await {
+        if let Err(e) = self.backend.sequence_pending().await {
             tracing::warn!(error = %e, "committed, but numbering failed; the next poll numbers it");
         }
     }
 
-    /// Whether creates go through group commit (`execute_new`): the SQL
-    /// stores write a batch in one transaction; KurrentDB appends each stream
-    /// on its own anyway.
+    /// Whether creates go through group commit (`execute_prepared`).
     pub fn groups_commits(&self) -> bool {
-        matches!(self, Self::Sqlite(_) | Self::Postgres(_))
+        self.backend.groups_commits()
     }
 
-    /// Runs the creates of new keys (fresh ids, so there is nothing to load)
-    /// in one transaction: concurrent creates share one commit and one
-    /// numbering instead of paying for each (group commit). When the shared
-    /// append fails, each command is run alone, so a failure reaches only the
-    /// command it is about.
+    /// Gives the store the projection it writes with group-committed creates
+    /// where it can (PostgreSQL: in the statement that appends them).
+    pub fn project_inline(&self, inline: Arc<dyn InlineProjection>) {
+        self.backend.set_inline(inline);
+    }
+
+    /// Makes a create ready for `execute_prepared`: the aggregate's rules
+    /// run, its event in stored form, its chain hash and, where the store
+    /// writes them with it, the inline projection's rows. Done on the
+    /// caller's task, so a group-commit worker only writes.
+    pub async fn prepare_new(&self, command: NewKeyCommand) -> Result<PreparedCreate, Error> {
+        let (stored, domain) = first_event(&command).await?;
+        let payload = stored.payload.to_string();
+        let metadata = stored.metadata.to_string();
+        let hash = event_hash_text(StoredText {
+            aggregate_type: &stored.aggregate_type,
+            aggregate_id: &stored.aggregate_id,
+            sequence: sequence_i64(stored.sequence)?,
+            event_type: &stored.event_type,
+            event_version: &stored.event_version,
+            payload: &payload,
+            metadata: &metadata,
+        });
+        let mut prepared = PreparedCreate {
+            command,
+            event: NewEvent {
+                stored,
+                payload,
+                metadata,
+                hash,
+                rows: None,
+            },
+            domain,
+        };
+        if let Some(inline) = self.backend.inline() {
+            let rows = inline
+                .rows(prepared.inline_event()?)
+                .map_err(|e| Error::internal_from("building a create's projection rows", e))?;
+            prepared.event.rows = Some(rows);
+        }
+        Ok(prepared)
+    }
+
+    /// Prepares and writes creates of new keys together (see
+    /// `execute_prepared`); a create refused while preparing is refused
+    /// alone, in its place.
     pub async fn execute_new(&self, items: &[NewKeyCommand]) -> NewKeysOutcome {
         let mut prepared = Vec::with_capacity(items.len());
         let mut refused = Vec::new();
@@ -160,35 +248,28 @@ impl EventStore {
         outcome
     }
 
-    /// Makes a create ready for `execute_prepared`: the aggregate's rules run,
-    /// its event in stored form and, on PostgreSQL, its projection rows. Done
-    /// on the caller's task, so a group-commit worker only writes.
-    pub async fn prepare_new(&self, command: NewKeyCommand) -> Result<PreparedCreate, Error> {
-        let (event, domain) = first_event(&command).await?;
-        let rows = match self {
-            Self::Postgres(_) => Some(numbered_append::Rows::of(&event, domain)?),
-            _ => None,
-        };
-        Ok(PreparedCreate {
-            command,
-            event,
-            rows,
-        })
-    }
-
-    /// Writes prepared creates together; see `execute_new`.
+    /// Writes prepared creates in one transaction: concurrent creates share
+    /// one commit and one numbering instead of paying for each (group
+    /// commit). When the shared append fails, each command is run alone, so
+    /// a failure reaches only the command it is about.
     pub async fn execute_prepared(&self, items: &[PreparedCreate]) -> NewKeysOutcome {
         let shared = if items.is_empty() {
-            Ok((0, None))
+            Ok(Appended {
+                after: 0,
+                through: 0,
+                numbered: false,
+                projected: false,
+            })
         } else {
-            self.append_new(items).await
+            let batch: Vec<&NewEvent> = items.iter().map(|p| &p.event).collect();
+            self.backend.append_creates(&batch).await
         };
         // A refusal (a conflict) wrote nothing; a failure around the commit
         // (the store or connection gone) may have written the whole batch.
         let ambiguous = matches!(&shared, Err(e) if e.outcome_unknown());
-        let mut results = Vec::with_capacity(items.len());
+        let mut outcomes = Vec::with_capacity(items.len());
         for item in items {
-            results.push(match &shared {
+            outcomes.push(match &shared {
                 Ok(_) => Ok(()),
                 Err(_) => {
                     let c = &item.command;
@@ -205,68 +286,39 @@ impl EventStore {
                 }
             });
         }
-        let (through, written) = match shared {
-            Ok(appended) => appended,
+        let appended = match shared {
+            Ok(appended) => {
+                if !appended.numbered {
+                    self.sequence_after_commit().await;
+                }
+                appended
+            }
             Err(e) => {
                 tracing::warn!(error = %e, creates = items.len(), "group commit failed; ran the creates one by one");
                 // Where the one-by-one creates went: the head includes them.
-                (self.head().await.unwrap_or(0), None)
+                Appended {
+                    after: 0,
+                    through: self.head().await.unwrap_or(0),
+                    numbered: false,
+                    projected: false,
+                }
             }
         };
-        NewKeysOutcome {
-            outcomes: results,
-            through,
-            written,
-        }
+        NewKeysOutcome { outcomes, appended }
     }
 
-    /// Appends the batch; returns a position that includes it, and the batch
-    /// as written where the store numbers it itself (PostgreSQL).
-    async fn append_new(
-        &self,
-        items: &[PreparedCreate],
-    ) -> Result<(i64, Option<numbered_append::Appended>), Error> {
-        let events = || items.iter().map(|p| p.event.clone()).collect::<Vec<_>>();
-        match self {
-            Self::Sqlite(s) => s.repository().persist::<ApiKey>(&events(), None).await,
-            Self::Postgres(s) => {
-                let rows = items
-                    .iter()
-                    .map(|p| p.rows.as_ref())
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| Error::Internal("a create was not prepared".into()))?;
-                let appended = s.append_numbered(&rows).await?;
-                return Ok((appended.through, Some(appended)));
-            }
-            #[cfg(feature = "kurrentdb")]
-            Self::Kurrent(s) => s.repository().persist::<ApiKey>(&events(), None).await,
-        }
-        .map_err(persistence_error)?;
-        // Committed: a head that cannot be read now must not make the batch
-        // count as failed (its creates would run again, and be refused as
-        // existing). Position 0 makes the caller catch up to whatever is there.
-        let head = match self.head().await {
-            Ok(head) => head,
-            Err(e) => {
-                tracing::warn!(error = %e, "batch committed, but its position could not be read");
-                0
-            }
-        };
-        Ok((head, None))
-    }
-
-    /// Gives committed events their global positions. SQLite numbers them at
-    /// INSERT (one writer, so that is commit order); PostgreSQL after commit.
+    /// Gives committed events their global positions (see `Backend`).
     pub async fn sequence_pending(&self) -> Result<(), Error> {
-        match self {
-            Self::Postgres(s) => postgres::sequence_pending(&s.pool).await.map(|_| ()),
-            _ => Ok(()),
-        }
+        self.backend.sequence_pending().await
     }
 
     /// Whether a key has any event: its create was committed.
     pub async fn exists(&self, key_id: &str) -> Result<bool, Error> {
-        Ok(self.event_at(ApiKey::TYPE, key_id, 1).await?.is_some())
+        Ok(self
+            .backend
+            .event_at(ApiKey::TYPE, key_id, 1)
+            .await?
+            .is_some())
     }
 
     /// The chain hash of event `sequence` of a stream (`GENESIS` before the first).
@@ -279,30 +331,11 @@ impl EventStore {
         if sequence == 0 {
             return Ok(GENESIS.to_string());
         }
-        self.event_at(aggregate_type, aggregate_id, sequence)
+        self.backend
+            .event_at(aggregate_type, aggregate_id, sequence)
             .await?
             .map(|e| e.chain_hash())
-            .ok_or_else(|| Error::Internal(format!("event {aggregate_id}#{sequence} vanished")))
-    }
-
-    /// Event `sequence` (from 1) of a stream, if it exists.
-    async fn event_at(
-        &self,
-        aggregate_type: &str,
-        aggregate_id: &str,
-        sequence: usize,
-    ) -> Result<Option<RawEvent>, Error> {
-        let seq = i64::try_from(sequence).map_err(|e| Error::Internal(e.to_string()))?;
-        match self {
-            Self::Sqlite(s) => {
-                feed::event_at_sqlite(&s.pool, aggregate_type, aggregate_id, seq).await
-            }
-            Self::Postgres(s) => {
-                feed::event_at_postgres(&s.pool, aggregate_type, aggregate_id, seq).await
-            }
-            #[cfg(feature = "kurrentdb")]
-            Self::Kurrent(s) => s.event_at(aggregate_type, aggregate_id, sequence).await,
-        }
+            .ok_or_else(|| Error::internal(format!("event {aggregate_id}#{sequence} vanished")))
     }
 
     /// Appends one usage event to each of several keys' usage streams in one
@@ -313,45 +346,38 @@ impl EventStore {
         &self,
         items: &[(String, KeyUsageEvent, EventMetadata)],
     ) -> Result<(), Error> {
+        if !self.backend.appends_streams_together() {
+            // Each key's event on its own (a failure part-way must not make
+            // the caller append the written ones again).
+            for (id, event, metadata) in items {
+                self.record_usage(id, event.clone(), metadata.clone())
+                    .await?;
+            }
+            return Ok(());
+        }
         let ids: Vec<&str> = items.iter().map(|(id, _, _)| id.as_str()).collect();
-        let newest = match self {
-            Self::Sqlite(s) => feed::newest_events_sqlite(&s.pool, KeyUsage::TYPE, &ids).await?,
-            Self::Postgres(s) => {
-                feed::newest_events_postgres(&s.pool, KeyUsage::TYPE, &ids).await?
-            }
-            #[cfg(feature = "kurrentdb")]
-            Self::Kurrent(_) => {
-                for (id, event, metadata) in items {
-                    self.record_usage(id, event.clone(), metadata.clone())
-                        .await?;
-                }
-                return Ok(());
-            }
-        };
-        let newest: HashMap<&str, (usize, String)> = newest
-            .iter()
-            .map(|e| {
-                let seq = usize::try_from(e.sequence).unwrap_or(0);
-                (e.aggregate_id.as_str(), (seq, e.chain_hash()))
-            })
-            .collect();
+        let newest = self.backend.newest_events(KeyUsage::TYPE, &ids).await?;
+        let mut last: HashMap<&str, (usize, String)> = HashMap::with_capacity(newest.len());
+        for e in &newest {
+            let seq = usize::try_from(e.sequence).map_err(|err| {
+                Error::internal_from(
+                    format!("usage event {}#{}", e.aggregate_id, e.sequence),
+                    err,
+                )
+            })?;
+            last.insert(e.aggregate_id.as_str(), (seq, e.chain_hash()));
+        }
         let mut serialized = Vec::with_capacity(items.len());
         for (id, event, metadata) in items {
-            let (last, prev) = newest
+            let (seq, prev) = last
                 .get(id.as_str())
                 .cloned()
                 .unwrap_or_else(|| (0, GENESIS.to_string()));
             let mut metadata = metadata.clone();
             metadata.insert(PREV_HASH.to_string(), prev);
-            serialized.push(serialize(KeyUsage::TYPE, id, last + 1, event, &metadata)?);
+            serialized.push(serialize(KeyUsage::TYPE, id, seq + 1, event, &metadata)?);
         }
-        match self {
-            Self::Sqlite(s) => s.repository().persist::<KeyUsage>(&serialized, None).await,
-            Self::Postgres(s) => s.repository().persist::<KeyUsage>(&serialized, None).await,
-            #[cfg(feature = "kurrentdb")]
-            Self::Kurrent(_) => Ok(()),
-        }
-        .map_err(persistence_error)?;
+        self.backend.append(Stream::Usage, &serialized).await?;
         self.sequence_after_commit().await;
         Ok(())
     }
@@ -378,144 +404,84 @@ impl EventStore {
         event: &KeyUsageEvent,
         mut metadata: EventMetadata,
     ) -> Result<(), Error> {
-        let last = self.last_sequence(KeyUsage::TYPE, key_id).await?;
+        let last = self.backend.last_sequence(KeyUsage::TYPE, key_id).await?;
         let prev = self.hash_at(KeyUsage::TYPE, key_id, last).await?;
         metadata.insert(PREV_HASH.to_string(), prev);
         let serialized = serialize(KeyUsage::TYPE, key_id, last + 1, event, &metadata)?;
-        match self {
-            Self::Sqlite(s) => {
-                s.repository()
-                    .persist::<KeyUsage>(&[serialized], None)
-                    .await
-            }
-            Self::Postgres(s) => {
-                s.repository()
-                    .persist::<KeyUsage>(&[serialized], None)
-                    .await
-            }
-            #[cfg(feature = "kurrentdb")]
-            Self::Kurrent(s) => {
-                s.repository()
-                    .persist::<KeyUsage>(&[serialized], None)
-                    .await
-            }
-        }
-        .map_err(persistence_error)?;
+        self.backend.append(Stream::Usage, &[serialized]).await?;
         self.sequence_after_commit().await;
         Ok(())
     }
 
-    async fn last_sequence(
-        &self,
-        aggregate_type: &str,
-        aggregate_id: &str,
-    ) -> Result<usize, Error> {
-        const SQL: &str =
-            "SELECT MAX(sequence) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2";
-        let last: Option<i64> = match self {
-            Self::Sqlite(s) => {
-                sqlx::query_scalar(SQL)
-                    .bind(aggregate_type)
-                    .bind(aggregate_id)
-                    .fetch_one(&s.pool)
-                    .await
-            }
-            Self::Postgres(s) => {
-                sqlx::query_scalar(SQL)
-                    .bind(aggregate_type)
-                    .bind(aggregate_id)
-                    .fetch_one(&s.pool)
-                    .await
-            }
-            #[cfg(feature = "kurrentdb")]
-            Self::Kurrent(s) => return s.last_sequence(aggregate_type, aggregate_id).await,
-        }
-        .map_err(feed::store_error)?;
-        Ok(usize::try_from(last.unwrap_or(0)).unwrap_or(0))
+    /// Appends events already numbered and chained, the fastest way the
+    /// store has (loading data), and numbers them.
+    pub async fn bulk_append(&self, events: &[SerializedEvent]) -> Result<(), Error> {
+        self.backend.bulk_append(events).await?;
+        self.backend.sequence_pending().await
     }
 
     /// Events after `position` in commit order, at most `limit`.
     pub async fn read_feed(&self, after: i64, limit: i64) -> Result<Vec<RawEvent>, Error> {
-        match self {
-            Self::Sqlite(s) => feed::read_sqlite(&s.pool, after, limit).await,
-            Self::Postgres(s) => feed::read_postgres(&s.pool, after, limit).await,
-            #[cfg(feature = "kurrentdb")]
-            Self::Kurrent(s) => s.read_feed(after, limit).await,
-        }
+        self.backend.read_feed(after, limit).await
     }
 
     /// The position of the newest committed event (0 when empty).
     pub async fn head(&self) -> Result<i64, Error> {
-        match self {
-            Self::Sqlite(s) => feed::head_sqlite(&s.pool).await,
-            Self::Postgres(s) => feed::head_postgres(&s.pool).await,
-            #[cfg(feature = "kurrentdb")]
-            Self::Kurrent(s) => s.head().await,
-        }
+        self.backend.head().await
     }
 
-    /// Closes the connection pool, waiting for connections in use.
+    /// Tells `listener` of other nodes' events until `stop` (see `Backend::listen`).
+    pub async fn listen(&self, listener: Arc<dyn FeedListener>, stop: CancellationToken) {
+        self.backend.listen(listener, stop).await;
+    }
+
+    /// Closes the connections, waiting for those in use.
     pub async fn close(&self) {
-        match self {
-            Self::Sqlite(s) => s.pool.close().await,
-            Self::Postgres(s) => s.close().await,
-            #[cfg(feature = "kurrentdb")]
-            Self::Kurrent(s) => s.close().await,
-        }
+        self.backend.close().await;
     }
 
-    /// The projection database of this store.
-    pub fn projection_db(&self) -> keyledger_projections::ProjectionDb {
-        match self {
-            Self::Sqlite(s) => keyledger_projections::ProjectionDb::Sqlite(s.pool.clone()),
-            Self::Postgres(s) => keyledger_projections::ProjectionDb::Postgres(s.pool.clone()),
-            #[cfg(feature = "kurrentdb")]
-            Self::Kurrent(s) => s.projection_db(),
-        }
+    /// The database holding the projections.
+    pub fn projection_db(&self) -> SqlPool {
+        self.backend.sql()
+    }
+
+    /// The idempotency claims.
+    pub fn claims(&self) -> Arc<dyn ClaimTable> {
+        self.backend.claims()
     }
 }
 
-/// What `EventStore::execute_new` did.
+/// What `EventStore::execute_prepared` did.
 pub struct NewKeysOutcome {
     /// Each command's outcome, in order.
     pub outcomes: Vec<Result<(), Error>>,
-    /// A position that includes every create that succeeded.
-    pub through: i64,
-    /// The batch as written, where the store numbers it itself (PostgreSQL).
-    pub written: Option<numbered_append::Appended>,
+    /// Where the batch went.
+    pub appended: Appended,
 }
 
 /// A create ready to be written with others (`EventStore::prepare_new`).
 pub struct PreparedCreate {
     pub command: NewKeyCommand,
-    event: SerializedEvent,
-    rows: Option<numbered_append::Rows>,
+    event: NewEvent,
+    domain: ApiKeyEvent,
 }
 
 impl PreparedCreate {
-    /// The key as the key list will hold it once this create is committed,
-    /// by the key list's own rule over the event about to be written (its
-    /// position is not known yet: 0). What a create answers when its commit
-    /// is known but the node's projections cannot show it yet.
-    pub fn view(&self) -> Result<keyledger_projections::key_list::KeyRow, Error> {
-        let e = &self.event;
-        let recorded = keyledger_projections::RecordedEvent::decode(RawEvent {
-            position: 0,
-            aggregate_type: e.aggregate_type.clone(),
-            aggregate_id: e.aggregate_id.clone(),
-            sequence: 1,
-            event_type: e.event_type.clone(),
-            event_version: e.event_version.clone(),
-            payload: e.payload.clone(),
-            metadata: e.metadata.clone(),
-        })?
-        .ok_or_else(|| Error::Internal("a create's event is not a key event".into()))?;
-        match &recorded.event {
-            keyledger_projections::KeyledgerEvent::Key(ApiKeyEvent::KeyCreated(c)) => {
-                Ok(keyledger_projections::replay::created_row(&recorded, c))
-            }
-            _ => Err(Error::Internal("a create's event is not KeyCreated".into())),
-        }
+    /// The create's event as a projection builds from it.
+    pub fn inline_event(&self) -> Result<InlineEvent<'_>, Error> {
+        let stored = &self.event.stored;
+        Ok(InlineEvent {
+            aggregate_id: &stored.aggregate_id,
+            sequence: sequence_i64(stored.sequence)?,
+            event: &self.domain,
+            metadata: &stored.metadata,
+            hash: &self.event.hash,
+        })
+    }
+
+    /// The event in stored form.
+    pub fn stored(&self) -> &SerializedEvent {
+        &self.event.stored
     }
 }
 
@@ -538,9 +504,7 @@ async fn first_event(item: &NewKeyCommand) -> Result<(SerializedEvent, ApiKeyEve
         .map_err(Error::Domain)?;
     let mut events = sink.collect().await;
     let (Some(event), true) = (events.pop(), events.is_empty()) else {
-        return Err(Error::Internal(
-            "a create must produce exactly one event".into(),
-        ));
+        return Err(Error::internal("a create must produce exactly one event"));
     };
     let mut metadata = item.metadata.clone();
     metadata.insert(PREV_HASH.to_string(), GENESIS.to_string());
@@ -577,7 +541,7 @@ fn serialize<E: DomainEvent>(
 }
 
 fn to_json(value: &impl serde::Serialize) -> Result<serde_json::Value, Error> {
-    serde_json::to_value(value).map_err(|e| Error::Internal(format!("serialising an event: {e}")))
+    serde_json::to_value(value).map_err(|e| Error::internal_from("serialising an event", e))
 }
 
 /// The last line before a commit: an event is written only if its stored form
@@ -607,99 +571,4 @@ fn check_storable(payload: &serde_json::Value, metadata: &serde_json::Value) -> 
         }
     }
     Ok(())
-}
-
-fn persistence_error(e: PersistenceError) -> Error {
-    match e {
-        PersistenceError::OptimisticLockError => Error::Conflict,
-        PersistenceError::ConnectionError(cause) => Error::StoreUnavailable(cause),
-        PersistenceError::DeserializationError(cause) => Error::Internal(cause.to_string()),
-        PersistenceError::UnknownError(cause) => {
-            if is_unavailable(cause.as_ref()) {
-                Error::StoreUnavailable(cause)
-            } else {
-                Error::Internal(cause.to_string())
-            }
-        }
-    }
-}
-
-fn map_aggregate_error(e: AggregateError<DomainError>) -> Error {
-    match e {
-        AggregateError::UserError(d) => Error::Domain(d),
-        AggregateError::AggregateConflict => Error::Conflict,
-        AggregateError::DatabaseConnectionError(cause) => Error::StoreUnavailable(cause),
-        AggregateError::DeserializationError(cause) => {
-            Error::Internal(format!("stored event cannot be read: {cause}"))
-        }
-        AggregateError::UnexpectedError(cause) => {
-            if is_unavailable(cause.as_ref()) {
-                Error::StoreUnavailable(cause)
-            } else {
-                Error::Internal(format!("event store: {cause}"))
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use keyledger_domain::{CreateKey, Environment, KeyCommandKind, KeyHash};
-    use keyledger_projections::{RawEvent, RecordedEvent};
-
-    use super::*;
-
-    fn create() -> NewKeyCommand {
-        NewKeyCommand {
-            key_id: "key_0123".into(),
-            command: KeyCommand {
-                tenant: "acme".into(),
-                actor: "alice".into(),
-                at: chrono::DateTime::from_timestamp_millis(1_790_000_000_123).expect("time"),
-                kind: KeyCommandKind::CreateKey(CreateKey {
-                    key_hash: KeyHash::of("kl_live_example"),
-                    display_prefix: "kl_live_exampleX".into(),
-                    name: "billing".into(),
-                    description: Some("for the invoices".into()),
-                    environment: Environment::Live,
-                    permissions: vec!["keys:read".into()],
-                    expires_at: None,
-                    metadata: Some(serde_json::json!({"team": "payments"})),
-                    rotated_from: None,
-                }),
-            },
-            metadata: EventMetadata::from([
-                ("tenant".to_string(), "acme".to_string()),
-                ("actor".to_string(), "alice".to_string()),
-                ("request_id".to_string(), "req-1".to_string()),
-                (
-                    "occurred_at".to_string(),
-                    "2026-09-21T13:33:20.123+00:00".to_string(),
-                ),
-            ]),
-        }
-    }
-
-    /// Group commit builds a create's rows from the event it holds; they must
-    /// be what any node decoding the stored row gets (the same event, meta
-    /// and chain hash), or the audit log and the chain would disagree.
-    #[tokio::test]
-    async fn a_creates_rows_are_what_decoding_its_stored_event_gives() {
-        let (stored, domain) = first_event(&create()).await.expect("create");
-        let rows = numbered_append::Rows::of(&stored, domain).expect("rows");
-        let decoded = RecordedEvent::decode(RawEvent {
-            position: 0,
-            aggregate_type: stored.aggregate_type.clone(),
-            aggregate_id: stored.aggregate_id.clone(),
-            sequence: 1,
-            event_type: stored.event_type.clone(),
-            event_version: stored.event_version.clone(),
-            payload: stored.payload.clone(),
-            metadata: stored.metadata.clone(),
-        })
-        .expect("decodes")
-        .expect("a key event");
-        assert_eq!(rows.event(), &decoded);
-        assert_eq!(decoded.meta.request_id.as_deref(), Some("req-1"));
-    }
 }

@@ -7,8 +7,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cqrs_es::persist::PersistedEventStore;
-use keyledger_domain::ApiKey;
+use async_trait::async_trait;
+use cqrs_es::persist::{
+    EventStoreAggregateContext, PersistedEventRepository, PersistedEventStore, SerializedEvent,
+};
+use cqrs_es::{AggregateError, EventStore as _};
+use keyledger_domain::{ApiKey, ApiKeyEvent, DomainError, KeyUsage, RawEvent};
+use keyledger_sql::{InlineProjection, SqlPool};
 use postgres_es::PostgresEventRepository;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgListener, PgPoolOptions};
@@ -17,10 +22,13 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
-use crate::store::feed::store_error;
-use crate::store::numbered_append;
+use crate::store::backend::EventMetadata;
+use crate::store::backend::{Appended, Backend, FeedListener, NewEvent, Stream};
+use crate::store::claims::{ClaimTable, SqlClaims};
+use crate::store::errors::persistence_error;
+use crate::store::feed::{store_error, SqlEvents};
+use crate::store::numbered_append::Statement;
 use crate::store::readable::Readable;
-use crate::tailer::Tailer;
 
 /// Migrations of the PostgreSQL store, embedded in the binary. Run them with
 /// [`migrate`], never directly: it repairs what older releases recorded first.
@@ -76,7 +84,7 @@ async fn migrate_locked(conn: &mut PgConnection) -> Result<(), Error> {
     let ran = MIGRATOR
         .run(&mut *conn)
         .await
-        .map_err(|e| Error::Internal(format!("postgres migrations: {e}")));
+        .map_err(|e| Error::internal_from("postgres migrations", e));
     if relaxed {
         // Whether or not 0006 went through: 0001's function again.
         sqlx::raw_sql(REFUSE_CHANGE_0001)
@@ -100,9 +108,9 @@ async fn repair_checksums(conn: &mut PgConnection) -> Result<(), Error> {
             .iter()
             .find(|m| m.version == *version)
             .map(|m| m.checksum.to_vec())
-            .ok_or_else(|| Error::Internal(format!("migration {version} is not embedded")))?;
+            .ok_or_else(|| Error::internal(format!("migration {version} is not embedded")))?;
         let edited = hex::decode(edited)
-            .map_err(|e| Error::Internal(format!("checksum of migration {version}: {e}")))?;
+            .map_err(|e| Error::internal_from(format!("checksum of migration {version}"), e))?;
         let repaired = sqlx::query(
             "UPDATE _sqlx_migrations SET checksum = $1 WHERE version = $2 AND checksum = $3",
         )
@@ -190,12 +198,21 @@ pub const NOTIFY_CHANNEL: &str = "keyledger_events";
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct PostgresStore {
-    pub pool: PgPool,
-    pub events: PersistedEventStore<Readable<PostgresEventRepository, PgPool>, ApiKey>,
+    pool: PgPool,
+    events: PersistedEventStore<Readable<PostgresEventRepository, SqlEvents<Postgres>>, ApiKey>,
+    sql: SqlEvents<Postgres>,
     /// Group commit's connection, kept from one batch to the next: sqlx pings
     /// every connection handed back to its pool (a round trip it offers no
     /// switch for), which would be one more per batch for both processes.
     writer: Mutex<Option<PoolConnection<Postgres>>>,
+    /// The projection written with group commit's batches, and the
+    /// statement that writes both.
+    inline: std::sync::Mutex<Inline>,
+}
+
+struct Inline {
+    projection: Option<Arc<dyn InlineProjection>>,
+    statement: Arc<Statement>,
 }
 
 impl PostgresStore {
@@ -216,47 +233,157 @@ impl PostgresStore {
             .await
             .map_err(store_error)?;
         migrate(&pool).await?;
+        let sql = SqlEvents::new(pool.clone());
         // Never a snapshot store: cqrs-es 0.5 snapshots apply events twice.
         let events = PersistedEventStore::new_event_store(Readable::new(
             PostgresEventRepository::new(pool.clone()),
-            pool.clone(),
+            sql.clone(),
         ))
         .with_upcasters(keyledger_domain::upcast::upcasters());
         Ok(Self {
             pool,
             events,
+            sql,
             writer: Mutex::new(None),
+            inline: std::sync::Mutex::new(Inline {
+                projection: None,
+                statement: Arc::new(Statement::new(None)),
+            }),
         })
     }
 
-    /// Closes the pool, the writer's connection first: the pool waits for
-    /// the connections it has handed out, and that one is never given back.
-    pub async fn close(&self) {
-        drop(self.writer.lock().await.take());
-        self.pool.close().await;
+    /// The pool, for tests that look at the database itself.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn inline(&self) -> std::sync::MutexGuard<'_, Inline> {
+        self.inline
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl Backend for PostgresStore {
+    async fn load(
+        &self,
+        key_id: &str,
+    ) -> Result<EventStoreAggregateContext<ApiKey>, AggregateError<DomainError>> {
+        self.events.load_aggregate(key_id).await
+    }
+
+    async fn commit(
+        &self,
+        events: Vec<ApiKeyEvent>,
+        context: EventStoreAggregateContext<ApiKey>,
+        metadata: EventMetadata,
+    ) -> Result<(), AggregateError<DomainError>> {
+        self.events
+            .commit(events, context, metadata)
+            .await
+            .map(|_| ())
+    }
+
+    async fn append(&self, stream: Stream, events: &[SerializedEvent]) -> Result<(), Error> {
+        let repository = PostgresEventRepository::new(self.pool.clone());
+        match stream {
+            Stream::Key => repository.persist::<ApiKey>(events, None).await,
+            Stream::Usage => repository.persist::<KeyUsage>(events, None).await,
+        }
+        .map_err(persistence_error)
+    }
+
+    async fn bulk_append(&self, events: &[SerializedEvent]) -> Result<(), Error> {
+        self.sql.bulk_append(events).await
     }
 
     /// Appends a group-commit batch on the writer's connection (see
     /// `numbered_append`). After a failure the connection goes back to the
     /// pool, which tests it, and the next batch takes a fresh one.
-    pub(crate) async fn append_numbered(
-        &self,
-        batch: &[&numbered_append::Rows],
-    ) -> Result<numbered_append::Appended, Error> {
+    async fn append_creates(&self, batch: &[&NewEvent]) -> Result<Appended, Error> {
+        let statement = self.inline().statement.clone();
         let mut writer = self.writer.lock().await;
         let mut conn = match writer.take() {
             Some(conn) => conn,
             None => self.pool.acquire().await.map_err(store_error)?,
         };
-        let appended = numbered_append::append_numbered(&mut conn, batch).await;
+        let appended = statement.append(&mut conn, batch).await;
         if appended.is_ok() {
             *writer = Some(conn);
         }
         appended
     }
 
-    pub(crate) fn repository(&self) -> PostgresEventRepository {
-        PostgresEventRepository::new(self.pool.clone())
+    fn set_inline(&self, projection: Arc<dyn InlineProjection>) {
+        let statement = Arc::new(Statement::new(Some(projection.as_ref())));
+        *self.inline() = Inline {
+            projection: Some(projection),
+            statement,
+        };
+    }
+
+    fn inline(&self) -> Option<Arc<dyn InlineProjection>> {
+        PostgresStore::inline(self).projection.clone()
+    }
+
+    async fn event_at(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: usize,
+    ) -> Result<Option<RawEvent>, Error> {
+        let sequence = crate::store::backend::sequence_i64(sequence)?;
+        self.sql
+            .event_at(aggregate_type, aggregate_id, sequence)
+            .await
+    }
+
+    async fn last_sequence(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<usize, Error> {
+        self.sql.last_sequence(aggregate_type, aggregate_id).await
+    }
+
+    async fn newest_events(
+        &self,
+        aggregate_type: &str,
+        aggregate_ids: &[&str],
+    ) -> Result<Vec<RawEvent>, Error> {
+        self.sql.newest(aggregate_type, aggregate_ids).await
+    }
+
+    async fn read_feed(&self, after: i64, limit: i64) -> Result<Vec<RawEvent>, Error> {
+        self.sql.read(after, limit).await
+    }
+
+    async fn head(&self) -> Result<i64, Error> {
+        self.sql.head().await
+    }
+
+    async fn sequence_pending(&self) -> Result<(), Error> {
+        sequence_pending(&self.pool).await.map(|_| ())
+    }
+
+    async fn listen(&self, listener: Arc<dyn FeedListener>, stop: CancellationToken) {
+        listen(self.pool.clone(), listener, stop).await;
+    }
+
+    fn sql(&self) -> SqlPool {
+        SqlPool::Postgres(self.pool.clone())
+    }
+
+    fn claims(&self) -> Arc<dyn ClaimTable> {
+        Arc::new(SqlClaims::new(self.pool.clone()))
+    }
+
+    /// Closes the pool, the writer's connection first: the pool waits for
+    /// the connections it has handed out, and that one is never given back.
+    async fn close(&self) {
+        drop(self.writer.lock().await.take());
+        self.pool.close().await;
     }
 }
 
@@ -273,15 +400,16 @@ pub async fn sequence_pending(pool: &PgPool) -> Result<u64, Error> {
             .fetch_one(pool)
             .await
             .map_err(store_error)?;
-        total += u64::try_from(numbered).unwrap_or(0);
+        total += u64::try_from(numbered)
+            .map_err(|e| Error::internal_from("the sequencer's count", e))?;
         if numbered < SEQUENCER_BATCH {
             return Ok(total);
         }
     }
 }
 
-/// Wakes the tailer on every notification until cancelled; reconnects by itself.
-pub async fn listen(pool: PgPool, tailer: Arc<Tailer>, stop: CancellationToken) {
+/// Wakes the listener on every notification until cancelled; reconnects by itself.
+async fn listen(pool: PgPool, tailer: Arc<dyn FeedListener>, stop: CancellationToken) {
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,

@@ -13,11 +13,11 @@ use cqrs_es::persist::{
     PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
 };
 use cqrs_es::Aggregate;
-use keyledger_projections::RawEvent;
+use keyledger_domain::RawEvent;
 use serde_json::Value;
 
 use crate::error::Error;
-use crate::store::feed;
+use crate::store::feed::SqlEvents;
 
 /// Reads one stream's events from a database pool.
 pub trait StreamReader: Send + Sync {
@@ -30,25 +30,25 @@ pub trait StreamReader: Send + Sync {
     ) -> impl Future<Output = Result<Vec<RawEvent>, Error>> + Send;
 }
 
-impl StreamReader for sqlx::SqlitePool {
+impl StreamReader for SqlEvents<sqlx::Sqlite> {
     async fn stream(
         &self,
         aggregate_type: &str,
         aggregate_id: &str,
         after_sequence: i64,
     ) -> Result<Vec<RawEvent>, Error> {
-        feed::stream_sqlite(self, aggregate_type, aggregate_id, after_sequence).await
+        SqlEvents::stream(self, aggregate_type, aggregate_id, after_sequence).await
     }
 }
 
-impl StreamReader for sqlx::PgPool {
+impl StreamReader for SqlEvents<sqlx::Postgres> {
     async fn stream(
         &self,
         aggregate_type: &str,
         aggregate_id: &str,
         after_sequence: i64,
     ) -> Result<Vec<RawEvent>, Error> {
-        feed::stream_postgres(self, aggregate_type, aggregate_id, after_sequence).await
+        SqlEvents::stream(self, aggregate_type, aggregate_id, after_sequence).await
     }
 }
 
@@ -142,8 +142,8 @@ fn serialized(raw: RawEvent) -> Result<SerializedEvent, PersistenceError> {
 }
 
 fn not_streamed() -> PersistenceError {
-    PersistenceError::UnknownError(Box::new(Error::Internal(
-        "replay through cqrs-es streams is not supported: replay the global feed".into(),
+    PersistenceError::UnknownError(Box::new(Error::internal(
+        "replay through cqrs-es streams is not supported: replay the global feed",
     )))
 }
 

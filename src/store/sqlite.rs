@@ -1,25 +1,37 @@
-//! The embedded store: one SQLite file, sqlite-es for commands.
+//! The embedded store: one SQLite file, sqlite-es for commands. SQLite has
+//! one writer at a time, so positions are given at INSERT, in commit order.
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use cqrs_es::persist::PersistedEventStore;
-use keyledger_domain::ApiKey;
+use async_trait::async_trait;
+use cqrs_es::persist::{
+    EventStoreAggregateContext, PersistedEventRepository, PersistedEventStore, SerializedEvent,
+};
+use cqrs_es::{AggregateError, EventStore as _};
+use keyledger_domain::{ApiKey, ApiKeyEvent, DomainError, KeyUsage, RawEvent};
+use keyledger_sql::SqlPool;
 use sqlite_es::SqliteEventRepository;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+use sqlx::{Sqlite, SqlitePool};
 
 use crate::error::Error;
-use crate::store::feed::store_error;
+use crate::store::backend::EventMetadata;
+use crate::store::backend::{Backend, Stream};
+use crate::store::claims::{ClaimTable, SqlClaims};
+use crate::store::errors::persistence_error;
+use crate::store::feed::{store_error, SqlEvents};
 use crate::store::readable::Readable;
 
 /// Migrations of the embedded store, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 pub struct SqliteStore {
-    pub pool: SqlitePool,
-    pub events: PersistedEventStore<Readable<SqliteEventRepository, SqlitePool>, ApiKey>,
+    pool: SqlitePool,
+    events: PersistedEventStore<Readable<SqliteEventRepository, SqlEvents<Sqlite>>, ApiKey>,
+    sql: SqlEvents<Sqlite>,
 }
 
 impl SqliteStore {
@@ -48,18 +60,103 @@ impl SqliteStore {
         MIGRATOR
             .run(&pool)
             .await
-            .map_err(|e| Error::Internal(format!("sqlite migrations: {e}")))?;
+            .map_err(|e| Error::internal_from("sqlite migrations", e))?;
+        let sql = SqlEvents::new(pool.clone());
         // Never a snapshot store: cqrs-es 0.5 snapshots apply events twice.
         let events = PersistedEventStore::new_event_store(Readable::new(
             SqliteEventRepository::new(pool.clone()),
-            pool.clone(),
+            sql.clone(),
         ))
         .with_upcasters(keyledger_domain::upcast::upcasters());
-        Ok(Self { pool, events })
+        Ok(Self { pool, events, sql })
     }
 
-    pub(crate) fn repository(&self) -> SqliteEventRepository {
-        SqliteEventRepository::new(self.pool.clone())
+    /// The pool, for tests that look at the file itself.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+#[async_trait]
+impl Backend for SqliteStore {
+    async fn load(
+        &self,
+        key_id: &str,
+    ) -> Result<EventStoreAggregateContext<ApiKey>, AggregateError<DomainError>> {
+        self.events.load_aggregate(key_id).await
+    }
+
+    async fn commit(
+        &self,
+        events: Vec<ApiKeyEvent>,
+        context: EventStoreAggregateContext<ApiKey>,
+        metadata: EventMetadata,
+    ) -> Result<(), AggregateError<DomainError>> {
+        self.events
+            .commit(events, context, metadata)
+            .await
+            .map(|_| ())
+    }
+
+    async fn append(&self, stream: Stream, events: &[SerializedEvent]) -> Result<(), Error> {
+        let repository = SqliteEventRepository::new(self.pool.clone());
+        match stream {
+            Stream::Key => repository.persist::<ApiKey>(events, None).await,
+            Stream::Usage => repository.persist::<KeyUsage>(events, None).await,
+        }
+        .map_err(persistence_error)
+    }
+
+    async fn bulk_append(&self, events: &[SerializedEvent]) -> Result<(), Error> {
+        self.sql.bulk_append(events).await
+    }
+
+    async fn event_at(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: usize,
+    ) -> Result<Option<RawEvent>, Error> {
+        let sequence = crate::store::backend::sequence_i64(sequence)?;
+        self.sql
+            .event_at(aggregate_type, aggregate_id, sequence)
+            .await
+    }
+
+    async fn last_sequence(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<usize, Error> {
+        self.sql.last_sequence(aggregate_type, aggregate_id).await
+    }
+
+    async fn newest_events(
+        &self,
+        aggregate_type: &str,
+        aggregate_ids: &[&str],
+    ) -> Result<Vec<RawEvent>, Error> {
+        self.sql.newest(aggregate_type, aggregate_ids).await
+    }
+
+    async fn read_feed(&self, after: i64, limit: i64) -> Result<Vec<RawEvent>, Error> {
+        self.sql.read(after, limit).await
+    }
+
+    async fn head(&self) -> Result<i64, Error> {
+        self.sql.head().await
+    }
+
+    fn sql(&self) -> SqlPool {
+        SqlPool::Sqlite(self.pool.clone())
+    }
+
+    fn claims(&self) -> Arc<dyn ClaimTable> {
+        Arc::new(SqlClaims::new(self.pool.clone()))
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
     }
 }
 
@@ -149,6 +246,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::SqliteStore;
+    use crate::store::Backend as _;
 
     fn mode(path: &std::path::Path) -> String {
         let mode = std::fs::metadata(path)
@@ -168,14 +266,14 @@ mod tests {
         for _ in 0..2 {
             let store = SqliteStore::open(&path).await.expect("open");
             sqlx::query("SELECT COUNT(*) FROM events")
-                .execute(&store.pool)
+                .execute(store.pool())
                 .await
                 .expect("read");
             for suffix in ["", "-wal", "-shm"] {
                 let file = dir.path().join(format!("kurrent-projections.db{suffix}"));
                 assert_eq!(mode(&file), "0600", "{}", file.display());
             }
-            store.pool.close().await;
+            store.close().await;
         }
     }
 }

@@ -396,28 +396,22 @@ impl TestApp {
 #[macro_export]
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::helpers::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::helpers::Backend::Postgres).await;
-                }
-            )*
-        }
+        $crate::tests_on!(sqlite, Sqlite, $($name),*);
+        $crate::tests_on!(postgres, Postgres, $($name),*);
         #[cfg(feature = "kurrentdb")]
-        mod kurrentdb {
+        $crate::tests_on!(kurrentdb, Kurrent, $($name),*);
+    };
+}
+
+/// A module `$module` of tests running each behaviour on `Backend::$backend`.
+#[macro_export]
+macro_rules! tests_on {
+    ($module:ident, $backend:ident, $($name:ident),*) => {
+        mod $module {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name($crate::helpers::Backend::Kurrent).await;
+                    super::$name($crate::helpers::Backend::$backend).await;
                 }
             )*
         }

@@ -6,7 +6,7 @@
 
 use keyledger::store::EventStore;
 use keyledger_domain::{Environment, KeyPrefix, RawKey};
-use keyledger_projections::Projections;
+use keyledger_projections::{Projections, SqlPool};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -198,31 +198,30 @@ async fn insert_stored_event(
              CAST($4 AS {cast}), CAST($5 AS {cast}))"
         )
     };
-    match &events {
-        EventStore::Sqlite(s) => {
+    // Written as older versions could, past every check of this one.
+    match events.projection_db() {
+        SqlPool::Sqlite(pool) => {
             sqlx::query(&sql("TEXT"))
                 .bind(key_id)
                 .bind(event_type)
                 .bind(version)
                 .bind(payload)
                 .bind(metadata)
-                .execute(&s.pool)
+                .execute(&pool)
                 .await
                 .expect("insert");
         }
-        EventStore::Postgres(s) => {
+        SqlPool::Postgres(pool) => {
             sqlx::query(&sql("JSON"))
                 .bind(key_id)
                 .bind(event_type)
                 .bind(version)
                 .bind(payload)
                 .bind(metadata)
-                .execute(&s.pool)
+                .execute(&pool)
                 .await
                 .expect("insert");
         }
-        #[cfg(feature = "kurrentdb")]
-        EventStore::Kurrent(_) => panic!("not for KurrentDB: its events cannot be edited"),
     }
     events.close().await;
 }

@@ -215,7 +215,7 @@ mod seeded {
             .await
             .expect("open");
         let mut raw_keys: Vec<u8> = Vec::new();
-        let seeded = keyledger::seed::seed(
+        let seeded = keyledger_bench::seed::seed(
             &events,
             crate::helpers::TENANT,
             50,

@@ -32,40 +32,18 @@ async fn a_version_1_key_created_event_from_an_older_build_is_read_correctly(bac
     let events = keyledger::app::open_store(&store.config())
         .await
         .expect("open");
-    const SQL: &str = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
-                       event_version, payload, metadata) VALUES ('ApiKey', 'key_legacy', 1, 'KeyCreated', '1.0', $1, $2)";
-    match &events {
-        keyledger::store::EventStore::Sqlite(s) => {
-            sqlx::query(SQL)
-                .bind(&payload)
-                .bind(&metadata)
-                .execute(&s.pool)
-                .await
-                .expect("insert");
-        }
-        keyledger::store::EventStore::Postgres(s) => {
-            sqlx::query(SQL)
-                .bind(&payload)
-                .bind(&metadata)
-                .execute(&s.pool)
-                .await
-                .expect("insert");
-        }
-        #[cfg(feature = "kurrentdb")]
-        keyledger::store::EventStore::Kurrent(k) => {
-            k.append(&[cqrs_es::persist::SerializedEvent::new(
-                "key_legacy".into(),
-                1,
-                "ApiKey".into(),
-                "KeyCreated".into(),
-                "1.0".into(),
-                payload.clone(),
-                metadata.clone(),
-            )])
-            .await
-            .expect("append");
-        }
-    }
+    events
+        .bulk_append(&[cqrs_es::persist::SerializedEvent::new(
+            "key_legacy".into(),
+            1,
+            "ApiKey".into(),
+            "KeyCreated".into(),
+            "1.0".into(),
+            payload.clone(),
+            metadata.clone(),
+        )])
+        .await
+        .expect("append");
     events.close().await;
 
     let app = start(store, |_| {}).await;

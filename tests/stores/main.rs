@@ -590,9 +590,9 @@ async fn a_failed_group_commit_gives_each_create_its_own_outcome() {
             create("key_group_a", "same id again"),
             create("key_group_b", "unrelated"),
         ];
-        let keyledger::store::NewKeysOutcome {
-            outcomes, through, ..
-        } = store.execute_new(&batch).await;
+        let keyledger::store::NewKeysOutcome { outcomes, appended } =
+            store.execute_new(&batch).await;
+        let through = appended.through;
         assert!(outcomes[0].is_ok(), "{backend:?}: {:?}", outcomes[0]);
         assert!(
             matches!(

@@ -171,6 +171,20 @@ pub enum VerificationCode {
     InsufficientPermissions,
 }
 
+impl VerificationCode {
+    /// The code as the API spells it (`VALID`, `NOT_FOUND`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Valid => "VALID",
+            Self::NotFound => "NOT_FOUND",
+            Self::Disabled => "DISABLED",
+            Self::Expired => "EXPIRED",
+            Self::WrongEnvironment => "WRONG_ENVIRONMENT",
+            Self::InsufficientPermissions => "INSUFFICIENT_PERMISSIONS",
+        }
+    }
+}
+
 /// A verification question.
 #[derive(Debug, Clone, Copy)]
 pub struct VerifyRequest<'a> {

@@ -18,7 +18,7 @@
 //!   is always the last event of an append and resuming from it is still exact.
 
 use cqrs_es::persist::SerializedEvent;
-use keyledger_projections::RawEvent;
+use keyledger_domain::RawEvent;
 use kurrentdb::{EventData, Position, StreamPosition, StreamState};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -28,9 +28,10 @@ use crate::store::kurrent::naming::Naming;
 
 /// The revision of event `sequence` (1-based) of a stream.
 pub fn revision_of(sequence: usize) -> Result<u64, Error> {
-    let s = u64::try_from(sequence).map_err(|e| Error::Internal(e.to_string()))?;
+    let s =
+        u64::try_from(sequence).map_err(|e| Error::internal_from("a sequence beyond u64", e))?;
     s.checked_sub(1)
-        .ok_or_else(|| Error::Internal("event sequence 0 does not exist".into()))
+        .ok_or_else(|| Error::internal("event sequence 0 does not exist"))
 }
 
 /// The sequence (1-based) of the event at `revision`.
@@ -38,13 +39,13 @@ pub fn sequence_of(revision: u64) -> Result<usize, Error> {
     revision
         .checked_add(1)
         .and_then(|s| usize::try_from(s).ok())
-        .ok_or_else(|| Error::Internal(format!("stream revision {revision} out of range")))
+        .ok_or_else(|| Error::internal(format!("stream revision {revision} out of range")))
 }
 
 /// The state the stream must be in for event `first_sequence` to be appended.
 pub fn expected_state(first_sequence: usize) -> Result<StreamState, Error> {
     match first_sequence {
-        0 => Err(Error::Internal("event sequence 0 does not exist".into())),
+        0 => Err(Error::internal("event sequence 0 does not exist")),
         1 => Ok(StreamState::NoStream),
         s => Ok(StreamState::StreamRevision(revision_of(s - 1)?)),
     }
@@ -53,7 +54,7 @@ pub fn expected_state(first_sequence: usize) -> Result<StreamState, Error> {
 /// The feed position (and checkpoint) of an event at `position` in `$all`.
 pub fn feed_position(position: Position) -> Result<i64, Error> {
     i64::try_from(position.prepare)
-        .map_err(|_| Error::Internal(format!("$all position {position} out of range")))
+        .map_err(|_| Error::internal(format!("$all position {position} out of range")))
 }
 
 /// Where to read `$all` from to get the events after checkpoint `after`.
@@ -97,7 +98,7 @@ impl Encoded {
 
     /// The client's form: JSON data and JSON custom metadata, a fresh id.
     pub fn into_event_data(self) -> Result<EventData, Error> {
-        let encode = |e: serde_json::Error| Error::Internal(format!("encoding an event: {e}"));
+        let encode = |e: serde_json::Error| Error::internal_from("encoding an event", e);
         EventData::json(&self.event_type, &self.data)
             .map_err(encode)?
             .id(uuid::Uuid::now_v7())
@@ -144,7 +145,7 @@ impl Decoded {
             return Ok(None);
         };
         let corrupt = |what: &str, e: serde_json::Error| {
-            Error::Internal(format!(
+            Error::internal(format!(
                 "event {}@{} cannot be read: {what}: {e}",
                 stored.stream, stored.revision
             ))
@@ -153,7 +154,7 @@ impl Decoded {
         // an older version let through must not stop the log.
         let payload: Value = std::str::from_utf8(stored.data)
             .map_err(|e| {
-                Error::Internal(format!(
+                Error::internal(format!(
                     "event {}@{} cannot be read: data: {e}",
                     stored.stream, stored.revision
                 ))
@@ -180,8 +181,8 @@ impl Decoded {
     /// The row of the global feed.
     pub fn into_raw(self) -> Result<RawEvent, Error> {
         let position = feed_position(self.position)?;
-        let sequence =
-            i64::try_from(self.event.sequence).map_err(|e| Error::Internal(e.to_string()))?;
+        let sequence = i64::try_from(self.event.sequence)
+            .map_err(|e| Error::internal_from("a sequence beyond i64", e))?;
         Ok(RawEvent {
             position,
             aggregate_type: self.event.aggregate_type,

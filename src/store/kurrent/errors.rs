@@ -31,10 +31,10 @@ pub fn to_error(e: KurrentError) -> Error {
     match e {
         KurrentError::WrongExpectedVersion { .. } => Error::Conflict,
         e if is_unavailable(&e) => Error::StoreUnavailable(Box::new(e)),
-        KurrentError::AccessDenied => Error::Internal(
-            "KurrentDB denied access: check the user and password in --event-store".into(),
-        ),
-        e => Error::Internal(format!("kurrentdb: {e}")),
+        KurrentError::AccessDenied => {
+            Error::internal("KurrentDB denied access: check the user and password in --event-store")
+        }
+        e => Error::internal_from("kurrentdb", e),
     }
 }
 
@@ -129,7 +129,7 @@ mod tests {
             },
         ] {
             assert!(!is_unavailable(&e), "{e}");
-            assert!(matches!(to_error(e.clone()), Error::Internal(_)), "{e}");
+            assert!(matches!(to_error(e.clone()), Error::Internal { .. }), "{e}");
             assert!(matches!(
                 to_persistence(e),
                 PersistenceError::UnknownError(_)
@@ -148,7 +148,7 @@ mod tests {
             PersistenceError::ConnectionError(_)
         ));
         assert!(matches!(
-            error_to_persistence(Error::Internal("x".into())),
+            error_to_persistence(Error::internal("x")),
             PersistenceError::UnknownError(_)
         ));
     }

@@ -21,16 +21,26 @@ pub mod repository;
 pub mod subscription;
 
 use std::path::Path;
+use std::sync::Arc;
 
-use cqrs_es::persist::{PersistedEventStore, SerializedEvent};
-use keyledger_domain::ApiKey;
-use keyledger_projections::{ProjectionDb, RawEvent};
+use async_trait::async_trait;
+use cqrs_es::persist::{
+    EventStoreAggregateContext, PersistedEventRepository, PersistedEventStore, SerializedEvent,
+};
+use cqrs_es::{AggregateError, EventStore as _};
+use keyledger_domain::{ApiKey, ApiKeyEvent, DomainError, KeyUsage, RawEvent};
+use keyledger_sql::SqlPool;
 use kurrentdb::{
     Client, ClientSettings, ReadAllOptions, ReadStreamOptions, StreamPosition, SubscriptionFilter,
 };
+use tokio_util::sync::CancellationToken;
 
 use crate::config::KurrentConfig;
 use crate::error::Error;
+use crate::store::backend::EventMetadata;
+use crate::store::backend::{Backend, FeedListener, Stream};
+use crate::store::claims::ClaimTable;
+use crate::store::errors::persistence_error;
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use codec::{feed_position, read_from, revision_of, Decoded, Stored};
@@ -41,17 +51,13 @@ pub use repository::KurrentEventRepository;
 /// File name of the embedded projection database, in the data directory.
 pub const PROJECTIONS_FILE: &str = "kurrent-projections.db";
 
-/// The SQL database holding projections, checkpoints and idempotency claims.
-pub enum SideDb {
-    Sqlite(SqliteStore),
-    Postgres(PostgresStore),
-}
-
 pub struct KurrentStore {
     client: Client,
     naming: Naming,
-    pub events: PersistedEventStore<KurrentEventRepository, ApiKey>,
-    pub side: SideDb,
+    events: PersistedEventStore<KurrentEventRepository, ApiKey>,
+    /// The SQL store whose database holds projections, checkpoints and
+    /// idempotency claims (its events table stays empty).
+    side: Box<dyn Backend>,
 }
 
 impl KurrentStore {
@@ -66,8 +72,8 @@ impl KurrentStore {
         let client =
             Client::new(settings).map_err(|e| Error::Config(format!("KurrentDB client: {e}")))?;
         let naming = Naming::new(&config.namespace)?;
-        let side = match &config.projections_url {
-            Some(url) => SideDb::Postgres(PostgresStore::open(url).await?),
+        let side: Box<dyn Backend> = match &config.projections_url {
+            Some(url) => Box::new(PostgresStore::open(url).await?),
             None => {
                 std::fs::create_dir_all(data_dir).map_err(|e| {
                     Error::Config(format!(
@@ -75,7 +81,7 @@ impl KurrentStore {
                         data_dir.display()
                     ))
                 })?;
-                SideDb::Sqlite(SqliteStore::open(&data_dir.join(PROJECTIONS_FILE)).await?)
+                Box::new(SqliteStore::open(&data_dir.join(PROJECTIONS_FILE)).await?)
             }
         };
         // Never a snapshot store: cqrs-es 0.5 snapshots apply events twice (and
@@ -97,34 +103,10 @@ impl KurrentStore {
         KurrentEventRepository::new(self.client.clone(), self.naming.clone())
     }
 
-    pub(crate) fn client(&self) -> &Client {
-        &self.client
-    }
-
-    pub(crate) fn naming(&self) -> &Naming {
-        &self.naming
-    }
-
-    /// The projection database.
-    pub fn projection_db(&self) -> ProjectionDb {
-        match &self.side {
-            SideDb::Sqlite(s) => ProjectionDb::Sqlite(s.pool.clone()),
-            SideDb::Postgres(s) => ProjectionDb::Postgres(s.pool.clone()),
-        }
-    }
-
-    /// Closes the projection database (the client has nothing to close).
-    pub async fn close(&self) {
-        match &self.side {
-            SideDb::Sqlite(s) => s.pool.close().await,
-            SideDb::Postgres(s) => s.pool.close().await,
-        }
-    }
-
     /// Our events after feed position `after`, in `$all` order: at least
     /// `limit` when there are that many, more only to finish an append of
     /// several events (a checkpoint must never fall inside one, see `codec`).
-    pub async fn read_feed(&self, after: i64, limit: i64) -> Result<Vec<RawEvent>, Error> {
+    async fn feed(&self, after: i64, limit: i64) -> Result<Vec<RawEvent>, Error> {
         let Ok(limit) = usize::try_from(limit) else {
             return Ok(Vec::new());
         };
@@ -173,7 +155,7 @@ impl KurrentStore {
     }
 
     /// The feed position of our newest event (0 when there is none).
-    pub async fn head(&self) -> Result<i64, Error> {
+    async fn newest_position(&self) -> Result<i64, Error> {
         let options = ReadAllOptions::default()
             .position(StreamPosition::End)
             .backwards()
@@ -191,7 +173,7 @@ impl KurrentStore {
     }
 
     /// Event `sequence` of a stream, if it exists.
-    pub async fn event_at(
+    async fn read_event_at(
         &self,
         aggregate_type: &str,
         aggregate_id: &str,
@@ -211,7 +193,7 @@ impl KurrentStore {
     }
 
     /// The sequence of the last event of a stream (0 when it has none).
-    pub async fn last_sequence(
+    async fn read_last_sequence(
         &self,
         aggregate_type: &str,
         aggregate_id: &str,
@@ -249,13 +231,108 @@ impl KurrentStore {
         }
     }
 
-    /// Appends events already numbered and linked (the bench seeder's path).
-    pub async fn append(&self, events: &[SerializedEvent]) -> Result<(), Error> {
-        self.repository().append(events).await
-    }
-
     fn filter(&self) -> SubscriptionFilter {
         SubscriptionFilter::on_stream_name().add_prefix(self.naming.prefix())
+    }
+}
+
+#[async_trait]
+impl Backend for KurrentStore {
+    async fn load(
+        &self,
+        key_id: &str,
+    ) -> Result<EventStoreAggregateContext<ApiKey>, AggregateError<DomainError>> {
+        self.events.load_aggregate(key_id).await
+    }
+
+    async fn commit(
+        &self,
+        events: Vec<ApiKeyEvent>,
+        context: EventStoreAggregateContext<ApiKey>,
+        metadata: EventMetadata,
+    ) -> Result<(), AggregateError<DomainError>> {
+        self.events
+            .commit(events, context, metadata)
+            .await
+            .map(|_| ())
+    }
+
+    /// Appends one stream's events (an append to KurrentDB is one stream's).
+    async fn append(&self, stream: Stream, events: &[SerializedEvent]) -> Result<(), Error> {
+        let repository = self.repository();
+        match stream {
+            Stream::Key => repository.persist::<ApiKey>(events, None).await,
+            Stream::Usage => repository.persist::<KeyUsage>(events, None).await,
+        }
+        .map_err(persistence_error)
+    }
+
+    fn appends_streams_together(&self) -> bool {
+        false
+    }
+
+    /// One append per event, each expecting the previous revision: slower
+    /// than the SQL stores' bulk INSERT, but the same checks as a command's.
+    async fn bulk_append(&self, events: &[SerializedEvent]) -> Result<(), Error> {
+        let repository = self.repository();
+        for event in events {
+            repository.append(std::slice::from_ref(event)).await?;
+        }
+        Ok(())
+    }
+
+    async fn event_at(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: usize,
+    ) -> Result<Option<RawEvent>, Error> {
+        self.read_event_at(aggregate_type, aggregate_id, sequence)
+            .await
+    }
+
+    async fn last_sequence(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<usize, Error> {
+        self.read_last_sequence(aggregate_type, aggregate_id).await
+    }
+
+    async fn read_feed(&self, after: i64, limit: i64) -> Result<Vec<RawEvent>, Error> {
+        self.feed(after, limit).await
+    }
+
+    async fn head(&self) -> Result<i64, Error> {
+        self.newest_position().await
+    }
+
+    async fn listen(&self, listener: Arc<dyn FeedListener>, stop: CancellationToken) {
+        subscription::listen(
+            self.client.clone(),
+            self.naming.prefix().to_string(),
+            listener,
+            stop,
+        )
+        .await;
+    }
+
+    /// Each stream is appended on its own anyway.
+    fn groups_commits(&self) -> bool {
+        false
+    }
+
+    fn sql(&self) -> SqlPool {
+        self.side.sql()
+    }
+
+    fn claims(&self) -> Arc<dyn ClaimTable> {
+        self.side.claims()
+    }
+
+    /// Closes the projection database (the client has nothing to close).
+    async fn close(&self) {
+        self.side.close().await;
     }
 }
 
@@ -280,11 +357,11 @@ mod tests {
             .expect("the client connects lazily");
         assert!(dir.path().join(PROJECTIONS_FILE).exists());
         let within = std::time::Duration::from_secs(60);
-        let head = tokio::time::timeout(within, store.head())
+        let head = tokio::time::timeout(within, store.newest_position())
             .await
             .expect("prompt");
         assert!(matches!(head, Err(Error::StoreUnavailable(_))), "{head:?}");
-        let feed = tokio::time::timeout(within, store.read_feed(0, 10))
+        let feed = tokio::time::timeout(within, store.feed(0, 10))
             .await
             .expect("prompt");
         assert!(matches!(feed, Err(Error::StoreUnavailable(_))), "{feed:?}");
@@ -297,7 +374,7 @@ mod tests {
             serde_json::json!({}),
             serde_json::json!({}),
         );
-        let appended = tokio::time::timeout(within, store.append(&[event]))
+        let appended = tokio::time::timeout(within, store.bulk_append(&[event]))
             .await
             .expect("prompt");
         assert!(

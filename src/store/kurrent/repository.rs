@@ -77,8 +77,8 @@ impl KurrentEventRepository {
                 && e.sequence == first.sequence + i
         });
         if !consecutive {
-            return Err(Error::Internal(
-                "an append must hold consecutive events of one stream".into(),
+            return Err(Error::internal(
+                "an append must hold consecutive events of one stream",
             ));
         }
         let data = events
@@ -194,8 +194,8 @@ impl PersistedEventRepository for KurrentEventRepository {
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
         if snapshot_update.is_some() {
-            return Err(error_to_persistence(Error::Internal(
-                "the KurrentDB store keeps no snapshots; use new_event_store".into(),
+            return Err(error_to_persistence(Error::internal(
+                "the KurrentDB store keeps no snapshots; use new_event_store",
             )));
         }
         self.append(events).await.map_err(error_to_persistence)

@@ -8,30 +8,28 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyledger_projections::Projections;
 use kurrentdb::{Client, SubscribeToAllOptions, SubscriptionEvent, SubscriptionFilter};
 use tokio_util::sync::CancellationToken;
 
+use crate::store::backend::FeedListener;
 use crate::store::kurrent::codec::{feed_position, read_from};
-use crate::tailer::Tailer;
 
 /// Pause before resubscribing after the subscription failed.
 const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
 
-/// Wakes the tailer on every new event of ours until cancelled; resubscribes
-/// by itself from the last event it saw.
+/// Wakes the listener on every new event of ours until cancelled;
+/// resubscribes by itself from the last event it saw.
 pub async fn listen(
     client: Client,
     prefix: String,
-    projections: Arc<Projections>,
-    tailer: Arc<Tailer>,
+    tailer: Arc<dyn FeedListener>,
     stop: CancellationToken,
 ) {
     let mut from = None;
     loop {
         let start = match from {
             Some(p) => p,
-            None => match projections.resume_position().await {
+            None => match tailer.resume_position().await {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the projection checkpoint; retrying");

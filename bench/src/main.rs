@@ -1,4 +1,5 @@
-//! `keyledger bench`: drives running nodes to measure what the issues ask for.
+//! `keyledger-bench`: load data and load generators for BENCHMARKS.md, kept
+//! out of the server binary (and with them its HTTP client).
 //!
 //! `bench propagation` measures cross-node revocation delay: the time from the
 //! response to a deactivation on node A to the first `DISABLED` verification on
@@ -8,16 +9,34 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Subcommand};
+use clap::{Parser, Subcommand};
+use keyledger::cli::StoreArgs;
+use keyledger::{Config, Error};
 use serde_json::{json, Value};
 
-use crate::config::Config;
-use crate::error::Error;
+// The server's allocator: seeding allocates as a rebuild does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[derive(Debug, Args)]
-pub struct BenchArgs {
+#[derive(Debug, Parser)]
+#[command(
+    name = "keyledger-bench",
+    version,
+    about = "Load data and load generators for keyledger's benchmarks"
+)]
+struct Cli {
+    #[command(flatten)]
+    store: StoreArgs,
     #[command(subcommand)]
     command: BenchCommand,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    keyledger::cli::run_main("keyledger-bench", async move {
+        let config = cli.store.config()?;
+        run(cli.command, config).await
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,15 +84,15 @@ enum BenchCommand {
     },
 }
 
-pub async fn run(args: BenchArgs, config: Config) -> Result<ExitCode, Error> {
-    match args.command {
+async fn run(command: BenchCommand, config: Config) -> Result<ExitCode, Error> {
+    match command {
         BenchCommand::Seed {
             keys,
             events,
             tenant,
             keys_out,
         } => {
-            let store = crate::app::open_store(&config).await?;
+            let store = keyledger::app::open_store(&config).await?;
             let started = Instant::now();
             let mut file = keys_out
                 .map(|p| {
@@ -83,9 +102,10 @@ pub async fn run(args: BenchArgs, config: Config) -> Result<ExitCode, Error> {
                 })
                 .transpose()?;
             let out = file.as_mut().map(|f| f as &mut dyn std::io::Write);
-            let seeded = crate::seed::seed(&store, &tenant, keys, events, out).await?;
+            let seeded = keyledger_bench::seed::seed(&store, &tenant, keys, events, out).await?;
             if let Some(mut f) = file {
-                std::io::Write::flush(&mut f).map_err(|e| Error::Internal(e.to_string()))?;
+                std::io::Write::flush(&mut f)
+                    .map_err(|e| Error::internal_from("writing the keys file", e))?;
             }
             let secs = started.elapsed().as_secs_f64();
             println!(
@@ -123,7 +143,7 @@ async fn create(
     clients: usize,
     duration: Duration,
 ) -> Result<ExitCode, Error> {
-    let secret = crate::app::server_secret(config)?;
+    let secret = keyledger::app::server_secret(config)?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .build()
@@ -132,7 +152,7 @@ async fn create(
     let deadline = started + duration;
     let mut tasks = Vec::with_capacity(clients);
     for c in 0..clients {
-        let token = crate::http::auth::mint(
+        let token = keyledger::http::auth::mint(
             secret.expose(),
             &format!("bench-create-{c}"),
             "bench",
@@ -176,7 +196,7 @@ async fn create(
     for task in tasks {
         let tally = task
             .await
-            .map_err(|e| Error::Internal(format!("client task: {e}")))?;
+            .map_err(|e| Error::internal_from("client task", e))?;
         latencies.extend(tally.latencies);
         failures += tally.failures;
     }
@@ -207,7 +227,7 @@ fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
 }
 
 fn http_error(e: reqwest::Error) -> Error {
-    Error::Internal(format!("http: {e}"))
+    Error::internal_from("http", e)
 }
 
 async fn verify_code(client: &reqwest::Client, node: &str, key: &str) -> Result<String, Error> {
@@ -236,7 +256,7 @@ async fn wait_for(
             return Ok(started.elapsed());
         }
         if started.elapsed() > Duration::from_secs(10) {
-            return Err(Error::Internal(format!("node B never answered {want}")));
+            return Err(Error::internal(format!("node B never answered {want}")));
         }
     }
 }
@@ -247,9 +267,9 @@ async fn propagation(
     node_b: &str,
     count: usize,
 ) -> Result<ExitCode, Error> {
-    let secret = crate::app::server_secret(config)?;
+    let secret = keyledger::app::server_secret(config)?;
     let token =
-        crate::http::auth::mint(secret.expose(), "bench", "bench", Duration::from_secs(3600))?;
+        keyledger::http::auth::mint(secret.expose(), "bench", "bench", Duration::from_secs(3600))?;
     let client = reqwest::Client::new();
     let mut keys = Vec::with_capacity(count);
     for i in 0..count {
@@ -266,7 +286,7 @@ async fn propagation(
         let id = created["id"].as_str().unwrap_or_default().to_string();
         let key = created["key"].as_str().unwrap_or_default().to_string();
         if id.is_empty() || key.is_empty() {
-            return Err(Error::Internal(format!("create failed: {created}")));
+            return Err(Error::internal(format!("create failed: {created}")));
         }
         keys.push((id, key));
     }
@@ -282,7 +302,7 @@ async fn propagation(
             .await
             .map_err(http_error)?;
         if !response.status().is_success() {
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "deactivate: {}",
                 response.status()
             )));

@@ -1,4 +1,4 @@
-//! `keyledger bench seed`: writes N keys and M events straight into the event
+//! `keyledger-bench seed`: writes N keys and M events straight into the event
 //! store (bypassing the HTTP API and the aggregate, which is fine for load data),
 //! with valid chain links, so that rebuilds, start-up and verification can be
 //! measured at scale. Projections are not touched: run `projections rebuild`
@@ -8,7 +8,10 @@ use std::collections::HashMap;
 use std::io::Write;
 
 use chrono::Utc;
+use cqrs_es::persist::SerializedEvent;
 use cqrs_es::DomainEvent;
+use keyledger::store::EventStore;
+use keyledger::Error;
 use keyledger_domain::chain::{event_hash, StoredFields, GENESIS, PREV_HASH};
 use keyledger_domain::{
     ApiKeyEvent, Environment, KeyCreated, KeyDeactivated, KeyPrefix, KeyReactivated, KeyUsageEvent,
@@ -17,23 +20,9 @@ use keyledger_domain::{
 use keyledger_projections::event::meta_keys;
 use serde_json::{json, Value};
 
-use crate::error::Error;
-use crate::store::feed::store_error;
-use crate::store::EventStore;
-
-/// Rows per INSERT statement and per transaction.
-const ROWS_PER_STATEMENT: usize = 1000;
+/// Events handed to the store at a time (it writes them in transactions of
+/// its own size).
 const ROWS_PER_TRANSACTION: usize = 20_000;
-
-struct Row {
-    aggregate_type: &'static str,
-    aggregate_id: String,
-    sequence: i64,
-    event_type: String,
-    event_version: String,
-    payload: Value,
-    metadata: Value,
-}
 
 #[derive(Default)]
 struct Stream {
@@ -50,7 +39,7 @@ impl Stream {
         event_version: String,
         payload: Value,
         mut metadata: Value,
-    ) -> Row {
+    ) -> Result<SerializedEvent, Error> {
         self.sequence += 1;
         let prev = self
             .last_hash
@@ -69,15 +58,17 @@ impl Stream {
             metadata: &metadata,
         });
         self.last_hash = Some(hash);
-        Row {
-            aggregate_type,
-            aggregate_id: aggregate_id.to_string(),
-            sequence: self.sequence,
+        let sequence = usize::try_from(self.sequence)
+            .map_err(|e| Error::internal_from("a seeded sequence", e))?;
+        Ok(SerializedEvent::new(
+            aggregate_id.to_string(),
+            sequence,
+            aggregate_type.to_string(),
             event_type,
             event_version,
             payload,
             metadata,
-        }
+        ))
     }
 }
 
@@ -111,7 +102,7 @@ pub async fn seed(
     let mut ids = Vec::with_capacity(usize::try_from(keys).unwrap_or(0));
     let mut key_streams: HashMap<String, (Stream, bool)> = HashMap::new();
     let mut usage_streams: HashMap<String, Stream> = HashMap::new();
-    let mut batch: Vec<Row> = Vec::with_capacity(ROWS_PER_TRANSACTION);
+    let mut batch: Vec<SerializedEvent> = Vec::with_capacity(ROWS_PER_TRANSACTION);
     let mut written = 0u64;
     for n in 0..events {
         let row = if n < keys {
@@ -119,7 +110,7 @@ pub async fn seed(
             let parsed = raw.parsed();
             if let Some(out) = keys_out.as_deref_mut() {
                 writeln!(out, "{}", raw.expose())
-                    .map_err(|e| Error::Internal(format!("writing keys: {e}")))?;
+                    .map_err(|e| Error::internal_from("writing keys", e))?;
             }
             let id = format!("key_{}", uuid::Uuid::now_v7().simple());
             let event = ApiKeyEvent::KeyCreated(KeyCreated {
@@ -145,9 +136,10 @@ pub async fn seed(
                 &id,
                 event.event_type(),
                 event.event_version(),
-                serde_json::to_value(&event).map_err(|e| Error::Internal(e.to_string()))?,
+                serde_json::to_value(&event)
+                    .map_err(|e| Error::internal_from("serialising an event", e))?,
                 meta.clone(),
-            )
+            )?
         } else {
             let i = usize::try_from((n - keys) % keys).unwrap_or(0);
             let id = ids[i].clone();
@@ -162,13 +154,14 @@ pub async fn seed(
                     &id,
                     event.event_type(),
                     event.event_version(),
-                    serde_json::to_value(&event).map_err(|e| Error::Internal(e.to_string()))?,
+                    serde_json::to_value(&event)
+                        .map_err(|e| Error::internal_from("serialising an event", e))?,
                     meta.clone(),
-                )
+                )?
             } else {
                 let (stream, active) = key_streams
                     .get_mut(&id)
-                    .ok_or_else(|| Error::Internal("seeded key vanished".into()))?;
+                    .ok_or_else(|| Error::internal("seeded key vanished"))?;
                 let event = if *active {
                     ApiKeyEvent::KeyDeactivated(KeyDeactivated {
                         reason: Some("seeded".into()),
@@ -183,9 +176,10 @@ pub async fn seed(
                     &id,
                     event.event_type(),
                     event.event_version(),
-                    serde_json::to_value(&event).map_err(|e| Error::Internal(e.to_string()))?,
+                    serde_json::to_value(&event)
+                        .map_err(|e| Error::internal_from("serialising an event", e))?,
                     meta.clone(),
-                )
+                )?
             }
         };
         batch.push(row);
@@ -201,56 +195,11 @@ pub async fn seed(
     })
 }
 
-macro_rules! write_rows {
-    ($pool:expr, $db:ty, $rows:expr) => {{
-        let mut tx = $pool.begin().await.map_err(store_error)?;
-        for chunk in $rows.chunks(ROWS_PER_STATEMENT) {
-            let mut q = sqlx::QueryBuilder::<$db>::new(
-                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
-                 event_version, payload, metadata) ",
-            );
-            q.push_values(chunk, |mut b, r: &Row| {
-                b.push_bind(r.aggregate_type)
-                    .push_bind(r.aggregate_id.as_str())
-                    .push_bind(r.sequence)
-                    .push_bind(r.event_type.as_str())
-                    .push_bind(r.event_version.as_str())
-                    .push_bind(&r.payload)
-                    .push_bind(&r.metadata);
-            });
-            q.build().execute(&mut *tx).await.map_err(store_error)?;
-        }
-        tx.commit().await.map_err(store_error)?;
-    }};
-}
-
-async fn write(store: &EventStore, rows: &[Row]) -> Result<u64, Error> {
+/// Writes a batch of seeded events; returns how many.
+async fn write(store: &EventStore, rows: &[SerializedEvent]) -> Result<u64, Error> {
     if rows.is_empty() {
         return Ok(0);
     }
-    match store {
-        EventStore::Sqlite(s) => write_rows!(s.pool, sqlx::Sqlite, rows),
-        EventStore::Postgres(s) => write_rows!(s.pool, sqlx::Postgres, rows),
-        // One append per event, each expecting the previous revision: slower than
-        // the bulk INSERT, but the same checks as a command's append.
-        #[cfg(feature = "kurrentdb")]
-        EventStore::Kurrent(k) => {
-            for r in rows {
-                let sequence = usize::try_from(r.sequence)
-                    .map_err(|e| Error::Internal(format!("seeded sequence: {e}")))?;
-                k.append(&[cqrs_es::persist::SerializedEvent::new(
-                    r.aggregate_id.clone(),
-                    sequence,
-                    r.aggregate_type.to_string(),
-                    r.event_type.clone(),
-                    r.event_version.clone(),
-                    r.payload.clone(),
-                    r.metadata.clone(),
-                )])
-                .await?;
-            }
-        }
-    }
-    store.sequence_pending().await?;
-    Ok(rows.len() as u64)
+    store.bulk_append(rows).await?;
+    u64::try_from(rows.len()).map_err(|e| Error::internal_from("a batch's size", e))
 }
