@@ -32,6 +32,8 @@ use rand::RngCore;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use keyledger_domain::TenantId;
+
 use crate::clock::Clock;
 use crate::error::Error;
 use crate::store::EventStore;
@@ -193,7 +195,7 @@ pub struct Idempotency<'a> {
 
 impl Idempotency<'_> {
     /// Claims `key` for this request, or returns the first response.
-    pub async fn claim(&self, tenant: &str, key: &str, hash: &str) -> Result<Claim, Error> {
+    pub async fn claim(&self, tenant: &TenantId, key: &str, hash: &str) -> Result<Claim, Error> {
         let db = self.store.claims();
         // One token per request, also when it takes a lapsed claim over: the
         // previous owner's token stops matching the row at that moment.
@@ -234,7 +236,7 @@ impl Idempotency<'_> {
                 // renewed meanwhile keeps it.
                 if take_over(&db, tenant, key, hash, &row, &owner, now).await? {
                     tracing::warn!(
-                        tenant,
+                        %tenant,
                         "an idempotency claim's lease ran out while its request was pending; taken over"
                     );
                     let lease = self.lease(&db, tenant, key, owner, now);
@@ -279,7 +281,7 @@ impl Idempotency<'_> {
     fn lease(
         &self,
         db: &Arc<dyn ClaimTable>,
-        tenant: &str,
+        tenant: &TenantId,
         key: &str,
         owner: String,
         at: chrono::DateTime<chrono::Utc>,
@@ -287,7 +289,7 @@ impl Idempotency<'_> {
         let renewer = tokio::spawn(keep_alive(
             db.clone(),
             self.clock.clone(),
-            tenant.to_string(),
+            tenant.clone(),
             key.to_string(),
             owner.clone(),
             at,
@@ -314,7 +316,7 @@ impl Idempotency<'_> {
     /// after the commit thereby leaves its answer for a retry (`Unsettled`).
     pub async fn record(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         key: &str,
         owner: &str,
         body: Value,
@@ -329,7 +331,7 @@ impl Idempotency<'_> {
     /// is no longer `owner`'s: the row (another owner's) is left alone.
     pub async fn complete(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         key: &str,
         owner: &str,
         body: Value,
@@ -342,7 +344,7 @@ impl Idempotency<'_> {
     /// moves it to `state`; a `proof` replaces the stored one, none keeps it.
     async fn store_answer(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         key: &str,
         owner: &str,
         mut body: Value,
@@ -381,7 +383,12 @@ impl Idempotency<'_> {
 
     /// Gives up a claim whose request failed, so a retry runs it again; only
     /// while the claim is still `owner`'s (else `Settled::Lost`, nothing changed).
-    pub async fn release(&self, tenant: &str, key: &str, owner: &str) -> Result<Settled, Error> {
+    pub async fn release(
+        &self,
+        tenant: &TenantId,
+        key: &str,
+        owner: &str,
+    ) -> Result<Settled, Error> {
         let deleted = self
             .store
             .claims()
@@ -394,7 +401,7 @@ impl Idempotency<'_> {
     /// an entry claimed again meanwhile).
     async fn forget(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         key: &str,
         state: &str,
         created_at: i64,
@@ -419,7 +426,7 @@ fn settled(rows: u64) -> Settled {
 /// changed it first (renewed, completed, released or took it over).
 async fn take_over(
     db: &Arc<dyn ClaimTable>,
-    tenant: &str,
+    tenant: &TenantId,
     key: &str,
     hash: &str,
     seen: &Row,
@@ -456,7 +463,7 @@ async fn take_over(
 async fn keep_alive(
     db: Arc<dyn ClaimTable>,
     clock: Clock,
-    tenant: String,
+    tenant: TenantId,
     key: String,
     owner: String,
     leased_at: chrono::DateTime<chrono::Utc>,

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use keyledger_domain::{
-    ApiKeyEvent, CreateKey, DomainError, Environment, KeyCommand, KeyCommandKind, KeyPrefix,
-    RawKey, UpdateKey,
+    ApiKeyEvent, CreateKey, DomainError, Environment, KeyCommand, KeyCommandKind, KeyId, KeyPrefix,
+    RawKey, TenantId, UpdateKey,
 };
 use keyledger_projections::audit::{AuditFilter, AuditPage};
 use keyledger_projections::event::meta_keys;
@@ -30,7 +30,7 @@ use crate::tailer::Tailer;
 /// Who is asking: from the management token and the request.
 #[derive(Debug, Clone)]
 pub struct Actor {
-    pub tenant: String,
+    pub tenant: TenantId,
     pub subject: String,
     pub request_id: String,
     /// Address of the client that sent the request.
@@ -187,7 +187,7 @@ impl KeyService {
         let create = self
             .store
             .prepare_new(NewKeyCommand {
-                key_id,
+                key_id: key_id.into(),
                 metadata: metadata(actor, command.at),
                 command,
             })
@@ -236,7 +236,7 @@ impl KeyService {
             // exists, this create wrote it.
             Err(e) if e.outcome_unknown() => match self.store.exists(&key_id).await {
                 Ok(true) => {
-                    tracing::warn!(error = %e, key_id, "create committed, but its commit answered an error");
+                    tracing::warn!(error = %e, %key_id, "create committed, but its commit answered an error");
                     None
                 }
                 Ok(false) | Err(_) => return Err(e),
@@ -248,7 +248,7 @@ impl KeyService {
             None => match self.visible(actor, &key_id).await {
                 Ok(fresh) => fresh,
                 Err(e) => {
-                    tracing::warn!(error = %e, key_id, "created, but not visible on this node yet; answered from its event");
+                    tracing::warn!(error = %e, %key_id, "created, but not visible on this node yet; answered from its event");
                     view
                 }
             },
@@ -309,7 +309,7 @@ impl KeyService {
             .prepare_key(actor, new, Some(old.id.clone()), at)
             .await?;
         Ok(PreparedRotation {
-            old_id: old.id,
+            old_id: old.id.into(),
             successor,
             grace,
             at,
@@ -332,8 +332,8 @@ impl KeyService {
             at,
         } = prepared;
         let issued = self.issue(actor, successor).await?;
-        self.retire(actor, &old_id, &issued.view.id, grace, at)
-            .await?;
+        let successor = KeyId::from(issued.view.id.as_str());
+        self.retire(actor, &old_id, &successor, grace, at).await?;
         Ok(issued)
     }
 
@@ -342,8 +342,8 @@ impl KeyService {
     async fn retire(
         &self,
         actor: &Actor,
-        old_id: &str,
-        successor: &str,
+        old_id: &KeyId,
+        successor: &KeyId,
         grace: chrono::Duration,
         at: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), Error> {
@@ -454,7 +454,7 @@ impl KeyService {
 
     /// Audit entries of the caller's tenant.
     pub async fn audit(&self, actor: &Actor, mut filter: AuditFilter) -> Result<AuditPage, Error> {
-        filter.tenant = Some(actor.tenant.clone());
+        filter.tenant = Some(actor.tenant.to_string());
         Ok(self.projections.audit(&filter).await?)
     }
 
@@ -470,14 +470,14 @@ impl KeyService {
     }
 
     /// Maps an id or display prefix to the key id, within the caller's tenant.
-    async fn resolve(&self, actor: &Actor, id: &str) -> Result<String, Error> {
-        Ok(self.get(actor, id).await?.id)
+    async fn resolve(&self, actor: &Actor, id: &str) -> Result<KeyId, Error> {
+        Ok(self.get(actor, id).await?.id.into())
     }
 
     async fn command(
         &self,
         actor: &Actor,
-        key_id: &str,
+        key_id: &KeyId,
         kind: KeyCommandKind,
     ) -> Result<(), Error> {
         self.command_at(actor, key_id, kind, self.clock.now()).await
@@ -487,7 +487,7 @@ impl KeyService {
     async fn command_at(
         &self,
         actor: &Actor,
-        key_id: &str,
+        key_id: &KeyId,
         kind: KeyCommandKind,
         at: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), Error> {
@@ -520,7 +520,7 @@ impl KeyService {
         at: chrono::DateTime<chrono::Utc>,
     ) -> KeyCommand {
         KeyCommand {
-            tenant: actor.tenant.clone(),
+            tenant: actor.tenant.to_string(),
             actor: actor.subject.clone(),
             at,
             kind,
@@ -546,7 +546,7 @@ pub struct PreparedKey {
 }
 
 impl PreparedKey {
-    pub fn key_id(&self) -> &str {
+    pub fn key_id(&self) -> &KeyId {
         &self.create.command.key_id
     }
 
@@ -562,7 +562,7 @@ impl PreparedKey {
 
 /// A rotation about to happen: decided, not written.
 pub struct PreparedRotation {
-    old_id: String,
+    old_id: KeyId,
     successor: PreparedKey,
     grace: chrono::Duration,
     at: chrono::DateTime<chrono::Utc>,
@@ -577,7 +577,7 @@ impl PreparedRotation {
     pub fn proof(&self) -> Proof {
         Proof::Rotated {
             old_id: self.old_id.clone(),
-            successor: self.successor.key_id().to_string(),
+            successor: self.successor.key_id().clone(),
             grace_ms: self.grace.num_milliseconds(),
         }
     }
@@ -589,12 +589,12 @@ impl PreparedRotation {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Proof {
     /// A create: committed if the key exists.
-    Created { key_id: String },
+    Created { key_id: KeyId },
     /// A rotation: committed if the successor exists (its old key is then
     /// pointed at it, if that had not happened yet).
     Rotated {
-        old_id: String,
-        successor: String,
+        old_id: KeyId,
+        successor: KeyId,
         grace_ms: i64,
     },
 }
@@ -603,7 +603,7 @@ pub enum Proof {
 fn metadata(actor: &Actor, at: chrono::DateTime<chrono::Utc>) -> EventMetadata {
     let mut metadata = EventMetadata::from([
         (meta_keys::ACTOR.to_string(), actor.subject.clone()),
-        (meta_keys::TENANT.to_string(), actor.tenant.clone()),
+        (meta_keys::TENANT.to_string(), actor.tenant.to_string()),
         (meta_keys::REQUEST_ID.to_string(), actor.request_id.clone()),
         (meta_keys::OCCURRED_AT.to_string(), at.to_rfc3339()),
     ]);

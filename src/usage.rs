@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyledger_domain::{KeyUsage, RecordUsage};
+use keyledger_domain::{KeyId, KeyUsage, RecordUsage};
 use keyledger_projections::event::meta_keys;
 use keyledger_projections::{DrainedUsage, VerificationIndex};
 use tokio_util::sync::CancellationToken;
@@ -85,7 +85,7 @@ impl UsageFlusher {
                     self.clock.now().to_rfc3339(),
                 ),
             ]);
-            items.push((usage.key_id.clone(), event, metadata));
+            items.push((KeyId::from(usage.key_id.as_str()), event, metadata));
         }
         match self.store.record_usage_batch(&items).await {
             Ok(()) => return Ok(items.len()),

@@ -12,6 +12,7 @@ pub mod commands;
 pub mod error;
 pub mod events;
 pub mod feed;
+pub mod ids;
 pub mod json;
 pub mod key;
 pub mod permissions;
@@ -27,6 +28,7 @@ pub use events::{
     API_KEY_AGGREGATE_TYPE,
 };
 pub use feed::RawEvent;
+pub use ids::{KeyId, TenantId};
 pub use key::{Environment, KeyHash, KeyPrefix, ParsedKey, RawKey};
 pub use permissions::Permissions;
 pub use usage::{KeyUsage, KeyUsageEvent, KeyUsageRecorded, RecordUsage, KEY_USAGE_AGGREGATE_TYPE};

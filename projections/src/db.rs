@@ -10,6 +10,7 @@ use crate::checkpoint::Checkpoints;
 use crate::error::ProjectionError;
 use crate::event::RecordedEvent;
 use crate::key_list::{KeyPage, KeyRow, ListFilter};
+use keyledger_domain::TenantId;
 use keyledger_sql::Engine;
 
 use crate::verification::VerificationIndex;
@@ -77,7 +78,7 @@ pub trait ProjectionTables: Send + Sync + std::fmt::Debug {
     /// One page of a tenant's keys, newest first.
     async fn list_keys(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         filter: &ListFilter,
         now: DateTime<Utc>,
     ) -> Result<KeyPage, ProjectionError>;
@@ -85,7 +86,7 @@ pub trait ProjectionTables: Send + Sync + std::fmt::Debug {
     /// One key of a tenant, by id or by its display prefix when that is unique.
     async fn get_key(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         id_or_prefix: &str,
     ) -> Result<Option<KeyRow>, ProjectionError>;
 

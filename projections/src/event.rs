@@ -76,10 +76,15 @@ impl RecordedEvent {
             metadata,
             ..
         } = raw;
+        // A stream's sequences start at 1: anything else is a corrupt row.
+        let stream_sequence = usize::try_from(sequence)
+            .ok()
+            .filter(|s| *s > 0)
+            .ok_or_else(|| decode_err(format!("sequence {sequence} of {aggregate_id}")))?;
         // Events written by older builds are brought to the current shape first.
         let upcast = keyledger_domain::upcast::upcast(SerializedEvent::new(
             aggregate_id,
-            usize::try_from(sequence).unwrap_or_default(),
+            stream_sequence,
             aggregate_type,
             event_type,
             event_version,

@@ -116,3 +116,17 @@ impl IndexLoader {
         Ok((hash, key))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::INDEX_COLUMNS;
+    use crate::key_list::TABLE;
+
+    /// The index reads a few of the key list's columns: each must be one.
+    #[test]
+    fn the_index_reads_columns_of_the_key_list() {
+        for column in INDEX_COLUMNS.split(", ") {
+            assert!(TABLE.index_of(column).is_some(), "key_list has no {column}");
+        }
+    }
+}

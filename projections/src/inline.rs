@@ -55,7 +55,7 @@ impl InlineProjection for InlineCreates {
             return Err(InlineError("group commit takes creates only".into()));
         };
         // The position column is the store's to fill (see `InlineTable`).
-        let recorded = Self::recorded(event, 1)?;
+        let recorded = Self::recorded(event, 0)?;
         let key = created_row(&recorded, created);
         let audit = audit_entry(&recorded);
         Ok(vec![key.values().to_vec(), audit.values().to_vec()])

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use keyledger_domain::TenantId;
 
 use crate::audit::AuditEntry;
 use crate::audit::{AuditFilter, AuditPage};
@@ -76,7 +77,7 @@ impl Projections {
     /// One page of a tenant's keys, newest first.
     pub async fn list_keys(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         filter: &ListFilter,
         now: DateTime<Utc>,
     ) -> Result<KeyPage, ProjectionError> {
@@ -86,7 +87,7 @@ impl Projections {
     /// One key of a tenant, by id or by its display prefix when that is unique.
     pub async fn get_key(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         id_or_prefix: &str,
     ) -> Result<Option<KeyRow>, ProjectionError> {
         self.db.get_key(tenant, id_or_prefix).await

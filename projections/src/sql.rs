@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use keyledger_domain::{ApiKeyEvent, KeyUsageEvent};
+use keyledger_domain::{ApiKeyEvent, KeyUsageEvent, TenantId};
 use keyledger_sql::{Engine, SqlPool};
 use sqlx::database::HasStatementCache;
 use sqlx::{Database, Pool, Transaction};
@@ -154,7 +154,7 @@ where
 
     async fn list_keys(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         filter: &ListFilter,
         now: DateTime<Utc>,
     ) -> Result<KeyPage, ProjectionError> {
@@ -190,7 +190,7 @@ where
 
     async fn get_key(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         id_or_prefix: &str,
     ) -> Result<Option<KeyRow>, ProjectionError> {
         // By id alone, so the plan is always the primary key (with the
@@ -202,7 +202,7 @@ where
         })
         .await?;
         if let Some(row) = by_id.into_iter().next() {
-            return Ok((row.tenant == tenant).then_some(row));
+            return Ok((row.tenant == tenant.as_str()).then_some(row));
         }
         let by_prefix: Vec<KeyRow> = Self::select(
             &self.pool,

@@ -245,7 +245,7 @@ impl Issue {
     fn proof(&self) -> Proof {
         match self {
             Self::Create(k) => Proof::Created {
-                key_id: k.key_id().to_string(),
+                key_id: k.key_id().clone(),
             },
             Self::Rotate(r) => r.proof(),
         }

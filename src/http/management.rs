@@ -40,7 +40,7 @@ impl FromRequestParts<AppState> for Management {
             .and_then(|v| v.to_str().ok())
             .map(|v| v.chars().take(256).collect());
         Ok(Management(Actor {
-            tenant: claims.tenant,
+            tenant: claims.tenant.into(),
             subject: claims.sub,
             request_id,
             client_addr,

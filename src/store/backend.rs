@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use cqrs_es::persist::{EventStoreAggregateContext, SerializedEvent};
+use cqrs_es::Aggregate;
 use cqrs_es::AggregateError;
-use keyledger_domain::{ApiKey, ApiKeyEvent, DomainError, RawEvent};
+use keyledger_domain::{ApiKey, ApiKeyEvent, DomainError, KeyId, KeyUsage, RawEvent};
 use keyledger_sql::{InlineProjection, SqlPool};
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +31,16 @@ pub enum Stream {
     Key,
     /// The key's usage (`KeyUsage`), appended without loading its history.
     Usage,
+}
+
+impl Stream {
+    /// The aggregate type its events are stored under.
+    pub fn aggregate_type(self) -> &'static str {
+        match self {
+            Self::Key => ApiKey::TYPE,
+            Self::Usage => KeyUsage::TYPE,
+        }
+    }
 }
 
 /// What wants to hear of new events in the global feed (the tailer):
@@ -82,7 +93,7 @@ pub trait Backend: Send + Sync {
     /// A key's aggregate, as its events (upcast) make it.
     async fn load(
         &self,
-        key_id: &str,
+        key_id: &KeyId,
     ) -> Result<EventStoreAggregateContext<ApiKey>, AggregateError<DomainError>>;
 
     /// Commits a command's events after the events `context` was loaded at.
@@ -140,30 +151,25 @@ pub trait Backend: Send + Sync {
         None
     }
 
-    /// Event `sequence` (from 1) of a stream, if it exists.
+    /// Event `sequence` (from 1) of a key's stream, if it exists.
     async fn event_at(
         &self,
-        aggregate_type: &str,
-        aggregate_id: &str,
+        stream: Stream,
+        key: &KeyId,
         sequence: usize,
     ) -> Result<Option<RawEvent>, Error>;
 
-    /// The sequence of a stream's last event (0 when it has none).
-    async fn last_sequence(&self, aggregate_type: &str, aggregate_id: &str)
-        -> Result<usize, Error>;
+    /// The sequence of the last event of a key's stream (0 when it has none).
+    async fn last_sequence(&self, stream: Stream, key: &KeyId) -> Result<usize, Error>;
 
-    /// The newest event of each of several streams of one aggregate type
-    /// (streams with no event are absent).
-    async fn newest_events(
-        &self,
-        aggregate_type: &str,
-        aggregate_ids: &[&str],
-    ) -> Result<Vec<RawEvent>, Error> {
-        let mut out = Vec::with_capacity(aggregate_ids.len());
-        for id in aggregate_ids {
-            let last = self.last_sequence(aggregate_type, id).await?;
+    /// The newest event of each of several keys' streams (streams with no
+    /// event are absent).
+    async fn newest_events(&self, stream: Stream, keys: &[&KeyId]) -> Result<Vec<RawEvent>, Error> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let last = self.last_sequence(stream, key).await?;
             if last > 0 {
-                out.extend(self.event_at(aggregate_type, id, last).await?);
+                out.extend(self.event_at(stream, key, last).await?);
             }
         }
         Ok(out)

@@ -2,6 +2,7 @@
 //! its statements, once, on either SQL engine.
 
 use async_trait::async_trait;
+use keyledger_domain::TenantId;
 use keyledger_sql::Engine;
 use sqlx::Pool;
 
@@ -24,7 +25,7 @@ pub struct ClaimRow {
 /// A new claim.
 #[derive(Debug, Clone, Copy)]
 pub struct NewClaim<'a> {
-    pub tenant: &'a str,
+    pub tenant: &'a TenantId,
     pub key: &'a str,
     pub request_hash: &'a str,
     pub state: &'a str,
@@ -66,11 +67,11 @@ pub struct TakeOver<'a> {
 pub trait ClaimTable: Send + Sync {
     /// Inserts the claim unless one exists; true when inserted.
     async fn insert(&self, claim: NewClaim<'_>) -> Result<bool, Error>;
-    async fn get(&self, tenant: &str, key: &str) -> Result<Option<ClaimRow>, Error>;
+    async fn get(&self, tenant: &TenantId, key: &str) -> Result<Option<ClaimRow>, Error>;
     /// Writes `answer` into `owner`'s claim in state `pending`.
     async fn answer(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         key: &str,
         owner: &str,
         pending: &str,
@@ -79,7 +80,7 @@ pub trait ClaimTable: Send + Sync {
     /// Deletes `owner`'s claim in `state`.
     async fn release(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         key: &str,
         owner: &str,
         state: &str,
@@ -87,7 +88,7 @@ pub trait ClaimTable: Send + Sync {
     /// Deletes the claim in `state` created at `created_at`.
     async fn forget(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         key: &str,
         state: &str,
         created_at: i64,
@@ -96,7 +97,7 @@ pub trait ClaimTable: Send + Sync {
     /// has lapsed. An answer recorded for the same request hash is kept.
     async fn take_over(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         key: &str,
         state: &str,
         take: TakeOver<'_>,
@@ -104,7 +105,7 @@ pub trait ClaimTable: Send + Sync {
     /// Moves the lease of `owner`'s claim in `state`.
     async fn renew(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         key: &str,
         owner: &str,
         state: &str,
@@ -144,7 +145,7 @@ where
              (tenant, idem_key, request_hash, state, created_at, expires_at, owner, lease_until) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (tenant, idem_key) DO NOTHING",
         )
-        .bind(c.tenant)
+        .bind(c.tenant.as_str())
         .bind(c.key)
         .bind(c.request_hash)
         .bind(c.state)
@@ -158,12 +159,12 @@ where
         Ok(inserted.rows() == 1)
     }
 
-    async fn get(&self, tenant: &str, key: &str) -> Result<Option<ClaimRow>, Error> {
+    async fn get(&self, tenant: &TenantId, key: &str) -> Result<Option<ClaimRow>, Error> {
         sqlx::query_as(
             "SELECT request_hash, state, created_at, response_body, sealed_key, owner, \
              lease_until, proof FROM idempotency_keys WHERE tenant = $1 AND idem_key = $2",
         )
-        .bind(tenant)
+        .bind(tenant.as_str())
         .bind(key)
         .fetch_optional(&self.pool)
         .await
@@ -172,7 +173,7 @@ where
 
     async fn answer(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         key: &str,
         owner: &str,
         pending: &str,
@@ -187,7 +188,7 @@ where
         .bind(a.body)
         .bind(a.sealed_key)
         .bind(a.proof)
-        .bind(tenant)
+        .bind(tenant.as_str())
         .bind(key)
         .bind(owner)
         .bind(pending)
@@ -199,7 +200,7 @@ where
 
     async fn release(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         key: &str,
         owner: &str,
         state: &str,
@@ -208,7 +209,7 @@ where
             "DELETE FROM idempotency_keys \
              WHERE tenant = $1 AND idem_key = $2 AND owner = $3 AND state = $4",
         )
-        .bind(tenant)
+        .bind(tenant.as_str())
         .bind(key)
         .bind(owner)
         .bind(state)
@@ -220,7 +221,7 @@ where
 
     async fn forget(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         key: &str,
         state: &str,
         created_at: i64,
@@ -229,7 +230,7 @@ where
             "DELETE FROM idempotency_keys \
              WHERE tenant = $1 AND idem_key = $2 AND state = $3 AND created_at = $4",
         )
-        .bind(tenant)
+        .bind(tenant.as_str())
         .bind(key)
         .bind(state)
         .bind(created_at)
@@ -241,7 +242,7 @@ where
 
     async fn take_over(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         key: &str,
         state: &str,
         t: TakeOver<'_>,
@@ -266,7 +267,7 @@ where
         .bind(t.request_hash)
         .bind(t.now)
         .bind(t.expires_at)
-        .bind(tenant)
+        .bind(tenant.as_str())
         .bind(key)
         .bind(state)
         .bind(t.seen_owner)
@@ -280,7 +281,7 @@ where
 
     async fn renew(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         key: &str,
         owner: &str,
         state: &str,
@@ -291,7 +292,7 @@ where
              WHERE tenant = $2 AND idem_key = $3 AND owner = $4 AND state = $5",
         )
         .bind(lease_until)
-        .bind(tenant)
+        .bind(tenant.as_str())
         .bind(key)
         .bind(owner)
         .bind(state)

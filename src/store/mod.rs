@@ -31,7 +31,7 @@ use cqrs_es::{Aggregate, DomainEvent};
 use keyledger_domain::chain::{event_hash_text, StoredText, GENESIS, PREV_HASH};
 use keyledger_domain::json;
 use keyledger_domain::{
-    ApiKey, ApiKeyEvent, DomainError, KeyCommand, KeyUsage, KeyUsageEvent, RawEvent,
+    ApiKey, ApiKeyEvent, DomainError, KeyCommand, KeyId, KeyUsage, KeyUsageEvent, RawEvent,
 };
 use keyledger_sql::{InlineEvent, InlineProjection, SqlPool};
 use rand::Rng;
@@ -112,7 +112,7 @@ impl EventStore {
     /// keeps losing.
     pub async fn execute(
         &self,
-        key_id: &str,
+        key_id: &KeyId,
         command: KeyCommand,
         metadata: EventMetadata,
     ) -> Result<(), Error> {
@@ -122,7 +122,7 @@ impl EventStore {
                 .await
             {
                 Err(Error::Conflict) => {
-                    tracing::debug!(key_id, attempt, "optimistic concurrency conflict, retrying");
+                    tracing::debug!(%key_id, attempt, "optimistic concurrency conflict, retrying");
                     backoff(attempt).await;
                 }
                 other => return other,
@@ -133,7 +133,7 @@ impl EventStore {
 
     async fn execute_once(
         &self,
-        key_id: &str,
+        key_id: &KeyId,
         command: KeyCommand,
         mut metadata: EventMetadata,
     ) -> Result<(), Error> {
@@ -159,7 +159,7 @@ impl EventStore {
             check_storable(&to_json(event)?, &stored_metadata)?;
         }
         let prev = self
-            .hash_at(ApiKey::TYPE, key_id, context.current_sequence)
+            .hash_at(Stream::Key, key_id, context.current_sequence)
             .await?;
         metadata.insert(PREV_HASH.to_string(), prev);
         self.backend
@@ -313,29 +313,24 @@ impl EventStore {
     }
 
     /// Whether a key has any event: its create was committed.
-    pub async fn exists(&self, key_id: &str) -> Result<bool, Error> {
+    pub async fn exists(&self, key_id: &KeyId) -> Result<bool, Error> {
         Ok(self
             .backend
-            .event_at(ApiKey::TYPE, key_id, 1)
+            .event_at(Stream::Key, key_id, 1)
             .await?
             .is_some())
     }
 
     /// The chain hash of event `sequence` of a stream (`GENESIS` before the first).
-    async fn hash_at(
-        &self,
-        aggregate_type: &str,
-        aggregate_id: &str,
-        sequence: usize,
-    ) -> Result<String, Error> {
+    async fn hash_at(&self, stream: Stream, key: &KeyId, sequence: usize) -> Result<String, Error> {
         if sequence == 0 {
             return Ok(GENESIS.to_string());
         }
         self.backend
-            .event_at(aggregate_type, aggregate_id, sequence)
+            .event_at(stream, key, sequence)
             .await?
             .map(|e| e.chain_hash())
-            .ok_or_else(|| Error::internal(format!("event {aggregate_id}#{sequence} vanished")))
+            .ok_or_else(|| Error::internal(format!("event {key}#{sequence} vanished")))
     }
 
     /// Appends one usage event to each of several keys' usage streams in one
@@ -344,7 +339,7 @@ impl EventStore {
     /// written and `Error::Conflict` comes back: the caller goes key by key.
     pub async fn record_usage_batch(
         &self,
-        items: &[(String, KeyUsageEvent, EventMetadata)],
+        items: &[(KeyId, KeyUsageEvent, EventMetadata)],
     ) -> Result<(), Error> {
         if !self.backend.appends_streams_together() {
             // Each key's event on its own (a failure part-way must not make
@@ -355,8 +350,8 @@ impl EventStore {
             }
             return Ok(());
         }
-        let ids: Vec<&str> = items.iter().map(|(id, _, _)| id.as_str()).collect();
-        let newest = self.backend.newest_events(KeyUsage::TYPE, &ids).await?;
+        let ids: Vec<&KeyId> = items.iter().map(|(id, _, _)| id).collect();
+        let newest = self.backend.newest_events(Stream::Usage, &ids).await?;
         let mut last: HashMap<&str, (usize, String)> = HashMap::with_capacity(newest.len());
         for e in &newest {
             let seq = usize::try_from(e.sequence).map_err(|err| {
@@ -385,7 +380,7 @@ impl EventStore {
     /// Appends one usage event to the key's usage stream (never loads its history).
     pub async fn record_usage(
         &self,
-        key_id: &str,
+        key_id: &KeyId,
         event: KeyUsageEvent,
         metadata: EventMetadata,
     ) -> Result<(), Error> {
@@ -400,12 +395,12 @@ impl EventStore {
 
     async fn append_usage(
         &self,
-        key_id: &str,
+        key_id: &KeyId,
         event: &KeyUsageEvent,
         mut metadata: EventMetadata,
     ) -> Result<(), Error> {
-        let last = self.backend.last_sequence(KeyUsage::TYPE, key_id).await?;
-        let prev = self.hash_at(KeyUsage::TYPE, key_id, last).await?;
+        let last = self.backend.last_sequence(Stream::Usage, key_id).await?;
+        let prev = self.hash_at(Stream::Usage, key_id, last).await?;
         metadata.insert(PREV_HASH.to_string(), prev);
         let serialized = serialize(KeyUsage::TYPE, key_id, last + 1, event, &metadata)?;
         self.backend.append(Stream::Usage, &[serialized]).await?;
@@ -488,7 +483,7 @@ impl PreparedCreate {
 /// A command on a key id that has no events yet.
 #[derive(Debug, Clone)]
 pub struct NewKeyCommand {
-    pub key_id: String,
+    pub key_id: KeyId,
     pub command: KeyCommand,
     pub metadata: EventMetadata,
 }
@@ -571,4 +566,103 @@ fn check_storable(payload: &serde_json::Value, metadata: &serde_json::Value) -> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use keyledger_domain::{CreateKey, Environment, KeyCommandKind, KeyHash};
+    use keyledger_projections::inline::InlineCreates;
+    use keyledger_projections::replay::{audit_entry, created_row};
+    use keyledger_projections::schema::Record;
+    use keyledger_projections::{KeyledgerEvent, RecordedEvent};
+    use keyledger_sql::InlineProjection;
+
+    use super::*;
+
+    fn create() -> NewKeyCommand {
+        NewKeyCommand {
+            key_id: "key_0123".into(),
+            command: KeyCommand {
+                tenant: "acme".into(),
+                actor: "alice".into(),
+                at: chrono::DateTime::from_timestamp_millis(1_790_000_000_123).expect("time"),
+                kind: KeyCommandKind::CreateKey(CreateKey {
+                    key_hash: KeyHash::of("kl_live_example"),
+                    display_prefix: "kl_live_exampleX".into(),
+                    name: "billing".into(),
+                    description: Some("for the invoices".into()),
+                    environment: Environment::Live,
+                    permissions: vec!["keys:read".into()],
+                    expires_at: None,
+                    metadata: Some(serde_json::json!({"team": "payments"})),
+                    rotated_from: None,
+                }),
+            },
+            metadata: EventMetadata::from([
+                ("tenant".to_string(), "acme".to_string()),
+                ("actor".to_string(), "alice".to_string()),
+                ("request_id".to_string(), "req-1".to_string()),
+                (
+                    "occurred_at".to_string(),
+                    "2026-09-21T13:33:20.123+00:00".to_string(),
+                ),
+            ]),
+        }
+    }
+
+    /// Group commit builds a create's event and rows from the domain event it
+    /// holds; they must be what any node decoding the stored row gets (the
+    /// same event, meta and chain hash), or the audit log and the chain
+    /// would disagree.
+    #[tokio::test]
+    async fn a_creates_rows_are_what_decoding_its_stored_event_gives() {
+        let (stored, domain) = first_event(&create()).await.expect("create");
+        let payload = stored.payload.to_string();
+        let metadata = stored.metadata.to_string();
+        let hash = event_hash_text(StoredText {
+            aggregate_type: &stored.aggregate_type,
+            aggregate_id: &stored.aggregate_id,
+            sequence: 1,
+            event_type: &stored.event_type,
+            event_version: &stored.event_version,
+            payload: &payload,
+            metadata: &metadata,
+        });
+        let prepared = PreparedCreate {
+            command: create(),
+            event: NewEvent {
+                stored: stored.clone(),
+                payload,
+                metadata,
+                hash,
+                rows: None,
+            },
+            domain,
+        };
+        let built =
+            InlineCreates::recorded(prepared.inline_event().expect("event"), 0).expect("built");
+        let decoded = RecordedEvent::decode(RawEvent {
+            position: 0,
+            aggregate_type: stored.aggregate_type.clone(),
+            aggregate_id: stored.aggregate_id.clone(),
+            sequence: 1,
+            event_type: stored.event_type.clone(),
+            event_version: stored.event_version.clone(),
+            payload: stored.payload.clone(),
+            metadata: stored.metadata.clone(),
+        })
+        .expect("decodes")
+        .expect("a key event");
+        assert_eq!(built, decoded);
+        assert_eq!(decoded.meta.request_id.as_deref(), Some("req-1"));
+        // And the rows written with it are the tailer's rows for it.
+        let KeyledgerEvent::Key(ApiKeyEvent::KeyCreated(c)) = &decoded.event else {
+            panic!("a create");
+        };
+        let rows = InlineCreates
+            .rows(prepared.inline_event().expect("event"))
+            .expect("rows");
+        assert_eq!(rows[0], created_row(&decoded, c).values().to_vec());
+        assert_eq!(rows[1], audit_entry(&decoded).values().to_vec());
+    }
 }

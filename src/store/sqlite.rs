@@ -11,7 +11,7 @@ use cqrs_es::persist::{
     EventStoreAggregateContext, PersistedEventRepository, PersistedEventStore, SerializedEvent,
 };
 use cqrs_es::{AggregateError, EventStore as _};
-use keyledger_domain::{ApiKey, ApiKeyEvent, DomainError, KeyUsage, RawEvent};
+use keyledger_domain::{ApiKey, ApiKeyEvent, DomainError, KeyId, KeyUsage, RawEvent};
 use keyledger_sql::SqlPool;
 use sqlite_es::SqliteEventRepository;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -81,7 +81,7 @@ impl SqliteStore {
 impl Backend for SqliteStore {
     async fn load(
         &self,
-        key_id: &str,
+        key_id: &KeyId,
     ) -> Result<EventStoreAggregateContext<ApiKey>, AggregateError<DomainError>> {
         self.events.load_aggregate(key_id).await
     }
@@ -113,30 +113,23 @@ impl Backend for SqliteStore {
 
     async fn event_at(
         &self,
-        aggregate_type: &str,
-        aggregate_id: &str,
+        stream: Stream,
+        key: &KeyId,
         sequence: usize,
     ) -> Result<Option<RawEvent>, Error> {
         let sequence = crate::store::backend::sequence_i64(sequence)?;
         self.sql
-            .event_at(aggregate_type, aggregate_id, sequence)
+            .event_at(stream.aggregate_type(), key, sequence)
             .await
     }
 
-    async fn last_sequence(
-        &self,
-        aggregate_type: &str,
-        aggregate_id: &str,
-    ) -> Result<usize, Error> {
-        self.sql.last_sequence(aggregate_type, aggregate_id).await
+    async fn last_sequence(&self, stream: Stream, key: &KeyId) -> Result<usize, Error> {
+        self.sql.last_sequence(stream.aggregate_type(), key).await
     }
 
-    async fn newest_events(
-        &self,
-        aggregate_type: &str,
-        aggregate_ids: &[&str],
-    ) -> Result<Vec<RawEvent>, Error> {
-        self.sql.newest(aggregate_type, aggregate_ids).await
+    async fn newest_events(&self, stream: Stream, keys: &[&KeyId]) -> Result<Vec<RawEvent>, Error> {
+        let ids: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+        self.sql.newest(stream.aggregate_type(), &ids).await
     }
 
     async fn read_feed(&self, after: i64, limit: i64) -> Result<Vec<RawEvent>, Error> {

@@ -252,7 +252,7 @@ async fn a_retry_waits_for_a_running_first_request_past_the_old_thirty_seconds(b
     let body = json!({"name": "slow"});
     // The first request, on another node: it claims, then keeps running.
     let Claim::Owned(first) = idem
-        .claim(TENANT, "slow", &create_hash(&body))
+        .claim(&TENANT.into(), "slow", &create_hash(&body))
         .await
         .expect("claim")
     else {
@@ -273,7 +273,7 @@ async fn a_retry_waits_for_a_running_first_request_past_the_old_thirty_seconds(b
     let answer = json!({"id": "key_first", "name": "slow", "key": "kl_live_first_raw_key"});
     let finish = async {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        idem.complete(TENANT, "slow", first.owner(), answer.clone())
+        idem.complete(&TENANT.into(), "slow", first.owner(), answer.clone())
             .await
             .expect("complete")
     };
@@ -298,14 +298,22 @@ async fn a_stale_owner_can_neither_complete_nor_release_the_claim_taken_over(bac
     let node = OtherNode::open(&app).await;
     let idem = node.idempotency(&app);
     let hash = create_hash(&json!({"name": "stale"}));
-    let Claim::Owned(a) = idem.claim(TENANT, "stale", &hash).await.expect("claim") else {
+    let Claim::Owned(a) = idem
+        .claim(&TENANT.into(), "stale", &hash)
+        .await
+        .expect("claim")
+    else {
         panic!("a owns the claim");
     };
     let stale = a.owner().to_string();
     // Its request stalls: no more renewals, and the lease lapses.
     drop(a);
     app.clock.advance(chrono::Duration::seconds(31));
-    let Claim::Owned(b) = idem.claim(TENANT, "stale", &hash).await.expect("claim") else {
+    let Claim::Owned(b) = idem
+        .claim(&TENANT.into(), "stale", &hash)
+        .await
+        .expect("claim")
+    else {
         panic!("a lapsed claim is taken over");
     };
     assert_ne!(b.owner(), stale, "a takeover issues a new owner token");
@@ -314,13 +322,13 @@ async fn a_stale_owner_can_neither_complete_nor_release_the_claim_taken_over(bac
     // new owner's claim, nor give that claim up.
     let a_answer = json!({"id": "key_a", "key": "kl_live_a_raw"});
     assert_eq!(
-        idem.complete(TENANT, "stale", &stale, a_answer)
+        idem.complete(&TENANT.into(), "stale", &stale, a_answer)
             .await
             .expect("complete"),
         Settled::Lost
     );
     assert_eq!(
-        idem.release(TENANT, "stale", &stale)
+        idem.release(&TENANT.into(), "stale", &stale)
             .await
             .expect("release"),
         Settled::Lost
@@ -334,27 +342,35 @@ async fn a_stale_owner_can_neither_complete_nor_release_the_claim_taken_over(bac
     // stale owner does not erase it.
     let b_answer = json!({"id": "key_b", "key": "kl_live_b_raw"});
     assert_eq!(
-        idem.complete(TENANT, "stale", b.owner(), b_answer.clone())
+        idem.complete(&TENANT.into(), "stale", b.owner(), b_answer.clone())
             .await
             .expect("complete"),
         Settled::Done
     );
     assert_eq!(
-        idem.release(TENANT, "stale", &stale)
+        idem.release(&TENANT.into(), "stale", &stale)
             .await
             .expect("release"),
         Settled::Lost
     );
-    match idem.claim(TENANT, "stale", &hash).await.expect("claim") {
+    match idem
+        .claim(&TENANT.into(), "stale", &hash)
+        .await
+        .expect("claim")
+    {
         Claim::Replay(v) => assert_eq!(v, b_answer),
         Claim::Owned(_) | Claim::Unsettled { .. } => panic!("an answered claim is replayed"),
     }
     // The owner itself may give up its claim while it holds it.
-    let Claim::Owned(c) = idem.claim(TENANT, "other", &hash).await.expect("claim") else {
+    let Claim::Owned(c) = idem
+        .claim(&TENANT.into(), "other", &hash)
+        .await
+        .expect("claim")
+    else {
         panic!("a fresh claim is owned");
     };
     assert_eq!(
-        idem.release(TENANT, "other", c.owner())
+        idem.release(&TENANT.into(), "other", c.owner())
             .await
             .expect("release"),
         Settled::Done
@@ -374,7 +390,8 @@ async fn a_claim_whose_request_died_is_taken_over_by_one_retry_once_its_lease_la
     let idem = node.idempotency(&app);
     let body = json!({"name": "orphaned"});
     let hash = create_hash(&body);
-    let Claim::Owned(dead) = idem.claim(TENANT, "dead", &hash).await.expect("claim") else {
+    let tenant = keyledger_domain::TenantId::from(TENANT);
+    let Claim::Owned(dead) = idem.claim(&tenant, "dead", &hash).await.expect("claim") else {
         panic!("owned");
     };
     // Its node dies: the lease is not renewed.
@@ -383,8 +400,8 @@ async fn a_claim_whose_request_died_is_taken_over_by_one_retry_once_its_lease_la
     // Two duplicates find the lapsed claim at once: one takes it over, the
     // other waits for it.
     let (won, other) = match futures::future::select(
-        Box::pin(idem.claim(TENANT, "dead", &hash)),
-        Box::pin(idem.claim(TENANT, "dead", &hash)),
+        Box::pin(idem.claim(&tenant, "dead", &hash)),
+        Box::pin(idem.claim(&tenant, "dead", &hash)),
     )
     .await
     {
@@ -397,7 +414,7 @@ async fn a_claim_whose_request_died_is_taken_over_by_one_retry_once_its_lease_la
     };
     let answer = json!({"id": "key_won", "key": "kl_live_won_raw"});
     let (settled, other) = tokio::join!(
-        idem.complete(TENANT, "dead", won.owner(), answer.clone()),
+        idem.complete(&tenant, "dead", won.owner(), answer.clone()),
         other
     );
     assert_eq!(settled.expect("complete"), Settled::Done);
@@ -409,7 +426,11 @@ async fn a_claim_whose_request_died_is_taken_over_by_one_retry_once_its_lease_la
     }
 
     // Over HTTP: a lapsed claim is run again by the retry, which issues the key.
-    let Claim::Owned(dead) = idem.claim(TENANT, "dead-2", &hash).await.expect("claim") else {
+    let Claim::Owned(dead) = idem
+        .claim(&TENANT.into(), "dead-2", &hash)
+        .await
+        .expect("claim")
+    else {
         panic!("owned");
     };
     drop(dead);

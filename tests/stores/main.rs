@@ -4,6 +4,7 @@
 #[path = "../api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+mod schema;
 mod upgrade;
 
 use std::time::{Duration, Instant};
@@ -563,7 +564,7 @@ async fn a_failed_group_commit_gives_each_create_its_own_outcome() {
             let raw = RawKey::generate(&KeyPrefix::default(), Environment::Live, &mut rand::rng());
             let parsed = raw.parsed();
             keyledger::store::NewKeyCommand {
-                key_id: key_id.to_string(),
+                key_id: key_id.into(),
                 command: keyledger_domain::KeyCommand {
                     tenant: helpers::TENANT.into(),
                     actor: "store-test".into(),

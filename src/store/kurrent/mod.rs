@@ -28,7 +28,7 @@ use cqrs_es::persist::{
     EventStoreAggregateContext, PersistedEventRepository, PersistedEventStore, SerializedEvent,
 };
 use cqrs_es::{AggregateError, EventStore as _};
-use keyledger_domain::{ApiKey, ApiKeyEvent, DomainError, KeyUsage, RawEvent};
+use keyledger_domain::{ApiKey, ApiKeyEvent, DomainError, KeyId, KeyUsage, RawEvent};
 use keyledger_sql::SqlPool;
 use kurrentdb::{
     Client, ClientSettings, ReadAllOptions, ReadStreamOptions, StreamPosition, SubscriptionFilter,
@@ -240,7 +240,7 @@ impl KurrentStore {
 impl Backend for KurrentStore {
     async fn load(
         &self,
-        key_id: &str,
+        key_id: &KeyId,
     ) -> Result<EventStoreAggregateContext<ApiKey>, AggregateError<DomainError>> {
         self.events.load_aggregate(key_id).await
     }
@@ -283,20 +283,16 @@ impl Backend for KurrentStore {
 
     async fn event_at(
         &self,
-        aggregate_type: &str,
-        aggregate_id: &str,
+        stream: Stream,
+        key: &KeyId,
         sequence: usize,
     ) -> Result<Option<RawEvent>, Error> {
-        self.read_event_at(aggregate_type, aggregate_id, sequence)
+        self.read_event_at(stream.aggregate_type(), key, sequence)
             .await
     }
 
-    async fn last_sequence(
-        &self,
-        aggregate_type: &str,
-        aggregate_id: &str,
-    ) -> Result<usize, Error> {
-        self.read_last_sequence(aggregate_type, aggregate_id).await
+    async fn last_sequence(&self, stream: Stream, key: &KeyId) -> Result<usize, Error> {
+        self.read_last_sequence(stream.aggregate_type(), key).await
     }
 
     async fn read_feed(&self, after: i64, limit: i64) -> Result<Vec<RawEvent>, Error> {
