@@ -65,16 +65,6 @@ impl From<Pool<Postgres>> for SqlPool {
     }
 }
 
-impl SqlPool {
-    /// Closes the pool, waiting for the connections in use.
-    pub async fn close(&self) {
-        match self {
-            Self::Sqlite(p) => p.close().await,
-            Self::Postgres(p) => p.close().await,
-        }
-    }
-}
-
 /// True when a sqlx error means the database is unreachable or overloaded
 /// (retryable, answered 503), as opposed to a bug.
 pub fn is_unavailable(e: &sqlx::Error) -> bool {

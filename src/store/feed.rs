@@ -111,10 +111,6 @@ where
         Self { pool }
     }
 
-    pub fn pool(&self) -> &Pool<DB> {
-        &self.pool
-    }
-
     /// Events after `after` in commit order, at most `limit`.
     pub async fn read(&self, after: i64, limit: i64) -> Result<Vec<RawEvent>, Error> {
         let rows = sqlx::query(FEED_SQL)

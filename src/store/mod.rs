@@ -102,11 +102,6 @@ impl EventStore {
         Self { backend }
     }
 
-    /// The backend, for what only it knows (claims, its SQL database).
-    pub fn backend(&self) -> &dyn Backend {
-        self.backend.as_ref()
-    }
-
     /// Runs a command on one key. Optimistic concurrency decides races: the loser
     /// is re-executed on the new state, and reported as a conflict only when it
     /// keeps losing.
@@ -472,11 +467,6 @@ impl PreparedCreate {
             metadata: &stored.metadata,
             hash: &self.event.hash,
         })
-    }
-
-    /// The event in stored form.
-    pub fn stored(&self) -> &SerializedEvent {
-        &self.event.stored
     }
 }
 

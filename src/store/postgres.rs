@@ -252,12 +252,7 @@ impl PostgresStore {
         })
     }
 
-    /// The pool, for tests that look at the database itself.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    fn inline(&self) -> std::sync::MutexGuard<'_, Inline> {
+    fn inline_state(&self) -> std::sync::MutexGuard<'_, Inline> {
         self.inline
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -302,7 +297,7 @@ impl Backend for PostgresStore {
     /// `numbered_append`). After a failure the connection goes back to the
     /// pool, which tests it, and the next batch takes a fresh one.
     async fn append_creates(&self, batch: &[&NewEvent]) -> Result<Appended, Error> {
-        let statement = self.inline().statement.clone();
+        let statement = self.inline_state().statement.clone();
         let mut writer = self.writer.lock().await;
         let mut conn = match writer.take() {
             Some(conn) => conn,
@@ -317,14 +312,14 @@ impl Backend for PostgresStore {
 
     fn set_inline(&self, projection: Arc<dyn InlineProjection>) {
         let statement = Arc::new(Statement::new(Some(projection.as_ref())));
-        *self.inline() = Inline {
+        *self.inline_state() = Inline {
             projection: Some(projection),
             statement,
         };
     }
 
     fn inline(&self) -> Option<Arc<dyn InlineProjection>> {
-        PostgresStore::inline(self).projection.clone()
+        self.inline_state().projection.clone()
     }
 
     async fn event_at(

@@ -70,11 +70,6 @@ impl SqliteStore {
         .with_upcasters(keyledger_domain::upcast::upcasters());
         Ok(Self { pool, events, sql })
     }
-
-    /// The pool, for tests that look at the file itself.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
 }
 
 #[async_trait]
@@ -259,7 +254,7 @@ mod tests {
         for _ in 0..2 {
             let store = SqliteStore::open(&path).await.expect("open");
             sqlx::query("SELECT COUNT(*) FROM events")
-                .execute(store.pool())
+                .execute(&store.pool)
                 .await
                 .expect("read");
             for suffix in ["", "-wal", "-shm"] {

@@ -15,6 +15,7 @@ use crate::helpers::{spawn_app, start, Backend, TestApp};
 
 backend_tests!(
     check_catches_a_corrupted_row_and_rebuild_repairs_it,
+    an_unreadable_key_list_row_stops_the_start_naming_it,
     verification_keeps_answering_through_a_rebuild_and_after_the_swap,
 );
 
@@ -67,6 +68,39 @@ async fn alter_key_list(app: &TestApp, sql: &str, id: &str) -> u64 {
                 .rows_affected()
         }
     }
+}
+
+/// A key-list row the index cannot read is an error naming the row, never a
+/// key quietly left out (it would answer NOT_FOUND while it exists); a
+/// rebuild from the events repairs it.
+async fn an_unreadable_key_list_row_stops_the_start_naming_it(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let (id, key) = app.create_key("precious").await;
+    let sql = "UPDATE key_list SET key_hash = 'not-a-hash' WHERE id = $1";
+    assert_eq!(alter_key_list(&app, sql, &id).await, 1);
+    let store = app.stop().await;
+    let refused = keyledger::Application::build(store.config()).await;
+    let Err(e) = refused else {
+        panic!("a node started over an unreadable key_list row");
+    };
+    let text = e.to_string();
+    assert!(
+        text.contains("key_list") && text.contains(&id) && text.contains("key_hash"),
+        "{text}"
+    );
+    let events = keyledger::app::open_store(&store.config())
+        .await
+        .expect("open store");
+    let projections = Projections::unloaded(events.projection_db());
+    rebuild(&events, &projections, Which::All, &|_, _| {})
+        .await
+        .expect("rebuild");
+    events.close().await;
+    let app = start(store, |_| {}).await;
+    assert_eq!(app.verify_code(&key).await, "VALID");
+    app.stop().await;
 }
 
 async fn check_catches_a_corrupted_row_and_rebuild_repairs_it(backend: Backend) {
