@@ -16,7 +16,13 @@ pub enum ProjectionError {
     /// A stored event could not be read as any known event. The projection stops
     /// before it rather than skip it: skipping would make the view silently wrong.
     #[error("event at position {position} cannot be decoded: {message}")]
-    Decode { position: i64, message: String },
+    Decode {
+        position: i64,
+        message: String,
+        /// The parser's error, where one said no.
+        #[source]
+        source: Option<serde_json::Error>,
+    },
     /// A projection row does not read back as what was written.
     #[error("{table} row {id}: {column} is corrupt: {message}")]
     CorruptRow {

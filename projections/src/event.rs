@@ -59,7 +59,16 @@ impl RecordedEvent {
     /// (another application sharing the table) yield `None`.
     pub fn decode(raw: RawEvent) -> Result<Option<Self>, ProjectionError> {
         let position = raw.position;
-        let decode_err = |message: String| ProjectionError::Decode { position, message };
+        let decode_err = |message: String| ProjectionError::Decode {
+            position,
+            message,
+            source: None,
+        };
+        let unparsed = |e: serde_json::Error| ProjectionError::Decode {
+            position,
+            message: e.to_string(),
+            source: Some(e),
+        };
         if raw.aggregate_type != API_KEY_AGGREGATE_TYPE
             && raw.aggregate_type != KEY_USAGE_AGGREGATE_TYPE
         {
@@ -102,13 +111,9 @@ impl RecordedEvent {
             metadata: upcast.metadata,
         };
         let event = if raw.aggregate_type == API_KEY_AGGREGATE_TYPE {
-            KeyledgerEvent::Key(
-                serde_json::from_value(raw.payload).map_err(|e| decode_err(e.to_string()))?,
-            )
+            KeyledgerEvent::Key(serde_json::from_value(raw.payload).map_err(unparsed)?)
         } else {
-            KeyledgerEvent::Usage(
-                serde_json::from_value(raw.payload).map_err(|e| decode_err(e.to_string()))?,
-            )
+            KeyledgerEvent::Usage(serde_json::from_value(raw.payload).map_err(unparsed)?)
         };
         Self::from_parts(
             position,
@@ -141,6 +146,7 @@ impl RecordedEvent {
                 return Err(ProjectionError::Decode {
                     position,
                     message: "metadata has no tenant".into(),
+                    source: None,
                 })
             }
         };
