@@ -43,7 +43,7 @@ fn replayed<const N: usize>(table: &Table<N>) -> String {
 }
 
 /// `INSERT INTO table (columns) VALUES ($1, …), …` for `rows` rows, then `tail`.
-fn insert_statement<const N: usize>(
+fn insert_statement<DB: Engine, const N: usize>(
     table: &str,
     def: &Table<N>,
     rows: usize,
@@ -58,8 +58,7 @@ fn insert_statement<const N: usize>(
             if column > 0 {
                 sql.push_str(", ");
             }
-            sql.push('$');
-            sql.push_str(&n.to_string());
+            DB::push_param(&mut sql, n);
         }
         sql.push(')');
     }
@@ -388,7 +387,7 @@ where
         // Parameters per statement stay well under SQLite's 32,766.
         let per_statement = (12_000 / N).clamp(1, 1000);
         for chunk in rows.chunks(per_statement) {
-            let sql = insert_statement(table, R::TABLE, chunk.len(), tail);
+            let sql = insert_statement::<DB, N>(table, R::TABLE, chunk.len(), tail);
             let mut q = sqlx::query(&sql);
             for r in chunk {
                 for v in r.values() {

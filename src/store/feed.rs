@@ -194,14 +194,19 @@ where
         if aggregate_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let placeholders = (0..aggregate_ids.len())
-            .map(|i| format!("${}", i + 2))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let mut type_param = String::new();
+        DB::push_param(&mut type_param, 1);
+        let mut placeholders = String::new();
+        for i in 0..aggregate_ids.len() {
+            if i > 0 {
+                placeholders.push_str(", ");
+            }
+            DB::push_param(&mut placeholders, i + 2);
+        }
         let sql = format!(
             "SELECT COALESCE(global_position, 0), aggregate_type, aggregate_id, sequence, \
              event_type, event_version, CAST(payload AS TEXT), CAST(metadata AS TEXT) \
-             FROM events e WHERE aggregate_type = $1 AND aggregate_id IN ({placeholders}) \
+             FROM events e WHERE aggregate_type = {type_param} AND aggregate_id IN ({placeholders}) \
              AND sequence = (SELECT MAX(sequence) FROM events m \
              WHERE m.aggregate_type = e.aggregate_type AND m.aggregate_id = e.aggregate_id)"
         );
@@ -221,22 +226,17 @@ where
         for batch in events.chunks(PER_TRANSACTION) {
             let mut tx = self.pool.begin().await.map_err(store_error)?;
             for chunk in batch.chunks(PER_STATEMENT) {
-                let values = (0..chunk.len())
-                    .map(|i| {
-                        let n = i * 7;
-                        format!(
-                            "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                            n + 1,
-                            n + 2,
-                            n + 3,
-                            n + 4,
-                            n + 5,
-                            n + 6,
-                            n + 7
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let mut values = String::new();
+                for i in 0..chunk.len() {
+                    values.push_str(if i == 0 { "(" } else { ", (" });
+                    for column in 1..=7 {
+                        if column > 1 {
+                            values.push_str(", ");
+                        }
+                        DB::push_param(&mut values, i * 7 + column);
+                    }
+                    values.push(')');
+                }
                 let sql = format!(
                     "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, \
                      event_version, payload, metadata) VALUES {values}"
