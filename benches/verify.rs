@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use keyledger_domain::{Environment, KeyPrefix, Permissions, RawKey};
-use keyledger_projections::{IndexedKey, VerificationCode, VerificationIndex, VerifyRequest};
+use keyledger_domain::{Credits, Environment, KeyPrefix, Ledger, Permissions, RateLimit, RawKey};
+use keyledger_projections::{
+    IndexedKey, LimitSpec, Need, VerificationCode, VerificationIndex, VerifyRequest,
+};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -28,8 +30,10 @@ fn population() -> usize {
         .unwrap_or(1_000_000)
 }
 
-/// An index of `n` keys, as start-up builds it, and the raw keys in random order.
-fn loaded_index(n: usize) -> (VerificationIndex, Vec<String>) {
+/// An index of `n` keys, as start-up builds it, and the raw keys in random
+/// order. `limited` keys have a rate limit and credits, as `keyledger-bench
+/// seed --limited` gives them.
+fn loaded_index(n: usize, limited: bool) -> (VerificationIndex, Vec<String>) {
     let mut rng = StdRng::seed_from_u64(7);
     let prefix = KeyPrefix::default();
     let permissions = Permissions::parse(vec!["invoices:read".into(), "invoices:write".into()])
@@ -47,28 +51,79 @@ fn loaded_index(n: usize) -> (VerificationIndex, Vec<String>) {
             "key_{:032x}",
             i as u128 | (0x0190_0000_0000_7000_8000_0000_0000_0000)
         );
-        index.insert(
-            raw.hash(),
-            IndexedKey::new(
-                &key_id,
-                &raw.parsed().display_prefix(),
-                &format!("tenant-{}", i % 100),
-                &format!("service {i}"),
-                env,
-                permissions.clone(),
-                None,
-                true,
-            ),
+        let key = IndexedKey::new(
+            &key_id,
+            &raw.parsed().display_prefix(),
+            &format!("tenant-{}", i % 100),
+            &format!("service {i}"),
+            env,
+            permissions.clone(),
+            None,
+            true,
         );
+        let key = if limited {
+            key.with_limits(LimitSpec {
+                owner: None,
+                ratelimits: vec![RateLimit {
+                    name: "per-minute".into(),
+                    limit: 1_000_000_000,
+                    window_ms: 60_000,
+                }],
+                ledger: Some(Ledger::opening(
+                    &Credits {
+                        remaining: keyledger_domain::limits::MAX_CREDITS,
+                        refill: None,
+                    },
+                    Utc::now(),
+                )),
+            })
+        } else {
+            key
+        };
+        index.insert(raw.hash(), key);
         keys.push(raw.into_exposed());
     }
     keys.shuffle(&mut rng);
     (index, keys)
 }
 
+/// Gives every limited key a window share and a credit block that outlast
+/// the run, as a node holds them between reservations: what is measured is
+/// the check from memory, not the store's round trip.
+fn reserve_ahead(index: &VerificationIndex, keys: &[String], now: chrono::DateTime<Utc>) {
+    const PLENTY: u64 = 1_000_000_000_000;
+    for key in keys {
+        let request = VerifyRequest {
+            key,
+            environment: None,
+            permissions: &[],
+            cost: 0,
+        };
+        loop {
+            match index.verify(request, now, |a| a.code) {
+                Ok(code) => {
+                    assert_eq!(code, VerificationCode::Valid);
+                    break;
+                }
+                Err(Need::Window(w)) => index
+                    .limited_key(&w.subject)
+                    .expect("limited")
+                    .grant_window(&w, PLENTY, PLENTY),
+                Err(Need::Credits { key_id, .. }) => {
+                    let k = index.limited_key(&key_id).expect("limited");
+                    let mut ledger = k.opening().expect("credits");
+                    ledger.reserve(PLENTY);
+                    k.grant_credits(PLENTY, ledger, 1);
+                }
+                Err(other) => panic!("unexpected need {other:?}"),
+            }
+        }
+    }
+}
+
 fn verify(c: &mut Criterion) {
     let n = population();
-    let (index, keys) = loaded_index(n);
+    let (index, keys) = loaded_index(n, false);
     let required = vec!["invoices:read".to_string()];
     let first = keys[0].clone();
     let now = Utc::now();
@@ -94,11 +149,12 @@ fn verify(c: &mut Criterion) {
                         key: black_box(key.as_str()),
                         environment: None,
                         permissions: &required,
+                        cost: 1,
                     },
                     now,
                     |a| a.code,
                 );
-                debug_assert_eq!(code, VerificationCode::Valid);
+                debug_assert_eq!(code, Ok(VerificationCode::Valid));
                 black_box(code)
             },
             BatchSize::NumIterations(256),
@@ -115,6 +171,7 @@ fn verify(c: &mut Criterion) {
                         key: black_box(key.as_str()),
                         environment: None,
                         permissions: &required,
+                        cost: 1,
                     },
                     now,
                     |a| {
@@ -144,6 +201,7 @@ fn verify(c: &mut Criterion) {
                     key: black_box(&unknown[j]),
                     environment: None,
                     permissions: &[],
+                    cost: 1,
                 },
                 now,
                 |a| a.code,
@@ -159,11 +217,46 @@ fn verify(c: &mut Criterion) {
                     key: black_box("kl_live_not-a-key-at-all"),
                     environment: None,
                     permissions: &[],
+                    cost: 1,
                 },
                 now,
                 |a| a.code,
             ))
         })
+    });
+    group.finish();
+
+    // The same population with a rate limit and credits on every key, in its
+    // own index (built once the plain one's runs are done).
+    let (limited, limited_keys) = loaded_index(n, true);
+    reserve_ahead(&limited, &limited_keys, now);
+    let mut group = c.benchmark_group(format!("verify_{n}_limited_keys"));
+    group.throughput(Throughput::Elements(1));
+    group.measurement_time(Duration::from_secs(10));
+    let mut next = 0usize;
+    let mut batch = move || {
+        next = (next + 1) % limited_keys.len();
+        limited_keys[next].clone()
+    };
+    group.bench_function("valid_with_permission", |b| {
+        b.iter_batched_ref(
+            &mut batch,
+            |key| {
+                let code = limited.verify(
+                    VerifyRequest {
+                        key: black_box(key.as_str()),
+                        environment: None,
+                        permissions: &required,
+                        cost: 1,
+                    },
+                    now,
+                    |a| a.code,
+                );
+                debug_assert_eq!(code, Ok(VerificationCode::Valid));
+                black_box(code)
+            },
+            BatchSize::NumIterations(256),
+        )
     });
     group.finish();
 
@@ -173,11 +266,12 @@ fn verify(c: &mut Criterion) {
             key: &first,
             environment: None,
             permissions: &required,
+            cost: 1,
         },
         now,
         |a| a.code,
     );
-    assert_eq!(code, VerificationCode::Valid);
+    assert_eq!(code, Ok(VerificationCode::Valid));
 }
 
 criterion_group!(benches, verify);

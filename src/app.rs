@@ -180,6 +180,12 @@ impl Application {
             self.config.usage_flush_interval,
             stop.clone(),
         ));
+        let windows_task = tokio::spawn(crate::limits::purge_windows_periodically(
+            self.state.service.store().clone(),
+            self.clock.clone(),
+            self.config.usage_flush_interval,
+            stop.clone(),
+        ));
         let app = router::app(self.state.clone());
         tracing::info!(address = %self.address, "listening on http://{}", self.address);
         let limits = crate::http::serve::Limits::from_config(&self.config);
@@ -187,6 +193,7 @@ impl Application {
         stop.cancel();
         let _ = flusher_task.await;
         let _ = purger_task.await;
+        let _ = windows_task.await;
         let _ = tailer_task.await;
         let _ = listener_task.await;
         // Close the pool so SQLite checkpoints its WAL and PostgreSQL sessions end

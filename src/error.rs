@@ -106,6 +106,11 @@ impl Error {
         )
     }
 
+    /// The store could not be reached.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::StoreUnavailable(_))
+    }
+
     /// A broken rule of this program, with no other error behind it.
     pub fn internal(context: impl Into<String>) -> Self {
         Self::Internal {

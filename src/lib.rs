@@ -14,6 +14,7 @@ pub mod group_commit;
 pub mod http;
 pub mod idempotency;
 pub mod integrity;
+pub mod limits;
 pub mod metrics;
 pub mod rebuild;
 pub mod secret;

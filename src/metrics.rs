@@ -38,13 +38,15 @@ const LATENCY_BUCKETS: &[f64] = &[
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The verification codes, in the order of the counters.
-const CODES: [VerificationCode; 6] = [
+const CODES: [VerificationCode; 8] = [
     VerificationCode::Valid,
     VerificationCode::NotFound,
     VerificationCode::Disabled,
     VerificationCode::Expired,
     VerificationCode::WrongEnvironment,
     VerificationCode::InsufficientPermissions,
+    VerificationCode::RateLimited,
+    VerificationCode::UsageExceeded,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -87,7 +89,7 @@ fn install() -> PrometheusHandle {
 // are one set of atomics that every request of every core writes.
 
 /// One counter per verification code, in the order of `CODES`.
-static VERIFICATION_COUNTERS: OnceLock<[sharded::Counter; 6]> = OnceLock::new();
+static VERIFICATION_COUNTERS: OnceLock<[sharded::Counter; 8]> = OnceLock::new();
 
 /// Latency histograms by method, route and status. Never removed (the label
 /// set is bounded: methods, the router's routes, statuses), so each is leaked
@@ -95,7 +97,7 @@ static VERIFICATION_COUNTERS: OnceLock<[sharded::Counter; 6]> = OnceLock::new();
 static REQUEST_HISTOGRAMS: OnceLock<papaya::HashMap<RouteKey, &'static sharded::Histogram>> =
     OnceLock::new();
 
-fn verification_counters() -> &'static [sharded::Counter; 6] {
+fn verification_counters() -> &'static [sharded::Counter; 8] {
     VERIFICATION_COUNTERS.get_or_init(Default::default)
 }
 

@@ -6,8 +6,9 @@
 use std::sync::Arc;
 
 use keyledger_domain::{
-    ApiKeyEvent, CreateKey, DomainError, Environment, KeyCommand, KeyCommandKind, KeyId, KeyPrefix,
-    RawKey, TenantId, UpdateKey,
+    owner_stream_id, ApiKeyEvent, CreateKey, CreditChange, Credits, DomainError, Environment,
+    KeyCommand, KeyCommandKind, KeyCreditsChanged, KeyId, KeyPrefix, KeyUsageEvent, Ledger,
+    OwnerLimits, RateLimit, RawKey, SetOwnerLimits, TenantId, UpdateKey,
 };
 use keyledger_projections::audit::{AuditFilter, AuditPage};
 use keyledger_projections::event::meta_keys;
@@ -24,6 +25,7 @@ use crate::error::Error;
 pub use crate::fault::{AfterCommit, Stage};
 use crate::group_commit::CreateQueue;
 use crate::idempotency::{Idempotency, Sealer};
+use crate::limits::Reservations;
 use crate::store::{EventMetadata, EventStore, NewKeyCommand};
 use crate::tailer::Tailer;
 
@@ -54,7 +56,15 @@ pub struct NewKey {
     pub permissions: Vec<String>,
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
     pub metadata: Option<serde_json::Value>,
+    pub owner: Option<String>,
+    pub ratelimits: Vec<RateLimit>,
+    pub credits: Option<Credits>,
 }
+
+/// Most reservations one verification may need: an owner read, a share of
+/// each of ten windows (five the key's, five its owner's), a credit block,
+/// and room for races lost to other nodes.
+const MAX_RESERVATIONS: usize = 24;
 
 pub struct KeyService {
     store: Arc<EventStore>,
@@ -68,6 +78,8 @@ pub struct KeyService {
     creates: Option<CreateQueue>,
     /// Tests only: a failure injected right after commits.
     after_commit: Option<AfterCommit>,
+    /// What verifications of limited keys reserve from the store.
+    reservations: Reservations,
 }
 
 impl KeyService {
@@ -81,7 +93,10 @@ impl KeyService {
         let creates = store
             .groups_commits()
             .then(|| CreateQueue::start(store.clone(), tailer.clone()));
+        let node = format!("{}", Uuid::now_v7().simple());
+        let reservations = Reservations::new(store.clone(), projections.index().clone(), node);
         Self {
+            reservations,
             store,
             projections,
             tailer,
@@ -182,6 +197,9 @@ impl KeyService {
             expires_at: new.expires_at,
             metadata: new.metadata,
             rotated_from,
+            owner: new.owner,
+            ratelimits: new.ratelimits,
+            credits: new.credits,
         });
         let command = self.key_command(actor, kind, at);
         let create = self
@@ -297,6 +315,15 @@ impl KeyService {
         if old.expires_at.is_some_and(|exp| exp <= at) {
             return Err(Error::Domain(DomainError::Expired));
         }
+        // The successor has the old key's owner and rate limits. Its credits
+        // start at zero with the old key's refill: the old key's balance
+        // stays with it (nodes may be spending it during the grace period),
+        // so carrying it over would grant it twice; and no credits at all
+        // would let the successor spend without limit.
+        let credits = old.credits.as_ref().filter(|l| l.limited).map(|l| Credits {
+            remaining: 0,
+            refill: l.refill.clone(),
+        });
         let new = NewKey {
             name: old.name,
             description: old.description,
@@ -304,6 +331,9 @@ impl KeyService {
             permissions: old.permissions,
             expires_at: None,
             metadata: old.metadata,
+            owner: old.owner,
+            ratelimits: old.ratelimits,
+            credits,
         };
         let successor = self
             .prepare_key(actor, new, Some(old.id.clone()), at)
@@ -400,15 +430,30 @@ impl KeyService {
         }
     }
 
+    /// Updates a key's fields; `credits` (if given) sets its balance and
+    /// refill (`Some(None)` removes its credit limit) as an event of its
+    /// ledger, after the key's own fields are written.
     pub async fn update(
         &self,
         actor: &Actor,
         id: &str,
         update: UpdateKey,
+        credits: Option<Option<Credits>>,
     ) -> Result<KeyRow, Error> {
+        if let Some(Some(c)) = &credits {
+            keyledger_domain::limits::credits(c)?;
+        }
         let key_id = self.resolve(actor, id).await?;
         self.command(actor, &key_id, KeyCommandKind::UpdateKey(update))
             .await?;
+        if let Some(credits) = credits {
+            let row = self.get(actor, &key_id).await?;
+            let change = match credits {
+                Some(credits) => CreditChange::Configure { credits },
+                None => CreditChange::Remove,
+            };
+            self.write_ledger(actor, &row, change, None).await?;
+        }
         self.get(actor, &key_id).await
     }
 
@@ -459,14 +504,117 @@ impl KeyService {
     }
 
     /// Verification from the in-memory index at time `now` (the caller's
-    /// one reading of the clock for the request); never touches a store.
-    pub fn verify<R>(
+    /// one reading of the clock for the request). A plain key never touches
+    /// a store; a key with usage limits does when this node's share of a
+    /// window or block of credits is used up (one round trip, then memory
+    /// again). `answer` runs once, on the final answer.
+    pub async fn verify<R>(
         &self,
         request: VerifyRequest<'_>,
         now: chrono::DateTime<chrono::Utc>,
-        answer: impl FnOnce(Verification<'_>) -> R,
-    ) -> R {
-        self.projections.index().verify(request, now, answer)
+        mut answer: impl FnMut(Verification<'_>) -> R,
+    ) -> Result<R, Error> {
+        for _ in 0..MAX_RESERVATIONS {
+            match self.projections.index().verify(request, now, &mut answer) {
+                Ok(r) => return Ok(r),
+                Err(need) => self.reservations.provide(need, now).await?,
+            }
+        }
+        Err(Error::Conflict)
+    }
+
+    /// Changes a key's credits (set, increment, decrement): an event of its
+    /// ledger, with the actor and the reason.
+    pub async fn change_credits(
+        &self,
+        actor: &Actor,
+        id: &str,
+        change: CreditChange,
+        reason: Option<String>,
+    ) -> Result<KeyRow, Error> {
+        if let Some(r) = &reason {
+            keyledger_domain::validate::reason(r)?;
+        }
+        let row = self.get(actor, id).await?;
+        let limited = row.credits.as_ref().is_some_and(|l| l.limited);
+        if !limited && !matches!(change, CreditChange::Set { .. }) {
+            return Err(Error::validation(
+                "op",
+                "the key has no credits: set them first (op \"set\")",
+            ));
+        }
+        self.write_ledger(actor, &row, change, reason).await?;
+        self.get(actor, &row.id).await
+    }
+
+    /// Appends one change to the key's ledger, then waits until this node
+    /// shows it.
+    async fn write_ledger(
+        &self,
+        actor: &Actor,
+        row: &KeyRow,
+        change: CreditChange,
+        reason: Option<String>,
+    ) -> Result<(), Error> {
+        let now = self.clock.now();
+        // The key list holds the create's opening ledger until a ledger
+        // event exists; once one does, the store's newest event decides.
+        let opening = row.credits.clone();
+        let tenant = actor.tenant.to_string();
+        self.store
+            .append_ledger(
+                &KeyId::from(row.id.as_str()),
+                opening.as_ref(),
+                &metadata(actor, now),
+                |before| {
+                    let ledger = Ledger::change(before, &change, now);
+                    Ok(vec![KeyUsageEvent::KeyCreditsChanged(KeyCreditsChanged {
+                        tenant: tenant.clone(),
+                        change: change.clone(),
+                        reason: reason.clone(),
+                        at: now,
+                        ledger,
+                    })])
+                },
+            )
+            .await?;
+        let head = self.store.head().await.map_err(committed)?;
+        self.tailer.catch_up_to(head).await.map_err(committed)
+    }
+
+    /// Replaces an owner's rate limits.
+    pub async fn set_owner_limits(
+        &self,
+        actor: &Actor,
+        owner: &str,
+        ratelimits: Vec<RateLimit>,
+    ) -> Result<(), Error> {
+        let now = self.clock.now();
+        let event = OwnerLimits::set(SetOwnerLimits {
+            tenant: actor.tenant.to_string(),
+            owner: owner.to_string(),
+            ratelimits,
+            at: now,
+        })?;
+        self.store
+            .set_owner_limits(event, &metadata(actor, now))
+            .await?;
+        let head = self.store.head().await.map_err(committed)?;
+        self.tailer.catch_up_to(head).await.map_err(committed)
+    }
+
+    /// An owner's rate limits (as its newest event set them) and the ids of
+    /// the tenant's keys that name it.
+    pub async fn owner(
+        &self,
+        actor: &Actor,
+        owner: &str,
+    ) -> Result<(Vec<RateLimit>, Vec<String>), Error> {
+        keyledger_domain::limits::owner(owner)?;
+        let id = owner_stream_id(&actor.tenant, owner);
+        let (_, ratelimits) = self.store.owner_limits(&id).await?;
+        let keys = self.projections.keys_of_owner(&actor.tenant, owner).await?;
+        Ok((ratelimits, keys))
     }
 
     /// Maps an id or display prefix to the key id, within the caller's tenant.

@@ -787,7 +787,7 @@ fn seed_in(dir: &Path, keys: u64, events: u64) -> u64 {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         let store = keyledger::app::open_store(&config).await.expect("open");
-        let seeded = keyledger_bench::seed::seed(&store, "bench", keys, events, None)
+        let seeded = keyledger_bench::seed::seed(&store, "bench", keys, events, false, None)
             .await
             .expect("seed");
         store.close().await;

@@ -55,6 +55,11 @@ enum BenchCommand {
         /// Write the raw keys here, one per line (for verification load tests).
         #[arg(long)]
         keys_out: Option<std::path::PathBuf>,
+        /// Give every key a rate limit (10^9 a minute) and credits (10^15):
+        /// limits that never refuse, so a load measures what checking them
+        /// costs.
+        #[arg(long)]
+        limited: bool,
     },
     /// Revoke keys through node A and time until node B refuses them.
     Propagation {
@@ -91,6 +96,7 @@ async fn run(command: BenchCommand, config: Config) -> Result<ExitCode, Error> {
             events,
             tenant,
             keys_out,
+            limited,
         } => {
             let store = keyledger::app::open_store(&config).await?;
             let started = Instant::now();
@@ -102,7 +108,8 @@ async fn run(command: BenchCommand, config: Config) -> Result<ExitCode, Error> {
                 })
                 .transpose()?;
             let out = file.as_mut().map(|f| f as &mut dyn std::io::Write);
-            let seeded = keyledger_bench::seed::seed(&store, &tenant, keys, events, out).await?;
+            let seeded =
+                keyledger_bench::seed::seed(&store, &tenant, keys, events, limited, out).await?;
             if let Some(mut f) = file {
                 std::io::Write::flush(&mut f)
                     .map_err(|e| Error::internal_from("writing the keys file", e))?;

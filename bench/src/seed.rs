@@ -14,8 +14,9 @@ use keyledger::store::EventStore;
 use keyledger::Error;
 use keyledger_domain::chain::{event_hash, StoredFields, GENESIS, PREV_HASH};
 use keyledger_domain::{
-    ApiKeyEvent, Environment, KeyCreated, KeyDeactivated, KeyPrefix, KeyReactivated, KeyUsageEvent,
-    KeyUsageRecorded, Permissions, RawKey, API_KEY_AGGREGATE_TYPE, KEY_USAGE_AGGREGATE_TYPE,
+    ApiKeyEvent, Credits, Environment, KeyCreated, KeyDeactivated, KeyPrefix, KeyReactivated,
+    KeyUsageEvent, KeyUsageRecorded, Permissions, RateLimit, RawKey, API_KEY_AGGREGATE_TYPE,
+    KEY_USAGE_AGGREGATE_TYPE,
 };
 use keyledger_projections::event::meta_keys;
 use serde_json::{json, Value};
@@ -82,11 +83,13 @@ pub struct Seeded {
 /// Writes `keys` keys of `tenant` and `events` events in all (at least one per
 /// key: its creation; the rest are deactivations, reactivations and usage
 /// flushes spread over the keys). Raw keys go to `keys_out`, one per line.
+/// `limited` keys have a rate limit and credits that never run out.
 pub async fn seed(
     store: &EventStore,
     tenant: &str,
     keys: u64,
     events: u64,
+    limited: bool,
     mut keys_out: Option<&mut dyn Write>,
 ) -> Result<Seeded, Error> {
     let keys = keys.max(1);
@@ -126,6 +129,20 @@ pub async fn seed(
                 created_by: "bench-seed".into(),
                 created_at: now,
                 rotated_from: None,
+                owner: None,
+                ratelimits: if limited {
+                    vec![RateLimit {
+                        name: "per-minute".into(),
+                        limit: 1_000_000_000,
+                        window_ms: 60_000,
+                    }]
+                } else {
+                    Vec::new()
+                },
+                credits: limited.then_some(Credits {
+                    remaining: keyledger_domain::limits::MAX_CREDITS,
+                    refill: None,
+                }),
             });
             ids.push(id.clone());
             let (stream, _) = key_streams
@@ -148,6 +165,9 @@ pub async fn seed(
                     tenant: tenant.to_string(),
                     count: 1 + n % 7,
                     last_used_at: now,
+                    spent: 0,
+                    settled: None,
+                    ledger: None,
                 });
                 usage_streams.entry(id.clone()).or_default().next(
                     KEY_USAGE_AGGREGATE_TYPE,

@@ -13,7 +13,7 @@ use crate::events::{
     API_KEY_AGGREGATE_TYPE,
 };
 use crate::permissions::Permissions;
-use crate::validate;
+use crate::{limits, validate};
 
 /// Where a key is in its life.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +73,13 @@ impl ApiKey {
         if let Some(m) = &c.metadata {
             validate::metadata(m)?;
         }
+        if let Some(o) = &c.owner {
+            limits::owner(o)?;
+        }
+        limits::ratelimits(&c.ratelimits)?;
+        if let Some(credits) = &c.credits {
+            limits::credits(credits)?;
+        }
         Ok(ApiKeyEvent::KeyCreated(KeyCreated {
             tenant,
             key_hash: c.key_hash,
@@ -86,6 +93,9 @@ impl ApiKey {
             created_by: actor,
             created_at: at,
             rotated_from: c.rotated_from,
+            owner: c.owner,
+            ratelimits: c.ratelimits,
+            credits: c.credits,
         }))
     }
 
@@ -132,12 +142,20 @@ impl ApiKey {
         if let Some(Some(m)) = &u.metadata {
             validate::metadata(m)?;
         }
+        if let Some(Some(o)) = &u.owner {
+            limits::owner(o)?;
+        }
+        if let Some(r) = &u.ratelimits {
+            limits::ratelimits(r)?;
+        }
         Ok(KeyUpdated {
             name: u.name,
             description: u.description,
             permissions,
             expires_at: u.expires_at,
             metadata: u.metadata,
+            owner: u.owner,
+            ratelimits: u.ratelimits,
             updated_at: at,
         })
     }
@@ -284,6 +302,9 @@ mod tests {
             expires_at: None,
             metadata: None,
             rotated_from: None,
+            owner: None,
+            ratelimits: Vec::new(),
+            credits: None,
         }
     }
 
@@ -301,6 +322,9 @@ mod tests {
             created_by: "alice".into(),
             created_at: t0(),
             rotated_from: None,
+            owner: None,
+            ratelimits: Vec::new(),
+            credits: None,
         })
     }
 

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::key::{Environment, KeyHash};
+use crate::limits::{Credits, RateLimit};
 
 /// A command to one API key, with the context every rule needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +50,9 @@ pub struct CreateKey {
     pub metadata: Option<Value>,
     /// The key this one replaces (rotation).
     pub rotated_from: Option<String>,
+    pub owner: Option<String>,
+    pub ratelimits: Vec<RateLimit>,
+    pub credits: Option<Credits>,
 }
 
 /// Change descriptive fields. `None` leaves a field alone; `Some(None)` clears a
@@ -60,4 +64,6 @@ pub struct UpdateKey {
     pub permissions: Option<Vec<String>>,
     pub expires_at: Option<Option<DateTime<Utc>>>,
     pub metadata: Option<Option<Value>>,
+    pub owner: Option<Option<String>>,
+    pub ratelimits: Option<Vec<RateLimit>>,
 }

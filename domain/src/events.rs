@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use crate::key::{Environment, KeyHash};
+use crate::limits::{Credits, RateLimit};
 use crate::permissions::Permissions;
 
 /// Aggregate type stored with every key event. Persisted: never change it.
@@ -64,6 +65,16 @@ pub struct KeyCreated {
     /// written before rotation existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotated_from: Option<String>,
+    /// The customer's own id for whoever holds the key. Absent in events
+    /// written before usage limits existed, as are the two below.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ratelimits: Vec<RateLimit>,
+    /// The credits the key starts with; its balance lives in its usage
+    /// stream's ledger from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<Credits>,
 }
 
 /// Some descriptive fields changed. A field that is absent did not change; for the
@@ -92,6 +103,14 @@ pub struct KeyUpdated {
         deserialize_with = "present"
     )]
     pub metadata: Option<Option<Value>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub owner: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratelimits: Option<Vec<RateLimit>>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -103,6 +122,8 @@ impl KeyUpdated {
             && self.permissions.is_none()
             && self.expires_at.is_none()
             && self.metadata.is_none()
+            && self.owner.is_none()
+            && self.ratelimits.is_none()
     }
 }
 

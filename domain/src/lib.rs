@@ -15,6 +15,9 @@ pub mod feed;
 pub mod ids;
 pub mod json;
 pub mod key;
+pub mod ledger;
+pub mod limits;
+pub mod owner;
 pub mod permissions;
 pub mod upcast;
 pub mod usage;
@@ -30,5 +33,14 @@ pub use events::{
 pub use feed::RawEvent;
 pub use ids::{KeyId, TenantId};
 pub use key::{Environment, KeyHash, KeyPrefix, ParsedKey, RawKey};
+pub use ledger::{CreditChange, Ledger, Settlement};
+pub use limits::{Credits, RateLimit, Refill, RefillInterval};
+pub use owner::{
+    owner_stream_id, OwnerEvent, OwnerLimits, OwnerRateLimitsSet, SetOwnerLimits,
+    OWNER_AGGREGATE_TYPE,
+};
 pub use permissions::Permissions;
-pub use usage::{KeyUsage, KeyUsageEvent, KeyUsageRecorded, RecordUsage, KEY_USAGE_AGGREGATE_TYPE};
+pub use usage::{
+    KeyCreditsChanged, KeyCreditsReserved, KeyUsage, KeyUsageEvent, KeyUsageRecorded, RecordUsage,
+    KEY_USAGE_AGGREGATE_TYPE,
+};

@@ -155,6 +155,9 @@ mod tests {
             created_by: "alice".to_owned(),
             created_at: t0(),
             rotated_from: None,
+            owner: None,
+            ratelimits: Vec::new(),
+            credits: None,
         })
     }
 
@@ -201,6 +204,9 @@ mod tests {
             created_by: "alice".to_owned(),
             created_at: t0(),
             rotated_from: None,
+            owner: None,
+            ratelimits: Vec::new(),
+            credits: None,
         });
         assert_eq!(event, expected);
         // Permissions deserialise unvalidated, so the upcaster itself must have

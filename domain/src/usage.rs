@@ -8,6 +8,7 @@ use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::error::DomainError;
+use crate::ledger::{CreditChange, Ledger, Settlement};
 
 /// Aggregate type of usage streams. Persisted: never change it.
 pub const KEY_USAGE_AGGREGATE_TYPE: &str = "ApiKeyUsage";
@@ -23,23 +24,114 @@ pub struct RecordUsage {
     pub last_used_at: DateTime<Utc>,
 }
 
-/// Usage events. One per used key per flush interval.
+/// Events of the usage stream: uses flushed by nodes, and the key's credit
+/// ledger (changes, reservations; see [`crate::ledger`]), kept here so that
+/// every credit movement is ordered by one stream's optimistic concurrency.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum KeyUsageEvent {
     KeyUsageRecorded(KeyUsageRecorded),
+    KeyCreditsChanged(KeyCreditsChanged),
+    KeyCreditsReserved(KeyCreditsReserved),
 }
 
-/// A batch of verifications of one key, counted in memory and flushed together.
+/// A batch of verifications of one key, counted in memory and flushed
+/// together, with what they spent of a credit block and what of it the node
+/// gave back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyUsageRecorded {
     pub tenant: String,
     pub count: u64,
     pub last_used_at: DateTime<Utc>,
+    /// Credits the uses spent (blocks of a void epoch included).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub spent: u64,
+    /// The node's report on its block, which settles it in the ledger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled: Option<Settlement>,
+    /// The ledger after this event, on keys with credits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<Ledger>,
+}
+
+/// Credits were set, incremented, decremented, configured, removed or
+/// refilled. The actor is in the event's metadata (`keyledger:refill` for
+/// refills).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyCreditsChanged {
+    pub tenant: String,
+    pub change: CreditChange,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
+    pub ledger: Ledger,
+}
+
+/// A node took a block of credits to spend from memory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyCreditsReserved {
+    pub tenant: String,
+    /// The node that holds the block.
+    pub node: String,
+    pub amount: u64,
+    pub epoch: u64,
+    pub at: DateTime<Utc>,
+    pub ledger: Ledger,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl KeyUsageEvent {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::KeyUsageRecorded(_) => "KeyUsageRecorded",
+            Self::KeyCreditsChanged(_) => "KeyCreditsChanged",
+            Self::KeyCreditsReserved(_) => "KeyCreditsReserved",
+        }
+    }
+
+    /// The ledger after this event, where it carries one.
+    pub fn ledger(&self) -> Option<&Ledger> {
+        match self {
+            Self::KeyUsageRecorded(u) => u.ledger.as_ref(),
+            Self::KeyCreditsChanged(c) => Some(&c.ledger),
+            Self::KeyCreditsReserved(r) => Some(&r.ledger),
+        }
+    }
+
+    pub fn tenant(&self) -> &str {
+        match self {
+            Self::KeyUsageRecorded(u) => &u.tenant,
+            Self::KeyCreditsChanged(c) => &c.tenant,
+            Self::KeyCreditsReserved(r) => &r.tenant,
+        }
+    }
+
+    /// The ledger this event makes of `before` (recomputed from its change,
+    /// not read from the event: `projections check` compares the two).
+    pub fn apply_to(&self, before: Option<&Ledger>) -> Option<Ledger> {
+        match self {
+            Self::KeyUsageRecorded(u) => before.cloned().map(|mut l| {
+                if let Some(s) = &u.settled {
+                    l.settle(s);
+                }
+                l
+            }),
+            Self::KeyCreditsChanged(c) => Some(Ledger::change(before, &c.change, c.at)),
+            Self::KeyCreditsReserved(r) => before.cloned().map(|mut l| {
+                if r.epoch == l.epoch {
+                    l.reserve(r.amount);
+                }
+                l
+            }),
+        }
+    }
 }
 
 impl DomainEvent for KeyUsageEvent {
     fn event_type(&self) -> String {
-        "KeyUsageRecorded".to_string()
+        self.type_name().to_string()
     }
 
     fn event_version(&self) -> String {
@@ -72,7 +164,46 @@ impl KeyUsage {
             tenant: command.tenant,
             count: command.count,
             last_used_at: command.last_used_at,
+            spent: 0,
+            settled: None,
+            ledger: None,
         }))
+    }
+}
+
+impl KeyUsage {
+    /// A node's flush of one key: its uses, the credits they spent, and its
+    /// report on its credit block, applied to the ledger as it stands
+    /// (`before`). Refused when it reports nothing.
+    pub fn flush(
+        tenant: String,
+        count: u64,
+        last_used_at: DateTime<Utc>,
+        spent: u64,
+        settled: Option<Settlement>,
+        before: Option<&Ledger>,
+    ) -> Result<KeyUsageEvent, DomainError> {
+        if count == 0 && spent == 0 && settled.is_none() {
+            return Err(DomainError::Validation {
+                field: "count",
+                message: "a flush must report something".into(),
+            });
+        }
+        let mut event = KeyUsageRecorded {
+            tenant,
+            count,
+            last_used_at,
+            spent,
+            settled,
+            ledger: None,
+        };
+        event.ledger = before.cloned().map(|mut l| {
+            if let Some(s) = &event.settled {
+                l.settle(s);
+            }
+            l
+        });
+        Ok(KeyUsageEvent::KeyUsageRecorded(event))
     }
 }
 
@@ -95,8 +226,9 @@ impl Aggregate for KeyUsage {
     }
 
     fn apply(&mut self, event: Self::Event) {
-        let KeyUsageEvent::KeyUsageRecorded(e) = event;
-        self.total = self.total.saturating_add(e.count);
+        if let KeyUsageEvent::KeyUsageRecorded(e) = event {
+            self.total = self.total.saturating_add(e.count);
+        }
     }
 }
 
@@ -132,6 +264,9 @@ mod tests {
                 tenant: "acme".into(),
                 count: 3,
                 last_used_at: at,
+                spent: 0,
+                settled: None,
+                ledger: None,
             })]);
     }
 }

@@ -90,6 +90,13 @@ pub trait ProjectionTables: Send + Sync + std::fmt::Debug {
         id_or_prefix: &str,
     ) -> Result<Option<KeyRow>, ProjectionError>;
 
+    /// Ids of a tenant's keys with `owner`, oldest first (at most 1,000).
+    async fn keys_of_owner(
+        &self,
+        tenant: &TenantId,
+        owner: &str,
+    ) -> Result<Vec<String>, ProjectionError>;
+
     /// The key list and its checkpoint, read from one snapshot.
     async fn key_list_snapshot(&self) -> Result<(i64, Vec<KeyRow>), ProjectionError>;
 

@@ -4,7 +4,8 @@
 use chrono::{DateTime, Utc};
 use cqrs_es::persist::SerializedEvent;
 use keyledger_domain::{
-    ApiKeyEvent, KeyUsageEvent, API_KEY_AGGREGATE_TYPE, KEY_USAGE_AGGREGATE_TYPE,
+    ApiKeyEvent, KeyUsageEvent, OwnerEvent, API_KEY_AGGREGATE_TYPE, KEY_USAGE_AGGREGATE_TYPE,
+    OWNER_AGGREGATE_TYPE,
 };
 use serde_json::Value;
 
@@ -40,6 +41,8 @@ pub struct EventMeta {
 pub enum KeyledgerEvent {
     Key(ApiKeyEvent),
     Usage(KeyUsageEvent),
+    /// An owner's shared limits; `key_id` is then the owner's stream id.
+    Owner(OwnerEvent),
 }
 
 /// A decoded event with its place in the feed.
@@ -71,6 +74,7 @@ impl RecordedEvent {
         };
         if raw.aggregate_type != API_KEY_AGGREGATE_TYPE
             && raw.aggregate_type != KEY_USAGE_AGGREGATE_TYPE
+            && raw.aggregate_type != OWNER_AGGREGATE_TYPE
         {
             return Ok(None);
         }
@@ -112,6 +116,8 @@ impl RecordedEvent {
         };
         let event = if raw.aggregate_type == API_KEY_AGGREGATE_TYPE {
             KeyledgerEvent::Key(serde_json::from_value(raw.payload).map_err(unparsed)?)
+        } else if raw.aggregate_type == OWNER_AGGREGATE_TYPE {
+            KeyledgerEvent::Owner(serde_json::from_value(raw.payload).map_err(unparsed)?)
         } else {
             KeyledgerEvent::Usage(serde_json::from_value(raw.payload).map_err(unparsed)?)
         };
@@ -141,7 +147,7 @@ impl RecordedEvent {
         let tenant = match (&event, text(meta_keys::TENANT)) {
             (_, Some(t)) => t,
             (KeyledgerEvent::Key(ApiKeyEvent::KeyCreated(c)), None) => c.tenant.clone(),
-            (KeyledgerEvent::Usage(KeyUsageEvent::KeyUsageRecorded(u)), None) => u.tenant.clone(),
+            (KeyledgerEvent::Usage(u), None) => u.tenant().to_owned(),
             _ => {
                 return Err(ProjectionError::Decode {
                     position,
@@ -175,7 +181,8 @@ impl RecordedEvent {
     pub fn type_name(&self) -> &'static str {
         match &self.event {
             KeyledgerEvent::Key(e) => e.type_name(),
-            KeyledgerEvent::Usage(_) => "KeyUsageRecorded",
+            KeyledgerEvent::Usage(e) => e.type_name(),
+            KeyledgerEvent::Owner(e) => e.type_name(),
         }
     }
 
@@ -184,6 +191,7 @@ impl RecordedEvent {
         let mut data = match &self.event {
             KeyledgerEvent::Key(e) => serde_json::to_value(e),
             KeyledgerEvent::Usage(e) => serde_json::to_value(e),
+            KeyledgerEvent::Owner(e) => serde_json::to_value(e),
         }
         .ok()
         .and_then(|v| match v {
@@ -210,6 +218,9 @@ impl KeyledgerEvent {
             Self::Key(ApiKeyEvent::KeyDeleted(e)) => e.at,
             Self::Key(ApiKeyEvent::KeyExpirySet(e)) => e.at,
             Self::Usage(KeyUsageEvent::KeyUsageRecorded(e)) => e.last_used_at,
+            Self::Usage(KeyUsageEvent::KeyCreditsChanged(e)) => e.at,
+            Self::Usage(KeyUsageEvent::KeyCreditsReserved(e)) => e.at,
+            Self::Owner(e) => e.time(),
         }
     }
 }

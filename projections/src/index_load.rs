@@ -15,11 +15,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::DateTime;
-use keyledger_domain::{KeyHash, Permissions};
+use keyledger_domain::{KeyHash, Ledger, Permissions, RateLimit};
 
 use crate::error::ProjectionError;
 use crate::key_list::STATUS_ACTIVE;
-use crate::verification::{IndexedKey, VerificationIndex};
+use crate::verification::{IndexedKey, LimitSpec, VerificationIndex};
 
 /// Reads the key list into a verification index.
 #[async_trait]
@@ -28,8 +28,8 @@ pub(crate) trait IndexSource: keyledger_sql::Engine {
 }
 
 /// Columns the index needs, in the order [`IndexFields`] lists them.
-pub(crate) const INDEX_COLUMNS: &str =
-    "id, tenant, key_hash, name, environment, permissions, status, expires_at, prefix";
+pub(crate) const INDEX_COLUMNS: &str = "id, tenant, key_hash, name, environment, permissions, \
+     status, expires_at, prefix, owner, ratelimits, credits";
 
 /// One key-list row, borrowed from the database row.
 pub(crate) struct IndexFields<'r> {
@@ -42,6 +42,9 @@ pub(crate) struct IndexFields<'r> {
     pub status: &'r str,
     pub expires_at: Option<i64>,
     pub prefix: &'r str,
+    pub owner: Option<&'r str>,
+    pub ratelimits: &'r str,
+    pub credits: Option<&'r str>,
 }
 
 #[derive(Default)]
@@ -113,6 +116,26 @@ impl IndexLoader {
                 .transpose()?,
             row.status == STATUS_ACTIVE,
         );
+        // Nearly every key has no limits: "[]" and NULL are not parsed.
+        let ratelimits: Vec<RateLimit> = if row.ratelimits == "[]" {
+            Vec::new()
+        } else {
+            serde_json::from_str(row.ratelimits)
+                .map_err(|e| corrupt("ratelimits", e.to_string()))?
+        };
+        let ledger: Option<Ledger> = row
+            .credits
+            .map(|c| serde_json::from_str(c).map_err(|e| corrupt("credits", e.to_string())))
+            .transpose()?;
+        let key = if row.owner.is_some() || !ratelimits.is_empty() || ledger.is_some() {
+            key.with_limits(LimitSpec {
+                owner: row.owner.map(str::to_owned),
+                ratelimits,
+                ledger,
+            })
+        } else {
+            key
+        };
         Ok((hash, key))
     }
 }

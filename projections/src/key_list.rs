@@ -3,6 +3,8 @@
 
 use chrono::{DateTime, Utc};
 
+use keyledger_domain::{Ledger, RateLimit};
+
 use crate::error::ProjectionError;
 use crate::schema::{strings_json, Column, Fields, Index, Record, Table, Value, ValueOf};
 
@@ -34,6 +36,10 @@ pub struct KeyRow {
     pub created_position: i64,
     pub rotated_from: Option<String>,
     pub rotated_to: Option<String>,
+    pub owner: Option<String>,
+    pub ratelimits: Vec<RateLimit>,
+    /// The credit ledger as its newest event left it (as of the last flush).
+    pub credits: Option<Ledger>,
 }
 
 /// What a reader sees: `inactive` wins over `expired`, matching verification
@@ -96,7 +102,7 @@ pub struct KeyPage {
 }
 
 /// The key list's table.
-pub static TABLE: Table<19> = Table {
+pub static TABLE: Table<22> = Table {
     name: "key_list",
     scratch: "key_list_rebuild",
     checkpoint: crate::checkpoint::KEY_LIST,
@@ -120,6 +126,9 @@ pub static TABLE: Table<19> = Table {
         Column::int("created_position"),
         Column::text("rotated_from").nullable(),
         Column::text("rotated_to").nullable(),
+        Column::text("owner").nullable(),
+        Column::text("ratelimits"),
+        Column::text("credits").nullable(),
     ],
     primary_key: "id",
     indexes: &[
@@ -134,10 +143,10 @@ pub static TABLE: Table<19> = Table {
     ],
 };
 
-impl Record<19> for KeyRow {
-    const TABLE: &'static Table<19> = &TABLE;
+impl Record<22> for KeyRow {
+    const TABLE: &'static Table<22> = &TABLE;
 
-    fn values(&self) -> [Value; 19] {
+    fn values(&self) -> [Value; 22] {
         [
             Value::text(&self.id),
             Value::text(&self.tenant),
@@ -158,10 +167,13 @@ impl Record<19> for KeyRow {
             Value::Int(Some(self.created_position)),
             Value::Text(self.rotated_from.clone()),
             Value::Text(self.rotated_to.clone()),
+            Value::Text(self.owner.clone()),
+            Value::text(ratelimits_json(&self.ratelimits)),
+            Value::Text(self.credits.as_ref().map(ledger_json)),
         ]
     }
 
-    fn from_values(values: [Value; 19]) -> Result<Self, ProjectionError> {
+    fn from_values(values: [Value; 22]) -> Result<Self, ProjectionError> {
         let mut f = Fields::new(&TABLE, values, 0);
         Ok(Self {
             id: f.text()?,
@@ -183,6 +195,20 @@ impl Record<19> for KeyRow {
             created_position: f.int()?,
             rotated_from: f.opt_text()?,
             rotated_to: f.opt_text()?,
+            owner: f.opt_text()?,
+            ratelimits: f.json_as()?,
+            credits: f.opt_json_as()?,
         })
     }
+}
+
+/// The stored text of a key's rate limits.
+pub fn ratelimits_json(limits: &[RateLimit]) -> String {
+    serde_json::to_string(limits).unwrap_or_else(|_| "[]".into())
+}
+
+/// The stored text of a credit ledger.
+pub fn ledger_json(ledger: &Ledger) -> String {
+    // Plain numbers, strings and an optional time: serialising cannot fail.
+    serde_json::to_string(ledger).unwrap_or_default()
 }

@@ -29,7 +29,8 @@ pub use error::ProjectionError;
 pub use event::{EventMeta, KeyledgerEvent, RawEvent, RecordedEvent};
 pub use keyledger_sql::SqlPool;
 pub use projector::Projections;
+pub use verification::limits::{Checked, CreditFlush, LimitReport, Need, WindowNeed};
 pub use verification::{
-    DrainedUsage, IndexedKey, KeyIdText, Verification, VerificationCode, VerificationIndex,
-    VerifyRequest,
+    DrainedUsage, IndexedKey, KeyIdText, LimitSpec, Verification, VerificationCode,
+    VerificationIndex, VerifyRequest,
 };

@@ -94,6 +94,9 @@ impl IndexSource for Postgres {
                     status: row.try_get(6)?,
                     expires_at: row.try_get(7)?,
                     prefix: row.try_get(8)?,
+                    owner: row.try_get(9)?,
+                    ratelimits: row.try_get(10)?,
+                    credits: row.try_get(11)?,
                 };
                 loader.add(&index, fields)?;
             }

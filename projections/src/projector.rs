@@ -93,6 +93,15 @@ impl Projections {
         self.db.get_key(tenant, id_or_prefix).await
     }
 
+    /// Ids of a tenant's keys with `owner`, oldest first (at most 1,000).
+    pub async fn keys_of_owner(
+        &self,
+        tenant: &TenantId,
+        owner: &str,
+    ) -> Result<Vec<String>, ProjectionError> {
+        self.db.keys_of_owner(tenant, owner).await
+    }
+
     /// The key list and its checkpoint, read from one snapshot.
     pub async fn key_list_snapshot(&self) -> Result<(i64, Vec<KeyRow>), ProjectionError> {
         self.db.key_list_snapshot().await

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use keyledger_domain::{ApiKeyEvent, KeyCreated, KeyUsageEvent};
+use keyledger_domain::{ApiKeyEvent, KeyCreated, KeyUsageEvent, Ledger};
 
 use crate::audit::AuditEntry;
 use crate::event::{KeyledgerEvent, RecordedEvent};
@@ -58,6 +58,12 @@ pub fn created_row(e: &RecordedEvent, c: &KeyCreated) -> KeyRow {
         created_position: e.position,
         rotated_from: c.rotated_from.clone(),
         rotated_to: None,
+        owner: c.owner.clone(),
+        ratelimits: c.ratelimits.clone(),
+        credits: c
+            .credits
+            .as_ref()
+            .map(|credits| Ledger::opening(credits, c.created_at)),
     }
 }
 
@@ -93,6 +99,12 @@ impl KeyListFold {
                     if let Some(exp) = u.expires_at {
                         row.expires_at = exp.map(ms);
                     }
+                    if let Some(o) = &u.owner {
+                        row.owner = o.clone();
+                    }
+                    if let Some(r) = &u.ratelimits {
+                        row.ratelimits = r.clone();
+                    }
                     row.updated_at = at;
                 }
             }
@@ -114,17 +126,26 @@ impl KeyListFold {
             KeyledgerEvent::Key(ApiKeyEvent::KeyDeleted(_)) => {
                 self.rows.remove(&e.key_id);
             }
-            KeyledgerEvent::Usage(KeyUsageEvent::KeyUsageRecorded(u)) => {
+            KeyledgerEvent::Usage(usage) => {
                 if let Some(row) = self.rows.get_mut(&e.key_id) {
-                    row.usage_count = row
-                        .usage_count
-                        .saturating_add(i64::try_from(u.count).unwrap_or(i64::MAX));
-                    let used = ms(u.last_used_at);
-                    if row.last_used_at.is_none_or(|l| l < used) {
-                        row.last_used_at = Some(used);
+                    if let KeyUsageEvent::KeyUsageRecorded(u) = usage {
+                        row.usage_count = row
+                            .usage_count
+                            .saturating_add(i64::try_from(u.count).unwrap_or(i64::MAX));
+                        let used = ms(u.last_used_at);
+                        if row.last_used_at.is_none_or(|l| l < used) {
+                            row.last_used_at = Some(used);
+                        }
+                    }
+                    // Recomputed from each event's change, not copied from
+                    // the ledger it carries: `projections check` compares
+                    // this with the live row, which the SQL applier copies.
+                    if usage.ledger().is_some() {
+                        row.credits = usage.apply_to(row.credits.as_ref());
                     }
                 }
             }
+            KeyledgerEvent::Owner(_) => {}
         }
     }
 
@@ -210,6 +231,9 @@ fn row_fields_diff(want: &KeyRow, got: &KeyRow) -> String {
     field!(created_position);
     field!(rotated_from);
     field!(rotated_to);
+    field!(owner);
+    field!(ratelimits);
+    field!(credits);
     parts.join("; ")
 }
 

@@ -286,6 +286,15 @@ impl<const N: usize> Fields<N> {
         let text = self.text()?;
         serde_json::from_str(&text).map_err(|e| self.corrupt(column, e))
     }
+
+    pub fn opt_json_as<T: serde::de::DeserializeOwned>(
+        &mut self,
+    ) -> Result<Option<T>, ProjectionError> {
+        let column = self.columns.clone().next().map_or("?", |c| c.name);
+        self.opt_text()?
+            .map(|t| serde_json::from_str(&t).map_err(|e| self.corrupt(column, e)))
+            .transpose()
+    }
 }
 
 /// JSON text of a list of strings (permissions), as stored.

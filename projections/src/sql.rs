@@ -216,6 +216,22 @@ where
         }
     }
 
+    async fn keys_of_owner(
+        &self,
+        tenant: &TenantId,
+        owner: &str,
+    ) -> Result<Vec<String>, ProjectionError> {
+        let ids: Vec<(String,)> = sqlx::query_as(
+            "SELECT id FROM key_list WHERE tenant = $1 AND owner = $2 \
+             ORDER BY created_position LIMIT 1000",
+        )
+        .bind(tenant.to_string())
+        .bind(owner.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(|(id,)| id).collect())
+    }
+
     async fn key_list_snapshot(&self) -> Result<(i64, Vec<KeyRow>), ProjectionError> {
         let mut tx = self.pool.begin().await?;
         if let Some(sql) = DB::SNAPSHOT {
@@ -509,6 +525,12 @@ where
                 if let Some(m) = &u.metadata {
                     sets.push(("metadata", m.as_ref().map(|m| m.to_string())));
                 }
+                if let Some(o) = &u.owner {
+                    sets.push(("owner", o.clone()));
+                }
+                if let Some(r) = &u.ratelimits {
+                    sets.push(("ratelimits", Some(key_list::ratelimits_json(r))));
+                }
                 for (column, text) in sets {
                     sqlx::query(&format!("UPDATE key_list SET {column} = $1 WHERE id = $2"))
                         .bind(text)
@@ -553,18 +575,29 @@ where
                     .execute(&mut **tx)
                     .await?;
             }
-            KeyledgerEvent::Usage(KeyUsageEvent::KeyUsageRecorded(u)) => {
-                sqlx::query(
-                    "UPDATE key_list SET usage_count = usage_count + $1, \
-                     last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $2 \
-                     THEN $2 ELSE last_used_at END WHERE id = $3",
-                )
-                .bind(i64::try_from(u.count).unwrap_or(i64::MAX))
-                .bind(u.last_used_at.timestamp_millis())
-                .bind(id)
-                .execute(&mut **tx)
-                .await?;
+            KeyledgerEvent::Usage(usage) => {
+                if let KeyUsageEvent::KeyUsageRecorded(u) = usage {
+                    sqlx::query(
+                        "UPDATE key_list SET usage_count = usage_count + $1, \
+                         last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $2 \
+                         THEN $2 ELSE last_used_at END WHERE id = $3",
+                    )
+                    .bind(i64::try_from(u.count).unwrap_or(i64::MAX))
+                    .bind(u.last_used_at.timestamp_millis())
+                    .bind(id)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                // The ledger as the event states it; the replay recomputes it.
+                if let Some(ledger) = usage.ledger() {
+                    sqlx::query("UPDATE key_list SET credits = $1 WHERE id = $2")
+                        .bind(key_list::ledger_json(ledger))
+                        .bind(id)
+                        .execute(&mut **tx)
+                        .await?;
+                }
             }
+            KeyledgerEvent::Owner(_) => {}
         }
         Ok(())
     }

@@ -87,6 +87,29 @@ fn read(path: &Path) -> Result<VerificationIndex, ProjectionError> {
                 status: text(6).map_err(load)?,
                 expires_at: row.get(7).map_err(load)?,
                 prefix: text(8).map_err(load)?,
+                owner: row
+                    .get_ref(9)
+                    .map_err(load)?
+                    .as_str_or_null()
+                    .map_err(|e| {
+                        load(rusqlite::Error::FromSqlConversionFailure(
+                            9,
+                            rusqlite::types::Type::Text,
+                            Box::new(e),
+                        ))
+                    })?,
+                ratelimits: text(10).map_err(load)?,
+                credits: row
+                    .get_ref(11)
+                    .map_err(load)?
+                    .as_str_or_null()
+                    .map_err(|e| {
+                        load(rusqlite::Error::FromSqlConversionFailure(
+                            11,
+                            rusqlite::types::Type::Text,
+                            Box::new(e),
+                        ))
+                    })?,
             };
             loader.add(&index, fields)?;
         }

@@ -298,6 +298,23 @@ impl<S: Send + Sync> FromRequestParts<S> for KeyPath {
     }
 }
 
+/// The `{owner}` of an owner route: 1-128 characters, no control character
+/// (422 naming `owner` otherwise, before any store sees it).
+pub struct OwnerPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for OwnerPath {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let axum::extract::Path(owner) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| Error::validation("owner", "must be 1-128 characters of UTF-8"))?;
+        keyledger_domain::limits::owner(&owner)?;
+        Ok(OwnerPath(owner))
+    }
+}
+
 /// Refuses control characters in a query's names and values (percent-encoded
 /// NUL, CR, escapes): filters are compared with stored text, and PostgreSQL
 /// cannot even take NUL as a parameter.

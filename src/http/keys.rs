@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use keyledger_domain::events::present;
-use keyledger_domain::{Environment, UpdateKey};
+use keyledger_domain::{Credits, Environment, UpdateKey};
 use keyledger_projections::key_list::{KeyRow, KeyStatus, ListFilter};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -17,6 +17,7 @@ use crate::http::error::ErrorBody;
 use crate::http::extract::{
     ApiJson, ApiQuery, IdempotencyKey, JsonBytes, KeyPath, OptionalJson, OptionalJsonBytes,
 };
+use crate::http::limit_views::{self as limits, CreditsBody, CreditsView, RateLimitBody};
 use crate::http::management::Management;
 use crate::http::state::AppState;
 use crate::idempotency::{request_hash, Claim, Idempotency, Settled};
@@ -51,6 +52,13 @@ pub struct KeyView {
     /// The key that replaced this one (rotation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotated_to: Option<String>,
+    /// The customer's own id for whoever holds the key; keys with the same
+    /// owner share the owner's rate limits.
+    pub owner: Option<String>,
+    pub ratelimits: Vec<RateLimitBody>,
+    /// The balance as of the last usage flush of every node; null when the
+    /// key has no credit limit.
+    pub credits: Option<CreditsView>,
 }
 
 impl KeyView {
@@ -73,6 +81,13 @@ impl KeyView {
             metadata: row.metadata,
             rotated_from: row.rotated_from,
             rotated_to: row.rotated_to,
+            owner: row.owner,
+            ratelimits: row
+                .ratelimits
+                .into_iter()
+                .map(RateLimitBody::from)
+                .collect(),
+            credits: row.credits.as_ref().and_then(CreditsView::of),
         }
     }
 }
@@ -106,6 +121,13 @@ pub struct CreateKeyRequest {
     /// A JSON object of at most 4 KiB.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+    /// The customer's own id for whoever holds the key (1-128 characters).
+    #[schema(min_length = 1, max_length = 128)]
+    pub owner: Option<String>,
+    /// At most 5, names unique.
+    #[schema(max_items = 5)]
+    pub ratelimits: Option<Vec<RateLimitBody>>,
+    pub credits: Option<CreditsBody>,
 }
 
 /// A permission: 1-64 characters of `[a-z0-9:._*-]`.
@@ -132,6 +154,18 @@ pub struct UpdateKeyRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Option<Value>>,
+    /// `null` clears it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 128)]
+    pub owner: Option<Option<String>>,
+    /// Replaces the key's rate limits (`[]` removes them).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Vec<RateLimitBody>, required = false, max_items = 5)]
+    pub ratelimits: Option<Option<Vec<RateLimitBody>>>,
+    /// Sets the balance and refill; `null` removes the credit limit.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<CreditsBody>)]
+    pub credits: Option<Option<CreditsBody>>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -216,6 +250,9 @@ pub async fn create(
         permissions: body.permissions.unwrap_or_default(),
         expires_at: body.expires_at,
         metadata: body.metadata,
+        owner: body.owner,
+        ratelimits: limits::ratelimits(body.ratelimits.unwrap_or_default())?,
+        credits: body.credits.map(Credits::try_from).transpose()?,
     };
     let service = state.service.clone();
     let run_actor = actor.clone();
@@ -494,8 +531,20 @@ pub async fn update(
             .transpose()?,
         expires_at: body.expires_at,
         metadata: body.metadata,
+        owner: body.owner,
+        ratelimits: body
+            .ratelimits
+            .map(|r| {
+                r.ok_or_else(|| Error::validation("ratelimits", "cannot be null; use []"))
+                    .and_then(limits::ratelimits)
+            })
+            .transpose()?,
     };
-    let row = state.service.update(&actor, &id, update).await?;
+    let credits = body
+        .credits
+        .map(|c| c.map(Credits::try_from).transpose())
+        .transpose()?;
+    let row = state.service.update(&actor, &id, update, credits).await?;
     Ok(Json(KeyView::from_row(row, state.service.clock().now())))
 }
 

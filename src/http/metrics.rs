@@ -240,9 +240,12 @@ fn loggable_path(route: &'static str, path: &str) -> Cow<'static, str> {
 
 /// The literal path segments of the routes of `router.rs`, kept in paths of
 /// unmatched requests (a test checks them against the OpenAPI document).
-const ROUTE_WORDS: [&str; 16] = [
+const ROUTE_WORDS: [&str; 19] = [
     "v1",
     "keys",
+    "credits",
+    "owners",
+    "ratelimits",
     "verify",
     "auth",
     "deactivate",

@@ -9,6 +9,7 @@ pub mod extract;
 pub mod health;
 pub mod keys;
 pub mod limit;
+pub mod limit_views;
 pub mod management;
 pub mod metrics;
 pub mod openapi;
@@ -16,6 +17,7 @@ pub mod proxy_auth;
 pub mod router;
 pub mod serve;
 pub mod state;
+pub mod usage_limits;
 pub mod verify;
 
 pub use state::{AppState, SharedState};

@@ -5,14 +5,15 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::Required;
 use utoipa::{Modify, OpenApi};
 
-use crate::http::{audit, error, health, keys, metrics, proxy_auth, verify};
+use crate::http::{audit, error, health, keys, metrics, proxy_auth, usage_limits, verify};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "keyledger", description = "Event-sourced API-key lifecycle service"),
     paths(
         keys::create, keys::list, keys::get, keys::update, keys::deactivate,
-        keys::reactivate, keys::delete, keys::rotate, verify::verify, proxy_auth::auth, audit::list, audit::key_events,
+        keys::reactivate, keys::delete, keys::rotate, usage_limits::credits, usage_limits::set_owner_limits, usage_limits::owner,
+        verify::verify, proxy_auth::auth, audit::list, audit::key_events,
         health::live, health::ready, metrics::render, document
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),

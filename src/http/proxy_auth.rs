@@ -6,7 +6,8 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use keyledger_projections::{KeyIdText, VerificationCode, VerifyRequest};
+use keyledger_projections::verification::limits::WindowReport;
+use keyledger_projections::{KeyIdText, LimitReport, VerificationCode, VerifyRequest};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use serde_json::json;
 
@@ -20,6 +21,9 @@ static X_KEY_ID: HeaderName = HeaderName::from_static("x-key-id");
 static X_KEY_TENANT: HeaderName = HeaderName::from_static("x-key-tenant");
 static X_KEY_PERMISSIONS: HeaderName = HeaderName::from_static("x-key-permissions");
 static X_KEY_CODE: HeaderName = HeaderName::from_static("x-key-code");
+static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 /// The presented key: `X-Api-Key`, else `Authorization: Bearer`.
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
@@ -72,7 +76,8 @@ fn identity_value(s: &str) -> HeaderValue {
         (status = 204, description = "valid; X-Key-Id, X-Key-Tenant and X-Key-Permissions set"),
         (status = 401, body = ErrorBody, description = "missing, unknown, disabled or expired key"),
         (status = 403, body = ErrorBody, description = "a required permission is missing"),
-        (status = 429, body = ErrorBody, description = "an unknown key from an address that sent too many unknown keys this minute"),
+        (status = 429, body = ErrorBody, description = "rate limited or out of credits (X-Key-Code RATE_LIMITED or USAGE_EXCEEDED, with Retry-After and RateLimit-* headers), or an unknown key from an address that sent too many unknown keys this minute"),
+        (status = 503, body = ErrorBody, description = "a limited key's share is used up and the store cannot be reached"),
     ))]
 pub async fn auth(
     State(state): State<AppState>,
@@ -103,9 +108,10 @@ pub async fn auth(
         key,
         environment: None,
         permissions: &required,
+        cost: 1,
     };
     // The identity headers of a valid key, read while the index holds it.
-    let (verdict, identity) = state.service.verify(request, at, |answer| {
+    let verified = state.service.verify(request, at, |answer| {
         let identity = match (answer.code, answer.key) {
             (VerificationCode::Valid, Some(k)) => Some([
                 identity_value(k.key_id(&mut KeyIdText::default())),
@@ -114,8 +120,18 @@ pub async fn auth(
             ]),
             _ => None,
         };
-        (answer.code, identity)
+        (
+            answer.code,
+            identity,
+            answer.limits.and_then(LimitReport::tightest).cloned(),
+        )
     });
+    let (verdict, identity, tightest) = match verified.await {
+        Ok(v) => v,
+        // The store is needed (a limited key's share is used up) and away:
+        // fail closed, as the error it is (503).
+        Err(e) => return e.into_response(),
+    };
     // Only a malformed or unknown key is a guess, counted and, once its address
     // used up its guesses, refused; a key that exists always gets its answer.
     if verdict == VerificationCode::NotFound
@@ -125,7 +141,7 @@ pub async fn auth(
     }
     let code = verdict.as_str();
     crate::metrics::verification(verdict);
-    match (verdict, identity) {
+    let mut response = match (verdict, identity) {
         (_, Some([id, tenant, permissions])) => {
             let mut response = StatusCode::NO_CONTENT.into_response();
             let h = response.headers_mut();
@@ -134,6 +150,18 @@ pub async fn auth(
             h.insert(X_KEY_PERMISSIONS.clone(), permissions);
             response
         }
+        (VerificationCode::RateLimited, _) => refusal(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            code,
+            "the key's rate limit is reached; retry after the window",
+        ),
+        (VerificationCode::UsageExceeded, _) => refusal(
+            StatusCode::TOO_MANY_REQUESTS,
+            "usage_exceeded",
+            code,
+            "the key has no credits left",
+        ),
         (VerificationCode::InsufficientPermissions, _) => refusal(
             StatusCode::FORBIDDEN,
             "insufficient_permissions",
@@ -146,6 +174,22 @@ pub async fn auth(
             code,
             "the API key is not valid",
         ),
+    };
+    if let Some(w) = tightest {
+        rate_limit_headers(response.headers_mut(), &w, verdict, at.timestamp_millis());
+    }
+    response
+}
+
+/// `RateLimit-Limit`, `-Remaining` and `-Reset` (seconds until the window
+/// ends) of the tightest limit, and `Retry-After` when it refused.
+fn rate_limit_headers(h: &mut HeaderMap, w: &WindowReport, verdict: VerificationCode, now_ms: i64) {
+    let reset_s = (w.reset_ms.saturating_sub(now_ms).max(0) as u64).div_ceil(1000);
+    h.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(w.limit));
+    h.insert(RATELIMIT_REMAINING.clone(), HeaderValue::from(w.remaining));
+    h.insert(RATELIMIT_RESET.clone(), HeaderValue::from(reset_s));
+    if verdict == VerificationCode::RateLimited {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(reset_s.max(1)));
     }
 }
 

@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -12,7 +12,8 @@ use tower_http::request_id::{
 
 use crate::error::Error;
 use crate::http::{
-    audit, console, health, keys, metrics, openapi, proxy_auth, state::AppState, verify,
+    audit, console, health, keys, metrics, openapi, proxy_auth, state::AppState, usage_limits,
+    verify,
 };
 
 /// The whole HTTP service: request ids around the router.
@@ -43,6 +44,12 @@ fn router(state: AppState) -> Router {
         .route("/v1/keys/{id}/deactivate", post(keys::deactivate))
         .route("/v1/keys/{id}/reactivate", post(keys::reactivate))
         .route("/v1/keys/{id}/rotate", post(keys::rotate))
+        .route("/v1/keys/{id}/credits", post(usage_limits::credits))
+        .route("/v1/owners/{owner}", get(usage_limits::owner))
+        .route(
+            "/v1/owners/{owner}/ratelimits",
+            put(usage_limits::set_owner_limits),
+        )
         .route("/v1/keys/{id}/events", get(audit::key_events))
         .route("/v1/audit", get(audit::list))
         .route("/healthz", get(health::live))

@@ -4,8 +4,9 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use keyledger_domain::limits::MAX_COST;
 use keyledger_domain::Environment;
-use keyledger_projections::{KeyIdText, VerificationCode, VerifyRequest};
+use keyledger_projections::{KeyIdText, LimitReport, VerificationCode, VerifyRequest};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -24,6 +25,10 @@ pub struct VerifyBody {
     pub environment: Option<String>,
     /// Permissions that must all be granted.
     pub permissions: Option<Vec<String>>,
+    /// Credits a `VALID` answer spends: 0-1000, default 1 (0 checks that
+    /// credits are left without spending).
+    #[schema(minimum = 0, maximum = 1000)]
+    pub cost: Option<u64>,
 }
 
 /// The verification answer. Key fields are present when the key exists. Its
@@ -32,7 +37,8 @@ pub struct VerifyBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct VerificationView<'a> {
     pub valid: bool,
-    /// `VALID`, `NOT_FOUND`, `DISABLED`, `EXPIRED`, `WRONG_ENVIRONMENT`, `INSUFFICIENT_PERMISSIONS`.
+    /// `VALID`, `NOT_FOUND`, `DISABLED`, `EXPIRED`, `WRONG_ENVIRONMENT`,
+    /// `INSUFFICIENT_PERMISSIONS`, `RATE_LIMITED`, `USAGE_EXCEEDED`.
     pub code: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_id: Option<&'a str>,
@@ -48,6 +54,49 @@ pub struct VerificationView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<DateTime<Utc>>)]
     pub expires_at: Option<Option<DateTime<Utc>>>,
+    /// For a key with rate limits (its own and its owner's) that got as far
+    /// as them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<RateLimitState>>)]
+    pub ratelimits: Option<Vec<RateLimitState>>,
+    /// For a key with credits that got as far as them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credits: Option<CreditsLeft>,
+}
+
+/// A rate limit in a verification answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RateLimitState {
+    pub name: String,
+    pub limit: u64,
+    /// What is left of the current window as far as the answering node
+    /// knows (its own share, and what no node had taken at its last
+    /// reservation).
+    pub remaining: u64,
+    /// When the window ends.
+    pub reset_at: DateTime<Utc>,
+}
+
+/// Credits in a verification answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreditsLeft {
+    /// Left after this verification, as far as the answering node knows.
+    pub remaining: u64,
+}
+
+impl RateLimitState {
+    pub fn from_report(report: &LimitReport) -> Vec<Self> {
+        report
+            .ratelimits
+            .iter()
+            .map(|w| Self {
+                name: w.name.clone(),
+                limit: w.limit,
+                remaining: w.remaining,
+                reset_at: DateTime::from_timestamp_millis(w.reset_ms).unwrap_or_default(),
+            })
+            .collect()
+    }
 }
 
 impl VerificationView<'_> {
@@ -88,6 +137,15 @@ impl VerificationView<'_> {
         if let Some(expires_at) = self.expires_at {
             field(out, "expires_at");
             serde_json::to_writer(&mut *out, &expires_at)?;
+        }
+        // Only limited keys have these: serde_json writes them.
+        if let Some(r) = &self.ratelimits {
+            field(out, "ratelimits");
+            serde_json::to_writer(&mut *out, r)?;
+        }
+        if let Some(c) = &self.credits {
+            field(out, "credits");
+            serde_json::to_writer(&mut *out, c)?;
         }
         out.push(b'}');
         Ok(())
@@ -131,28 +189,44 @@ pub async fn verify(
         .map(str::parse::<Environment>)
         .transpose()?;
     let permissions = body.permissions.unwrap_or_default();
+    let cost = body.cost.unwrap_or(1);
+    if cost > MAX_COST {
+        return Err(Error::validation("cost", format!("must be 0-{MAX_COST}")));
+    }
     let request = VerifyRequest {
         key: &body.key,
         environment,
         permissions: &permissions,
+        cost,
     };
-    let (code, body) = state.service.verify(request, at, |answer| {
-        let key = answer.key.as_ref();
-        let mut id_text = KeyIdText::default();
-        let view = VerificationView {
-            valid: answer.valid(),
-            code: answer.code.as_str(),
-            key_id: key.map(|k| k.key_id(&mut id_text)),
-            tenant: key.map(|k| k.tenant()),
-            name: key.map(|k| k.name()),
-            environment: key.map(|k| k.environment().as_str()),
-            permissions: key.map(|k| k.permissions().as_slice()),
-            expires_at: key.map(|k| k.expires_at()),
-        };
-        // Sized for a full answer, so the buffer never grows while writing.
-        let mut body = Vec::with_capacity(512);
-        (answer.code, view.write_json(&mut body).map(|()| body))
-    });
+    let (code, body) = state
+        .service
+        .verify(request, at, |answer| {
+            let key = answer.key.as_ref();
+            let mut id_text = KeyIdText::default();
+            let view = VerificationView {
+                valid: answer.valid(),
+                code: answer.code.as_str(),
+                key_id: key.map(|k| k.key_id(&mut id_text)),
+                tenant: key.map(|k| k.tenant()),
+                name: key.map(|k| k.name()),
+                environment: key.map(|k| k.environment().as_str()),
+                permissions: key.map(|k| k.permissions().as_slice()),
+                expires_at: key.map(|k| k.expires_at()),
+                ratelimits: answer
+                    .limits
+                    .filter(|r| !r.ratelimits.is_empty())
+                    .map(RateLimitState::from_report),
+                credits: answer
+                    .limits
+                    .and_then(|r| r.credits)
+                    .map(|remaining| CreditsLeft { remaining }),
+            };
+            // Sized for a full answer, so the buffer never grows while writing.
+            let mut body = Vec::with_capacity(512);
+            (answer.code, view.write_json(&mut body).map(|()| body))
+        })
+        .await?;
     // Only a malformed or unknown key is a guess, counted and, once its address
     // used up its guesses, refused; a key that exists always gets its answer.
     if code == VerificationCode::NotFound
@@ -195,6 +269,8 @@ mod tests {
                 environment: None,
                 permissions: None,
                 expires_at: None,
+                ratelimits: None,
+                credits: None,
             },
             VerificationView {
                 valid: true,
@@ -205,6 +281,13 @@ mod tests {
                 environment: Some("live"),
                 permissions: Some(&permissions),
                 expires_at: Some(None),
+                ratelimits: Some(vec![RateLimitState {
+                    name: "per-second".into(),
+                    limit: 10,
+                    remaining: 3,
+                    reset_at: expires,
+                }]),
+                credits: Some(CreditsLeft { remaining: 42 }),
             },
             VerificationView {
                 valid: false,
@@ -215,6 +298,8 @@ mod tests {
                 environment: Some("test"),
                 permissions: Some(&[]),
                 expires_at: Some(Some(expires)),
+                ratelimits: None,
+                credits: None,
             },
         ];
         for view in &views {

@@ -9,12 +9,13 @@ use async_trait::async_trait;
 use cqrs_es::persist::{EventStoreAggregateContext, SerializedEvent};
 use cqrs_es::Aggregate;
 use cqrs_es::AggregateError;
-use keyledger_domain::{ApiKey, ApiKeyEvent, DomainError, KeyId, KeyUsage, RawEvent};
+use keyledger_domain::{ApiKey, ApiKeyEvent, DomainError, KeyId, KeyUsage, OwnerLimits, RawEvent};
 use keyledger_sql::{InlineProjection, SqlPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 use crate::store::claims::ClaimTable;
+use crate::store::windows::WindowTable;
 
 /// Metadata recorded with every event of a command.
 pub type EventMetadata = std::collections::HashMap<String, String>;
@@ -24,13 +25,17 @@ pub(crate) fn sequence_i64(sequence: usize) -> Result<i64, Error> {
     i64::try_from(sequence).map_err(|e| Error::internal_from("a sequence beyond i64", e))
 }
 
-/// Which of a key's two streams events belong to.
+/// Which stream events belong to: a key's two, or an owner's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
     /// The key's lifecycle (`ApiKey`).
     Key,
-    /// The key's usage (`KeyUsage`), appended without loading its history.
+    /// The key's usage and credit ledger (`KeyUsage`), appended without
+    /// loading its history.
     Usage,
+    /// An owner's shared limits (`OwnerLimits`; the id is the owner's
+    /// stream id).
+    Owner,
 }
 
 impl Stream {
@@ -39,6 +44,7 @@ impl Stream {
         match self {
             Self::Key => ApiKey::TYPE,
             Self::Usage => KeyUsage::TYPE,
+            Self::Owner => OwnerLimits::TYPE,
         }
     }
 }
@@ -203,6 +209,9 @@ pub trait Backend: Send + Sync {
 
     /// The idempotency claims, in that database.
     fn claims(&self) -> Arc<dyn ClaimTable>;
+
+    /// The rate-limit windows, in that database.
+    fn windows(&self) -> Arc<dyn WindowTable>;
 
     /// Closes the connections, waiting for those in use.
     async fn close(&self);

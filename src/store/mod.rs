@@ -15,10 +15,12 @@ mod errors;
 pub mod feed;
 #[cfg(feature = "kurrentdb")]
 pub mod kurrent;
+pub mod ledger;
 mod numbered_append;
 pub mod postgres;
 mod readable;
 pub mod sqlite;
+pub mod windows;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -47,7 +49,7 @@ use errors::map_aggregate_error;
 
 /// How often a command is retried when another command on the same key committed
 /// first. Each retry reloads the key, so the rules see the winner's events.
-const CONFLICT_RETRIES: usize = 8;
+pub(crate) const CONFLICT_RETRIES: usize = 8;
 
 /// The event store of a node, over one backend.
 pub struct EventStore {
@@ -169,7 +171,7 @@ impl EventStore {
 
     /// Numbers what was just committed; a failure is logged, not returned,
     /// because the events are durable and every node's poll numbers them.
-    async fn sequence_after_commit(&self) {
+    pub(crate) async fn sequence_after_commit(&self) {
         if let Err(e) = self.backend.sequence_pending().await {
             tracing::warn!(error = %e, "committed, but numbering failed; the next poll numbers it");
         }
@@ -332,75 +334,62 @@ impl EventStore {
     /// transaction (a flush at a million used keys cannot afford one each). On
     /// a conflict (another node flushed one of the keys meanwhile) nothing is
     /// written and `Error::Conflict` comes back: the caller goes key by key.
-    pub async fn record_usage_batch(
-        &self,
-        items: &[(KeyId, KeyUsageEvent, EventMetadata)],
-    ) -> Result<(), Error> {
+    pub async fn record_usage_batch(&self, items: &[UsageFlush]) -> Result<(), Error> {
         if !self.backend.appends_streams_together() {
             // Each key's event on its own (a failure part-way must not make
             // the caller append the written ones again).
-            for (id, event, metadata) in items {
-                self.record_usage(id, event.clone(), metadata.clone())
-                    .await?;
+            for item in items {
+                self.record_usage(item).await?;
             }
             return Ok(());
         }
-        let ids: Vec<&KeyId> = items.iter().map(|(id, _, _)| id).collect();
+        let ids: Vec<&KeyId> = items.iter().map(|i| &i.key_id).collect();
         let newest = self.backend.newest_events(Stream::Usage, &ids).await?;
-        let mut last: HashMap<&str, (usize, String)> = HashMap::with_capacity(newest.len());
+        let mut last: HashMap<&str, &RawEvent> = HashMap::with_capacity(newest.len());
         for e in &newest {
-            let seq = usize::try_from(e.sequence).map_err(|err| {
-                Error::internal_from(
-                    format!("usage event {}#{}", e.aggregate_id, e.sequence),
-                    err,
-                )
-            })?;
-            last.insert(e.aggregate_id.as_str(), (seq, e.chain_hash()));
+            last.insert(e.aggregate_id.as_str(), e);
         }
         let mut serialized = Vec::with_capacity(items.len());
-        for (id, event, metadata) in items {
-            let (seq, prev) = last
-                .get(id.as_str())
-                .cloned()
-                .unwrap_or_else(|| (0, GENESIS.to_string()));
-            let mut metadata = metadata.clone();
+        for item in items {
+            let (seq, prev, before) = match last.get(item.key_id.as_str()) {
+                Some(e) => {
+                    let seq = usize::try_from(e.sequence).map_err(|err| {
+                        Error::internal_from(
+                            format!("usage event {}#{}", e.aggregate_id, e.sequence),
+                            err,
+                        )
+                    })?;
+                    (seq, e.chain_hash(), ledger::ledger_of(e)?)
+                }
+                None => (0, GENESIS.to_string(), None),
+            };
+            let event = item.event(before.or_else(|| item.opening.clone()).as_ref())?;
+            let mut metadata = item.metadata.clone();
             metadata.insert(PREV_HASH.to_string(), prev);
-            serialized.push(serialize(KeyUsage::TYPE, id, seq + 1, event, &metadata)?);
+            serialized.push(serialize(
+                KeyUsage::TYPE,
+                &item.key_id,
+                seq + 1,
+                &event,
+                &metadata,
+            )?);
         }
         self.backend.append(Stream::Usage, &serialized).await?;
         self.sequence_after_commit().await;
         Ok(())
     }
 
-    /// Appends one usage event to the key's usage stream (never loads its history).
-    pub async fn record_usage(
-        &self,
-        key_id: &KeyId,
-        event: KeyUsageEvent,
-        metadata: EventMetadata,
-    ) -> Result<(), Error> {
-        for attempt in 0..CONFLICT_RETRIES {
-            match self.append_usage(key_id, &event, metadata.clone()).await {
-                Err(Error::Conflict) => backoff(attempt).await,
-                other => return other,
-            }
-        }
-        Err(Error::Conflict)
-    }
-
-    async fn append_usage(
-        &self,
-        key_id: &KeyId,
-        event: &KeyUsageEvent,
-        mut metadata: EventMetadata,
-    ) -> Result<(), Error> {
-        let last = self.backend.last_sequence(Stream::Usage, key_id).await?;
-        let prev = self.hash_at(Stream::Usage, key_id, last).await?;
-        metadata.insert(PREV_HASH.to_string(), prev);
-        let serialized = serialize(KeyUsage::TYPE, key_id, last + 1, event, &metadata)?;
-        self.backend.append(Stream::Usage, &[serialized]).await?;
-        self.sequence_after_commit().await;
-        Ok(())
+    /// Appends one key's flush to its usage stream (never loads its
+    /// history), retried when another node flushed it meanwhile.
+    pub async fn record_usage(&self, item: &UsageFlush) -> Result<(), Error> {
+        self.append_ledger(
+            &item.key_id,
+            item.opening.as_ref(),
+            &item.metadata,
+            |before| Ok(vec![item.event(before)?]),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Appends events already numbered and chained, the fastest way the
@@ -438,6 +427,39 @@ impl EventStore {
     /// The idempotency claims.
     pub fn claims(&self) -> Arc<dyn ClaimTable> {
         self.backend.claims()
+    }
+
+    /// The rate-limit windows.
+    pub fn windows(&self) -> Arc<dyn windows::WindowTable> {
+        self.backend.windows()
+    }
+}
+
+/// One key's uses (and credit report) for a usage flush.
+#[derive(Debug, Clone)]
+pub struct UsageFlush {
+    pub key_id: KeyId,
+    pub tenant: String,
+    pub count: u64,
+    pub last_used_at: chrono::DateTime<chrono::Utc>,
+    pub spent: u64,
+    pub settled: Option<keyledger_domain::Settlement>,
+    /// The ledger the key's create opened, for a stream that has none yet.
+    pub opening: Option<keyledger_domain::Ledger>,
+    pub metadata: EventMetadata,
+}
+
+impl UsageFlush {
+    /// Its event, applied to the ledger as it stands.
+    fn event(&self, before: Option<&keyledger_domain::Ledger>) -> Result<KeyUsageEvent, Error> {
+        Ok(KeyUsage::flush(
+            self.tenant.clone(),
+            self.count,
+            self.last_used_at,
+            self.spent,
+            self.settled.clone(),
+            before,
+        )?)
     }
 }
 
@@ -497,14 +519,14 @@ async fn first_event(item: &NewKeyCommand) -> Result<(SerializedEvent, ApiKeyEve
     Ok((stored, event))
 }
 
-async fn backoff(attempt: usize) {
+pub(crate) async fn backoff(attempt: usize) {
     let max_ms = 2u64 << attempt.min(6);
     let ms = rand::rng().random_range(0..=max_ms);
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
 /// Builds the stored form of an event, as cqrs-es's `commit` does.
-fn serialize<E: DomainEvent>(
+pub(crate) fn serialize<E: DomainEvent>(
     aggregate_type: &str,
     key_id: &str,
     sequence: usize,
@@ -586,6 +608,9 @@ mod tests {
                     expires_at: None,
                     metadata: Some(serde_json::json!({"team": "payments"})),
                     rotated_from: None,
+                    owner: None,
+                    ratelimits: Vec::new(),
+                    credits: None,
                 }),
             },
             metadata: EventMetadata::from([

@@ -12,7 +12,7 @@ use cqrs_es::persist::{
     EventStoreAggregateContext, PersistedEventRepository, PersistedEventStore, SerializedEvent,
 };
 use cqrs_es::{AggregateError, EventStore as _};
-use keyledger_domain::{ApiKey, ApiKeyEvent, DomainError, KeyId, KeyUsage, RawEvent};
+use keyledger_domain::{ApiKey, ApiKeyEvent, DomainError, KeyId, KeyUsage, OwnerLimits, RawEvent};
 use keyledger_sql::{InlineProjection, SqlPool};
 use postgres_es::PostgresEventRepository;
 use sqlx::pool::PoolConnection;
@@ -29,6 +29,7 @@ use crate::store::errors::persistence_error;
 use crate::store::feed::{store_error, SqlEvents};
 use crate::store::numbered_append::Statement;
 use crate::store::readable::Readable;
+use crate::store::windows::{SqlWindows, WindowTable};
 
 /// Migrations of the PostgreSQL store, embedded in the binary. Run them with
 /// [`migrate`], never directly: it repairs what older releases recorded first.
@@ -285,6 +286,7 @@ impl Backend for PostgresStore {
         match stream {
             Stream::Key => repository.persist::<ApiKey>(events, None).await,
             Stream::Usage => repository.persist::<KeyUsage>(events, None).await,
+            Stream::Owner => repository.persist::<OwnerLimits>(events, None).await,
         }
         .map_err(persistence_error)
     }
@@ -365,6 +367,10 @@ impl Backend for PostgresStore {
 
     fn claims(&self) -> Arc<dyn ClaimTable> {
         Arc::new(SqlClaims::new(self.pool.clone()))
+    }
+
+    fn windows(&self) -> Arc<dyn WindowTable> {
+        Arc::new(SqlWindows::new(self.pool.clone()))
     }
 
     /// Closes the pool, the writer's connection first: the pool waits for

@@ -11,7 +11,7 @@ use cqrs_es::persist::{
     EventStoreAggregateContext, PersistedEventRepository, PersistedEventStore, SerializedEvent,
 };
 use cqrs_es::{AggregateError, EventStore as _};
-use keyledger_domain::{ApiKey, ApiKeyEvent, DomainError, KeyId, KeyUsage, RawEvent};
+use keyledger_domain::{ApiKey, ApiKeyEvent, DomainError, KeyId, KeyUsage, OwnerLimits, RawEvent};
 use keyledger_sql::SqlPool;
 use sqlite_es::SqliteEventRepository;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -24,6 +24,7 @@ use crate::store::claims::{ClaimTable, SqlClaims};
 use crate::store::errors::persistence_error;
 use crate::store::feed::{store_error, SqlEvents};
 use crate::store::readable::Readable;
+use crate::store::windows::{SqlWindows, WindowTable};
 
 /// Migrations of the embedded store, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -98,6 +99,7 @@ impl Backend for SqliteStore {
         match stream {
             Stream::Key => repository.persist::<ApiKey>(events, None).await,
             Stream::Usage => repository.persist::<KeyUsage>(events, None).await,
+            Stream::Owner => repository.persist::<OwnerLimits>(events, None).await,
         }
         .map_err(persistence_error)
     }
@@ -141,6 +143,10 @@ impl Backend for SqliteStore {
 
     fn claims(&self) -> Arc<dyn ClaimTable> {
         Arc::new(SqlClaims::new(self.pool.clone()))
+    }
+
+    fn windows(&self) -> Arc<dyn WindowTable> {
+        Arc::new(SqlWindows::new(self.pool.clone()))
     }
 
     async fn close(&self) {

@@ -86,7 +86,7 @@ async fn a_history_longer_than_ten_thousand_events_is_whole_when_next_cursor_is_
     let events = keyledger::app::open_store(&store.config())
         .await
         .expect("open store");
-    let seeded = keyledger_bench::seed::seed(&events, TENANT, 1, 10_001, None)
+    let seeded = keyledger_bench::seed::seed(&events, TENANT, 1, 10_001, false, None)
         .await
         .expect("seed");
     assert_eq!(seeded.events, 10_001);

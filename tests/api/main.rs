@@ -15,6 +15,7 @@ mod hostile_text;
 mod idempotency;
 mod idp;
 mod lifecycle;
+mod limits;
 mod openapi;
 mod poison;
 mod proxy_auth;

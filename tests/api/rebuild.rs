@@ -254,6 +254,7 @@ mod seeded {
             crate::helpers::TENANT,
             50,
             200,
+            false,
             Some(&mut raw_keys),
         )
         .await

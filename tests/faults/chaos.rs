@@ -18,12 +18,12 @@ use crate::helpers::{token, Backend, TestStore, SECRET};
 const KILLS: usize = 20;
 const CLIENTS: usize = 4;
 
-struct Node {
-    child: Child,
-    address: String,
+pub struct Node {
+    pub child: Child,
+    pub address: String,
 }
 
-fn spawn_node(store: &TestStore) -> Node {
+pub fn spawn_node(store: &TestStore) -> Node {
     let mut command = Command::new(env!("CARGO_BIN_EXE_keyledger"));
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])

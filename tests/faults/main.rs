@@ -4,6 +4,7 @@ mod chaos;
 #[path = "../api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+mod limits;
 mod proxy;
 
 use std::time::{Duration, Instant};
@@ -94,6 +95,15 @@ async fn a_postgres_outage_keeps_verification_answering_and_heals_by_itself() {
     app.stop().await;
 }
 
-crate::backend_tests!(nothing_acknowledged_is_lost_across_kill_9);
+crate::backend_tests!(
+    nothing_acknowledged_is_lost_across_kill_9,
+    limits_hold_across_kill_9
+);
 
 use chaos::nothing_acknowledged_is_lost_across_kill_9;
+use limits::limits_hold_across_kill_9;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_store_away_credits_fail_closed_and_rate_limits_keep_their_share() {
+    limits::with_the_store_away_credits_fail_closed_and_rate_limits_keep_their_share().await;
+}

@@ -76,6 +76,9 @@ async fn an_append_that_commits_late_reaches_every_projection() {
         created_by: "held-writer".into(),
         created_at: Utc::now(),
         rotated_from: None,
+        owner: None,
+        ratelimits: Vec::new(),
+        credits: None,
     });
     let metadata = json!({"tenant": helpers::TENANT, "actor": "held-writer", "occurred_at": Utc::now().to_rfc3339()});
     let mut held = sqlx::PgConnection::connect(&url).await.expect("connect");
@@ -580,6 +583,9 @@ async fn a_failed_group_commit_gives_each_create_its_own_outcome() {
                             expires_at: None,
                             metadata: None,
                             rotated_from: None,
+                            owner: None,
+                            ratelimits: Vec::new(),
+                            credits: None,
                         },
                     ),
                 },

@@ -21,25 +21,48 @@
 
 mod id_table;
 mod key_id;
+pub mod limits;
 mod slots;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use chrono::{DateTime, Utc};
 use compact_str::CompactString;
 use keyledger_domain::key::{display_body_of_key, display_body_of_prefix};
-use keyledger_domain::{ApiKeyEvent, Environment, KeyHash, KeyUsageEvent, ParsedKey, Permissions};
+use keyledger_domain::{
+    ApiKeyEvent, Environment, KeyHash, KeyUsageEvent, Ledger, OwnerEvent, ParsedKey, Permissions,
+    RateLimit,
+};
 use serde::Serialize;
 
 use crate::event::{KeyledgerEvent, RecordedEvent};
 use id_table::IdTable;
 pub use key_id::{KeyId, KeyIdText};
+use limits::{Checked, LimitReport, LimitedKey, Need, Owners};
 use slots::{
-    home_of, Slot, SlotData, SlotTable, ACTIVE, DELETED, EXPIRES, LIVE, LONG_NAME, TEST_ENV,
-    TEXT_ID,
+    home_of, Slot, SlotData, SlotTable, ACTIVE, DELETED, EXPIRES, LIMITED, LIVE, LONG_NAME,
+    TEST_ENV, TEXT_ID,
 };
+
+/// A key's usage-limit settings as they enter the index.
+#[derive(Debug, Clone, Default)]
+pub struct LimitSpec {
+    pub owner: Option<String>,
+    pub ratelimits: Vec<RateLimit>,
+    /// Its credit ledger as last seen (the create's opening balance before
+    /// any ledger event).
+    pub ledger: Option<Ledger>,
+}
+
+impl LimitSpec {
+    fn is_limited(&self) -> bool {
+        self.owner.is_some()
+            || !self.ratelimits.is_empty()
+            || self.ledger.as_ref().is_some_and(|l| l.limited)
+    }
+}
 
 /// A key as it goes into the index (from the key list at start, or from events).
 #[derive(Debug, Clone)]
@@ -53,9 +76,16 @@ pub struct IndexedKey {
     expires_at: Option<DateTime<Utc>>,
     environment: Environment,
     active: bool,
+    limits: Option<Box<LimitSpec>>,
 }
 
 impl IndexedKey {
+    /// The key with usage limits.
+    pub fn with_limits(mut self, spec: LimitSpec) -> Self {
+        self.limits = spec.is_limited().then(|| Box::new(spec));
+        self
+    }
+
     /// `display_prefix` is the key's stored display prefix (`kl_live_AbCd1234`).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -101,6 +131,7 @@ impl IndexedKey {
             expires_at,
             environment,
             active,
+            limits: None,
         }
     }
 }
@@ -169,6 +200,8 @@ pub enum VerificationCode {
     Expired,
     WrongEnvironment,
     InsufficientPermissions,
+    RateLimited,
+    UsageExceeded,
 }
 
 impl VerificationCode {
@@ -181,6 +214,8 @@ impl VerificationCode {
             Self::Expired => "EXPIRED",
             Self::WrongEnvironment => "WRONG_ENVIRONMENT",
             Self::InsufficientPermissions => "INSUFFICIENT_PERMISSIONS",
+            Self::RateLimited => "RATE_LIMITED",
+            Self::UsageExceeded => "USAGE_EXCEEDED",
         }
     }
 }
@@ -192,6 +227,8 @@ pub struct VerifyRequest<'a> {
     pub key: &'a str,
     pub environment: Option<Environment>,
     pub permissions: &'a [String],
+    /// Credits a `VALID` answer spends (0 checks without spending).
+    pub cost: u64,
 }
 
 /// A verification answer; `key` is set when the key exists.
@@ -199,6 +236,8 @@ pub struct VerifyRequest<'a> {
 pub struct Verification<'a> {
     pub code: VerificationCode,
     pub key: Option<VerifiedKey<'a>>,
+    /// For a key with usage limits that got as far as them.
+    pub limits: Option<&'a LimitReport>,
 }
 
 impl Verification<'_> {
@@ -365,6 +404,7 @@ impl WriterSide {
         set_expiry(&mut data, key.expires_at);
         data.set(TEST_ENV, key.environment == Environment::Test);
         data.set(ACTIVE, key.active);
+        data.set(LIMITED, key.limits.is_some());
         data
     }
 
@@ -402,6 +442,10 @@ pub struct VerificationIndex {
     /// Uses of keys that left the index before their counts were flushed.
     /// Touched only on growth, on a verification racing one, and on flush.
     orphaned: Mutex<Vec<DrainedUsage>>,
+    /// Keys with usage limits (flag `LIMITED` in their slot), by hash.
+    limited: RwLock<HashMap<[u8; 32], Arc<LimitedKey>>>,
+    /// Owners' shared limits.
+    owners: Owners,
 }
 
 impl Default for VerificationIndex {
@@ -429,6 +473,8 @@ impl VerificationIndex {
             live: AtomicUsize::new(0),
             checkpoint: AtomicI64::new(0),
             orphaned: Mutex::default(),
+            limited: RwLock::default(),
+            owners: Owners::default(),
         }
     }
 
@@ -459,6 +505,14 @@ impl VerificationIndex {
             .unwrap_or_else(PoisonError::into_inner);
         let old = self.maps.swap(new.clone());
         self.hand_over(&old, &new);
+        // Limited keys keep their windows, blocks and unflushed spends; a
+        // key the fresh load does not hold stays until its spends are
+        // flushed (`drain_limits`).
+        let fresh_limited = std::mem::take(&mut *write(&fresh.limited));
+        let mut limited = write(&self.limited);
+        for (hash, key) in fresh_limited {
+            limited.entry(hash).or_insert(key);
+        }
     }
 
     /// Retires `old` and moves every use counted in it to `new` (or to the
@@ -490,6 +544,7 @@ impl VerificationIndex {
     /// Adds a key as loaded from the key list at start.
     pub fn insert(&self, hash: KeyHash, key: IndexedKey) {
         let mut writer = self.writer();
+        self.register_limits(&hash, &key);
         self.insert_locked(&mut writer, &hash, &key);
     }
 
@@ -498,7 +553,120 @@ impl VerificationIndex {
     /// updated), so they are appended and sorted once at the first lookup.
     pub(crate) fn load_row(&self, hash: KeyHash, key: IndexedKey) {
         let mut writer = self.writer();
+        self.register_limits(&hash, &key);
         self.add_new(&mut writer, &hash, &key, IdOrder::Any);
+    }
+
+    /// Registers a key's limits before its slot says it has them. A key
+    /// already registered (its key-list row, then its create event) keeps
+    /// its state and takes the settings.
+    fn register_limits(&self, hash: &KeyHash, key: &IndexedKey) {
+        let Some(spec) = &key.limits else {
+            return;
+        };
+        let mut limited = write(&self.limited);
+        match limited.get(hash.as_bytes()) {
+            Some(existing) => {
+                existing.configure(spec.owner.as_deref(), Some(spec.ratelimits.clone()));
+            }
+            None => {
+                limited.insert(
+                    *hash.as_bytes(),
+                    Arc::new(LimitedKey::new(
+                        key.key_id.to_string().as_str(),
+                        key.tenant.clone(),
+                        spec.owner.as_deref(),
+                        spec.ratelimits.clone(),
+                        spec.ledger.clone(),
+                    )),
+                );
+            }
+        }
+    }
+
+    /// The limits of the key in slot data `data`.
+    fn limits_of(&self, data: &SlotData) -> Option<Arc<LimitedKey>> {
+        read(&self.limited).get(&data.hash).cloned()
+    }
+
+    /// Owners' limits on this node.
+    pub fn owners(&self) -> &Owners {
+        &self.owners
+    }
+
+    /// The limits of a key, by id, creating them (with no limit) if the key
+    /// has none yet; then `f` changes them and the slot's flag follows.
+    fn with_limits(&self, key_id: &str, f: impl FnOnce(&LimitedKey)) {
+        let mut writer = self.writer();
+        let Some(i) = writer.ids.get(&KeyId::new(key_id)) else {
+            return;
+        };
+        let maps = self.maps.load();
+        let data = maps.table.slot(i as usize).read();
+        let key = {
+            let mut limited = write(&self.limited);
+            limited
+                .entry(data.hash)
+                .or_insert_with(|| {
+                    let tenant: Arc<str> = maps.interned.tenant(data.tenant).into();
+                    Arc::new(LimitedKey::new(key_id, tenant, None, Vec::new(), None))
+                })
+                .clone()
+        };
+        f(&key);
+        let limited = key.is_limited();
+        if data.has(LIMITED) != limited {
+            maps.table.update(i as usize, |d| d.set(LIMITED, limited));
+        }
+    }
+
+    /// A limited key by id (for the flush and for reservations).
+    pub fn limited_key(&self, key_id: &str) -> Option<Arc<LimitedKey>> {
+        let mut writer = self.writer();
+        let i = writer.ids.get(&KeyId::new(key_id))?;
+        let data = self.maps.load().table.slot(i as usize).read();
+        drop(writer);
+        self.limits_of(&data)
+    }
+
+    /// Takes every limited key's credit report for a flush. Keys that left
+    /// the index and have nothing left to report are forgotten.
+    pub fn drain_limits(&self) -> Vec<limits::CreditFlush> {
+        let keys: Vec<([u8; 32], Arc<LimitedKey>)> = read(&self.limited)
+            .iter()
+            .map(|(h, k)| (*h, k.clone()))
+            .collect();
+        let mut out = Vec::new();
+        let mut gone = Vec::new();
+        for (hash, key) in keys {
+            match key.drain() {
+                Some(flush) => out.push(flush),
+                None => {
+                    let mut writer = self.writer();
+                    if writer.ids.get(&KeyId::new(&key.key_id)).is_none() {
+                        gone.push(hash);
+                    }
+                }
+            }
+        }
+        if !gone.is_empty() {
+            let mut limited = write(&self.limited);
+            for hash in gone {
+                limited.remove(&hash);
+            }
+        }
+        out
+    }
+
+    /// Puts back a credit report whose flush failed.
+    pub fn restore_limits(&self, flush: &limits::CreditFlush) {
+        let key = read(&self.limited)
+            .values()
+            .find(|k| k.key_id == flush.key_id)
+            .cloned();
+        if let Some(key) = key {
+            key.restore(flush);
+        }
     }
 
     fn insert_locked(&self, writer: &mut WriterSide, hash: &KeyHash, key: &IndexedKey) {
@@ -591,18 +759,22 @@ impl VerificationIndex {
     /// Answers a verification and hands the answer to `answer`. A malformed
     /// key or one failing its checksum is `NOT_FOUND` without any lookup.
     /// Counts a use when the answer is `VALID`.
+    /// A key with usage limits that needs a share of a window or a block of
+    /// credits first answers `Err(Need)`: the caller reserves it and asks
+    /// again (nothing was counted).
     pub fn verify<R>(
         &self,
         req: VerifyRequest<'_>,
         now: DateTime<Utc>,
         answer: impl FnOnce(Verification<'_>) -> R,
-    ) -> R {
+    ) -> Result<R, Need> {
         let not_found = Verification {
             code: VerificationCode::NotFound,
             key: None,
+            limits: None,
         };
         let Some(body) = display_body_of_key(req.key) else {
-            return answer(not_found);
+            return Ok(answer(not_found));
         };
         let home = home_of(body);
         let maps = self.maps.load();
@@ -611,13 +783,14 @@ impl VerificationIndex {
         // scan too, a few nanoseconds; it never waits for the prefetch.
         let first = maps.table.touch(home);
         let Ok(parsed) = ParsedKey::parse(req.key) else {
-            return answer(not_found);
+            return Ok(answer(not_found));
         };
         let hash = parsed.hash();
         let Some((i, data)) = maps.table.find_from(first, home, hash.as_bytes()) else {
-            return answer(not_found);
+            return Ok(answer(not_found));
         };
         let key = VerifiedKey { data, maps: &maps };
+        let mut report = None;
         let code = if !key.active() {
             VerificationCode::Disabled
         } else if data.has(EXPIRES) && data.expires_us <= now.timestamp_micros() {
@@ -626,18 +799,48 @@ impl VerificationIndex {
             VerificationCode::WrongEnvironment
         } else if !key.permissions().grants_all(req.permissions) {
             VerificationCode::InsufficientPermissions
+        } else if let Some(limited) = data.has(LIMITED).then(|| self.limits_of(&data)).flatten() {
+            match limited.check(now, req.cost, &self.owners) {
+                Checked::Need(need) => return Err(need),
+                Checked::RateLimited(r) => {
+                    report = Some(r);
+                    VerificationCode::RateLimited
+                }
+                Checked::UsageExceeded(r) => {
+                    report = Some(r);
+                    VerificationCode::UsageExceeded
+                }
+                Checked::Admit(r) => {
+                    report = Some(r);
+                    self.count_use(&maps, i, &data, now)
+                }
+            }
         } else {
+            self.count_use(&maps, i, &data, now)
+        };
+        Ok(answer(Verification {
+            code,
+            key: Some(key),
+            limits: report.as_ref(),
+        }))
+    }
+
+    /// Counts a `VALID` answer's use in the key's slot.
+    fn count_use(
+        &self,
+        maps: &Maps,
+        i: usize,
+        data: &SlotData,
+        now: DateTime<Utc>,
+    ) -> VerificationCode {
+        {
             let slot = maps.table.slot(i);
             slot.add_uses(1, now.timestamp_millis());
             if maps.retired.load(Ordering::SeqCst) {
-                self.rehome(&maps, slot, &data);
+                self.rehome(maps, slot, data);
             }
             VerificationCode::Valid
-        };
-        answer(Verification {
-            code,
-            key: Some(key),
-        })
+        }
     }
 
     /// Moves uses counted in a retired generation's slot to the key's slot in
@@ -684,7 +887,15 @@ impl VerificationIndex {
                     c.permissions.clone(),
                     c.expires_at,
                     true,
-                ),
+                )
+                .with_limits(LimitSpec {
+                    owner: c.owner.clone(),
+                    ratelimits: c.ratelimits.clone(),
+                    ledger: c
+                        .credits
+                        .as_ref()
+                        .map(|credits| Ledger::opening(credits, c.created_at)),
+                }),
             ),
             KeyledgerEvent::Key(ApiKeyEvent::KeyUpdated(u)) => {
                 self.update(&event.key_id, |writer, interned, d| {
@@ -698,6 +909,16 @@ impl VerificationIndex {
                         set_expiry(d, exp);
                     }
                 });
+                if u.owner.is_some() || u.ratelimits.is_some() {
+                    self.with_limits(&event.key_id, |k| {
+                        if let Some(o) = &u.owner {
+                            k.set_owner(o.as_deref());
+                        }
+                        if let Some(r) = &u.ratelimits {
+                            k.set_ratelimits(r.clone());
+                        }
+                    });
+                }
             }
             KeyledgerEvent::Key(ApiKeyEvent::KeyDeactivated(_)) => {
                 self.update(&event.key_id, |_, _, d| d.set(ACTIVE, false));
@@ -715,7 +936,31 @@ impl VerificationIndex {
                     self.delete_slot(&mut writer, &maps, i as usize);
                 }
             }
-            KeyledgerEvent::Usage(KeyUsageEvent::KeyUsageRecorded(_)) => {}
+            KeyledgerEvent::Usage(usage) => {
+                if let Some(ledger) = usage.ledger() {
+                    let known = self.limited_key(&event.key_id);
+                    match known {
+                        Some(k) => {
+                            k.see_ledger(Some(ledger.clone()), event.sequence);
+                            if !ledger.limited {
+                                self.with_limits(&event.key_id, |_| {});
+                            }
+                        }
+                        None if ledger.limited
+                            || matches!(usage, KeyUsageEvent::KeyCreditsChanged(_)) =>
+                        {
+                            self.with_limits(&event.key_id, |k| {
+                                k.see_ledger(Some(ledger.clone()), event.sequence);
+                            });
+                        }
+                        None => {}
+                    }
+                }
+            }
+            KeyledgerEvent::Owner(OwnerEvent::OwnerRateLimitsSet(o)) => {
+                self.owners
+                    .set(&event.key_id, event.sequence, o.ratelimits.clone());
+            }
         }
         self.checkpoint.store(event.position, Ordering::Release);
     }
@@ -771,6 +1016,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(PoisonError::into_inner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -802,15 +1055,18 @@ mod tests {
     }
 
     fn verify_code(index: &VerificationIndex, raw: &RawKey) -> VerificationCode {
-        index.verify(
-            VerifyRequest {
-                key: raw.expose(),
-                environment: None,
-                permissions: &[],
-            },
-            Utc::now(),
-            |v| v.code,
-        )
+        index
+            .verify(
+                VerifyRequest {
+                    key: raw.expose(),
+                    environment: None,
+                    permissions: &[],
+                    cost: 1,
+                },
+                Utc::now(),
+                |v| v.code,
+            )
+            .expect("a plain key needs nothing reserved")
     }
 
     fn event(position: i64, key_id: &str, event: ApiKeyEvent) -> RecordedEvent {
@@ -841,25 +1097,28 @@ mod tests {
         let raw = raw_key(1);
         let long_name = "a name longer than the thirty-two bytes a slot holds";
         index.insert(raw.hash(), key("legacy-id", &raw, long_name));
-        let (code, id, tenant, name, perms) = index.verify(
-            VerifyRequest {
-                key: raw.expose(),
-                environment: Some(Environment::Live),
-                permissions: &["a:read".to_string()],
-            },
-            Utc::now(),
-            |v| {
-                let k = v.key.expect("found");
-                let mut buf = KeyIdText::default();
-                (
-                    v.code,
-                    k.key_id(&mut buf).to_string(),
-                    k.tenant().to_string(),
-                    k.name().to_string(),
-                    k.permissions().as_slice().to_vec(),
-                )
-            },
-        );
+        let (code, id, tenant, name, perms) = index
+            .verify(
+                VerifyRequest {
+                    key: raw.expose(),
+                    environment: Some(Environment::Live),
+                    permissions: &["a:read".to_string()],
+                    cost: 1,
+                },
+                Utc::now(),
+                |v| {
+                    let k = v.key.expect("found");
+                    let mut buf = KeyIdText::default();
+                    (
+                        v.code,
+                        k.key_id(&mut buf).to_string(),
+                        k.tenant().to_string(),
+                        k.name().to_string(),
+                        k.permissions().as_slice().to_vec(),
+                    )
+                },
+            )
+            .expect("a plain key needs nothing reserved");
         assert_eq!(code, VerificationCode::Valid);
         assert_eq!(id, "legacy-id");
         assert_eq!(tenant, "acme");

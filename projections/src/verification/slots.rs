@@ -44,6 +44,8 @@ pub(super) const EXPIRES: u32 = 1 << 4;
 pub(super) const TEXT_ID: u32 = 1 << 5;
 /// The name is longer than [`NAME_INLINE`]: `name` holds a text index.
 pub(super) const LONG_NAME: u32 = 1 << 6;
+/// The key has usage limits: verification asks `VerificationIndex::limited`.
+pub(super) const LIMITED: u32 = 1 << 7;
 /// Length of an inline name, bits 8..14.
 const NAME_LEN_SHIFT: u32 = 8;
 const NAME_LEN_MASK: u32 = 0x3f << NAME_LEN_SHIFT;

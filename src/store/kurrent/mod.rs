@@ -28,7 +28,7 @@ use cqrs_es::persist::{
     EventStoreAggregateContext, PersistedEventRepository, PersistedEventStore, SerializedEvent,
 };
 use cqrs_es::{AggregateError, EventStore as _};
-use keyledger_domain::{ApiKey, ApiKeyEvent, DomainError, KeyId, KeyUsage, RawEvent};
+use keyledger_domain::{ApiKey, ApiKeyEvent, DomainError, KeyId, KeyUsage, OwnerLimits, RawEvent};
 use keyledger_sql::SqlPool;
 use kurrentdb::{
     Client, ClientSettings, ReadAllOptions, ReadStreamOptions, StreamPosition, SubscriptionFilter,
@@ -263,6 +263,7 @@ impl Backend for KurrentStore {
         match stream {
             Stream::Key => repository.persist::<ApiKey>(events, None).await,
             Stream::Usage => repository.persist::<KeyUsage>(events, None).await,
+            Stream::Owner => repository.persist::<OwnerLimits>(events, None).await,
         }
         .map_err(persistence_error)
     }
@@ -324,6 +325,10 @@ impl Backend for KurrentStore {
 
     fn claims(&self) -> Arc<dyn ClaimTable> {
         self.side.claims()
+    }
+
+    fn windows(&self) -> Arc<dyn crate::store::windows::WindowTable> {
+        self.side.windows()
     }
 
     /// Closes the projection database (the client has nothing to close).

@@ -1,0 +1,781 @@
+//! Usage limits on the verification path: each limited key's rate-limit
+//! windows and credit block, and each owner's shared windows, in memory.
+//!
+//! Nothing here waits on a store. A check either decides from what this node
+//! holds (its share of each window, its block of credits) or names what it
+//! needs ([`Need`]); the caller reserves it from the store (one round trip,
+//! never under a lock), hands it back with `grant_*` and asks again. Shares
+//! and blocks are only ever taken from the store, so whatever this node
+//! admits was set aside for it there: a window admits at most `limit` across
+//! all nodes, and credits spent never exceed credits granted.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use chrono::{DateTime, Utc};
+use keyledger_domain::{Ledger, RateLimit, Settlement};
+
+/// The most one reservation of a window asks for: a share large enough that
+/// a busy key reserves a few times per window, small enough that an idle
+/// node does not sit on much of it.
+pub const WINDOW_SHARE: u64 = 1_000;
+/// The most one credit reservation asks for.
+pub const CREDIT_BLOCK: u64 = 1_000;
+
+/// What a check needs from the store before it can answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Need {
+    /// The owner's limits, not yet read on this node.
+    Owner { owner_id: String },
+    /// A share of a window of one of the key's (or its owner's) limits.
+    Window(WindowNeed),
+    /// Credits for the key: at least `need`, at most `block`.
+    Credits {
+        key_id: String,
+        need: u64,
+        block: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowNeed {
+    /// The key id, or the owner's stream id.
+    pub subject: String,
+    pub owner: bool,
+    pub name: String,
+    pub window: i64,
+    pub limit: u64,
+    pub want: u64,
+    /// When the window ends (ms since the epoch).
+    pub ends_ms: i64,
+}
+
+/// A rate limit's state as an answer shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowReport {
+    pub name: String,
+    pub limit: u64,
+    /// What is left in the window as far as this node knows: its own share
+    /// and what no node had taken at its last reservation.
+    pub remaining: u64,
+    pub reset_ms: i64,
+}
+
+/// The limits part of an answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LimitReport {
+    pub ratelimits: Vec<WindowReport>,
+    pub credits: Option<u64>,
+}
+
+impl LimitReport {
+    /// The limit with the least left (the one a client must heed).
+    pub fn tightest(&self) -> Option<&WindowReport> {
+        self.ratelimits
+            .iter()
+            .min_by_key(|w| (w.remaining, w.reset_ms))
+    }
+}
+
+/// A check's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checked {
+    Admit(LimitReport),
+    RateLimited(LimitReport),
+    UsageExceeded(LimitReport),
+    Need(Need),
+}
+
+/// This node's state of one window of one limit.
+#[derive(Debug, Clone, Default)]
+struct Window {
+    window: i64,
+    /// Admissions left in this node's share.
+    left: u64,
+    /// This node's shares of the window so far.
+    share: u64,
+    /// Its shares of the window before (the most it may admit alone while
+    /// the store is away: the shares of one window add up to at most `limit`).
+    previous_share: u64,
+    /// What no node had taken at this node's last reservation.
+    unclaimed: u64,
+    /// The store said the window is used up.
+    exhausted: bool,
+    /// The store was away and the previous share was used instead.
+    fell_back: bool,
+}
+
+impl Window {
+    /// Moves to window `current`, if it is a later one.
+    fn roll(&mut self, current: i64, limit: u64) {
+        if self.window == current {
+            return;
+        }
+        let previous = if self.window == current - 1 {
+            self.share
+        } else {
+            0
+        };
+        *self = Window {
+            window: current,
+            previous_share: previous,
+            unclaimed: limit,
+            ..Window::default()
+        };
+    }
+}
+
+/// Windows of a set of limits, one per limit, in the limits' order.
+#[derive(Debug, Default)]
+struct Windows {
+    limits: Vec<RateLimit>,
+    windows: Vec<Window>,
+}
+
+impl Windows {
+    fn set_limits(&mut self, limits: Vec<RateLimit>) {
+        // A limit kept by name keeps its window; a changed one starts afresh.
+        let mut windows = Vec::with_capacity(limits.len());
+        for l in &limits {
+            let kept = self
+                .limits
+                .iter()
+                .position(|o| o == l)
+                .and_then(|i| self.windows.get(i).cloned());
+            windows.push(kept.unwrap_or_default());
+        }
+        self.limits = limits;
+        self.windows = windows;
+    }
+
+    /// Rolls every window to `now_ms`; the first limit without a share left
+    /// decides: rate limited, or what to reserve.
+    fn check(&mut self, now_ms: i64, subject: &str, owner: bool) -> Option<Result<(), Need>> {
+        for (l, w) in self.limits.iter().zip(self.windows.iter_mut()) {
+            let current = l.window_of(now_ms);
+            w.roll(current, l.limit);
+            if w.left > 0 {
+                continue;
+            }
+            if w.exhausted {
+                return Some(Ok(()));
+            }
+            return Some(Err(Need::Window(WindowNeed {
+                subject: subject.to_string(),
+                owner,
+                name: l.name.clone(),
+                window: current,
+                limit: l.limit,
+                want: want_share(l.limit),
+                ends_ms: l.window_end_ms(current),
+            })));
+        }
+        None
+    }
+
+    fn take_one(&mut self) {
+        for w in &mut self.windows {
+            w.left = w.left.saturating_sub(1);
+        }
+    }
+
+    fn report(&self, out: &mut Vec<WindowReport>) {
+        for (l, w) in self.limits.iter().zip(&self.windows) {
+            out.push(WindowReport {
+                name: l.name.clone(),
+                limit: l.limit,
+                remaining: w.left.saturating_add(w.unclaimed).min(l.limit),
+                reset_ms: l.window_end_ms(w.window),
+            });
+        }
+    }
+
+    fn grant(&mut self, need: &WindowNeed, granted: u64, taken: u64) {
+        if let Some(w) = self.find(need) {
+            w.left += granted;
+            w.share += granted;
+            w.unclaimed = need.limit.saturating_sub(taken);
+            if granted == 0 {
+                w.exhausted = true;
+            }
+        }
+    }
+
+    /// The store is away: admit this window what this node was given of the
+    /// one before, once. False when it had nothing.
+    fn fall_back(&mut self, need: &WindowNeed) -> bool {
+        match self.find(need) {
+            Some(w) if !w.fell_back && w.previous_share > 0 => {
+                w.fell_back = true;
+                w.left += w.previous_share;
+                w.share += w.previous_share;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn find(&mut self, need: &WindowNeed) -> Option<&mut Window> {
+        let i = self.limits.iter().position(|l| l.name == need.name)?;
+        let w = self.windows.get_mut(i)?;
+        (w.window == need.window).then_some(w)
+    }
+}
+
+/// How much of a window to ask for: a tenth of the limit, between 1 and
+/// [`WINDOW_SHARE`] (the store gives at most a quarter of what is left).
+fn want_share(limit: u64) -> u64 {
+    (limit / 10).clamp(1, WINDOW_SHARE)
+}
+
+/// This node's credits of one key.
+#[derive(Debug, Default)]
+struct Block {
+    epoch: u64,
+    left: u64,
+    /// Spent from this block (its epoch).
+    spent: u64,
+    /// When the block's refill period ends (ms), if it has one.
+    ends_ms: Option<i64>,
+}
+
+/// A key with limits, as this node holds it.
+#[derive(Debug)]
+pub struct LimitedKey {
+    pub key_id: String,
+    pub tenant: Arc<str>,
+    state: Mutex<KeyState>,
+}
+
+#[derive(Debug, Default)]
+struct KeyState {
+    owner_id: Option<String>,
+    windows: Windows,
+    /// The ledger as last seen (an event, a reservation, or the create's
+    /// opening balance): its epoch voids older blocks, and what it has
+    /// available tells whether asking the store could help.
+    ledger: Option<Ledger>,
+    /// The usage-stream sequence of the event the ledger was last seen in
+    /// (0: loaded from the key list); an older sighting changes nothing.
+    ledger_seen: i64,
+    block: Block,
+    /// Credits spent since the last flush (void blocks' included).
+    spent: u64,
+    /// A report whose flush failed, to go with the next.
+    pending: Option<Settlement>,
+}
+
+/// What one key's flush reports of its credits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreditFlush {
+    pub key_id: String,
+    pub tenant: String,
+    pub spent: u64,
+    pub settled: Option<Settlement>,
+}
+
+impl LimitedKey {
+    pub fn new(
+        key_id: &str,
+        tenant: Arc<str>,
+        owner: Option<&str>,
+        ratelimits: Vec<RateLimit>,
+        ledger: Option<Ledger>,
+    ) -> Self {
+        let key = Self {
+            key_id: key_id.to_string(),
+            tenant,
+            state: Mutex::default(),
+        };
+        key.configure(owner, Some(ratelimits));
+        key.see_ledger(ledger, 0);
+        key
+    }
+
+    fn state(&self) -> MutexGuard<'_, KeyState> {
+        lock(&self.state)
+    }
+
+    /// New owner and (if given) rate limits.
+    pub fn configure(&self, owner: Option<&str>, ratelimits: Option<Vec<RateLimit>>) {
+        let mut s = self.state();
+        s.owner_id = owner.map(|o| keyledger_domain::owner_stream_id(&self.tenant, o));
+        if let Some(r) = ratelimits {
+            s.windows.set_limits(r);
+        }
+    }
+
+    /// Sets the owner only (a PATCH that leaves the limits alone).
+    pub fn set_owner(&self, owner: Option<&str>) {
+        self.state().owner_id = owner.map(|o| keyledger_domain::owner_stream_id(&self.tenant, o));
+    }
+
+    pub fn set_ratelimits(&self, ratelimits: Vec<RateLimit>) {
+        self.state().windows.set_limits(ratelimits);
+    }
+
+    /// The ledger as the usage stream's event `sequence` (0: as loaded)
+    /// left it. A block of an older epoch is void from now on (its spends
+    /// stay counted).
+    pub fn see_ledger(&self, ledger: Option<Ledger>, sequence: i64) {
+        let mut s = self.state();
+        if sequence != 0 && sequence <= s.ledger_seen {
+            return;
+        }
+        s.ledger_seen = sequence;
+        let epoch = ledger.as_ref().map(|l| l.epoch);
+        if epoch != Some(s.block.epoch) {
+            s.block = Block::default();
+        }
+        s.ledger = ledger;
+    }
+
+    /// Whether the key has anything to limit it.
+    pub fn is_limited(&self) -> bool {
+        let s = self.state();
+        s.owner_id.is_some()
+            || !s.windows.limits.is_empty()
+            || s.ledger.as_ref().is_some_and(|l| l.limited)
+    }
+
+    /// The owner stream id, if the key has an owner.
+    pub fn owner_id(&self) -> Option<String> {
+        self.state().owner_id.clone()
+    }
+
+    /// The ledger this node would start from if the store holds none yet.
+    pub fn opening(&self) -> Option<Ledger> {
+        self.state().ledger.clone()
+    }
+
+    /// Decides one verification spending `cost` credits at `now`.
+    pub fn check(&self, now: DateTime<Utc>, cost: u64, owners: &Owners) -> Checked {
+        let now_ms = now.timestamp_millis();
+        let mut s = self.state();
+        let owner = match &s.owner_id {
+            Some(id) => match owners.get(id) {
+                Some(o) => Some(o),
+                None => {
+                    return Checked::Need(Need::Owner {
+                        owner_id: id.clone(),
+                    })
+                }
+            },
+            None => None,
+        };
+        let mut owner_windows = owner.as_ref().map(|o| lock(&o.windows));
+        let key_check = s.windows.check(now_ms, &self.key_id, false);
+        let owner_check = match (&mut owner_windows, owner.as_ref()) {
+            (Some(w), Some(o)) => w.check(now_ms, &o.id, true),
+            _ => None,
+        };
+        match key_check.or(owner_check) {
+            Some(Ok(())) => {
+                return Checked::RateLimited(report(&s, owner_windows.as_deref(), now_ms))
+            }
+            Some(Err(need)) => return Checked::Need(need),
+            None => {}
+        }
+        // Every limit admits: the verification counts against each, whatever
+        // the credits say (the contract's order: RATE_LIMITED first).
+        if let Some(l) = s.ledger.clone().filter(|l| l.limited) {
+            let need = cost.max(1);
+            let block_live = s.block.ends_ms.is_none_or(|end| now_ms < end);
+            if !block_live {
+                s.block = Block {
+                    epoch: l.epoch,
+                    ..Block::default()
+                };
+            }
+            if s.block.left < need {
+                let refill_due = l.refill_due(now).is_some();
+                if l.available < need && !refill_due {
+                    s.windows.take_one();
+                    if let Some(w) = &mut owner_windows {
+                        w.take_one();
+                    }
+                    return Checked::UsageExceeded(report(&s, owner_windows.as_deref(), now_ms));
+                }
+                return Checked::Need(Need::Credits {
+                    key_id: self.key_id.clone(),
+                    need,
+                    block: CREDIT_BLOCK.max(need),
+                });
+            }
+            s.block.left -= cost;
+            s.block.spent += cost;
+            s.spent += cost;
+        }
+        s.windows.take_one();
+        if let Some(w) = &mut owner_windows {
+            w.take_one();
+        }
+        Checked::Admit(report(&s, owner_windows.as_deref(), now_ms))
+    }
+
+    /// Adds what the store gave for a window of the key's own limits.
+    pub fn grant_window(&self, need: &WindowNeed, granted: u64, taken: u64) {
+        self.state().windows.grant(need, granted, taken);
+    }
+
+    /// The store is away for a window of the key's own limits (see
+    /// `Windows::fall_back`).
+    pub fn fall_back(&self, need: &WindowNeed) -> bool {
+        self.state().windows.fall_back(need)
+    }
+
+    /// Adds a reserved block, with the ledger as the reservation (the usage
+    /// stream's event `sequence`) left it.
+    pub fn grant_credits(&self, granted: u64, ledger: Ledger, sequence: i64) {
+        let mut s = self.state();
+        if sequence <= s.ledger_seen {
+            // A newer ledger was seen (a reset from elsewhere): the block's
+            // epoch decides whether it still counts.
+            let current = s.ledger.as_ref().map(|l| l.epoch);
+            if current == Some(ledger.epoch) {
+                if s.block.epoch != ledger.epoch {
+                    s.block = Block {
+                        epoch: ledger.epoch,
+                        ..Block::default()
+                    };
+                }
+                s.block.left += granted;
+                s.block.ends_ms = ledger.period_end().map(|e| e.timestamp_millis());
+            } else {
+                // Void already: it is given back (a no-op) at the next flush.
+                s.pending = Some(Settlement {
+                    epoch: ledger.epoch,
+                    spent: 0,
+                    released: granted,
+                });
+            }
+            return;
+        }
+        if s.block.epoch != ledger.epoch {
+            s.block = Block {
+                epoch: ledger.epoch,
+                ..Block::default()
+            };
+        }
+        s.block.left += granted;
+        s.block.ends_ms = ledger.period_end().map(|e| e.timestamp_millis());
+        s.ledger_seen = sequence;
+        s.ledger = Some(ledger);
+    }
+
+    /// Takes what a flush reports of this key's credits, if anything: the
+    /// spends, and the block given back.
+    pub fn drain(&self) -> Option<CreditFlush> {
+        let mut s = self.state();
+        let block = std::mem::take(&mut s.block);
+        s.block.epoch = block.epoch;
+        let mut settled = s.pending.take();
+        if block.left > 0 || block.spent > 0 {
+            let this = Settlement {
+                epoch: block.epoch,
+                spent: block.spent,
+                released: block.left,
+            };
+            settled = Some(match settled {
+                Some(p) if p.epoch == this.epoch => Settlement {
+                    epoch: p.epoch,
+                    spent: p.spent + this.spent,
+                    released: p.released + this.released,
+                },
+                // A report on an older epoch changes nothing any more.
+                _ => this,
+            });
+        }
+        let spent = std::mem::take(&mut s.spent);
+        if spent == 0 && settled.is_none() {
+            return None;
+        }
+        Some(CreditFlush {
+            key_id: self.key_id.clone(),
+            tenant: self.tenant.to_string(),
+            spent,
+            settled,
+        })
+    }
+
+    /// Puts back a report whose flush failed (its block stays given back:
+    /// those credits wait, unspendable, for the next flush).
+    pub fn restore(&self, flush: &CreditFlush) {
+        let mut s = self.state();
+        s.spent += flush.spent;
+        if let Some(settled) = &flush.settled {
+            s.pending = Some(match s.pending.take() {
+                Some(p) if p.epoch == settled.epoch => Settlement {
+                    epoch: p.epoch,
+                    spent: p.spent + settled.spent,
+                    released: p.released + settled.released,
+                },
+                Some(p) if p.epoch > settled.epoch => p,
+                _ => settled.clone(),
+            });
+        }
+    }
+}
+
+fn report(s: &KeyState, owner: Option<&Windows>, now_ms: i64) -> LimitReport {
+    let mut ratelimits = Vec::with_capacity(s.windows.limits.len());
+    s.windows.report(&mut ratelimits);
+    if let Some(o) = owner {
+        o.report(&mut ratelimits);
+    }
+    let credits = s.ledger.as_ref().filter(|l| l.limited).map(|l| {
+        let live = s.block.ends_ms.is_none_or(|end| now_ms < end);
+        let block = if live { s.block.left } else { 0 };
+        block.saturating_add(l.available)
+    });
+    LimitReport {
+        ratelimits,
+        credits,
+    }
+}
+
+/// An owner's shared limits on this node.
+#[derive(Debug)]
+pub struct OwnerLimiter {
+    /// The owner's stream id.
+    pub id: String,
+    /// The sequence of the owner event these limits come from (0: none).
+    pub sequence: i64,
+    windows: Mutex<Windows>,
+}
+
+/// Owners' limits by stream id, read from the store the first time a key
+/// of theirs is verified and kept current by their events.
+#[derive(Debug, Default)]
+pub struct Owners {
+    map: RwLock<HashMap<String, Arc<OwnerLimiter>>>,
+}
+
+impl Owners {
+    pub fn get(&self, id: &str) -> Option<Arc<OwnerLimiter>> {
+        self.map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+
+    /// The owner's limits as of its event `sequence`; an older sighting
+    /// changes nothing.
+    pub fn set(&self, id: &str, sequence: i64, ratelimits: Vec<RateLimit>) {
+        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(o) = map.get(id) {
+            if o.sequence >= sequence {
+                return;
+            }
+            lock(&o.windows).set_limits(ratelimits.clone());
+            let windows = std::mem::take(&mut *lock(&o.windows));
+            map.insert(
+                id.to_string(),
+                Arc::new(OwnerLimiter {
+                    id: id.to_string(),
+                    sequence,
+                    windows: Mutex::new(windows),
+                }),
+            );
+            return;
+        }
+        let mut windows = Windows::default();
+        windows.set_limits(ratelimits);
+        map.insert(
+            id.to_string(),
+            Arc::new(OwnerLimiter {
+                id: id.to_string(),
+                sequence,
+                windows: Mutex::new(windows),
+            }),
+        );
+    }
+
+    pub fn grant_window(&self, need: &WindowNeed, granted: u64, taken: u64) {
+        if let Some(o) = self.get(&need.subject) {
+            lock(&o.windows).grant(need, granted, taken);
+        }
+    }
+
+    pub fn fall_back(&self, need: &WindowNeed) -> bool {
+        self.get(&need.subject)
+            .is_some_and(|o| lock(&o.windows).fall_back(need))
+    }
+
+    /// The owner's limits as this node holds them.
+    pub fn limits(&self, id: &str) -> Option<Vec<RateLimit>> {
+        self.get(id).map(|o| lock(&o.windows).limits.clone())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means a panic elsewhere; the counts are still valid.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyledger_domain::Credits;
+
+    fn t(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(ms).expect("time")
+    }
+
+    fn limit(limit: u64, window_ms: u64) -> RateLimit {
+        RateLimit {
+            name: "r".into(),
+            limit,
+            window_ms,
+        }
+    }
+
+    fn key(limits: Vec<RateLimit>, credits: Option<u64>) -> LimitedKey {
+        LimitedKey::new(
+            "key_1",
+            "acme".into(),
+            None,
+            limits,
+            credits.map(|n| {
+                Ledger::opening(
+                    &Credits {
+                        remaining: n,
+                        refill: None,
+                    },
+                    t(0),
+                )
+            }),
+        )
+    }
+
+    fn need_window(c: Checked) -> WindowNeed {
+        match c {
+            Checked::Need(Need::Window(w)) => w,
+            other => panic!("expected a window need, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_window_admits_what_was_granted_then_asks_again() {
+        let owners = Owners::default();
+        let k = key(vec![limit(10, 1000)], None);
+        let need = need_window(k.check(t(1500), 1, &owners));
+        assert_eq!((need.window, need.ends_ms, need.want), (1, 2000, 1));
+        k.grant_window(&need, 2, 2);
+        assert!(matches!(k.check(t(1500), 1, &owners), Checked::Admit(_)));
+        assert!(matches!(k.check(t(1999), 1, &owners), Checked::Admit(_)));
+        let again = need_window(k.check(t(1999), 1, &owners));
+        k.grant_window(&again, 0, 10);
+        assert!(matches!(
+            k.check(t(1999), 1, &owners),
+            Checked::RateLimited(_)
+        ));
+        // The window edge: the next window starts with nothing and asks.
+        let next = need_window(k.check(t(2000), 1, &owners));
+        assert_eq!(next.window, 2);
+    }
+
+    #[test]
+    fn the_previous_share_is_all_a_node_admits_without_the_store() {
+        let owners = Owners::default();
+        let k = key(vec![limit(10, 1000)], None);
+        let need = need_window(k.check(t(0), 1, &owners));
+        k.grant_window(&need, 3, 3);
+        for _ in 0..3 {
+            assert!(matches!(k.check(t(10), 1, &owners), Checked::Admit(_)));
+        }
+        let next = need_window(k.check(t(1000), 1, &owners));
+        assert!(k.fall_back(&next));
+        assert!(!k.fall_back(&next), "once per window");
+        for _ in 0..3 {
+            assert!(matches!(k.check(t(1001), 1, &owners), Checked::Admit(_)));
+        }
+        assert!(matches!(
+            k.check(t(1002), 1, &owners),
+            Checked::Need(Need::Window(_))
+        ));
+        // Two windows on, nothing was granted the window before.
+        let later = need_window(k.check(t(3000), 1, &owners));
+        assert!(!k.fall_back(&later));
+    }
+
+    #[test]
+    fn credits_are_spent_from_the_block_only() {
+        let owners = Owners::default();
+        let k = key(vec![], Some(5));
+        let Checked::Need(Need::Credits { need, key_id, .. }) = k.check(t(0), 2, &owners) else {
+            panic!("asks for credits");
+        };
+        assert_eq!((need, key_id.as_str()), (2, "key_1"));
+        let mut ledger = k.opening().expect("ledger");
+        ledger.reserve(3);
+        k.grant_credits(3, ledger.clone(), 1);
+        assert!(matches!(k.check(t(0), 2, &owners), Checked::Admit(_)));
+        // One left in the block, two available in the ledger: ask.
+        assert!(matches!(
+            k.check(t(0), 2, &owners),
+            Checked::Need(Need::Credits { .. })
+        ));
+        ledger.reserve(2);
+        k.grant_credits(2, ledger, 2);
+        assert!(matches!(k.check(t(0), 3, &owners), Checked::Admit(_)));
+        // Nothing left anywhere: refused without asking the store.
+        assert!(matches!(
+            k.check(t(0), 1, &owners),
+            Checked::UsageExceeded(_)
+        ));
+        let flush = k.drain().expect("a report");
+        assert_eq!(flush.spent, 5);
+        assert_eq!(
+            flush.settled,
+            Some(Settlement {
+                epoch: 0,
+                spent: 5,
+                released: 0
+            })
+        );
+        assert_eq!(k.drain(), None);
+    }
+
+    #[test]
+    fn a_new_epoch_voids_the_block() {
+        let owners = Owners::default();
+        let k = key(vec![], Some(10));
+        let mut ledger = k.opening().expect("ledger");
+        ledger.reserve(4);
+        k.grant_credits(4, ledger.clone(), 1);
+        assert!(matches!(k.check(t(0), 1, &owners), Checked::Admit(_)));
+        let mut reset = ledger;
+        reset.epoch += 1;
+        reset.available = 0;
+        reset.outstanding = 0;
+        k.see_ledger(Some(reset), 2);
+        assert!(matches!(
+            k.check(t(0), 1, &owners),
+            Checked::UsageExceeded(_)
+        ));
+        let flush = k.drain().expect("the spend is still reported");
+        assert_eq!(flush.spent, 1);
+        assert_eq!(flush.settled, None);
+    }
+
+    #[test]
+    fn an_owner_limit_is_shared_by_its_keys() {
+        let owners = Owners::default();
+        let a = LimitedKey::new("key_a", "acme".into(), Some("cus"), vec![], None);
+        let b = LimitedKey::new("key_b", "acme".into(), Some("cus"), vec![], None);
+        let Checked::Need(Need::Owner { owner_id }) = a.check(t(0), 1, &owners) else {
+            panic!("reads the owner first");
+        };
+        owners.set(&owner_id, 1, vec![limit(2, 1000)]);
+        let need = need_window(a.check(t(0), 1, &owners));
+        assert!(need.owner);
+        owners.grant_window(&need, 2, 2);
+        assert!(matches!(a.check(t(0), 1, &owners), Checked::Admit(_)));
+        assert!(matches!(b.check(t(0), 1, &owners), Checked::Admit(_)));
+        let again = need_window(b.check(t(0), 1, &owners));
+        owners.grant_window(&again, 0, 2);
+        assert!(matches!(a.check(t(0), 1, &owners), Checked::RateLimited(_)));
+    }
+}

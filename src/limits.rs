@@ -1,0 +1,216 @@
+//! Reservations for usage limits: what a verification of a limited key needs
+//! from the store before the index can answer it from memory (see
+//! `keyledger_projections::verification::limits`), one round trip each.
+//!
+//! When the store is away: a rate limit admits, once per window, what this
+//! node was given of the window before (the shares of one window add up to at
+//! most its limit, so the nodes together still stay within it); credits fail
+//! closed once the node's block is spent (503, never an unpaid `VALID`).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use keyledger_domain::{KeyCreditsChanged, KeyCreditsReserved, KeyId, KeyUsageEvent, Ledger};
+use keyledger_projections::event::meta_keys;
+use keyledger_projections::{Need, VerificationIndex, WindowNeed};
+
+use crate::error::Error;
+use crate::store::windows::{ShareRequest, WindowTable};
+use crate::store::{EventMetadata, EventStore};
+
+/// The actor of ledger events a node writes on its own (reservations and
+/// refills).
+pub const NODE_ACTOR: &str = "keyledger:node";
+
+/// How long a window's row is kept after the window ends.
+const WINDOW_ROW_KEPT_MS: i64 = 60_000;
+
+pub struct Reservations {
+    store: Arc<EventStore>,
+    windows: Arc<dyn WindowTable>,
+    index: Arc<VerificationIndex>,
+    /// This process, as its reservation events name it.
+    node: String,
+}
+
+impl Reservations {
+    pub fn new(store: Arc<EventStore>, index: Arc<VerificationIndex>, node: String) -> Self {
+        Self {
+            windows: store.windows(),
+            store,
+            index,
+            node,
+        }
+    }
+}
+
+/// Deletes the rows of windows that ended, every `interval` until `stop`.
+pub async fn purge_windows_periodically(
+    store: Arc<EventStore>,
+    clock: crate::clock::Clock,
+    interval: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let windows = store.windows();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if let Err(e) = windows.purge(clock.now().timestamp_millis()).await {
+            tracing::warn!(error = %e, "could not purge ended rate-limit windows");
+        }
+    }
+}
+
+impl Reservations {
+    /// Gets what `need` names into the index.
+    pub async fn provide(&self, need: Need, now: DateTime<Utc>) -> Result<(), Error> {
+        match need {
+            Need::Owner { owner_id } => {
+                let (sequence, limits) = self.store.owner_limits(&owner_id).await?;
+                self.index.owners().set(&owner_id, sequence, limits);
+                Ok(())
+            }
+            Need::Window(w) => self.window(&w).await,
+            Need::Credits {
+                key_id,
+                need,
+                block,
+            } => self.credits(&key_id, need, block, now).await,
+        }
+    }
+
+    async fn window(&self, w: &WindowNeed) -> Result<(), Error> {
+        let taken = self
+            .windows
+            .take(ShareRequest {
+                subject: &w.subject,
+                name: &w.name,
+                window: w.window,
+                limit: w.limit,
+                want: w.want,
+                ends_ms: w.ends_ms.saturating_add(WINDOW_ROW_KEPT_MS),
+            })
+            .await;
+        match taken {
+            Ok(share) => {
+                if w.owner {
+                    self.index
+                        .owners()
+                        .grant_window(w, share.granted, share.taken);
+                } else if let Some(key) = self.index.limited_key(&w.subject) {
+                    key.grant_window(w, share.granted, share.taken);
+                }
+                Ok(())
+            }
+            Err(e) if e.is_unavailable() => {
+                let fell_back = if w.owner {
+                    self.index.owners().fall_back(w)
+                } else {
+                    self.index
+                        .limited_key(&w.subject)
+                        .is_some_and(|k| k.fall_back(w))
+                };
+                if fell_back {
+                    tracing::warn!(error = %e, limit = %w.name, "store away: admitting this node's share of the last window");
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reserves a block of the key's credits: refills first if a new period
+    /// began, then takes what the ledger grants (see `Ledger::grant_for`).
+    async fn credits(
+        &self,
+        key_id: &str,
+        need: u64,
+        block: u64,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let Some(key) = self.index.limited_key(key_id) else {
+            return Ok(());
+        };
+        let opening = key.opening();
+        let tenant = key.tenant.to_string();
+        let metadata = EventMetadata::from([
+            (
+                meta_keys::ACTOR.to_string(),
+                format!("{NODE_ACTOR}:{}", self.node),
+            ),
+            (meta_keys::TENANT.to_string(), tenant.clone()),
+            (meta_keys::OCCURRED_AT.to_string(), now.to_rfc3339()),
+        ]);
+        let appended = self
+            .store
+            .append_ledger(
+                &KeyId::from(key_id),
+                opening.as_ref(),
+                &metadata,
+                |before| Ok(reservation(&tenant, &self.node, before, need, block, now)),
+            )
+            .await?;
+        let Some(ledger) = appended.ledger else {
+            return Ok(());
+        };
+        let granted: u64 = appended
+            .events
+            .iter()
+            .map(|e| match e {
+                KeyUsageEvent::KeyCreditsReserved(r) => r.amount,
+                _ => 0,
+            })
+            .sum();
+        if granted > 0 {
+            key.grant_credits(granted, ledger, appended.sequence);
+        } else {
+            key.see_ledger(Some(ledger), appended.sequence);
+        }
+        Ok(())
+    }
+}
+
+/// The events of one reservation on the ledger `before`: a refill if one is
+/// due, then the block, if anything can be granted.
+fn reservation(
+    tenant: &str,
+    node: &str,
+    before: Option<&Ledger>,
+    need: u64,
+    block: u64,
+    now: DateTime<Utc>,
+) -> Vec<KeyUsageEvent> {
+    let Some(mut ledger) = before.filter(|l| l.limited).cloned() else {
+        return Vec::new();
+    };
+    let mut events = Vec::new();
+    if let Some(refill) = ledger.refill_due(now) {
+        ledger = Ledger::change(Some(&ledger), &refill, now);
+        events.push(KeyUsageEvent::KeyCreditsChanged(KeyCreditsChanged {
+            tenant: tenant.to_string(),
+            change: refill,
+            reason: Some("refill".into()),
+            at: now,
+            ledger: ledger.clone(),
+        }));
+    }
+    let granted = ledger.grant_for(need, block);
+    if granted > 0 {
+        ledger.reserve(granted);
+        events.push(KeyUsageEvent::KeyCreditsReserved(KeyCreditsReserved {
+            tenant: tenant.to_string(),
+            node: node.to_string(),
+            amount: granted,
+            epoch: ledger.epoch,
+            at: now,
+            ledger,
+        }));
+    }
+    events
+}
