@@ -147,6 +147,9 @@ async function focusLands(what, check) {
     assert.fail(`focus never reached ${what}; it is on ${at}`);
   }
 }
+/** The value (<dd>) of the fact labelled exactly `label` on a key page. */
+const factValue = (label) => main.locator('.fact')
+  .filter({ has: page.locator('dt').getByText(label, { exact: true }) }).locator('dd');
 /** Waits for a row's status badge to read `status`. */
 const rowStatus = (id, status) => keyRow(id).locator(`.badge-status-${status}`).waitFor();
 /** Opens a row's Actions menu and picks an item. */
@@ -238,7 +241,7 @@ try {
 
   step('an API error is shown in words in the dialog');
   await createButton.click();
-  await page.getByLabel('Name').fill('console-e2e');
+  await createDialog.getByLabel('Name', { exact: true }).fill('console-e2e');
   await page.getByLabel('Description (optional)').fill('Made by the browser test; deleted at its end');
   await page.getByLabel('Test').check();
   await page.getByLabel('Permissions (optional)').fill('Bad Permission!');
@@ -332,6 +335,133 @@ try {
   assert.deepEqual(lifecycle, ['KeyCreated', 'KeyDeactivated', 'KeyReactivated']);
   assert.match(await main.innerText(), /Deactivated: “checked by the browser test”/);
   await shot('key-detail.png', { fullPage: true });
+  assert.equal(await factValue('Rate limits').innerText(), 'none');
+  assert.equal(await factValue('Credits remaining').innerText(), 'no limit');
+  assert.equal(await main.locator('#credits-form').count(), 0, 'no balance to change on a key without credits');
+
+  step('create a key with an owner, a rate limit and credits through the console');
+  await page.getByRole('link', { name: 'Keys', exact: true }).click();
+  await ready('keys');
+  await createButton.click();
+  await createDialog.waitFor({ state: 'visible' });
+  await createDialog.getByLabel('Name', { exact: true }).fill('metered-e2e');
+  await createDialog.locator('summary', { hasText: 'Owner, rate limits and credits' }).click();
+  await createDialog.getByLabel('Owner (optional)').fill('cus_e2e');
+  await createDialog.getByRole('button', { name: 'Add a rate limit' }).click();
+  await focusLands('the new rate limit', () => document.activeElement?.labels?.[0]?.textContent === 'Rate limit 1: Name');
+  const limitField = (part) => createDialog.getByLabel(`Rate limit 1: ${part}`, { exact: true });
+  await limitField('Name').fill('Not A Name');
+  await limitField('Limit').fill('100');
+  await limitField('Per').fill('1');
+  await limitField('Unit').selectOption({ label: 'seconds' });
+  await createDialog.getByLabel('Limit the key with credits').check();
+  await createDialog.getByLabel('Credits remaining').fill('1000');
+  await createDialog.getByLabel('Refill', { exact: true }).selectOption('daily');
+  await createDialog.getByLabel('Refill amount').fill('500');
+  await createDialog.getByRole('button', { name: 'Create key' }).click();
+  await createError.waitFor({ state: 'visible' });
+  assert.match(await createError.innerText(), /ratelimits\[0\]\.name[\s\S]*validation_failed, HTTP 422/);
+  assert.equal(await limitField('Name').getAttribute('aria-invalid'), 'true', 'the server\'s error points at the field');
+  await focusLands('the rate limit name', () => document.activeElement?.labels?.[0]?.textContent === 'Rate limit 1: Name');
+  assert.ok(!(await api('GET', '/v1/keys')).body.keys.some((k) => k.name === 'metered-e2e'), 'nothing was created');
+  await limitField('Name').fill('requests');
+  await createDialog.getByRole('button', { name: 'Create key' }).click();
+  await secretDialog.waitFor({ state: 'visible' });
+  const meteredRaw = await page.locator('#secret-value').inputValue();
+  assert.match(meteredRaw, KEY_PATTERN);
+  await secretDialog.getByRole('button', { name: 'Done' }).click();
+  await secretDialog.waitFor({ state: 'hidden' });
+  const metered = (await api('GET', '/v1/keys')).body.keys.find((k) => k.name === 'metered-e2e');
+  assert.ok(metered, 'the API lists the key the console created');
+  assert.equal(metered.owner, 'cus_e2e');
+  assert.deepEqual(metered.ratelimits, [{ name: 'requests', limit: 100, window_ms: 1000 }]);
+  assert.deepEqual(metered.credits, { remaining: 1000, refill: { amount: 500, interval: 'daily' } });
+
+  step('the key page shows the owner, the rate limit and the credits');
+  await keyRow(metered.id).getByRole('link', { name: 'metered-e2e' }).click();
+  await ready('key');
+  await page.locator('main h1', { hasText: 'metered-e2e' }).waitFor();
+  assert.equal(await factValue('Owner').innerText(), 'cus_e2e');
+  assert.deepEqual(await main.locator('.ratelimits li').allInnerTexts(), ['requests: 100 per 1 s']);
+  assert.equal(await factValue('Credits remaining').innerText(), '1,000');
+  assert.equal(await factValue('Refill').innerText(), 'to 500 every day (00:00 UTC)');
+  assert.ok(!(await page.content()).includes(meteredRaw), 'the raw key is nowhere on the page');
+  assert.equal(await main.locator('.description').count(), 0, 'a key without a description shows none');
+  assert.deepEqual(await main.evaluate((m) => [...m.childNodes].filter((n) => n.nodeType === Node.TEXT_NODE)
+    .map((n) => n.textContent.trim()).filter(Boolean)), [], 'no stray text (such as "null") on the page');
+
+  step('credits: a refused amount is explained; an increment shows the new balance');
+  const creditsForm = main.locator('#credits-form');
+  const creditsAmount = creditsForm.getByLabel('Amount', { exact: true });
+  assert.equal(await creditsForm.getByLabel('Change', { exact: true }).inputValue(), 'increment');
+  await creditsAmount.fill('0');
+  await creditsForm.getByRole('button', { name: 'Change credits' }).click();
+  const creditsError = creditsForm.locator('.dialog-error');
+  await creditsError.waitFor({ state: 'visible' });
+  assert.match(await creditsError.innerText(), /validation_failed, HTTP 422/);
+  assert.equal(await creditsAmount.getAttribute('aria-invalid'), 'true');
+  assert.equal((await getKey(metered.id)).body.credits.remaining, 1000, 'nothing was changed');
+  await creditsAmount.fill('250');
+  await creditsForm.getByLabel('Reason (optional, kept in the audit log)').fill('top-up by the browser test');
+  await creditsForm.getByRole('button', { name: 'Change credits' }).click();
+  await factValue('Credits remaining').filter({ hasText: '1,250' }).waitFor();
+  assert.equal((await getKey(metered.id)).body.credits.remaining, 1250);
+  await focusLands('the amount field again', () => document.activeElement?.id === 'credits-amount');
+  assert.match(await main.innerText(), /Credits increased by 250: “top-up by the browser test” \(balance 1,250\)/);
+  await creditsForm.getByLabel('Change', { exact: true }).selectOption('decrement');
+  await creditsForm.getByLabel('Amount', { exact: true }).fill('50');
+  await creditsForm.getByRole('button', { name: 'Change credits' }).click();
+  await factValue('Credits remaining').filter({ hasText: '1,200' }).waitFor();
+  assert.equal((await getKey(metered.id)).body.credits.remaining, 1200);
+
+  step('edit the rate limit (PATCH): the page and the API agree, the balance stays');
+  const creditEvents = async () => (await api('GET', `/v1/keys/${metered.id}/events`)).body.events
+    .filter((e) => e.type === 'KeyCreditsChanged').length;
+  const creditEventsBefore = await creditEvents();
+  const editButton = main.getByRole('button', { name: 'Edit usage limits' });
+  await editButton.click();
+  const limitsDialog = page.locator('#limits-dialog');
+  await limitsDialog.waitFor({ state: 'visible' });
+  const editField = (label) => limitsDialog.getByLabel(label, { exact: true });
+  assert.equal(await editField('Owner (optional)').inputValue(), 'cus_e2e');
+  assert.equal(await editField('Rate limit 1: Name').inputValue(), 'requests');
+  assert.equal(await editField('Rate limit 1: Limit').inputValue(), '100');
+  assert.equal(await editField('Rate limit 1: Per').inputValue(), '1');
+  assert.equal(await editField('Rate limit 1: Unit').inputValue(), '1000');
+  assert.ok(await limitsDialog.getByLabel('Limit the key with credits').isChecked());
+  assert.equal(await editField('Credits remaining').inputValue(), '1200');
+  await editField('Rate limit 1: Limit').fill('20');
+  await editField('Rate limit 1: Unit').selectOption({ label: 'minutes' });
+  await limitsDialog.getByRole('button', { name: 'Add a rate limit' }).click();
+  await editField('Rate limit 2: Name').fill('daily');
+  await editField('Rate limit 2: Limit').fill('10000');
+  await editField('Rate limit 2: Unit').selectOption({ label: 'days' });
+  await limitsDialog.getByRole('button', { name: 'Save limits' }).click();
+  await limitsDialog.waitFor({ state: 'hidden' });
+  await main.locator('.ratelimits li', { hasText: 'requests: 20 per 1 min' }).waitFor();
+  assert.deepEqual(await main.locator('.ratelimits li').allInnerTexts(), ['requests: 20 per 1 min', 'daily: 10,000 per 1 d']);
+  const edited = (await getKey(metered.id)).body;
+  assert.deepEqual(edited.ratelimits, [
+    { name: 'requests', limit: 20, window_ms: 60_000 }, { name: 'daily', limit: 10_000, window_ms: 86_400_000 }]);
+  assert.equal(edited.owner, 'cus_e2e');
+  assert.equal(edited.credits.remaining, 1200, 'editing the rate limits left the balance alone');
+  assert.equal(await creditEvents(), creditEventsBefore, 'and wrote no credit change');
+  assert.equal(await factValue('Credits remaining').innerText(), '1,200');
+  assert.match(await main.innerText(), /Changed rate limits to requests: 20 per 1 min, daily: 10,000 per 1 d/);
+  await shot('key-usage-limits.png', { fullPage: true });
+
+  step('remove a rate limit, by keyboard');
+  await editButton.click();
+  await limitsDialog.waitFor({ state: 'visible' });
+  await limitsDialog.getByRole('button', { name: 'Remove rate limit 2' }).focus();
+  await page.keyboard.press('Enter');
+  await focusLands('the remaining rate limit', () => document.activeElement?.labels?.[0]?.textContent === 'Rate limit 1: Name');
+  assert.equal(await limitsDialog.locator('.ratelimit-row').count(), 1);
+  await limitsDialog.getByRole('button', { name: 'Save limits' }).click();
+  await limitsDialog.waitFor({ state: 'hidden' });
+  await page.waitForFunction(() => document.querySelectorAll('main .ratelimits li').length === 1);
+  assert.deepEqual(await main.locator('.ratelimits li').allInnerTexts(), ['requests: 20 per 1 min']);
+  assert.deepEqual((await getKey(metered.id)).body.ratelimits, [{ name: 'requests', limit: 20, window_ms: 60_000 }]);
 
   step('rotate from a key page: the new key is shown once, the old one expires');
   await page.goto(`${BASE}/#/keys/${reporting.id}`);
@@ -422,6 +552,14 @@ try {
   await page.goto(`${BASE}/#/keys/${billing.id}`);
   await ready('key');
   await noHorizontalScroll('key page');
+  await page.goto(`${BASE}/#/keys/${metered.id}`);
+  await ready('key');
+  await noHorizontalScroll('key page with usage limits');
+  await main.getByRole('button', { name: 'Edit usage limits' }).click();
+  await page.locator('#limits-dialog').waitFor({ state: 'visible' });
+  const limitsBox = await page.locator('#limits-dialog').boundingBox();
+  assert.ok(limitsBox.x >= 0 && limitsBox.x + limitsBox.width <= 400, 'the limits dialog fits');
+  await page.keyboard.press('Escape');
   await page.goto(`${BASE}/#/audit`);
   await ready('audit');
   await noHorizontalScroll('audit log');

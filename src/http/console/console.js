@@ -14,8 +14,16 @@ const PAGE_SIZE = 50;
 const AUDIT_PAGE_SIZE = 100;
 const EVENT_TYPES = [
   'KeyCreated', 'KeyUpdated', 'KeyDeactivated', 'KeyReactivated',
-  'KeyDeleted', 'KeyExpirySet', 'KeyUsageRecorded',
+  'KeyDeleted', 'KeyExpirySet', 'KeyUsageRecorded', 'KeyCreditsChanged', 'KeyCreditsReserved',
 ];
+/** Units a rate limit's window is entered and shown in, largest first. */
+const WINDOW_UNITS = [
+  { ms: 86_400_000, short: 'd', long: 'days' },
+  { ms: 3_600_000, short: 'h', long: 'hours' },
+  { ms: 60_000, short: 'min', long: 'minutes' },
+  { ms: 1000, short: 's', long: 'seconds' },
+];
+const MAX_RATELIMITS = 5;
 
 // ---------------------------------------------------------------- DOM helpers
 
@@ -431,6 +439,9 @@ async function createKey(returnTo) {
   form.reset();
   for (const field of form.querySelectorAll('[aria-invalid]')) field.removeAttribute('aria-invalid');
   dialogError($('#create-error'), null);
+  const limits = limitsFields('create');
+  $('#create-limits').replaceChildren(limits.element);
+  $('#create-limits-more').open = false;
   // One per dialog: a retry after a lost answer returns the first key, not a second.
   const idempotencyKey = randomId();
   let created = null;
@@ -452,6 +463,17 @@ async function createKey(returnTo) {
     if (permissions.length) body.permissions = permissions;
     const expires = String(data.get('expires_at'));
     if (expires) body.expires_at = new Date(expires).toISOString();
+    let usage;
+    try {
+      usage = limits.read();
+    } catch (error) {
+      limits.fail(error);
+      dialogError($('#create-error'), error);
+      return;
+    }
+    if (usage.owner) body.owner = usage.owner;
+    if (usage.ratelimits.length) body.ratelimits = usage.ratelimits;
+    if (usage.credits) body.credits = usage.credits;
     setBusy(dialog, submit, true, 'Creating…');
     try {
       created = await api('POST', '/v1/keys', { body, headers: { 'Idempotency-Key': idempotencyKey } });
@@ -460,10 +482,10 @@ async function createKey(returnTo) {
     } catch (error) {
       setBusy(dialog, submit, false);
       const field = error.details?.field;
-      const input = field && form.elements.namedItem(field);
-      if (input instanceof HTMLElement) input.setAttribute('aria-invalid', 'true');
+      const input = limits.inputFor(error) ?? (field && form.elements.namedItem(field));
       dialogError($('#create-error'), error);
-      (input instanceof HTMLElement ? input : $('#create-name')).focus();
+      if (input instanceof HTMLElement) limits.fail(error, input);
+      else $('#create-name').focus();
     }
   };
   await openDialog(dialog, returnTo, $('#create-name'));
@@ -698,6 +720,9 @@ function eventSummary(event) {
       if (Array.isArray(d.permissions) && d.permissions.length) parts.push(`permissions ${d.permissions.join(', ')}`);
       if (d.expires_at) parts.push(`expires ${dateFormat.format(new Date(d.expires_at))}`);
       if (d.rotated_from) parts.push(`replaces ${d.rotated_from}`);
+      if (d.owner) parts.push(`owner ${d.owner}`);
+      if (Array.isArray(d.ratelimits) && d.ratelimits.length) parts.push(`rate limits ${d.ratelimits.map((r) => rateLimitText(r)).join(', ')}`);
+      if (d.credits) parts.push(`${numberFormat.format(d.credits.remaining ?? 0)} credits`);
       return `Created with ${parts.filter(Boolean).join('; ')}`;
     }
     case 'KeyDeactivated':
@@ -711,9 +736,20 @@ function eventSummary(event) {
     case 'KeyUsageRecorded':
       return `Verified ${numberFormat.format(d.count ?? 0)} ${d.count === 1 ? 'time' : 'times'}`;
     case 'KeyUpdated': {
-      const changed = Object.keys(d).filter((k) => k !== 'updated_at');
+      const changed = Object.keys(d).filter((k) => k !== 'updated_at').map((k) => {
+        if (k === 'owner') return d.owner ? `owner to ${d.owner}` : 'owner (cleared)';
+        if (k === 'ratelimits' && Array.isArray(d.ratelimits)) {
+          return d.ratelimits.length ? `rate limits to ${d.ratelimits.map((r) => rateLimitText(r)).join(', ')}` : 'rate limits (removed)';
+        }
+        return k;
+      });
       return changed.length ? `Changed ${changed.join(', ')}` : 'Updated';
     }
+    case 'KeyCreditsChanged':
+      return creditChangeText(d.change ?? {}) + (d.reason ? `: “${d.reason}”` : '')
+        + (d.ledger && d.ledger.limited !== false ? ` (balance ${numberFormat.format((d.ledger.available ?? 0) + (d.ledger.outstanding ?? 0))})` : '');
+    case 'KeyCreditsReserved':
+      return `${numberFormat.format(d.amount ?? 0)} credits taken for verifications${d.node ? ` by ${d.node}` : ''}`;
     default:
       return JSON.stringify(d);
   }
@@ -813,10 +849,10 @@ async function keyScreen(id, main) {
     return;
   }
 
-  const after = (message, { deleted } = {}) => {
+  const after = (message, { deleted, focus } = {}) => {
     announce(message);
     if (deleted) location.hash = '#/keys';
-    else keyScreen(key.id, main).then(() => $('#main h1')?.focus());
+    else keyScreen(key.id, main).then(() => ((focus && $(focus)) ?? $('#main h1'))?.focus());
   };
   const buttons = keyActions(key, after).map(([label, run]) => {
     const button = h('button', { type: 'button', class: label === 'Delete' ? 'button-danger-quiet' : 'button-quiet', text: label });
@@ -826,9 +862,10 @@ async function keyScreen(id, main) {
   const permissions = key.permissions.length
     ? h('ul', { class: 'chips' }, key.permissions.map((p) => h('li', { class: 'mono', text: p })))
     : h('span', { class: 'muted', text: 'none' });
+  // replaceChildren would show a null as the text "null": no description, no node.
   main.replaceChildren(back,
     pageHead(key.name, badge('status', key.status), h('div', { class: 'page-actions' }, buttons)),
-    key.description ? h('p', { class: 'description', text: key.description }) : null,
+    ...(key.description ? [h('p', { class: 'description', text: key.description })] : []),
     h('dl', { class: 'facts' },
       wide(fact('ID', h('span', { class: 'mono', text: key.id }))),
       fact('Prefix', h('span', { class: 'mono', text: key.prefix })),
@@ -842,6 +879,7 @@ async function keyScreen(id, main) {
       key.rotated_from ? fact('Replaces', keyLink(key.rotated_from)) : null,
       key.rotated_to ? fact('Replaced by', keyLink(key.rotated_to)) : null,
       key.metadata ? fact('Metadata', h('pre', { class: 'metadata', text: JSON.stringify(key.metadata, null, 2) })) : null),
+    ...limitsSection(key, after),
     ...historySection);
 }
 
@@ -865,6 +903,362 @@ function toLocalInput(value) {
   if (Number.isNaN(date.getTime())) return '';
   const local = new Date(date.getTime() - date.getTimezoneOffset() * 60000);
   return local.toISOString().slice(0, 16);
+}
+
+// ---------------------------------------------------------------- usage limits
+
+/** A rate limit's window in words: 1000 -> "1 s", 90000 -> "90 s", 3600000 -> "1 h". */
+function windowText(ms) {
+  const unit = WINDOW_UNITS.find((u) => ms % u.ms === 0) ?? WINDOW_UNITS.at(-1);
+  return `${numberFormat.format(ms / unit.ms)} ${unit.short}`;
+}
+
+/** "100 per 1 s", or "requests: 100 per 1 s" with the name. */
+function rateLimitText(limit, { named = true } = {}) {
+  const text = `${numberFormat.format(limit.limit)} per ${windowText(limit.window_ms)}`;
+  return named ? `${limit.name}: ${text}` : text;
+}
+
+function refillText(refill) {
+  const amount = numberFormat.format(refill.amount);
+  return refill.interval === 'monthly'
+    ? `to ${amount} on day ${refill.day_of_month ?? 1} of each month (UTC)`
+    : `to ${amount} every day (00:00 UTC)`;
+}
+
+/** What a credit change did, in words. */
+function creditChangeText(change) {
+  const amount = numberFormat.format(change.amount ?? 0);
+  switch (change.op) {
+    case 'set': return `Credits set to ${amount}`;
+    case 'increment': return `Credits increased by ${amount}`;
+    case 'decrement': return `Credits decreased by ${amount}`;
+    case 'configure': return `Credits configured: ${numberFormat.format(change.credits?.remaining ?? 0)} remaining${
+      change.credits?.refill ? `, refilled ${refillText(change.credits.refill)}` : ''}`;
+    case 'remove': return 'Credit limit removed';
+    case 'refill': return 'Credits refilled';
+    default: return 'Credits changed';
+  }
+}
+
+/** An error of the console's own checks, pointing at the input at fault. */
+function inputError(input, message) {
+  const error = new ApiError(0, 'validation_failed', message);
+  error.input = input;
+  return error;
+}
+
+/** A whole number typed in `input`, at least `min`; throws an inputError. */
+function wholeNumber(input, what, min) {
+  const text = input.value.trim();
+  const value = Number(text);
+  if (!text || !Number.isSafeInteger(value) || value < min) {
+    throw inputError(input, `${what}: give a whole number of at least ${min}`);
+  }
+  return value;
+}
+
+/** Same settings? (a monthly refill without a day is on day 1) */
+function sameCredits(a, b) {
+  const norm = (c) => c && {
+    remaining: c.remaining,
+    refill: c.refill ? { amount: c.refill.amount, interval: c.refill.interval,
+      day: c.refill.interval === 'monthly' ? (c.refill.day_of_month ?? 1) : null } : null,
+  };
+  return JSON.stringify(norm(a)) === JSON.stringify(norm(b));
+}
+
+function sameRateLimits(a, b) {
+  const norm = (list) => list.map(({ name, limit, window_ms }) => ({ name, limit, window_ms }));
+  return JSON.stringify(norm(a)) === JSON.stringify(norm(b));
+}
+
+/** A labelled field: `label` may be text or nodes. */
+function labelled(id, label, input, hint) {
+  if (hint) input.setAttribute('aria-describedby', `${id}-hint`);
+  return h('div', { class: 'field' }, h('label', { for: id }, label), input,
+    hint ? h('p', { class: 'hint', id: `${id}-hint` }, hint) : null);
+}
+
+function optional(text) {
+  return [`${text} `, h('span', { class: 'optional', text: '(optional)' })];
+}
+
+/**
+ * The owner, rate limits and credits fields of the create and edit dialogs,
+ * starting from `key`'s values (edit) or empty (create). `read()` gives
+ * `{ owner, ratelimits, credits }` as the API takes them, or throws an
+ * inputError; `inputFor(error)` finds the input a server error is about.
+ */
+function limitsFields(prefix, key = null) {
+  const editing = Boolean(key);
+  const owner = h('input', { id: `${prefix}-owner`, name: 'owner', maxlength: '128', autocomplete: 'off', spellcheck: 'false', value: key?.owner ?? '' });
+
+  // Rate limits: one group per limit. Each input's label starts, for screen
+  // readers, with "Rate limit N:", so that the rows are told apart.
+  const rows = h('div', { class: 'ratelimit-rows' });
+  const none = h('p', { class: 'hint', text: 'None: verification does not limit this key by rate (the owner\'s limits still apply).' });
+  const add = h('button', { type: 'button', class: 'button-quiet', text: 'Add a rate limit' });
+  let rowCount = 0;
+  const rowsOf = () => [...rows.querySelectorAll('.ratelimit-row')];
+  function renumber() {
+    rowsOf().forEach((row, i) => {
+      row.querySelector('legend').textContent = `Rate limit ${i + 1}`;
+      for (const span of row.querySelectorAll('[data-row-label]')) span.textContent = `Rate limit ${i + 1}: `;
+      row.querySelector('[data-remove-label]').textContent = ` rate limit ${i + 1}`;
+    });
+    none.hidden = rowsOf().length > 0;
+    add.hidden = rowsOf().length >= MAX_RATELIMITS;
+  }
+  function addRow(limit) {
+    const n = ++rowCount;
+    const id = (part) => `${prefix}-ratelimit-${n}-${part}`;
+    const label = (part, text) => h('label', { for: id(part) }, h('span', { class: 'visually-hidden', 'data-row-label': '' }), text);
+    const unit = WINDOW_UNITS.find((u) => limit && limit.window_ms % u.ms === 0) ?? WINDOW_UNITS.at(-1);
+    // "Remove rate limit N" to screen readers.
+    const remove = h('button', { type: 'button', class: 'button-quiet' }, 'Remove', h('span', { class: 'visually-hidden', 'data-remove-label': '' }));
+    const row = h('fieldset', { class: 'ratelimit-row' },
+      h('legend', { class: 'visually-hidden' }),
+      h('div', { class: 'field' }, label('name', 'Name'),
+        h('input', { id: id('name'), 'data-part': 'name', maxlength: '32', autocomplete: 'off', spellcheck: 'false', value: limit?.name ?? '' })),
+      h('div', { class: 'field' }, label('limit', 'Limit'),
+        h('input', { id: id('limit'), 'data-part': 'limit', type: 'number', min: '1', step: '1', inputmode: 'numeric', value: limit?.limit ?? '' })),
+      h('div', { class: 'field' }, label('window', 'Per'),
+        h('input', { id: id('window'), 'data-part': 'window', type: 'number', min: '1', step: 'any', inputmode: 'decimal', value: limit ? limit.window_ms / unit.ms : '1' })),
+      h('div', { class: 'field' }, label('unit', 'Unit'),
+        h('select', { id: id('unit'), 'data-part': 'unit' },
+          WINDOW_UNITS.map((u) => h('option', { value: String(u.ms), selected: u === unit, text: u.long })))),
+      h('div', { class: 'ratelimit-remove' }, remove));
+    remove.addEventListener('click', () => {
+      const at = rowsOf().indexOf(row);
+      row.remove();
+      renumber();
+      const rest = rowsOf();
+      (rest[Math.min(at, rest.length - 1)]?.querySelector('[data-part="name"]') ?? add).focus();
+    });
+    rows.append(row);
+    renumber();
+    return row;
+  }
+  add.addEventListener('click', () => {
+    addRow(null).querySelector('[data-part="name"]').focus();
+  });
+  for (const limit of key?.ratelimits ?? []) addRow(limit);
+  renumber();
+
+  // Credits: off (no credit limit) or a balance and an optional refill.
+  const credits = key?.credits ?? null;
+  const creditsOn = h('input', { type: 'checkbox', id: `${prefix}-credits-on`, checked: Boolean(credits) });
+  const remaining = h('input', { id: `${prefix}-credits-remaining`, name: 'credits', type: 'number', min: '0', step: '1', inputmode: 'numeric', value: credits?.remaining ?? '' });
+  const refill = h('select', { id: `${prefix}-refill` },
+    h('option', { value: '', selected: !credits?.refill, text: 'never' }),
+    h('option', { value: 'daily', selected: credits?.refill?.interval === 'daily', text: 'daily' }),
+    h('option', { value: 'monthly', selected: credits?.refill?.interval === 'monthly', text: 'monthly' }));
+  const refillAmount = h('input', { id: `${prefix}-refill-amount`, type: 'number', min: '1', step: '1', inputmode: 'numeric', value: credits?.refill?.amount ?? '' });
+  const refillDay = h('input', { id: `${prefix}-refill-day`, type: 'number', min: '1', max: '28', step: '1', inputmode: 'numeric', value: credits?.refill?.day_of_month ?? 1 });
+  const amountField = labelled(refillAmount.id, 'Refill amount', refillAmount, 'At each refill the balance becomes this.');
+  const dayField = labelled(refillDay.id, 'Day of the month', refillDay, '1 to 28.');
+  const creditsBox = h('div', { class: 'credits-fields' },
+    labelled(remaining.id, 'Credits remaining', remaining, editing
+      ? 'Saving a change here sets the balance to this number. To add or take away credits, use the form on the key\'s page.'
+      : 'Each verification spends one; with none left, verification answers USAGE_EXCEEDED.'),
+    labelled(refill.id, 'Refill', refill),
+    amountField, dayField);
+  const sync = () => {
+    creditsBox.hidden = !creditsOn.checked;
+    amountField.hidden = !refill.value;
+    dayField.hidden = refill.value !== 'monthly';
+  };
+  creditsOn.addEventListener('change', sync);
+  refill.addEventListener('change', sync);
+  sync();
+
+  const element = h('div', { class: 'limits-fields' },
+    labelled(owner.id, optional('Owner'), owner,
+      'Your own id for the customer who holds the key, e.g. cus_123. Keys with the same owner share the owner\'s rate limits.'),
+    h('fieldset', { class: 'field limits-group' },
+      h('legend', { text: 'Rate limits' }),
+      h('p', { class: 'hint', text: `At most ${MAX_RATELIMITS}. Past a limit, verification answers RATE_LIMITED until the window ends.` }),
+      none, rows, h('div', {}, add)),
+    h('fieldset', { class: 'field limits-group' },
+      h('legend', { text: 'Credits' }),
+      h('label', { class: 'choice' }, creditsOn, ' Limit the key with credits'),
+      creditsBox));
+
+  function read() {
+    const ratelimits = rowsOf().map((row, i) => {
+      const part = (name) => row.querySelector(`[data-part="${name}"]`);
+      const what = `rate limit ${i + 1}`;
+      const name = part('name').value.trim();
+      if (!name) throw inputError(part('name'), `${what}: give it a name, e.g. requests`);
+      const limit = wholeNumber(part('limit'), `${what}, limit`, 1);
+      const windowValue = Number(part('window').value);
+      if (!part('window').value.trim() || !(windowValue > 0)) throw inputError(part('window'), `${what}: give the length of its window`);
+      return { name, limit, window_ms: Math.round(windowValue * Number(part('unit').value)) };
+    });
+    let creditsValue = null;
+    if (creditsOn.checked) {
+      creditsValue = { remaining: wholeNumber(remaining, 'credits remaining', 0) };
+      if (refill.value) {
+        creditsValue.refill = { amount: wholeNumber(refillAmount, 'refill amount', 1), interval: refill.value };
+        if (refill.value === 'monthly') creditsValue.refill.day_of_month = wholeNumber(refillDay, 'day of the month', 1);
+      }
+    }
+    return { owner: owner.value.trim() || null, ratelimits, credits: creditsValue };
+  }
+
+  function inputFor(error) {
+    if (error?.input) return error.input;
+    const message = error?.message ?? '';
+    switch (error?.details?.field) {
+      case 'owner': return owner;
+      case 'ratelimits': {
+        const match = /ratelimits\[(\d+)\]\.(name|limit|window_ms)/.exec(message);
+        const row = rowsOf()[match ? Number(match[1]) : 0];
+        if (!row) return add;
+        return row.querySelector(`[data-part="${match?.[2] === 'window_ms' ? 'window' : match?.[2] ?? 'name'}"]`);
+      }
+      case 'credits':
+        if (/day_of_month|day of/.test(message) && !dayField.hidden) return refillDay;
+        if (/refill/.test(message) && !amountField.hidden) return refillAmount;
+        return creditsOn.checked ? remaining : creditsOn;
+      default: return null;
+    }
+  }
+
+  /** Marks the input an error is about and moves focus there. */
+  function fail(error, input = inputFor(error)) {
+    if (!input) return;
+    if (input.matches('input:not([type="checkbox"]), select, textarea')) input.setAttribute('aria-invalid', 'true');
+    const details = input.closest('details');
+    if (details) details.open = true;
+    input.focus();
+  }
+
+  return { element, read, inputFor, fail };
+}
+
+/** Edits a key's owner, rate limits and credits settings (PATCH); resolves to the new view or null. */
+async function editLimits(key, returnTo) {
+  const dialog = $('#limits-dialog');
+  const form = $('#limits-form');
+  const submit = $('#limits-submit');
+  $('#limits-title').textContent = `Usage limits of “${key.name}”`;
+  const fields = limitsFields('limits', key);
+  $('#limits-fields').replaceChildren(fields.element);
+  dialogError($('#limits-error'), null);
+  let saved = null;
+  form.onsubmit = async (event) => {
+    event.preventDefault();
+    for (const field of form.querySelectorAll('[aria-invalid]')) field.removeAttribute('aria-invalid');
+    let values;
+    try {
+      values = fields.read();
+    } catch (error) {
+      dialogError($('#limits-error'), error);
+      fields.fail(error);
+      return;
+    }
+    // Only what changed: credits settings sent again would reset the balance.
+    const body = {};
+    if (values.owner !== (key.owner ?? null)) body.owner = values.owner;
+    if (!sameRateLimits(values.ratelimits, key.ratelimits ?? [])) body.ratelimits = values.ratelimits;
+    if (!sameCredits(values.credits, key.credits ?? null)) body.credits = values.credits;
+    if (!Object.keys(body).length) {
+      dialog.close('unchanged');
+      announce('Nothing was changed.');
+      return;
+    }
+    setBusy(dialog, submit, true, 'Saving…');
+    try {
+      saved = await api('PATCH', `/v1/keys/${encodeURIComponent(key.id)}`, { body });
+      setBusy(dialog, submit, false);
+      dialog.close('saved');
+    } catch (error) {
+      setBusy(dialog, submit, false);
+      dialogError($('#limits-error'), error);
+      fields.fail(error);
+    }
+  };
+  await openDialog(dialog, returnTo, $('#limits-owner'));
+  return saved;
+}
+
+/** The key page's form that sets, increments or decrements the balance. */
+function creditsForm(key, after) {
+  const op = h('select', { id: 'credits-op', name: 'op' },
+    h('option', { value: 'increment', text: 'Add' }),
+    h('option', { value: 'decrement', text: 'Take away' }),
+    h('option', { value: 'set', text: 'Set the balance to' }));
+  const amount = h('input', { id: 'credits-amount', name: 'amount', type: 'number', min: '0', step: '1', inputmode: 'numeric', autocomplete: 'off' });
+  const reason = h('input', { id: 'credits-reason', name: 'reason', maxlength: '500', autocomplete: 'off' });
+  const error = h('div', { class: 'dialog-error', role: 'alert', hidden: true });
+  const submit = h('button', { type: 'submit', class: 'button-primary', text: 'Change credits' });
+  const form = h('form', { class: 'panel credits-change', id: 'credits-form', novalidate: true, 'aria-labelledby': 'credits-change-title' },
+    h('h3', { id: 'credits-change-title', text: 'Change the balance' }),
+    error,
+    h('div', { class: 'credits-change-fields' },
+      labelled(op.id, 'Change', op),
+      labelled(amount.id, 'Amount', amount),
+      labelled(reason.id, ['Reason ', h('span', { class: 'optional', text: '(optional, kept in the audit log)' })], reason),
+      h('div', { class: 'credits-change-submit' }, submit)));
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    for (const field of form.querySelectorAll('[aria-invalid]')) field.removeAttribute('aria-invalid');
+    dialogError(error, null);
+    const body = { op: op.value };
+    try {
+      // The server says what is allowed (e.g. at least 1 to add); here, a number.
+      body.amount = wholeNumber(amount, 'amount', 0);
+    } catch (e) {
+      dialogError(error, e);
+      amount.setAttribute('aria-invalid', 'true');
+      amount.focus();
+      return;
+    }
+    if (reason.value.trim()) body.reason = reason.value.trim();
+    submit.disabled = true;
+    try {
+      const view = await api('POST', `/v1/keys/${encodeURIComponent(key.id)}/credits`, { body });
+      after(`Credits of “${key.name}”: ${view.credits ? numberFormat.format(view.credits.remaining) : 'no limit'} remaining.`,
+        { focus: '#credits-amount' });
+    } catch (e) {
+      submit.disabled = false;
+      dialogError(error, e);
+      const field = e.details?.field;
+      const input = { amount, op, reason }[field] ?? amount;
+      if (field) input.setAttribute('aria-invalid', 'true');
+      input.focus();
+    }
+  });
+  return form;
+}
+
+/** The key page's section of usage limits: what they are, and ways to change them. */
+function limitsSection(key, after) {
+  const edit = h('button', { type: 'button', class: 'button-quiet', text: 'Edit usage limits' });
+  edit.addEventListener('click', async () => {
+    const view = await editLimits(key, edit);
+    if (view) after(`Saved the usage limits of “${key.name}”.`);
+  });
+  const credits = key.credits;
+  const ratelimits = key.ratelimits ?? [];
+  return [
+    h('div', { class: 'section-head' }, h('h2', { text: 'Usage limits' }), edit),
+    h('dl', { class: 'facts' },
+      fact('Owner', key.owner ? h('span', { class: 'mono', text: key.owner }) : h('span', { class: 'muted', text: 'none' })),
+      fact('Rate limits', ratelimits.length
+        ? h('ul', { class: 'ratelimits' }, ratelimits.map((r) => h('li', { 'data-ratelimit': r.name },
+          h('span', { class: 'mono', text: r.name }), ': ', rateLimitText(r, { named: false }))))
+        : h('span', { class: 'muted', text: 'none' })),
+      fact('Credits remaining', credits
+        ? h('span', { class: 'num', 'data-credits': String(credits.remaining), text: numberFormat.format(credits.remaining) })
+        : h('span', { class: 'muted', text: 'no limit' })),
+      credits ? fact('Refill', credits.refill ? refillText(credits.refill) : h('span', { class: 'muted', text: 'never' })) : null),
+    credits
+      ? creditsForm(key, after)
+      : h('p', { class: 'hint limits-hint', text: 'The key has no credit limit: edit the usage limits to give it credits.' }),
+  ];
 }
 
 function auditScreen(params, main) {
