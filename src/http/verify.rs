@@ -90,7 +90,7 @@ impl RateLimitState {
             .ratelimits
             .iter()
             .map(|w| Self {
-                name: w.name.clone(),
+                name: w.name.as_str().to_string(),
                 limit: w.limit,
                 remaining: w.remaining,
                 reset_at: DateTime::from_timestamp_millis(w.reset_ms).unwrap_or_default(),
@@ -176,7 +176,9 @@ fn write_str(out: &mut Vec<u8>, s: &str) -> Result<(), serde_json::Error> {
 /// POST /v1/keys/verify
 #[utoipa::path(post, path = "/v1/keys/verify", tag = "verification", operation_id = "verifyKey", request_body = VerifyBody,
     responses((status = 200, body = VerificationView), (status = 400, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
+        (status = 409, body = ErrorBody, description = "a limited key's reservations kept losing races to other nodes"),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "a limited key's share or block is used up and the store cannot be reached")))]
 pub async fn verify(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,

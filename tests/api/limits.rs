@@ -17,8 +17,13 @@ backend_tests!(
     an_owner_limit_is_shared_by_its_keys_and_the_tighter_limit_wins,
     the_proxy_answer_is_429_with_rate_limit_headers,
     the_balance_is_flushed_survives_a_restart_and_passes_projections_check,
-    two_nodes_never_spend_more_credits_or_admit_more_than_the_limit,
 );
+
+/// Nodes share one database only on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_never_spend_more_credits_or_admit_more_than_the_limit() {
+    two_nodes(Backend::Postgres).await;
+}
 
 async fn create(app: &TestApp, body: Value) -> (String, String) {
     let r = app.post("/v1/keys", body).await;
@@ -371,10 +376,7 @@ async fn the_balance_is_flushed_survives_a_restart_and_passes_projections_check(
 
 /// Clients on two nodes over one database spend one key's credits and hit
 /// one rate limit at once; credits are incremented while they run.
-async fn two_nodes_never_spend_more_credits_or_admit_more_than_the_limit(backend: Backend) {
-    if backend != Backend::Postgres {
-        return;
-    }
+async fn two_nodes(backend: Backend) {
     let Some(a) = spawn_app(backend).await else {
         return;
     };

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use chrono::{DateTime, Utc};
 use keyledger_domain::{Ledger, RateLimit, Settlement};
+use smallvec::SmallVec;
 
 /// The most one reservation of a window asks for: a share large enough that
 /// a busy key reserves a few times per window, small enough that an idle
@@ -50,10 +51,70 @@ pub struct WindowNeed {
     pub ends_ms: i64,
 }
 
+/// A rate limit's name, held inline (names are at most 32 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LimitName {
+    bytes: [u8; 32],
+    len: u8,
+}
+
+impl LimitName {
+    fn new(name: &str) -> Self {
+        let mut bytes = [0; 32];
+        let len = name.len().min(32);
+        bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
+        Self {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Written from a `&str` of at most 32 bytes (validated `[a-z0-9_-]`).
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+/// A rate limit as the index holds it: its name inline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Limit {
+    name: LimitName,
+    limit: u64,
+    window_ms: u64,
+}
+
+impl Limit {
+    fn of(r: &RateLimit) -> Self {
+        Self {
+            name: LimitName::new(&r.name),
+            limit: r.limit,
+            window_ms: r.window_ms,
+        }
+    }
+
+    fn rate(&self) -> RateLimit {
+        RateLimit {
+            name: self.name.as_str().to_string(),
+            limit: self.limit,
+            window_ms: self.window_ms,
+        }
+    }
+
+    fn window_of(&self, at_ms: i64) -> i64 {
+        at_ms.div_euclid(i64::try_from(self.window_ms).unwrap_or(i64::MAX).max(1))
+    }
+
+    fn window_end_ms(&self, window: i64) -> i64 {
+        window
+            .saturating_add(1)
+            .saturating_mul(i64::try_from(self.window_ms).unwrap_or(i64::MAX))
+    }
+}
+
 /// A rate limit's state as an answer shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowReport {
-    pub name: String,
+    pub name: LimitName,
     pub limit: u64,
     /// What is left in the window as far as this node knows: its own share
     /// and what no node had taken at its last reservation.
@@ -61,10 +122,10 @@ pub struct WindowReport {
     pub reset_ms: i64,
 }
 
-/// The limits part of an answer.
+/// The limits part of an answer (inline for up to two rate limits).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LimitReport {
-    pub ratelimits: Vec<WindowReport>,
+    pub ratelimits: SmallVec<[WindowReport; 2]>,
     pub credits: Option<u64>,
 }
 
@@ -128,14 +189,15 @@ impl Window {
 /// Windows of a set of limits, one per limit, in the limits' order.
 #[derive(Debug, Default)]
 struct Windows {
-    limits: Vec<RateLimit>,
-    windows: Vec<Window>,
+    limits: SmallVec<[Limit; 1]>,
+    windows: SmallVec<[Window; 1]>,
 }
 
 impl Windows {
-    fn set_limits(&mut self, limits: Vec<RateLimit>) {
-        // A limit kept by name keeps its window; a changed one starts afresh.
-        let mut windows = Vec::with_capacity(limits.len());
+    fn set_limits(&mut self, limits: &[RateLimit]) {
+        // A limit kept unchanged keeps its window; a changed one starts afresh.
+        let limits: SmallVec<[Limit; 1]> = limits.iter().map(Limit::of).collect();
+        let mut windows = SmallVec::with_capacity(limits.len());
         for l in &limits {
             let kept = self
                 .limits
@@ -163,7 +225,7 @@ impl Windows {
             return Some(Err(Need::Window(WindowNeed {
                 subject: subject.to_string(),
                 owner,
-                name: l.name.clone(),
+                name: l.name.as_str().to_string(),
                 window: current,
                 limit: l.limit,
                 want: want_share(l.limit),
@@ -179,10 +241,10 @@ impl Windows {
         }
     }
 
-    fn report(&self, out: &mut Vec<WindowReport>) {
+    fn report(&self, out: &mut SmallVec<[WindowReport; 2]>) {
         for (l, w) in self.limits.iter().zip(&self.windows) {
             out.push(WindowReport {
-                name: l.name.clone(),
+                name: l.name,
                 limit: l.limit,
                 remaining: w.left.saturating_add(w.unclaimed).min(l.limit),
                 reset_ms: l.window_end_ms(w.window),
@@ -216,7 +278,10 @@ impl Windows {
     }
 
     fn find(&mut self, need: &WindowNeed) -> Option<&mut Window> {
-        let i = self.limits.iter().position(|l| l.name == need.name)?;
+        let i = self
+            .limits
+            .iter()
+            .position(|l| l.name.as_str() == need.name)?;
         let w = self.windows.get_mut(i)?;
         (w.window == need.window).then_some(w)
     }
@@ -287,7 +352,7 @@ impl LimitedKey {
             tenant,
             state: Mutex::default(),
         };
-        key.configure(owner, Some(ratelimits));
+        key.configure(owner, Some(&ratelimits));
         key.see_ledger(ledger, 0);
         key
     }
@@ -297,7 +362,7 @@ impl LimitedKey {
     }
 
     /// New owner and (if given) rate limits.
-    pub fn configure(&self, owner: Option<&str>, ratelimits: Option<Vec<RateLimit>>) {
+    pub fn configure(&self, owner: Option<&str>, ratelimits: Option<&[RateLimit]>) {
         let mut s = self.state();
         s.owner_id = owner.map(|o| keyledger_domain::owner_stream_id(&self.tenant, o));
         if let Some(r) = ratelimits {
@@ -310,7 +375,7 @@ impl LimitedKey {
         self.state().owner_id = owner.map(|o| keyledger_domain::owner_stream_id(&self.tenant, o));
     }
 
-    pub fn set_ratelimits(&self, ratelimits: Vec<RateLimit>) {
+    pub fn set_ratelimits(&self, ratelimits: &[RateLimit]) {
         self.state().windows.set_limits(ratelimits);
     }
 
@@ -378,18 +443,26 @@ impl LimitedKey {
         }
         // Every limit admits: the verification counts against each, whatever
         // the credits say (the contract's order: RATE_LIMITED first).
-        if let Some(l) = s.ledger.clone().filter(|l| l.limited) {
+        let ledger = s
+            .ledger
+            .as_ref()
+            .filter(|l| l.limited)
+            .map(|l| (l.epoch, l.available));
+        if let Some((epoch, available)) = ledger {
             let need = cost.max(1);
             let block_live = s.block.ends_ms.is_none_or(|end| now_ms < end);
             if !block_live {
                 s.block = Block {
-                    epoch: l.epoch,
+                    epoch,
                     ..Block::default()
                 };
             }
             if s.block.left < need {
-                let refill_due = l.refill_due(now).is_some();
-                if l.available < need && !refill_due {
+                let refill_due = s
+                    .ledger
+                    .as_ref()
+                    .is_some_and(|l| l.refill_due(now).is_some());
+                if available < need && !refill_due {
                     s.windows.take_one();
                     if let Some(w) = &mut owner_windows {
                         w.take_one();
@@ -463,6 +536,29 @@ impl LimitedKey {
         s.ledger = Some(ledger);
     }
 
+    /// Takes over `old`'s state (windows, block, unflushed spends): the same
+    /// key in a freshly loaded index. Its settings stay this one's.
+    pub fn take_state_of(&self, old: &LimitedKey) {
+        let mut from = old.state();
+        let mut to = self.state();
+        to.windows.windows = std::mem::take(&mut from.windows.windows);
+        if to.windows.windows.len() != to.windows.limits.len() {
+            to.windows.windows = to
+                .windows
+                .limits
+                .iter()
+                .map(|_| Window::default())
+                .collect();
+        }
+        to.block = std::mem::take(&mut from.block);
+        to.spent += std::mem::take(&mut from.spent);
+        to.pending = from.pending.take().or(to.pending.take());
+        if from.ledger_seen > to.ledger_seen {
+            to.ledger_seen = from.ledger_seen;
+            to.ledger = from.ledger.clone();
+        }
+    }
+
     /// Takes what a flush reports of this key's credits, if anything: the
     /// spends, and the block given back.
     pub fn drain(&self) -> Option<CreditFlush> {
@@ -518,7 +614,7 @@ impl LimitedKey {
 }
 
 fn report(s: &KeyState, owner: Option<&Windows>, now_ms: i64) -> LimitReport {
-    let mut ratelimits = Vec::with_capacity(s.windows.limits.len());
+    let mut ratelimits = SmallVec::new();
     s.windows.report(&mut ratelimits);
     if let Some(o) = owner {
         o.report(&mut ratelimits);
@@ -568,7 +664,7 @@ impl Owners {
             if o.sequence >= sequence {
                 return;
             }
-            lock(&o.windows).set_limits(ratelimits.clone());
+            lock(&o.windows).set_limits(&ratelimits);
             let windows = std::mem::take(&mut *lock(&o.windows));
             map.insert(
                 id.to_string(),
@@ -581,7 +677,7 @@ impl Owners {
             return;
         }
         let mut windows = Windows::default();
-        windows.set_limits(ratelimits);
+        windows.set_limits(&ratelimits);
         map.insert(
             id.to_string(),
             Arc::new(OwnerLimiter {
@@ -605,7 +701,8 @@ impl Owners {
 
     /// The owner's limits as this node holds them.
     pub fn limits(&self, id: &str) -> Option<Vec<RateLimit>> {
-        self.get(id).map(|o| lock(&o.windows).limits.clone())
+        self.get(id)
+            .map(|o| lock(&o.windows).limits.iter().map(Limit::rate).collect())
     }
 }
 

@@ -26,14 +26,13 @@ mod slots;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, Utc};
 use compact_str::CompactString;
 use keyledger_domain::key::{display_body_of_key, display_body_of_prefix};
 use keyledger_domain::{
-    ApiKeyEvent, Environment, KeyHash, KeyUsageEvent, Ledger, OwnerEvent, ParsedKey, Permissions,
-    RateLimit,
+    ApiKeyEvent, Environment, KeyHash, Ledger, OwnerEvent, ParsedKey, Permissions, RateLimit,
 };
 use serde::Serialize;
 
@@ -266,6 +265,11 @@ struct Interned {
     permissions: boxcar::Vec<Arc<Permissions>>,
     /// Names longer than a slot holds, and ids not of the issued shape.
     texts: boxcar::Vec<Box<str>>,
+    /// Keys with usage limits, named by index from their slots (see
+    /// `slots::LIMITED`): one memory access from the slot to the limiter, no
+    /// lock and no hashing. An entry outlives its key until the index is next
+    /// reloaded (its unflushed spends are drained from here).
+    limited: boxcar::Vec<LimitedKey>,
     /// How many keys each tenant holds. Its own lock, held for one update:
     /// the create path reads it, and must not wait while the writer grows a
     /// table under the writer lock.
@@ -365,6 +369,8 @@ struct WriterSide {
     /// Tenant name -> its index in [`Interned::tenants`].
     tenants: HashMap<Arc<str>, u32>,
     permissions: HashMap<Arc<Permissions>, u32>,
+    /// Key hash -> its limiter's index, for every key that ever had limits.
+    limiters: HashMap<[u8; 32], u32>,
 }
 
 impl WriterSide {
@@ -377,6 +383,10 @@ impl WriterSide {
         key: &IndexedKey,
         added: u64,
     ) -> SlotData {
+        let limiter = key
+            .limits
+            .as_ref()
+            .and_then(|_| self.limiters.get(hash.as_bytes()).copied());
         let tenant = match self.tenants.get(&*key.tenant) {
             Some(&index) => index,
             None => {
@@ -400,11 +410,16 @@ impl WriterSide {
             KeyId::Packed(b) => data.key_id = *b,
             KeyId::Text(s) => data.set_text_id(interned.push_text(s)),
         }
+        // The flag first: a limited key's inline name leaves room for the
+        // limiter's index.
+        data.set(LIMITED, limiter.is_some());
         set_name(&mut data, interned, &key.name);
+        if let Some(l) = limiter {
+            data.set_limiter(l);
+        }
         set_expiry(&mut data, key.expires_at);
         data.set(TEST_ENV, key.environment == Environment::Test);
         data.set(ACTIVE, key.active);
-        data.set(LIMITED, key.limits.is_some());
         data
     }
 
@@ -442,8 +457,8 @@ pub struct VerificationIndex {
     /// Uses of keys that left the index before their counts were flushed.
     /// Touched only on growth, on a verification racing one, and on flush.
     orphaned: Mutex<Vec<DrainedUsage>>,
-    /// Keys with usage limits (flag `LIMITED` in their slot), by hash.
-    limited: RwLock<HashMap<[u8; 32], Arc<LimitedKey>>>,
+    /// Credit reports of limited keys a reload left behind, for the next flush.
+    orphaned_credits: Mutex<Vec<limits::CreditFlush>>,
     /// Owners' shared limits.
     owners: Owners,
 }
@@ -473,7 +488,7 @@ impl VerificationIndex {
             live: AtomicUsize::new(0),
             checkpoint: AtomicI64::new(0),
             orphaned: Mutex::default(),
-            limited: RwLock::default(),
+            orphaned_credits: Mutex::default(),
             owners: Owners::default(),
         }
     }
@@ -506,12 +521,23 @@ impl VerificationIndex {
         let old = self.maps.swap(new.clone());
         self.hand_over(&old, &new);
         // Limited keys keep their windows, blocks and unflushed spends; a
-        // key the fresh load does not hold stays until its spends are
-        // flushed (`drain_limits`).
-        let fresh_limited = std::mem::take(&mut *write(&fresh.limited));
-        let mut limited = write(&self.limited);
-        for (hash, key) in fresh_limited {
-            limited.entry(hash).or_insert(key);
+        // key the fresh load does not hold has its spends kept for the next
+        // flush.
+        let mut by_id: HashMap<&str, &LimitedKey> = new
+            .interned
+            .limited
+            .iter()
+            .map(|(_, k)| (k.key_id.as_str(), k))
+            .collect();
+        let mut left = Vec::new();
+        for (_, key) in old.interned.limited.iter() {
+            match by_id.remove(key.key_id.as_str()) {
+                Some(fresh) => fresh.take_state_of(key),
+                None => left.extend(key.drain()),
+            }
+        }
+        if !left.is_empty() {
+            lock(&self.orphaned_credits).extend(left);
         }
     }
 
@@ -544,7 +570,7 @@ impl VerificationIndex {
     /// Adds a key as loaded from the key list at start.
     pub fn insert(&self, hash: KeyHash, key: IndexedKey) {
         let mut writer = self.writer();
-        self.register_limits(&hash, &key);
+        self.register_limits(&mut writer, &hash, &key);
         self.insert_locked(&mut writer, &hash, &key);
     }
 
@@ -553,40 +579,38 @@ impl VerificationIndex {
     /// updated), so they are appended and sorted once at the first lookup.
     pub(crate) fn load_row(&self, hash: KeyHash, key: IndexedKey) {
         let mut writer = self.writer();
-        self.register_limits(&hash, &key);
+        self.register_limits(&mut writer, &hash, &key);
         self.add_new(&mut writer, &hash, &key, IdOrder::Any);
     }
 
     /// Registers a key's limits before its slot says it has them. A key
     /// already registered (its key-list row, then its create event) keeps
     /// its state and takes the settings.
-    fn register_limits(&self, hash: &KeyHash, key: &IndexedKey) {
+    fn register_limits(&self, writer: &mut WriterSide, hash: &KeyHash, key: &IndexedKey) {
         let Some(spec) = &key.limits else {
             return;
         };
-        let mut limited = write(&self.limited);
-        match limited.get(hash.as_bytes()) {
+        let maps = self.maps.load();
+        let interned = &maps.interned;
+        match writer
+            .limiters
+            .get(hash.as_bytes())
+            .and_then(|&i| interned.limited.get(i as usize))
+        {
             Some(existing) => {
-                existing.configure(spec.owner.as_deref(), Some(spec.ratelimits.clone()));
+                existing.configure(spec.owner.as_deref(), Some(&spec.ratelimits));
             }
             None => {
-                limited.insert(
-                    *hash.as_bytes(),
-                    Arc::new(LimitedKey::new(
-                        key.key_id.to_string().as_str(),
-                        key.tenant.clone(),
-                        spec.owner.as_deref(),
-                        spec.ratelimits.clone(),
-                        spec.ledger.clone(),
-                    )),
-                );
+                let i = interned.limited.push(LimitedKey::new(
+                    key.key_id.to_string().as_str(),
+                    key.tenant.clone(),
+                    spec.owner.as_deref(),
+                    spec.ratelimits.clone(),
+                    spec.ledger.clone(),
+                ));
+                writer.limiters.insert(*hash.as_bytes(), index_u32(i));
             }
         }
-    }
-
-    /// The limits of the key in slot data `data`.
-    fn limits_of(&self, data: &SlotData) -> Option<Arc<LimitedKey>> {
-        read(&self.limited).get(&data.hash).cloned()
     }
 
     /// Owners' limits on this node.
@@ -594,8 +618,8 @@ impl VerificationIndex {
         &self.owners
     }
 
-    /// The limits of a key, by id, creating them (with no limit) if the key
-    /// has none yet; then `f` changes them and the slot's flag follows.
+    /// The limiter of a key, by id, creating it (with no limit) if the key
+    /// has none yet; then `f` changes it and the slot's flag follows.
     fn with_limits(&self, key_id: &str, f: impl FnOnce(&LimitedKey)) {
         let mut writer = self.writer();
         let Some(i) = writer.ids.get(&KeyId::new(key_id)) else {
@@ -603,69 +627,66 @@ impl VerificationIndex {
         };
         let maps = self.maps.load();
         let data = maps.table.slot(i as usize).read();
-        let key = {
-            let mut limited = write(&self.limited);
-            limited
-                .entry(data.hash)
-                .or_insert_with(|| {
-                    let tenant: Arc<str> = maps.interned.tenant(data.tenant).into();
-                    Arc::new(LimitedKey::new(key_id, tenant, None, Vec::new(), None))
-                })
-                .clone()
+        let interned = &maps.interned;
+        let index = match writer.limiters.get(&data.hash) {
+            Some(&l) => l,
+            None => {
+                let tenant: Arc<str> = interned.tenant(data.tenant).into();
+                let l = index_u32(interned.limited.push(LimitedKey::new(
+                    key_id,
+                    tenant,
+                    None,
+                    Vec::new(),
+                    None,
+                )));
+                writer.limiters.insert(data.hash, l);
+                l
+            }
         };
-        f(&key);
+        let Some(key) = interned.limited.get(index as usize) else {
+            return;
+        };
+        f(key);
         let limited = key.is_limited();
         if data.has(LIMITED) != limited {
-            maps.table.update(i as usize, |d| d.set(LIMITED, limited));
+            let name = VerifiedKey { data, maps: &maps }.name().to_string();
+            maps.table.update(i as usize, |d| {
+                d.set(LIMITED, limited);
+                set_name(d, interned, &name);
+                d.set_limiter(index);
+            });
         }
     }
 
     /// A limited key by id (for the flush and for reservations).
-    pub fn limited_key(&self, key_id: &str) -> Option<Arc<LimitedKey>> {
+    pub fn limited_key(&self, key_id: &str) -> Option<LimitedRef> {
         let mut writer = self.writer();
         let i = writer.ids.get(&KeyId::new(key_id))?;
-        let data = self.maps.load().table.slot(i as usize).read();
-        drop(writer);
-        self.limits_of(&data)
+        let maps = self.maps.load_full();
+        let data = maps.table.slot(i as usize).read();
+        let index = *writer.limiters.get(&data.hash)?;
+        LimitedRef::new(maps.interned.clone(), index)
     }
 
-    /// Takes every limited key's credit report for a flush. Keys that left
-    /// the index and have nothing left to report are forgotten.
+    /// Takes every limited key's credit report for a flush.
     pub fn drain_limits(&self) -> Vec<limits::CreditFlush> {
-        let keys: Vec<([u8; 32], Arc<LimitedKey>)> = read(&self.limited)
-            .iter()
-            .map(|(h, k)| (*h, k.clone()))
-            .collect();
-        let mut out = Vec::new();
-        let mut gone = Vec::new();
-        for (hash, key) in keys {
-            match key.drain() {
-                Some(flush) => out.push(flush),
-                None => {
-                    let mut writer = self.writer();
-                    if writer.ids.get(&KeyId::new(&key.key_id)).is_none() {
-                        gone.push(hash);
-                    }
-                }
-            }
-        }
-        if !gone.is_empty() {
-            let mut limited = write(&self.limited);
-            for hash in gone {
-                limited.remove(&hash);
-            }
-        }
+        let mut out = std::mem::take(&mut *lock(&self.orphaned_credits));
+        let maps = self.maps.load();
+        out.extend(maps.interned.limited.iter().filter_map(|(_, k)| k.drain()));
         out
     }
 
     /// Puts back a credit report whose flush failed.
     pub fn restore_limits(&self, flush: &limits::CreditFlush) {
-        let key = read(&self.limited)
-            .values()
-            .find(|k| k.key_id == flush.key_id)
-            .cloned();
-        if let Some(key) = key {
-            key.restore(flush);
+        let maps = self.maps.load();
+        match maps
+            .interned
+            .limited
+            .iter()
+            .find(|(_, k)| k.key_id == flush.key_id)
+        {
+            Some((_, key)) => key.restore(flush),
+            None => lock(&self.orphaned_credits).push(flush.clone()),
         }
     }
 
@@ -789,6 +810,14 @@ impl VerificationIndex {
         let Some((i, data)) = maps.table.find_from(first, home, hash.as_bytes()) else {
             return Ok(answer(not_found));
         };
+        // A limited key's limiter is on its way while the checks before it run.
+        let limiter = data
+            .has(LIMITED)
+            .then(|| maps.interned.limited.get(data.limiter() as usize))
+            .flatten();
+        if let Some(l) = limiter {
+            slots::prefetch(l);
+        }
         let key = VerifiedKey { data, maps: &maps };
         let mut report = None;
         let code = if !key.active() {
@@ -799,7 +828,7 @@ impl VerificationIndex {
             VerificationCode::WrongEnvironment
         } else if !key.permissions().grants_all(req.permissions) {
             VerificationCode::InsufficientPermissions
-        } else if let Some(limited) = data.has(LIMITED).then(|| self.limits_of(&data)).flatten() {
+        } else if let Some(limited) = limiter {
             match limited.check(now, req.cost, &self.owners) {
                 Checked::Need(need) => return Err(need),
                 Checked::RateLimited(r) => {
@@ -915,7 +944,7 @@ impl VerificationIndex {
                             k.set_owner(o.as_deref());
                         }
                         if let Some(r) = &u.ratelimits {
-                            k.set_ratelimits(r.clone());
+                            k.set_ratelimits(r);
                         }
                     });
                 }
@@ -938,22 +967,11 @@ impl VerificationIndex {
             }
             KeyledgerEvent::Usage(usage) => {
                 if let Some(ledger) = usage.ledger() {
-                    let known = self.limited_key(&event.key_id);
-                    match known {
-                        Some(k) => {
+                    let known = self.limited_key(&event.key_id).is_some();
+                    if known || ledger.limited {
+                        self.with_limits(&event.key_id, |k| {
                             k.see_ledger(Some(ledger.clone()), event.sequence);
-                            if !ledger.limited {
-                                self.with_limits(&event.key_id, |_| {});
-                            }
-                        }
-                        None if ledger.limited
-                            || matches!(usage, KeyUsageEvent::KeyCreditsChanged(_)) =>
-                        {
-                            self.with_limits(&event.key_id, |k| {
-                                k.see_ledger(Some(ledger.clone()), event.sequence);
-                            });
-                        }
-                        None => {}
+                        });
                     }
                 }
             }
@@ -1016,12 +1034,29 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(PoisonError::into_inner)
+/// A limited key, held by the index generation that names it.
+pub struct LimitedRef {
+    interned: Arc<Interned>,
+    index: u32,
 }
 
-fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    m.write().unwrap_or_else(PoisonError::into_inner)
+impl LimitedRef {
+    fn new(interned: Arc<Interned>, index: u32) -> Option<Self> {
+        interned.limited.get(index as usize)?;
+        Some(Self { interned, index })
+    }
+}
+
+impl std::ops::Deref for LimitedRef {
+    type Target = LimitedKey;
+
+    fn deref(&self) -> &LimitedKey {
+        // Checked in `new`, and the arena only grows.
+        match self.interned.limited.get(self.index as usize) {
+            Some(k) => k,
+            None => unreachable!("a limiter index checked when the reference was made"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -44,8 +44,12 @@ pub(super) const EXPIRES: u32 = 1 << 4;
 pub(super) const TEXT_ID: u32 = 1 << 5;
 /// The name is longer than [`NAME_INLINE`]: `name` holds a text index.
 pub(super) const LONG_NAME: u32 = 1 << 6;
-/// The key has usage limits: verification asks `VerificationIndex::limited`.
+/// The key has usage limits: the last 4 bytes of `name` index its limiter
+/// (`Interned::limited`), so an inline name has at most [`NAME_INLINE_LIMITED`]
+/// bytes.
 pub(super) const LIMITED: u32 = 1 << 7;
+/// Bytes of a limited key's name held in the slot.
+pub(super) const NAME_INLINE_LIMITED: usize = NAME_INLINE - 4;
 /// Length of an inline name, bits 8..14.
 const NAME_LEN_SHIFT: u32 = 8;
 const NAME_LEN_MASK: u32 = 0x3f << NAME_LEN_SHIFT;
@@ -123,10 +127,17 @@ impl SlotData {
     /// Sets the name inline when it fits; otherwise returns `false` and the
     /// caller stores it as text with [`SlotData::set_text_name`].
     pub fn set_inline_name(&mut self, name: &str) -> bool {
-        if name.len() > NAME_INLINE {
+        let room = if self.has(LIMITED) {
+            NAME_INLINE_LIMITED
+        } else {
+            NAME_INLINE
+        };
+        if name.len() > room {
             return false;
         }
+        let limiter = self.limiter();
         self.name = [0; NAME_INLINE];
+        self.set_limiter(limiter);
         self.name[..name.len()].copy_from_slice(name.as_bytes());
         self.flags &= !(LONG_NAME | NAME_LEN_MASK);
         // At most 32, so it fits the six bits.
@@ -135,9 +146,25 @@ impl SlotData {
     }
 
     pub fn set_text_name(&mut self, text: u32) {
+        let limiter = self.limiter();
         self.name = [0; NAME_INLINE];
+        self.set_limiter(limiter);
         self.name[..4].copy_from_slice(&text.to_le_bytes());
         self.flags = (self.flags & !NAME_LEN_MASK) | LONG_NAME;
+    }
+
+    /// The limiter index of a `LIMITED` key (meaningless otherwise).
+    pub fn limiter(&self) -> u32 {
+        let t = &self.name[NAME_INLINE_LIMITED..];
+        u32::from_le_bytes([t[0], t[1], t[2], t[3]])
+    }
+
+    /// Sets the limiter index; only for a `LIMITED` key, whose inline name
+    /// leaves these bytes free.
+    pub fn set_limiter(&mut self, index: u32) {
+        if self.has(LIMITED) {
+            self.name[NAME_INLINE_LIMITED..].copy_from_slice(&index.to_le_bytes());
+        }
     }
 
     pub fn text_name(&self) -> u32 {
@@ -260,13 +287,13 @@ pub(super) fn home_of(display_body: &[u8]) -> u64 {
 
 /// Asks the CPU for the cache line holding `at` without waiting for it.
 #[cfg(target_arch = "x86_64")]
-fn prefetch<T>(at: &T) {
+pub(super) fn prefetch<T>(at: &T) {
     safe_arch::prefetch_t0(at);
 }
 
 /// Elsewhere no safe prefetch exists: the lookup waits for the memory.
 #[cfg(not(target_arch = "x86_64"))]
-fn prefetch<T>(_at: &T) {}
+pub(super) fn prefetch<T>(_at: &T) {}
 
 /// A slot's tag: 7 low bits of the key's home hash with the high bit set (0
 /// is empty). The slot's index comes from the high bits, so the two are
