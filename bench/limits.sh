@@ -9,7 +9,8 @@
 # a limited key reserves a window share and a credit block from the store the
 # first time a node verifies it (then every minute, and every 1,000 credits),
 # so a random draw over half a million keys would measure first touches. The
-# warm-up (5 s) makes those reservations; COLD=1 adds a run over the whole half.
+# warm-up (5 s; 30 s for limited keys: two reservations for each of HOT keys)
+# makes those reservations; COLD=1 adds a run over the whole half.
 #
 # Usage: bench/limits.sh [keys]   env: REPS (3), DURATION (15s), CONNS (64), HOT
 # Needs wrk and the reference harness at ../shared/bench/limits (set LIMITS).
@@ -60,8 +61,9 @@ declare -A url=([memverify]=http://127.0.0.1:18081/v1/verify [plain]=http://127.
 declare -A file=([memverify]=/tmp/limits-keys.tsv [plain]="$out/plain-hot.txt"
                  [limited]="$out/limited-hot.txt" [limited_cold]="$work/limited.txt")
 script() { if [ "$1" = memverify ]; then echo "-s $LIMITS/scripts/keys.lua"; else echo "-s bench/verify.lua"; fi; }
+declare -A warm=([memverify]=5s [plain]=5s [limited]=30s)
 for t in memverify plain limited; do   # warm-up, not reported: limited keys reserve here
-    MODE=verify KEYS_FILE=${file[$t]} wrk -t1 -c"$CONNS" -d5s $(script "$t") "${url[$t]}" >/dev/null 2>&1 || true
+    MODE=verify KEYS_FILE=${file[$t]} wrk -t1 -c"$CONNS" -d"${warm[$t]}" $(script "$t") "${url[$t]}" >/dev/null 2>&1 || true
 done
 declare -A rps p50 p99
 for r in $(seq "$REPS"); do

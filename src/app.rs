@@ -180,6 +180,16 @@ impl Application {
             self.config.usage_flush_interval,
             stop.clone(),
         ));
+        // Stopped before the rest: a block it reserved after the final flush
+        // would be withheld until the next reset.
+        let ahead_stop = CancellationToken::new();
+        let ahead_task = tokio::spawn(
+            self.state
+                .service
+                .reservations()
+                .clone()
+                .reserve_ahead(self.clock.clone(), ahead_stop.clone()),
+        );
         let windows_task = tokio::spawn(crate::limits::purge_windows_periodically(
             self.state.service.store().clone(),
             self.clock.clone(),
@@ -190,6 +200,8 @@ impl Application {
         tracing::info!(address = %self.address, "listening on http://{}", self.address);
         let limits = crate::http::serve::Limits::from_config(&self.config);
         crate::http::serve::serve(self.listener, app, limits, shutdown).await;
+        ahead_stop.cancel();
+        let _ = ahead_task.await;
         stop.cancel();
         let _ = flusher_task.await;
         let _ = purger_task.await;

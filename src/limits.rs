@@ -9,13 +9,15 @@
 
 use std::sync::Arc;
 
+use tokio::sync::{mpsc, oneshot};
+
 use chrono::{DateTime, Utc};
 use keyledger_domain::{KeyCreditsChanged, KeyCreditsReserved, KeyId, KeyUsageEvent, Ledger};
 use keyledger_projections::event::meta_keys;
 use keyledger_projections::{Need, VerificationIndex, WindowNeed};
 
 use crate::error::Error;
-use crate::store::windows::{ShareRequest, WindowTable};
+use crate::store::windows::{Share, ShareRequest, WindowTable};
 use crate::store::{EventMetadata, EventStore};
 
 /// The actor of ledger events a node writes on its own (reservations and
@@ -25,9 +27,23 @@ pub const NODE_ACTOR: &str = "keyledger:node";
 /// How long a window's row is kept after the window ends.
 const WINDOW_ROW_KEPT_MS: i64 = 60_000;
 
+/// Window shares taken in one transaction at most.
+const SHARES_PER_COMMIT: usize = 500;
+
+fn share_request(w: &WindowNeed) -> ShareRequest<'_> {
+    ShareRequest {
+        subject: &w.subject,
+        name: &w.name,
+        window: w.window,
+        limit: w.limit,
+        want: w.want,
+        ends_ms: w.ends_ms.saturating_add(WINDOW_ROW_KEPT_MS),
+    }
+}
+
 pub struct Reservations {
     store: Arc<EventStore>,
-    windows: Arc<dyn WindowTable>,
+    shares: ShareBatcher,
     index: Arc<VerificationIndex>,
     /// This process, as its reservation events name it.
     node: String,
@@ -36,10 +52,114 @@ pub struct Reservations {
 impl Reservations {
     pub fn new(store: Arc<EventStore>, index: Arc<VerificationIndex>, node: String) -> Self {
         Self {
-            windows: store.windows(),
+            shares: ShareBatcher::start(store.windows()),
             store,
             index,
             node,
+        }
+    }
+}
+
+/// A share request waiting for its batch.
+type ShareWait = (WindowNeed, oneshot::Sender<Result<Share, Error>>);
+
+/// Takes window shares for every waiting request in one transaction (group
+/// commit): after a window edge, every key idle at the edge asks for a share
+/// at its next verification, and one commit (one log flush) each would queue
+/// them behind each other.
+struct ShareBatcher {
+    queue: mpsc::UnboundedSender<ShareWait>,
+}
+
+impl ShareBatcher {
+    fn start(windows: Arc<dyn WindowTable>) -> Self {
+        let (queue, mut waiting) = mpsc::unbounded_channel::<ShareWait>();
+        tokio::spawn(async move {
+            while let Some(first) = waiting.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < SHARES_PER_COMMIT {
+                    match waiting.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let requests: Vec<ShareRequest<'_>> =
+                    batch.iter().map(|(w, _)| share_request(w)).collect();
+                let taken = windows.take_many(&requests).await;
+                drop(requests);
+                match taken {
+                    Ok(shares) => {
+                        for ((_, reply), share) in batch.into_iter().zip(shares) {
+                            let _ = reply.send(Ok(share));
+                        }
+                    }
+                    Err(e) => {
+                        let unavailable = e.is_unavailable();
+                        let text = e.to_string();
+                        tracing::debug!(error = %e, shares = batch.len(), "a batch of window shares failed");
+                        for (_, reply) in batch {
+                            let each = if unavailable {
+                                Error::StoreUnavailable(text.clone().into())
+                            } else {
+                                Error::internal(format!("taking a window share: {text}"))
+                            };
+                            let _ = reply.send(Err(each));
+                        }
+                    }
+                }
+            }
+        });
+        Self { queue }
+    }
+
+    async fn take(&self, need: WindowNeed) -> Result<Share, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send((need, reply))
+            .map_err(|_| Error::internal("the share batcher stopped"))?;
+        answer
+            .await
+            .map_err(|_| Error::internal("the share batcher dropped a request"))?
+    }
+}
+
+impl Reservations {
+    /// Makes the reservations verification foresaw (a busy window's
+    /// successor, a block running low) until `stop`, one after another, so
+    /// that busy keys rarely wait for the store when they are verified.
+    /// A failure only means the verification that needs it asks itself.
+    pub async fn reserve_ahead(
+        self: Arc<Self>,
+        clock: crate::clock::Clock,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            let batch = tokio::select! {
+                () = stop.cancelled() => return,
+                batch = self.index.ahead().next_batch() => batch,
+            };
+            // Window shares all at once (they come in bursts, every busy
+            // key's windows ending together; the batcher commits them
+            // together); credit blocks one after another.
+            let (windows, others): (Vec<Need>, Vec<Need>) = batch
+                .into_iter()
+                .partition(|n| matches!(n, Need::Window(_)));
+            let mut shares = tokio::task::JoinSet::new();
+            for need in windows {
+                let me = self.clone();
+                let now = clock.now();
+                shares.spawn(async move { me.provide(need, now).await });
+            }
+            while let Some(done) = shares.join_next().await {
+                if let Ok(Err(e)) = done {
+                    tracing::debug!(error = %e, "a share reserved ahead failed; it is taken when needed");
+                }
+            }
+            for need in others {
+                if let Err(e) = self.provide(need, clock.now()).await {
+                    tracing::debug!(error = %e, "a reservation ahead failed; it is made when needed");
+                }
+            }
         }
     }
 }
@@ -84,26 +204,9 @@ impl Reservations {
     }
 
     async fn window(&self, w: &WindowNeed) -> Result<(), Error> {
-        let taken = self
-            .windows
-            .take(ShareRequest {
-                subject: &w.subject,
-                name: &w.name,
-                window: w.window,
-                limit: w.limit,
-                want: w.want,
-                ends_ms: w.ends_ms.saturating_add(WINDOW_ROW_KEPT_MS),
-            })
-            .await;
-        match taken {
+        match self.shares.take(w.clone()).await {
             Ok(share) => {
-                if w.owner {
-                    self.index
-                        .owners()
-                        .grant_window(w, share.granted, share.taken);
-                } else if let Some(key) = self.index.limited_key(&w.subject) {
-                    key.grant_window(w, share.granted, share.taken);
-                }
+                self.grant_share(w, share);
                 Ok(())
             }
             Err(e) if e.is_unavailable() => {
@@ -122,6 +225,16 @@ impl Reservations {
                 }
             }
             Err(e) => Err(e),
+        }
+    }
+
+    fn grant_share(&self, w: &WindowNeed, share: Share) {
+        if w.owner {
+            self.index
+                .owners()
+                .grant_window(w, share.granted, share.taken);
+        } else if let Some(key) = self.index.limited_key(&w.subject) {
+            key.grant_window(w, share.granted, share.taken);
         }
     }
 

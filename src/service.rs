@@ -79,7 +79,7 @@ pub struct KeyService {
     /// Tests only: a failure injected right after commits.
     after_commit: Option<AfterCommit>,
     /// What verifications of limited keys reserve from the store.
-    reservations: Reservations,
+    reservations: Arc<Reservations>,
 }
 
 impl KeyService {
@@ -94,7 +94,11 @@ impl KeyService {
             .groups_commits()
             .then(|| CreateQueue::start(store.clone(), tailer.clone()));
         let node = format!("{}", Uuid::now_v7().simple());
-        let reservations = Reservations::new(store.clone(), projections.index().clone(), node);
+        let reservations = Arc::new(Reservations::new(
+            store.clone(),
+            projections.index().clone(),
+            node,
+        ));
         Self {
             reservations,
             store,
@@ -126,6 +130,12 @@ impl KeyService {
 
     pub fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    /// Reservations for usage limits (its `reserve_ahead` task runs beside
+    /// the server).
+    pub fn reservations(&self) -> &Arc<Reservations> {
+        &self.reservations
     }
 
     pub fn projections(&self) -> &Arc<Projections> {

@@ -39,6 +39,9 @@ pub trait WindowTable: Send + Sync {
     /// least one while anything is): shares shrink as the window fills, so
     /// the last admissions go to whichever node asks.
     async fn take(&self, request: ShareRequest<'_>) -> Result<Share, Error>;
+    /// `take` for each request, in one transaction (shares reserved ahead
+    /// for many keys at once: one commit instead of one each).
+    async fn take_many(&self, requests: &[ShareRequest<'_>]) -> Result<Vec<Share>, Error>;
     /// Deletes windows that ended before `before_ms`.
     async fn purge(&self, before_ms: i64) -> Result<u64, Error>;
 }
@@ -73,8 +76,45 @@ where
     for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     i64: for<'q> sqlx::Encode<'q, DB> + for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
     (i64, i64): for<'r> sqlx::FromRow<'r, DB::Row>,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
 {
     async fn take(&self, r: ShareRequest<'_>) -> Result<Share, Error> {
+        let mut conn = self.pool.acquire().await.map_err(store_error)?;
+        take_on(&mut *conn, r).await
+    }
+
+    async fn take_many(&self, requests: &[ShareRequest<'_>]) -> Result<Vec<Share>, Error> {
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        let mut shares = Vec::with_capacity(requests.len());
+        for r in requests {
+            shares.push(take_on(&mut *tx, *r).await?);
+        }
+        tx.commit().await.map_err(store_error)?;
+        Ok(shares)
+    }
+
+    async fn purge(&self, before_ms: i64) -> Result<u64, Error> {
+        use crate::store::claims::RowsAffected;
+        let done = sqlx::query("DELETE FROM rate_windows WHERE expires_ms < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(done.rows())
+    }
+}
+
+/// One share, taken on `conn` (a connection or a transaction's).
+async fn take_on<'c, DB, E>(conn: E, r: ShareRequest<'_>) -> Result<Share, Error>
+where
+    DB: Engine,
+    E: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: for<'q> sqlx::Encode<'q, DB> + for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    (i64, i64): for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    {
         // `left` is $5 - taken; the grant is at most $6 (want) and at most
         // ceil(left / 4), at least 1 while left > 0. Plain CASE, the same on
         // both engines.
@@ -100,7 +140,7 @@ where
             .bind(to_i64(r.limit))
             .bind(to_i64(r.want.max(1)))
             .bind(r.ends_ms)
-            .fetch_one(&self.pool)
+            .fetch_one(conn)
             .await
             .map_err(store_error)?;
         let as_u64 = |n: i64, what: &str| {
@@ -112,16 +152,6 @@ where
             granted: as_u64(granted, "grant")?,
             taken: as_u64(taken, "taken")?,
         })
-    }
-
-    async fn purge(&self, before_ms: i64) -> Result<u64, Error> {
-        use crate::store::claims::RowsAffected;
-        let done = sqlx::query("DELETE FROM rate_windows WHERE expires_ms < $1")
-            .bind(before_ms)
-            .execute(&self.pool)
-            .await
-            .map_err(store_error)?;
-        Ok(done.rows())
     }
 }
 

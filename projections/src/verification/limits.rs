@@ -21,7 +21,7 @@ use smallvec::SmallVec;
 /// node does not sit on much of it.
 pub const WINDOW_SHARE: u64 = 1_000;
 /// The most one credit reservation asks for.
-pub const CREDIT_BLOCK: u64 = 1_000;
+pub const CREDIT_BLOCK: u64 = 10_000;
 
 /// What a check needs from the store before it can answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +49,34 @@ pub struct WindowNeed {
     pub want: u64,
     /// When the window ends (ms since the epoch).
     pub ends_ms: i64,
+}
+
+/// Needs a check foresaw: a window's successor, or more credits before the
+/// block runs out. The server reserves them in the background, so a busy
+/// key rarely waits for the store on the request path. Each is asked for
+/// once per window or block, so the queue stays short.
+#[derive(Debug, Default)]
+pub struct AheadQueue {
+    needs: Mutex<Vec<Need>>,
+    notify: tokio::sync::Notify,
+}
+
+impl AheadQueue {
+    fn push(&self, need: Need) {
+        lock(&self.needs).push(need);
+        self.notify.notify_one();
+    }
+
+    /// Takes what was asked for, waiting until something is.
+    pub async fn next_batch(&self) -> Vec<Need> {
+        loop {
+            let batch = std::mem::take(&mut *lock(&self.needs));
+            if !batch.is_empty() {
+                return batch;
+            }
+            self.notify.notified().await;
+        }
+    }
 }
 
 /// A rate limit's name, held inline (names are at most 32 bytes).
@@ -164,6 +192,18 @@ struct Window {
     exhausted: bool,
     /// The store was away and the previous share was used instead.
     fell_back: bool,
+    /// A share of the window after this one, reserved ahead.
+    next: Option<Ahead>,
+    /// The next window's share was asked for (once per window).
+    ahead_asked: bool,
+}
+
+/// A share of a window reserved before the window began.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ahead {
+    window: i64,
+    granted: u64,
+    unclaimed: u64,
 }
 
 impl Window {
@@ -177,13 +217,34 @@ impl Window {
         } else {
             0
         };
+        // A share reserved ahead for this very window starts it.
+        let ahead = self
+            .next
+            .filter(|a| a.window == current)
+            .unwrap_or_default();
         *self = Window {
             window: current,
             previous_share: previous,
-            unclaimed: limit,
+            left: ahead.granted,
+            share: ahead.granted,
+            unclaimed: if ahead.granted > 0 {
+                ahead.unclaimed
+            } else {
+                limit
+            },
             ..Window::default()
         };
     }
+}
+
+/// How long before its window ends a busy window's successor is reserved:
+/// a tenth of the window, between 100 ms and 10 s. Every key's windows end
+/// together (they are aligned to the epoch), so without this every busy key
+/// would ask the store at the same instant, on the request path.
+fn lead_ms(window_ms: u64) -> i64 {
+    i64::try_from(window_ms / 10)
+        .unwrap_or(i64::MAX)
+        .clamp(100, 10_000)
 }
 
 /// Windows of a set of limits, one per limit, in the limits' order.
@@ -212,11 +273,30 @@ impl Windows {
 
     /// Rolls every window to `now_ms`; the first limit without a share left
     /// decides: rate limited, or what to reserve.
-    fn check(&mut self, now_ms: i64, subject: &str, owner: bool) -> Option<Result<(), Need>> {
+    fn check(
+        &mut self,
+        now_ms: i64,
+        subject: &str,
+        owner: bool,
+        ahead: &AheadQueue,
+    ) -> Option<Result<(), Need>> {
         for (l, w) in self.limits.iter().zip(self.windows.iter_mut()) {
             let current = l.window_of(now_ms);
             w.roll(current, l.limit);
             if w.left > 0 {
+                let end = l.window_end_ms(current);
+                if !w.ahead_asked && now_ms >= end - lead_ms(l.window_ms) {
+                    w.ahead_asked = true;
+                    ahead.push(Need::Window(WindowNeed {
+                        subject: subject.to_string(),
+                        owner,
+                        name: l.name.as_str().to_string(),
+                        window: current + 1,
+                        limit: l.limit,
+                        want: want_share(l.limit).max(w.share.min(WINDOW_SHARE)),
+                        ends_ms: l.window_end_ms(current + 1),
+                    }));
+                }
                 continue;
             }
             if w.exhausted {
@@ -253,6 +333,18 @@ impl Windows {
     }
 
     fn grant(&mut self, need: &WindowNeed, granted: u64, taken: u64) {
+        if let Some(w) = self.find_before(need) {
+            let a = w.next.get_or_insert(Ahead {
+                window: need.window,
+                granted: 0,
+                unclaimed: 0,
+            });
+            if a.window == need.window {
+                a.granted += granted;
+                a.unclaimed = need.limit.saturating_sub(taken);
+            }
+            return;
+        }
         if let Some(w) = self.find(need) {
             w.left += granted;
             w.share += granted;
@@ -275,6 +367,16 @@ impl Windows {
             }
             _ => false,
         }
+    }
+
+    /// The window just before the one `need` is for (a share reserved ahead).
+    fn find_before(&mut self, need: &WindowNeed) -> Option<&mut Window> {
+        let i = self
+            .limits
+            .iter()
+            .position(|l| l.name.as_str() == need.name)?;
+        let w = self.windows.get_mut(i)?;
+        (w.window + 1 == need.window).then_some(w)
     }
 
     fn find(&mut self, need: &WindowNeed) -> Option<&mut Window> {
@@ -302,6 +404,10 @@ struct Block {
     spent: u64,
     /// When the block's refill period ends (ms), if it has one.
     ends_ms: Option<i64>,
+    /// What the reservations of this block granted.
+    granted: u64,
+    /// More was asked for ahead.
+    ahead_asked: bool,
 }
 
 /// A key with limits, as this node holds it.
@@ -414,7 +520,13 @@ impl LimitedKey {
     }
 
     /// Decides one verification spending `cost` credits at `now`.
-    pub fn check(&self, now: DateTime<Utc>, cost: u64, owners: &Owners) -> Checked {
+    pub fn check(
+        &self,
+        now: DateTime<Utc>,
+        cost: u64,
+        owners: &Owners,
+        ahead: &AheadQueue,
+    ) -> Checked {
         let now_ms = now.timestamp_millis();
         let mut s = self.state();
         let owner = match &s.owner_id {
@@ -429,9 +541,9 @@ impl LimitedKey {
             None => None,
         };
         let mut owner_windows = owner.as_ref().map(|o| lock(&o.windows));
-        let key_check = s.windows.check(now_ms, &self.key_id, false);
+        let key_check = s.windows.check(now_ms, &self.key_id, false, ahead);
         let owner_check = match (&mut owner_windows, owner.as_ref()) {
-            (Some(w), Some(o)) => w.check(now_ms, &o.id, true),
+            (Some(w), Some(o)) => w.check(now_ms, &o.id, true, ahead),
             _ => None,
         };
         match key_check.or(owner_check) {
@@ -478,6 +590,15 @@ impl LimitedKey {
             s.block.left -= cost;
             s.block.spent += cost;
             s.spent += cost;
+            // A quarter of the block left: the next one is reserved ahead.
+            if !s.block.ahead_asked && s.block.left < s.block.granted / 4 && available > 0 {
+                s.block.ahead_asked = true;
+                ahead.push(Need::Credits {
+                    key_id: self.key_id.clone(),
+                    need: 1,
+                    block: CREDIT_BLOCK.max(cost),
+                });
+            }
         }
         s.windows.take_one();
         if let Some(w) = &mut owner_windows {
@@ -513,6 +634,8 @@ impl LimitedKey {
                     };
                 }
                 s.block.left += granted;
+                s.block.granted += granted;
+                s.block.ahead_asked = false;
                 s.block.ends_ms = ledger.period_end().map(|e| e.timestamp_millis());
             } else {
                 // Void already: it is given back (a no-op) at the next flush.
@@ -531,6 +654,8 @@ impl LimitedKey {
             };
         }
         s.block.left += granted;
+        s.block.granted += granted;
+        s.block.ahead_asked = false;
         s.block.ends_ms = ledger.period_end().map(|e| e.timestamp_millis());
         s.ledger_seen = sequence;
         s.ledger = Some(ledger);
@@ -757,19 +882,25 @@ mod tests {
     fn a_window_admits_what_was_granted_then_asks_again() {
         let owners = Owners::default();
         let k = key(vec![limit(10, 1000)], None);
-        let need = need_window(k.check(t(1500), 1, &owners));
+        let need = need_window(k.check(t(1500), 1, &owners, &AheadQueue::default()));
         assert_eq!((need.window, need.ends_ms, need.want), (1, 2000, 1));
         k.grant_window(&need, 2, 2);
-        assert!(matches!(k.check(t(1500), 1, &owners), Checked::Admit(_)));
-        assert!(matches!(k.check(t(1999), 1, &owners), Checked::Admit(_)));
-        let again = need_window(k.check(t(1999), 1, &owners));
+        assert!(matches!(
+            k.check(t(1500), 1, &owners, &AheadQueue::default()),
+            Checked::Admit(_)
+        ));
+        assert!(matches!(
+            k.check(t(1999), 1, &owners, &AheadQueue::default()),
+            Checked::Admit(_)
+        ));
+        let again = need_window(k.check(t(1999), 1, &owners, &AheadQueue::default()));
         k.grant_window(&again, 0, 10);
         assert!(matches!(
-            k.check(t(1999), 1, &owners),
+            k.check(t(1999), 1, &owners, &AheadQueue::default()),
             Checked::RateLimited(_)
         ));
         // The window edge: the next window starts with nothing and asks.
-        let next = need_window(k.check(t(2000), 1, &owners));
+        let next = need_window(k.check(t(2000), 1, &owners, &AheadQueue::default()));
         assert_eq!(next.window, 2);
     }
 
@@ -777,23 +908,29 @@ mod tests {
     fn the_previous_share_is_all_a_node_admits_without_the_store() {
         let owners = Owners::default();
         let k = key(vec![limit(10, 1000)], None);
-        let need = need_window(k.check(t(0), 1, &owners));
+        let need = need_window(k.check(t(0), 1, &owners, &AheadQueue::default()));
         k.grant_window(&need, 3, 3);
         for _ in 0..3 {
-            assert!(matches!(k.check(t(10), 1, &owners), Checked::Admit(_)));
+            assert!(matches!(
+                k.check(t(10), 1, &owners, &AheadQueue::default()),
+                Checked::Admit(_)
+            ));
         }
-        let next = need_window(k.check(t(1000), 1, &owners));
+        let next = need_window(k.check(t(1000), 1, &owners, &AheadQueue::default()));
         assert!(k.fall_back(&next));
         assert!(!k.fall_back(&next), "once per window");
         for _ in 0..3 {
-            assert!(matches!(k.check(t(1001), 1, &owners), Checked::Admit(_)));
+            assert!(matches!(
+                k.check(t(1001), 1, &owners, &AheadQueue::default()),
+                Checked::Admit(_)
+            ));
         }
         assert!(matches!(
-            k.check(t(1002), 1, &owners),
+            k.check(t(1002), 1, &owners, &AheadQueue::default()),
             Checked::Need(Need::Window(_))
         ));
         // Two windows on, nothing was granted the window before.
-        let later = need_window(k.check(t(3000), 1, &owners));
+        let later = need_window(k.check(t(3000), 1, &owners, &AheadQueue::default()));
         assert!(!k.fall_back(&later));
     }
 
@@ -801,25 +938,33 @@ mod tests {
     fn credits_are_spent_from_the_block_only() {
         let owners = Owners::default();
         let k = key(vec![], Some(5));
-        let Checked::Need(Need::Credits { need, key_id, .. }) = k.check(t(0), 2, &owners) else {
+        let Checked::Need(Need::Credits { need, key_id, .. }) =
+            k.check(t(0), 2, &owners, &AheadQueue::default())
+        else {
             panic!("asks for credits");
         };
         assert_eq!((need, key_id.as_str()), (2, "key_1"));
         let mut ledger = k.opening().expect("ledger");
         ledger.reserve(3);
         k.grant_credits(3, ledger.clone(), 1);
-        assert!(matches!(k.check(t(0), 2, &owners), Checked::Admit(_)));
+        assert!(matches!(
+            k.check(t(0), 2, &owners, &AheadQueue::default()),
+            Checked::Admit(_)
+        ));
         // One left in the block, two available in the ledger: ask.
         assert!(matches!(
-            k.check(t(0), 2, &owners),
+            k.check(t(0), 2, &owners, &AheadQueue::default()),
             Checked::Need(Need::Credits { .. })
         ));
         ledger.reserve(2);
         k.grant_credits(2, ledger, 2);
-        assert!(matches!(k.check(t(0), 3, &owners), Checked::Admit(_)));
+        assert!(matches!(
+            k.check(t(0), 3, &owners, &AheadQueue::default()),
+            Checked::Admit(_)
+        ));
         // Nothing left anywhere: refused without asking the store.
         assert!(matches!(
-            k.check(t(0), 1, &owners),
+            k.check(t(0), 1, &owners, &AheadQueue::default()),
             Checked::UsageExceeded(_)
         ));
         let flush = k.drain().expect("a report");
@@ -842,14 +987,17 @@ mod tests {
         let mut ledger = k.opening().expect("ledger");
         ledger.reserve(4);
         k.grant_credits(4, ledger.clone(), 1);
-        assert!(matches!(k.check(t(0), 1, &owners), Checked::Admit(_)));
+        assert!(matches!(
+            k.check(t(0), 1, &owners, &AheadQueue::default()),
+            Checked::Admit(_)
+        ));
         let mut reset = ledger;
         reset.epoch += 1;
         reset.available = 0;
         reset.outstanding = 0;
         k.see_ledger(Some(reset), 2);
         assert!(matches!(
-            k.check(t(0), 1, &owners),
+            k.check(t(0), 1, &owners, &AheadQueue::default()),
             Checked::UsageExceeded(_)
         ));
         let flush = k.drain().expect("the spend is still reported");
@@ -862,17 +1010,120 @@ mod tests {
         let owners = Owners::default();
         let a = LimitedKey::new("key_a", "acme".into(), Some("cus"), vec![], None);
         let b = LimitedKey::new("key_b", "acme".into(), Some("cus"), vec![], None);
-        let Checked::Need(Need::Owner { owner_id }) = a.check(t(0), 1, &owners) else {
+        let Checked::Need(Need::Owner { owner_id }) =
+            a.check(t(0), 1, &owners, &AheadQueue::default())
+        else {
             panic!("reads the owner first");
         };
         owners.set(&owner_id, 1, vec![limit(2, 1000)]);
-        let need = need_window(a.check(t(0), 1, &owners));
+        let need = need_window(a.check(t(0), 1, &owners, &AheadQueue::default()));
         assert!(need.owner);
         owners.grant_window(&need, 2, 2);
-        assert!(matches!(a.check(t(0), 1, &owners), Checked::Admit(_)));
-        assert!(matches!(b.check(t(0), 1, &owners), Checked::Admit(_)));
-        let again = need_window(b.check(t(0), 1, &owners));
+        assert!(matches!(
+            a.check(t(0), 1, &owners, &AheadQueue::default()),
+            Checked::Admit(_)
+        ));
+        assert!(matches!(
+            b.check(t(0), 1, &owners, &AheadQueue::default()),
+            Checked::Admit(_)
+        ));
+        let again = need_window(b.check(t(0), 1, &owners, &AheadQueue::default()));
         owners.grant_window(&again, 0, 2);
-        assert!(matches!(a.check(t(0), 1, &owners), Checked::RateLimited(_)));
+        assert!(matches!(
+            a.check(t(0), 1, &owners, &AheadQueue::default()),
+            Checked::RateLimited(_)
+        ));
+    }
+
+    #[test]
+    fn a_busy_window_reserves_its_successor_ahead_and_starts_with_it() {
+        let owners = Owners::default();
+        let ahead = AheadQueue::default();
+        let k = key(vec![limit(10, 1000)], None);
+        let need = need_window(k.check(t(1000), 1, &owners, &ahead));
+        k.grant_window(&need, 5, 5);
+        assert!(matches!(
+            k.check(t(1500), 1, &owners, &ahead),
+            Checked::Admit(_)
+        ));
+        assert!(lock(&ahead.needs).is_empty(), "not yet near the end");
+        // The last 100 ms of the window: its successor is asked for, once.
+        assert!(matches!(
+            k.check(t(1950), 1, &owners, &ahead),
+            Checked::Admit(_)
+        ));
+        assert!(matches!(
+            k.check(t(1960), 1, &owners, &ahead),
+            Checked::Admit(_)
+        ));
+        let asked = std::mem::take(&mut *lock(&ahead.needs));
+        assert_eq!(asked.len(), 1);
+        let Need::Window(next) = &asked[0] else {
+            panic!("a window share");
+        };
+        assert_eq!((next.window, next.ends_ms), (2, 3000));
+        k.grant_window(next, 3, 3);
+        // The share reserved ahead is the next window's, and only its: this
+        // window's two left are all this one admits.
+        assert!(matches!(
+            k.check(t(1970), 1, &owners, &ahead),
+            Checked::Admit(_)
+        ));
+        assert!(matches!(
+            k.check(t(1975), 1, &owners, &ahead),
+            Checked::Admit(_)
+        ));
+        assert!(matches!(
+            k.check(t(1980), 1, &owners, &ahead),
+            Checked::Need(_)
+        ));
+        for at in [2000, 2001, 2002] {
+            assert!(matches!(
+                k.check(t(at), 1, &owners, &ahead),
+                Checked::Admit(_)
+            ));
+        }
+        assert!(matches!(
+            k.check(t(2003), 1, &owners, &ahead),
+            Checked::Need(_)
+        ));
+    }
+
+    #[test]
+    fn a_block_running_low_asks_for_more_once() {
+        let owners = Owners::default();
+        let ahead = AheadQueue::default();
+        let k = key(vec![], Some(100));
+        let mut ledger = k.opening().expect("ledger");
+        ledger.reserve(8);
+        k.grant_credits(8, ledger.clone(), 1);
+        for _ in 0..6 {
+            assert!(matches!(
+                k.check(t(0), 1, &owners, &ahead),
+                Checked::Admit(_)
+            ));
+        }
+        assert!(lock(&ahead.needs).is_empty(), "a quarter is still left");
+        assert!(matches!(
+            k.check(t(0), 1, &owners, &ahead),
+            Checked::Admit(_)
+        ));
+        assert!(matches!(
+            k.check(t(0), 1, &owners, &ahead),
+            Checked::Admit(_)
+        ));
+        let asked = std::mem::take(&mut *lock(&ahead.needs));
+        assert!(
+            matches!(asked.as_slice(), [Need::Credits { need: 1, .. }]),
+            "{asked:?}"
+        );
+        ledger.reserve(20);
+        k.grant_credits(20, ledger, 2);
+        for _ in 0..20 {
+            assert!(matches!(
+                k.check(t(0), 1, &owners, &ahead),
+                Checked::Admit(_)
+            ));
+        }
     }
 }

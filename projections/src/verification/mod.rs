@@ -461,6 +461,8 @@ pub struct VerificationIndex {
     orphaned_credits: Mutex<Vec<limits::CreditFlush>>,
     /// Owners' shared limits.
     owners: Owners,
+    /// Reservations checks foresaw, for the server to make in the background.
+    ahead: limits::AheadQueue,
 }
 
 impl Default for VerificationIndex {
@@ -490,6 +492,7 @@ impl VerificationIndex {
             orphaned: Mutex::default(),
             orphaned_credits: Mutex::default(),
             owners: Owners::default(),
+            ahead: limits::AheadQueue::default(),
         }
     }
 
@@ -616,6 +619,11 @@ impl VerificationIndex {
     /// Owners' limits on this node.
     pub fn owners(&self) -> &Owners {
         &self.owners
+    }
+
+    /// Reservations foreseen by checks (window successors, credit top-ups).
+    pub fn ahead(&self) -> &limits::AheadQueue {
+        &self.ahead
     }
 
     /// The limiter of a key, by id, creating it (with no limit) if the key
@@ -829,7 +837,7 @@ impl VerificationIndex {
         } else if !key.permissions().grants_all(req.permissions) {
             VerificationCode::InsufficientPermissions
         } else if let Some(limited) = limiter {
-            match limited.check(now, req.cost, &self.owners) {
+            match limited.check(now, req.cost, &self.owners, &self.ahead) {
                 Checked::Need(need) => return Err(need),
                 Checked::RateLimited(r) => {
                     report = Some(r);
