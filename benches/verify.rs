@@ -121,6 +121,35 @@ fn reserve_ahead(index: &VerificationIndex, keys: &[String], now: chrono::DateTi
     }
 }
 
+/// One valid key with a required permission per iteration: the keys come
+/// from `next_key`, fresh copies per batch (setup, not timed).
+fn valid_with_permission(
+    b: &mut criterion::Bencher<'_>,
+    index: &VerificationIndex,
+    next_key: &mut impl FnMut() -> String,
+    required: &[String],
+    now: chrono::DateTime<Utc>,
+) {
+    b.iter_batched_ref(
+        next_key,
+        |key| {
+            let code = index.verify(
+                VerifyRequest {
+                    key: black_box(key.as_str()),
+                    environment: None,
+                    permissions: required,
+                    cost: 1,
+                },
+                now,
+                |a| a.code,
+            );
+            debug_assert_eq!(code, Ok(VerificationCode::Valid));
+            black_box(code)
+        },
+        BatchSize::NumIterations(256),
+    )
+}
+
 fn verify(c: &mut Criterion) {
     let n = population();
     let (index, keys) = loaded_index(n, false);
@@ -141,24 +170,7 @@ fn verify(c: &mut Criterion) {
         keys[next].clone()
     };
     group.bench_function("valid_with_permission", |b| {
-        b.iter_batched_ref(
-            &mut batch,
-            |key| {
-                let code = index.verify(
-                    VerifyRequest {
-                        key: black_box(key.as_str()),
-                        environment: None,
-                        permissions: &required,
-                        cost: 1,
-                    },
-                    now,
-                    |a| a.code,
-                );
-                debug_assert_eq!(code, Ok(VerificationCode::Valid));
-                black_box(code)
-            },
-            BatchSize::NumIterations(256),
-        )
+        valid_with_permission(b, &index, &mut batch, &required, now)
     });
     // The same, also reading the answer's fields as the HTTP handler does to
     // build its response (the name is one more memory access per key).
@@ -239,24 +251,7 @@ fn verify(c: &mut Criterion) {
         limited_keys[next].clone()
     };
     group.bench_function("valid_with_permission", |b| {
-        b.iter_batched_ref(
-            &mut batch,
-            |key| {
-                let code = limited.verify(
-                    VerifyRequest {
-                        key: black_box(key.as_str()),
-                        environment: None,
-                        permissions: &required,
-                        cost: 1,
-                    },
-                    now,
-                    |a| a.code,
-                );
-                debug_assert_eq!(code, Ok(VerificationCode::Valid));
-                black_box(code)
-            },
-            BatchSize::NumIterations(256),
-        )
+        valid_with_permission(b, &limited, &mut batch, &required, now)
     });
     group.finish();
 

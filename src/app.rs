@@ -172,9 +172,9 @@ impl Application {
         };
         let flusher_task =
             tokio::spawn(flusher.run(self.config.usage_flush_interval, stop.clone()));
-        // Expired idempotency entries (and their sealed keys) go on the
-        // flusher's beat.
-        let purger_task = tokio::spawn(crate::idempotency::purge_periodically(
+        // Expired idempotency entries (and their sealed keys) and ended
+        // rate-limit windows go on the flusher's beat.
+        let purger_task = tokio::spawn(purge_periodically(
             self.state.service.store().clone(),
             self.clock.clone(),
             self.config.usage_flush_interval,
@@ -190,12 +190,6 @@ impl Application {
                 .clone()
                 .reserve_ahead(self.clock.clone(), ahead_stop.clone()),
         );
-        let windows_task = tokio::spawn(crate::limits::purge_windows_periodically(
-            self.state.service.store().clone(),
-            self.clock.clone(),
-            self.config.usage_flush_interval,
-            stop.clone(),
-        ));
         let app = router::app(self.state.clone());
         tracing::info!(address = %self.address, "listening on http://{}", self.address);
         let limits = crate::http::serve::Limits::from_config(&self.config);
@@ -205,7 +199,6 @@ impl Application {
         stop.cancel();
         let _ = flusher_task.await;
         let _ = purger_task.await;
-        let _ = windows_task.await;
         let _ = tailer_task.await;
         let _ = listener_task.await;
         // Close the pool so SQLite checkpoints its WAL and PostgreSQL sessions end
@@ -213,5 +206,25 @@ impl Application {
         self.state.service.store().close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Deletes what expired beside the events every `interval` until `stop`.
+async fn purge_periodically(
+    store: Arc<EventStore>,
+    clock: Clock,
+    interval: std::time::Duration,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if let Err(e) = store.purge_expired(clock.now().timestamp_millis()).await {
+            tracing::warn!(error = %e, "could not purge expired idempotency keys and rate-limit windows");
+        }
     }
 }

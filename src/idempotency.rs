@@ -504,26 +504,6 @@ async fn keep_alive(
     }
 }
 
-/// Erases expired entries every `interval` until cancelled.
-pub async fn purge_periodically(
-    store: Arc<EventStore>,
-    clock: Clock,
-    interval: Duration,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.tick().await;
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        if let Err(e) = purge_expired(&store, &clock).await {
-            tracing::warn!(error = %e, "could not purge expired idempotency keys");
-        }
-    }
-}
-
 /// Erases expired entries, and with them the sealed raw keys.
 pub async fn purge_expired(store: &EventStore, clock: &Clock) -> Result<u64, Error> {
     let now = clock.now().timestamp_millis();

@@ -164,27 +164,6 @@ impl Reservations {
     }
 }
 
-/// Deletes the rows of windows that ended, every `interval` until `stop`.
-pub async fn purge_windows_periodically(
-    store: Arc<EventStore>,
-    clock: crate::clock::Clock,
-    interval: std::time::Duration,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let windows = store.windows();
-    let mut ticker = tokio::time::interval(interval);
-    ticker.tick().await;
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        if let Err(e) = windows.purge(clock.now().timestamp_millis()).await {
-            tracing::warn!(error = %e, "could not purge ended rate-limit windows");
-        }
-    }
-}
-
 impl Reservations {
     /// Gets what `need` names into the index.
     pub async fn provide(&self, need: Need, now: DateTime<Utc>) -> Result<(), Error> {

@@ -588,8 +588,7 @@ impl KeyService {
                 },
             )
             .await?;
-        let head = self.store.head().await.map_err(committed)?;
-        self.tailer.catch_up_to(head).await.map_err(committed)
+        self.show_committed().await
     }
 
     /// Replaces an owner's rate limits.
@@ -609,8 +608,7 @@ impl KeyService {
         self.store
             .set_owner_limits(event, &metadata(actor, now))
             .await?;
-        let head = self.store.head().await.map_err(committed)?;
-        self.tailer.catch_up_to(head).await.map_err(committed)
+        self.show_committed().await
     }
 
     /// An owner's rate limits (as its newest event set them) and the ids of
@@ -665,10 +663,17 @@ impl KeyService {
             // says so (`Error::Committed`), never that nothing changed.
             Ok(()) => {
                 self.committed(Stage::Command).map_err(committed)?;
-                let head = self.store.head().await.map_err(committed)?;
-                self.tailer.catch_up_to(head).await.map_err(committed)
+                self.show_committed().await
             }
         }
+    }
+
+    /// Read-your-writes after a commit: waits until this node's projections
+    /// hold everything up to the head. A failure here is reported as
+    /// committed (`Error::Committed`), never as nothing having changed.
+    async fn show_committed(&self) -> Result<(), Error> {
+        let head = self.store.head().await.map_err(committed)?;
+        self.tailer.catch_up_to(head).await.map_err(committed)
     }
 
     fn key_command(

@@ -31,15 +31,26 @@ pub struct RateLimit {
 impl RateLimit {
     /// The window holding `at_ms`.
     pub fn window_of(&self, at_ms: i64) -> i64 {
-        let w = i64::try_from(self.window_ms).unwrap_or(i64::MAX).max(1);
-        at_ms.div_euclid(w)
+        window_of(self.window_ms, at_ms)
     }
 
     /// When window `window` ends, in milliseconds since the epoch.
     pub fn window_end_ms(&self, window: i64) -> i64 {
-        let w = i64::try_from(self.window_ms).unwrap_or(i64::MAX);
-        window.saturating_add(1).saturating_mul(w)
+        window_end_ms(self.window_ms, window)
     }
+}
+
+/// The window of `window_ms` holding `at_ms` (windows are aligned to the
+/// epoch).
+pub fn window_of(window_ms: u64, at_ms: i64) -> i64 {
+    at_ms.div_euclid(i64::try_from(window_ms).unwrap_or(i64::MAX).max(1))
+}
+
+/// When window `window` of `window_ms` ends, in milliseconds since the epoch.
+pub fn window_end_ms(window_ms: u64, window: i64) -> i64 {
+    window
+        .saturating_add(1)
+        .saturating_mul(i64::try_from(window_ms).unwrap_or(i64::MAX))
 }
 
 /// How often a key's credits are refilled.

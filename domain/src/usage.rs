@@ -160,14 +160,14 @@ impl KeyUsage {
                 message: "must be positive".into(),
             });
         }
-        Ok(KeyUsageEvent::KeyUsageRecorded(KeyUsageRecorded {
-            tenant: command.tenant,
-            count: command.count,
-            last_used_at: command.last_used_at,
-            spent: 0,
-            settled: None,
-            ledger: None,
-        }))
+        Self::flush(
+            command.tenant,
+            command.count,
+            command.last_used_at,
+            0,
+            None,
+            None,
+        )
     }
 }
 
@@ -189,21 +189,19 @@ impl KeyUsage {
                 message: "a flush must report something".into(),
             });
         }
-        let mut event = KeyUsageRecorded {
+        let mut event = KeyUsageEvent::KeyUsageRecorded(KeyUsageRecorded {
             tenant,
             count,
             last_used_at,
             spent,
             settled,
             ledger: None,
-        };
-        event.ledger = before.cloned().map(|mut l| {
-            if let Some(s) = &event.settled {
-                l.settle(s);
-            }
-            l
         });
-        Ok(KeyUsageEvent::KeyUsageRecorded(event))
+        let after = event.apply_to(before);
+        if let KeyUsageEvent::KeyUsageRecorded(e) = &mut event {
+            e.ledger = after;
+        }
+        Ok(event)
     }
 }
 

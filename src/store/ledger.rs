@@ -5,7 +5,7 @@
 //! no two reservations can take the same credits.
 
 use cqrs_es::Aggregate;
-use keyledger_domain::chain::{GENESIS, PREV_HASH};
+use keyledger_domain::chain::{event_hash, StoredFields, GENESIS, PREV_HASH};
 use keyledger_domain::{
     owner_stream_id, KeyId, KeyUsage, KeyUsageEvent, Ledger, OwnerEvent, OwnerLimits, RateLimit,
     RawEvent,
@@ -181,15 +181,13 @@ fn decode<T: serde::de::DeserializeOwned>(raw: &RawEvent) -> Result<T, Error> {
 
 /// The chain hash of an event about to be stored (the next one links to it).
 fn chain_hash_of(stored: &cqrs_es::persist::SerializedEvent) -> Result<String, Error> {
-    let raw = RawEvent {
-        position: 0,
-        aggregate_type: stored.aggregate_type.clone(),
-        aggregate_id: stored.aggregate_id.clone(),
+    Ok(event_hash(StoredFields {
+        aggregate_type: &stored.aggregate_type,
+        aggregate_id: &stored.aggregate_id,
         sequence: super::sequence_i64(stored.sequence)?,
-        event_type: stored.event_type.clone(),
-        event_version: stored.event_version.clone(),
-        payload: stored.payload.clone(),
-        metadata: stored.metadata.clone(),
-    };
-    Ok(raw.chain_hash())
+        event_type: &stored.event_type,
+        event_version: &stored.event_version,
+        payload: &stored.payload,
+        metadata: &stored.metadata,
+    }))
 }

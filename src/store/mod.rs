@@ -433,6 +433,14 @@ impl EventStore {
     pub fn windows(&self) -> Arc<dyn windows::WindowTable> {
         self.backend.windows()
     }
+
+    /// Deletes what has expired by `now_ms` beside the events: idempotency
+    /// claims (and their sealed keys) and ended rate-limit windows.
+    pub async fn purge_expired(&self, now_ms: i64) -> Result<u64, Error> {
+        let claims = self.claims().purge(now_ms).await?;
+        let windows = self.windows().purge(now_ms).await?;
+        Ok(claims + windows)
+    }
 }
 
 /// One key's uses (and credit report) for a usage flush.

@@ -35,12 +35,11 @@ pub struct Share {
 
 #[async_trait]
 pub trait WindowTable: Send + Sync {
-    /// Takes at most `want`, and at most a quarter of what is left (at
-    /// least one while anything is): shares shrink as the window fills, so
-    /// the last admissions go to whichever node asks.
-    async fn take(&self, request: ShareRequest<'_>) -> Result<Share, Error>;
-    /// `take` for each request, in one transaction (shares reserved ahead
-    /// for many keys at once: one commit instead of one each).
+    /// A share for each request, in one transaction (the requests waiting
+    /// at one moment: one commit instead of one each). Each takes at most
+    /// `want`, and at most a quarter of what is left (at least one while
+    /// anything is): shares shrink as the window fills, so the last
+    /// admissions go to whichever node asks.
     async fn take_many(&self, requests: &[ShareRequest<'_>]) -> Result<Vec<Share>, Error>;
     /// Deletes windows that ended before `before_ms`.
     async fn purge(&self, before_ms: i64) -> Result<u64, Error>;
@@ -78,11 +77,6 @@ where
     (i64, i64): for<'r> sqlx::FromRow<'r, DB::Row>,
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
 {
-    async fn take(&self, r: ShareRequest<'_>) -> Result<Share, Error> {
-        let mut conn = self.pool.acquire().await.map_err(store_error)?;
-        take_on(&mut *conn, r).await
-    }
-
     async fn take_many(&self, requests: &[ShareRequest<'_>]) -> Result<Vec<Share>, Error> {
         let mut tx = self.pool.begin().await.map_err(store_error)?;
         let mut shares = Vec::with_capacity(requests.len());

@@ -13,7 +13,6 @@ use serde_json::{json, Value};
 
 use crate::chaos::{spawn_node, Node};
 use crate::helpers::{start, token, Backend, TestStore};
-use crate::proxy::Proxy;
 
 const CREDITS: u64 = 400;
 const INCREMENT: u64 = 60;
@@ -227,21 +226,7 @@ pub async fn with_the_store_away_credits_fail_closed_and_rate_limits_keep_their_
     let Some(mut store) = TestStore::new(Backend::Postgres).await else {
         return;
     };
-    let direct = store.database_url.clone().expect("url");
-    let mut url = url::Url::parse(&direct).expect("url");
-    let upstream = tokio::net::lookup_host(format!(
-        "{}:{}",
-        url.host_str().expect("host"),
-        url.port().unwrap_or(5432)
-    ))
-    .await
-    .expect("resolve")
-    .next()
-    .expect("address");
-    let proxy = Proxy::start(upstream).await;
-    url.set_host(Some("127.0.0.1")).expect("host");
-    url.set_port(Some(proxy.address.port())).expect("port");
-    store.database_url = Some(url.to_string());
+    let (proxy, _) = crate::proxy::between(&mut store).await;
     let app = start(store, |_| {}).await;
 
     let window = 3_600_000;

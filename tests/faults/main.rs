@@ -10,7 +10,6 @@ mod proxy;
 use std::time::{Duration, Instant};
 
 use helpers::{start, Backend, TestStore};
-use proxy::Proxy;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use sqlx::Connection;
@@ -20,22 +19,7 @@ async fn a_postgres_outage_keeps_verification_answering_and_heals_by_itself() {
     let Some(mut store) = TestStore::new(Backend::Postgres).await else {
         return;
     };
-    let direct_url = store.database_url.clone().expect("postgres url");
-    let mut url = url::Url::parse(&direct_url).expect("url");
-    let upstream = format!(
-        "{}:{}",
-        url.host_str().expect("host"),
-        url.port().unwrap_or(5432)
-    );
-    let upstream = tokio::net::lookup_host(upstream)
-        .await
-        .expect("resolve")
-        .next()
-        .expect("address");
-    let proxy = Proxy::start(upstream).await;
-    url.set_host(Some("127.0.0.1")).expect("host");
-    url.set_port(Some(proxy.address.port())).expect("port");
-    store.database_url = Some(url.to_string());
+    let (proxy, direct_url) = proxy::between(&mut store).await;
     let app = start(store, |_| {}).await;
 
     let (id, key) = app.create_key("survivor").await;

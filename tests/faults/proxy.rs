@@ -65,3 +65,26 @@ impl Proxy {
         }
     }
 }
+
+/// Puts a proxy between `store`'s node and its PostgreSQL database: the
+/// store's URL is rewritten to go through it. Returns the proxy and the
+/// database's own URL (to look at it behind the node's back).
+pub async fn between(store: &mut crate::helpers::TestStore) -> (Proxy, String) {
+    let direct = store.database_url.clone().expect("postgres url");
+    let mut url = url::Url::parse(&direct).expect("url");
+    let upstream = format!(
+        "{}:{}",
+        url.host_str().expect("host"),
+        url.port().unwrap_or(5432)
+    );
+    let upstream = tokio::net::lookup_host(upstream)
+        .await
+        .expect("resolve")
+        .next()
+        .expect("address");
+    let proxy = Proxy::start(upstream).await;
+    url.set_host(Some("127.0.0.1")).expect("host");
+    url.set_port(Some(proxy.address.port())).expect("port");
+    store.database_url = Some(url.to_string());
+    (proxy, direct)
+}

@@ -10,6 +10,7 @@
 //! all nodes, and credits spent never exceed credits granted.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use chrono::{DateTime, Utc};
@@ -120,22 +121,12 @@ impl Limit {
         }
     }
 
-    fn rate(&self) -> RateLimit {
-        RateLimit {
-            name: self.name.as_str().to_string(),
-            limit: self.limit,
-            window_ms: self.window_ms,
-        }
-    }
-
     fn window_of(&self, at_ms: i64) -> i64 {
-        at_ms.div_euclid(i64::try_from(self.window_ms).unwrap_or(i64::MAX).max(1))
+        keyledger_domain::limits::window_of(self.window_ms, at_ms)
     }
 
     fn window_end_ms(&self, window: i64) -> i64 {
-        window
-            .saturating_add(1)
-            .saturating_mul(i64::try_from(self.window_ms).unwrap_or(i64::MAX))
+        keyledger_domain::limits::window_end_ms(self.window_ms, window)
     }
 }
 
@@ -760,8 +751,9 @@ fn report(s: &KeyState, owner: Option<&Windows>, now_ms: i64) -> LimitReport {
 pub struct OwnerLimiter {
     /// The owner's stream id.
     pub id: String,
-    /// The sequence of the owner event these limits come from (0: none).
-    pub sequence: i64,
+    /// The sequence of the owner event these limits come from (0: none;
+    /// below it: not read yet). Written under the owners' map lock.
+    sequence: AtomicI64,
     windows: Mutex<Windows>,
 }
 
@@ -785,32 +777,19 @@ impl Owners {
     /// changes nothing.
     pub fn set(&self, id: &str, sequence: i64, ratelimits: Vec<RateLimit>) {
         let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(o) = map.get(id) {
-            if o.sequence >= sequence {
-                return;
-            }
-            lock(&o.windows).set_limits(&ratelimits);
-            let windows = std::mem::take(&mut *lock(&o.windows));
-            map.insert(
-                id.to_string(),
-                Arc::new(OwnerLimiter {
-                    id: id.to_string(),
-                    sequence,
-                    windows: Mutex::new(windows),
-                }),
-            );
-            return;
-        }
-        let mut windows = Windows::default();
-        windows.set_limits(&ratelimits);
-        map.insert(
-            id.to_string(),
+        let owner = map.entry(id.to_string()).or_insert_with(|| {
             Arc::new(OwnerLimiter {
                 id: id.to_string(),
-                sequence,
-                windows: Mutex::new(windows),
-            }),
-        );
+                sequence: AtomicI64::new(i64::MIN),
+                windows: Mutex::default(),
+            })
+        });
+        if owner.sequence.load(Ordering::Relaxed) >= sequence {
+            return;
+        }
+        // In place: a limit kept unchanged keeps its window.
+        lock(&owner.windows).set_limits(&ratelimits);
+        owner.sequence.store(sequence, Ordering::Relaxed);
     }
 
     pub fn grant_window(&self, need: &WindowNeed, granted: u64, taken: u64) {
@@ -822,12 +801,6 @@ impl Owners {
     pub fn fall_back(&self, need: &WindowNeed) -> bool {
         self.get(&need.subject)
             .is_some_and(|o| lock(&o.windows).fall_back(need))
-    }
-
-    /// The owner's limits as this node holds them.
-    pub fn limits(&self, id: &str) -> Option<Vec<RateLimit>> {
-        self.get(id)
-            .map(|o| lock(&o.windows).limits.iter().map(Limit::rate).collect())
     }
 }
 
