@@ -105,15 +105,12 @@ fn reserve_ahead(index: &VerificationIndex, keys: &[String], now: chrono::DateTi
                     assert_eq!(code, VerificationCode::Valid);
                     break;
                 }
-                Err(Need::Window(w)) => index
-                    .limited_key(&w.subject)
-                    .expect("limited")
-                    .grant_window(&w, PLENTY, PLENTY),
+                Err(Need::Window(w)) => index.grant_window(&w, PLENTY, PLENTY),
                 Err(Need::Credits { key_id, .. }) => {
                     let k = index.limited_key(&key_id).expect("limited");
                     let mut ledger = k.opening().expect("credits");
                     ledger.reserve(PLENTY);
-                    k.grant_credits(PLENTY, ledger, 1);
+                    index.grant_credits(&key_id, PLENTY, ledger, 1);
                 }
                 Err(other) => panic!("unexpected need {other:?}"),
             }
@@ -252,6 +249,31 @@ fn verify(c: &mut Criterion) {
     };
     group.bench_function("valid_with_permission", |b| {
         valid_with_permission(b, &limited, &mut batch, &required, now)
+    });
+    // The same, also reading the limits part of the answer as the HTTP
+    // handler does (the limiter's memory, which the verdict did not need).
+    group.bench_function("valid_and_read_limits", |b| {
+        b.iter_batched_ref(
+            &mut batch,
+            |key| {
+                black_box(limited.verify(
+                    VerifyRequest {
+                        key: black_box(key.as_str()),
+                        environment: None,
+                        permissions: &required,
+                        cost: 1,
+                    },
+                    now,
+                    |a| {
+                        a.limits.map_or(0, |l| {
+                            let r = l.report();
+                            r.credits.unwrap_or(0) + r.ratelimits.len() as u64
+                        })
+                    },
+                ))
+            },
+            BatchSize::NumIterations(256),
+        )
     });
     group.finish();
 

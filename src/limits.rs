@@ -192,9 +192,7 @@ impl Reservations {
                 let fell_back = if w.owner {
                     self.index.owners().fall_back(w)
                 } else {
-                    self.index
-                        .limited_key(&w.subject)
-                        .is_some_and(|k| k.fall_back(w))
+                    self.index.fall_back_window(w)
                 };
                 if fell_back {
                     tracing::warn!(error = %e, limit = %w.name, "store away: admitting this node's share of the last window");
@@ -212,8 +210,8 @@ impl Reservations {
             self.index
                 .owners()
                 .grant_window(w, share.granted, share.taken);
-        } else if let Some(key) = self.index.limited_key(&w.subject) {
-            key.grant_window(w, share.granted, share.taken);
+        } else {
+            self.index.grant_window(w, share.granted, share.taken);
         }
     }
 
@@ -229,8 +227,8 @@ impl Reservations {
         let Some(key) = self.index.limited_key(key_id) else {
             return Ok(());
         };
-        let opening = key.opening();
-        let tenant = key.tenant.to_string();
+        let (opening, tenant) = (key.opening(), key.tenant.to_string());
+        drop(key);
         let metadata = EventMetadata::from([
             (
                 meta_keys::ACTOR.to_string(),
@@ -260,9 +258,10 @@ impl Reservations {
             })
             .sum();
         if granted > 0 {
-            key.grant_credits(granted, ledger, appended.sequence);
+            self.index
+                .grant_credits(key_id, granted, ledger, appended.sequence);
         } else {
-            key.see_ledger(Some(ledger), appended.sequence);
+            self.index.see_ledger(key_id, ledger, appended.sequence);
         }
         Ok(())
     }

@@ -7,7 +7,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use keyledger_projections::verification::limits::WindowReport;
-use keyledger_projections::{KeyIdText, LimitReport, VerificationCode, VerifyRequest};
+use keyledger_projections::{KeyIdText, VerificationCode, VerifyRequest};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use serde_json::json;
 
@@ -123,7 +123,7 @@ pub async fn auth(
         (
             answer.code,
             identity,
-            answer.limits.and_then(LimitReport::tightest).cloned(),
+            answer.limits.and_then(|l| l.report().tightest().cloned()),
         )
     });
     let (verdict, identity, tightest) = match verified.await {

@@ -205,6 +205,7 @@ pub async fn verify(
         .service
         .verify(request, at, |answer| {
             let key = answer.key.as_ref();
+            let limits = answer.limits.map(|l| l.report());
             let mut id_text = KeyIdText::default();
             let view = VerificationView {
                 valid: answer.valid(),
@@ -215,12 +216,12 @@ pub async fn verify(
                 environment: key.map(|k| k.environment().as_str()),
                 permissions: key.map(|k| k.permissions().as_slice()),
                 expires_at: key.map(|k| k.expires_at()),
-                ratelimits: answer
-                    .limits
+                ratelimits: limits
+                    .as_deref()
                     .filter(|r| !r.ratelimits.is_empty())
                     .map(RateLimitState::from_report),
-                credits: answer
-                    .limits
+                credits: limits
+                    .as_deref()
                     .and_then(|r| r.credits)
                     .map(|remaining| CreditsLeft { remaining }),
             };

@@ -17,6 +17,12 @@ use chrono::{DateTime, Utc};
 use keyledger_domain::{Ledger, RateLimit, Settlement};
 use smallvec::SmallVec;
 
+use super::tokens::{TokenTable, Tokens, MAX_TOKENS, UNLIMITED};
+
+/// The longest a key's admission tokens stay spendable: a bound on how
+/// stale they may be (a flush takes them back sooner).
+const MAX_TOKEN_LIFE_MS: i64 = 60_000;
+
 /// The most one reservation of a window asks for: a share large enough that
 /// a busy key reserves a few times per window, small enough that an idle
 /// node does not sit on much of it.
@@ -312,12 +318,22 @@ impl Windows {
         }
     }
 
-    fn report(&self, out: &mut SmallVec<[WindowReport; 2]>) {
-        for (l, w) in self.limits.iter().zip(&self.windows) {
+    /// Each limit's state; `held` names admissions of some windows that sit
+    /// in the key's tokens (its windows, and what is left of them).
+    fn report(&self, out: &mut SmallVec<[WindowReport; 2]>, held: Option<(&[i64], u64)>) {
+        for (i, (l, w)) in self.limits.iter().zip(&self.windows).enumerate() {
+            let tokens = match held {
+                Some((windows, left)) if windows.get(i) == Some(&w.window) => left,
+                _ => 0,
+            };
             out.push(WindowReport {
                 name: l.name,
                 limit: l.limit,
-                remaining: w.left.saturating_add(w.unclaimed).min(l.limit),
+                remaining: w
+                    .left
+                    .saturating_add(tokens)
+                    .saturating_add(w.unclaimed)
+                    .min(l.limit),
                 reset_ms: l.window_end_ms(w.window),
             });
         }
@@ -425,6 +441,151 @@ struct KeyState {
     spent: u64,
     /// A report whose flush failed, to go with the next.
     pending: Option<Settlement>,
+    /// The admission tokens this limiter put into its key's slot, if any.
+    issued: Option<Issued>,
+}
+
+/// Tokens put into a slot: where, what, and what they were taken from.
+#[derive(Debug, Clone)]
+struct Issued {
+    generation: u64,
+    slot: u32,
+    tokens: Tokens,
+    /// The window each of the key's own limits was in (in the limits' order).
+    windows: SmallVec<[i64; 1]>,
+    /// The credit epoch of the block the credits came from.
+    epoch: u64,
+}
+
+/// The slot a verification found its key in, where tokens may go.
+#[derive(Clone, Copy)]
+pub(super) struct TokenSlot<'a> {
+    pub table: &'a dyn TokenTable,
+    pub slot: u32,
+}
+
+impl KeyState {
+    /// Takes back the tokens put into a slot of `table`'s generation: what
+    /// is left returns to the windows and the block it came from (if they
+    /// are still current), the rest counts as spent. Tokens in another
+    /// generation stay out until that generation is swept (`reclaim_in`).
+    fn reclaim(&mut self, table: &dyn TokenTable) {
+        let Some(issued) = self.issued.take_if(|i| i.generation == table.generation()) else {
+            return;
+        };
+        // No word (never the case for a slot it issued into): all spent,
+        // which can only under-admit.
+        let left = table
+            .word(issued.slot)
+            .and_then(|w| Tokens::decode(w.swap(0, Ordering::Relaxed)));
+        let given = issued.tokens;
+        if given.requests != UNLIMITED {
+            let back = left.map_or(0, |t| t.requests);
+            for (w, &window) in self.windows.windows.iter_mut().zip(&issued.windows) {
+                if w.window == window {
+                    w.left += back;
+                }
+            }
+        }
+        if given.credits != UNLIMITED {
+            let back = left.map_or(0, |t| t.credits);
+            let spent = given.credits.saturating_sub(back);
+            self.spent += spent;
+            if self.block.epoch == issued.epoch {
+                self.block.spent += spent;
+                self.block.left += back;
+            }
+        }
+    }
+
+    /// Moves what this node may admit of the key's own limits and credits
+    /// into the slot's word, so verifications spend it without the lock
+    /// (see `tokens`). Nothing for a key with an owner, while tokens are out
+    /// elsewhere, or into a retired generation (its sweep may have passed).
+    fn issue(&mut self, at: TokenSlot<'_>, now_ms: i64) -> Option<Tokens> {
+        if self.owner_id.is_some() || self.issued.is_some() || at.table.retired() {
+            return None;
+        }
+        let mut deadline = now_ms.saturating_add(MAX_TOKEN_LIFE_MS);
+        let requests = if self.windows.limits.is_empty() {
+            UNLIMITED
+        } else {
+            let mut n = MAX_TOKENS;
+            for (l, w) in self.windows.limits.iter().zip(&self.windows.windows) {
+                n = n.min(w.left);
+                let end = l.window_end_ms(w.window);
+                // Until the successor is asked for, the lock must be taken
+                // once the window nears its end (`Windows::check` asks then).
+                let until = if w.ahead_asked {
+                    end
+                } else {
+                    end - lead_ms(l.window_ms)
+                };
+                deadline = deadline.min(until);
+            }
+            n
+        };
+        let credits = match self.ledger.as_ref().filter(|l| l.limited) {
+            None => UNLIMITED,
+            Some(ledger) => {
+                if let Some(end) = self.block.ends_ms {
+                    deadline = deadline.min(end);
+                }
+                // The last quarter stays behind the lock, which asks for the
+                // next block when it is reached.
+                let keep = if !self.block.ahead_asked && ledger.available > 0 {
+                    self.block.granted / 4
+                } else {
+                    0
+                };
+                self.block.left.saturating_sub(keep).min(MAX_TOKENS)
+            }
+        };
+        if requests == 0
+            || credits == 0
+            || (requests == UNLIMITED && credits == UNLIMITED)
+            || deadline <= now_ms
+        {
+            return None;
+        }
+        let tokens = Tokens {
+            requests,
+            credits,
+            deadline_ms: deadline,
+        };
+        let word = tokens.encode()?;
+        // Empty unless tokens were lost track of; then none go in.
+        at.table
+            .word(at.slot)?
+            .compare_exchange(0, word, Ordering::Relaxed, Ordering::Relaxed)
+            .ok()?;
+        if requests != UNLIMITED {
+            for w in &mut self.windows.windows {
+                w.left -= requests;
+            }
+        }
+        if credits != UNLIMITED {
+            self.block.left -= credits;
+        }
+        self.issued = Some(Issued {
+            generation: at.table.generation(),
+            slot: at.slot,
+            tokens,
+            windows: self.windows.windows.iter().map(|w| w.window).collect(),
+            epoch: self.block.epoch,
+        });
+        Some(tokens)
+    }
+
+    /// The tokens left in the slot of `table` this limiter issued into.
+    fn held(&self, table: &dyn TokenTable, slot: u32) -> Option<(&Issued, Tokens)> {
+        let issued = self
+            .issued
+            .as_ref()
+            .filter(|i| i.generation == table.generation() && i.slot == slot)?;
+        let left = Tokens::decode(table.word(slot)?.load(Ordering::Relaxed))?;
+        Some((issued, left))
+    }
 }
 
 /// What one key's flush reports of its credits.
@@ -444,52 +605,81 @@ impl LimitedKey {
         ratelimits: Vec<RateLimit>,
         ledger: Option<Ledger>,
     ) -> Self {
-        let key = Self {
+        let mut state = KeyState {
+            owner_id: owner.map(|o| keyledger_domain::owner_stream_id(&tenant, o)),
+            ledger,
+            ..KeyState::default()
+        };
+        state.windows.set_limits(&ratelimits);
+        Self {
             key_id: key_id.to_string(),
             tenant,
-            state: Mutex::default(),
-        };
-        key.configure(owner, Some(&ratelimits));
-        key.see_ledger(ledger, 0);
-        key
+            state: Mutex::new(state),
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, KeyState> {
         lock(&self.state)
     }
 
-    /// New owner and (if given) rate limits.
-    pub fn configure(&self, owner: Option<&str>, ratelimits: Option<&[RateLimit]>) {
+    /// A new owner and new rate limits, each if given; tokens out in
+    /// `table` come back first, as they were counted against the old ones.
+    pub(super) fn configure(
+        &self,
+        owner: Option<Option<&str>>,
+        ratelimits: Option<&[RateLimit]>,
+        table: &dyn TokenTable,
+    ) {
         let mut s = self.state();
-        s.owner_id = owner.map(|o| keyledger_domain::owner_stream_id(&self.tenant, o));
+        s.reclaim(table);
+        if let Some(owner) = owner {
+            s.owner_id = owner.map(|o| keyledger_domain::owner_stream_id(&self.tenant, o));
+        }
         if let Some(r) = ratelimits {
             s.windows.set_limits(r);
         }
     }
 
-    /// Sets the owner only (a PATCH that leaves the limits alone).
-    pub fn set_owner(&self, owner: Option<&str>) {
-        self.state().owner_id = owner.map(|o| keyledger_domain::owner_stream_id(&self.tenant, o));
-    }
-
-    pub fn set_ratelimits(&self, ratelimits: &[RateLimit]) {
-        self.state().windows.set_limits(ratelimits);
-    }
-
     /// The ledger as the usage stream's event `sequence` (0: as loaded)
     /// left it. A block of an older epoch is void from now on (its spends
-    /// stay counted).
-    pub fn see_ledger(&self, ledger: Option<Ledger>, sequence: i64) {
+    /// stay counted), and so are tokens taken from it.
+    pub(super) fn see_ledger(&self, ledger: Option<Ledger>, sequence: i64, table: &dyn TokenTable) {
         let mut s = self.state();
         if sequence != 0 && sequence <= s.ledger_seen {
             return;
         }
         s.ledger_seen = sequence;
         let epoch = ledger.as_ref().map(|l| l.epoch);
+        let limited = ledger.as_ref().is_some_and(|l| l.limited);
+        let was_limited = s.ledger.as_ref().is_some_and(|l| l.limited);
+        if epoch != Some(s.block.epoch) || limited != was_limited {
+            s.reclaim(table);
+        }
         if epoch != Some(s.block.epoch) {
             s.block = Block::default();
         }
         s.ledger = ledger;
+    }
+
+    /// Takes back tokens this limiter put into `table`'s generation: the
+    /// sweep of a generation being retired.
+    pub(super) fn reclaim_in(&self, table: &dyn TokenTable) {
+        self.state().reclaim(table);
+    }
+
+    /// The limits part of an answer given from the key's tokens (in the
+    /// slot of `table` where its verification found it), read afterwards.
+    pub(super) fn report_held(
+        &self,
+        table: &dyn TokenTable,
+        slot: u32,
+        now_ms: i64,
+        owners: &Owners,
+    ) -> LimitReport {
+        let s = self.state();
+        let owner = s.owner_id.as_ref().and_then(|id| owners.get(id));
+        let owner_windows = owner.as_ref().map(|o| lock(&o.windows));
+        report(&s, owner_windows.as_deref(), now_ms, s.held(table, slot))
     }
 
     /// Whether the key has anything to limit it.
@@ -510,16 +700,20 @@ impl LimitedKey {
         self.state().ledger.clone()
     }
 
-    /// Decides one verification spending `cost` credits at `now`.
-    pub fn check(
+    /// Decides one verification spending `cost` credits at `now`, for a
+    /// key found at `at`, whose tokens could not pay for it: takes them
+    /// back, decides, and puts what it can into the slot again.
+    pub(super) fn check(
         &self,
         now: DateTime<Utc>,
         cost: u64,
         owners: &Owners,
         ahead: &AheadQueue,
+        at: TokenSlot<'_>,
     ) -> Checked {
         let now_ms = now.timestamp_millis();
         let mut s = self.state();
+        s.reclaim(at.table);
         let owner = match &s.owner_id {
             Some(id) => match owners.get(id) {
                 Some(o) => Some(o),
@@ -539,7 +733,7 @@ impl LimitedKey {
         };
         match key_check.or(owner_check) {
             Some(Ok(())) => {
-                return Checked::RateLimited(report(&s, owner_windows.as_deref(), now_ms))
+                return Checked::RateLimited(report(&s, owner_windows.as_deref(), now_ms, None))
             }
             Some(Err(need)) => return Checked::Need(need),
             None => {}
@@ -570,7 +764,12 @@ impl LimitedKey {
                     if let Some(w) = &mut owner_windows {
                         w.take_one();
                     }
-                    return Checked::UsageExceeded(report(&s, owner_windows.as_deref(), now_ms));
+                    return Checked::UsageExceeded(report(
+                        &s,
+                        owner_windows.as_deref(),
+                        now_ms,
+                        None,
+                    ));
                 }
                 return Checked::Need(Need::Credits {
                     key_id: self.key_id.clone(),
@@ -595,7 +794,9 @@ impl LimitedKey {
         if let Some(w) = &mut owner_windows {
             w.take_one();
         }
-        Checked::Admit(report(&s, owner_windows.as_deref(), now_ms))
+        let issued = s.issue(at, now_ms);
+        let held = s.issued.as_ref().zip(issued);
+        Checked::Admit(report(&s, owner_windows.as_deref(), now_ms, held))
     }
 
     /// Adds what the store gave for a window of the key's own limits.
@@ -610,9 +811,19 @@ impl LimitedKey {
     }
 
     /// Adds a reserved block, with the ledger as the reservation (the usage
-    /// stream's event `sequence`) left it.
-    pub fn grant_credits(&self, granted: u64, ledger: Ledger, sequence: i64) {
+    /// stream's event `sequence`) left it. A block of a new epoch replaces
+    /// the old one, whose tokens out in `table` come back first.
+    pub(super) fn grant_credits(
+        &self,
+        granted: u64,
+        ledger: Ledger,
+        sequence: i64,
+        table: &dyn TokenTable,
+    ) {
         let mut s = self.state();
+        if s.block.epoch != ledger.epoch {
+            s.reclaim(table);
+        }
         if sequence <= s.ledger_seen {
             // A newer ledger was seen (a reset from elsewhere): the block's
             // epoch decides whether it still counts.
@@ -677,8 +888,9 @@ impl LimitedKey {
 
     /// Takes what a flush reports of this key's credits, if anything: the
     /// spends, and the block given back.
-    pub fn drain(&self) -> Option<CreditFlush> {
+    pub(super) fn drain(&self, table: &dyn TokenTable) -> Option<CreditFlush> {
         let mut s = self.state();
+        s.reclaim(table);
         let block = std::mem::take(&mut s.block);
         s.block.epoch = block.epoch;
         let mut settled = s.pending.take();
@@ -729,15 +941,31 @@ impl LimitedKey {
     }
 }
 
-fn report(s: &KeyState, owner: Option<&Windows>, now_ms: i64) -> LimitReport {
+/// The limits part of an answer; `held` is the key's tokens, if any are out.
+fn report(
+    s: &KeyState,
+    owner: Option<&Windows>,
+    now_ms: i64,
+    held: Option<(&Issued, Tokens)>,
+) -> LimitReport {
     let mut ratelimits = SmallVec::new();
-    s.windows.report(&mut ratelimits);
+    let held_requests = held
+        .filter(|(_, t)| t.requests != UNLIMITED)
+        .map(|(i, t)| (i.windows.as_slice(), t.requests));
+    s.windows.report(&mut ratelimits, held_requests);
     if let Some(o) = owner {
-        o.report(&mut ratelimits);
+        o.report(&mut ratelimits, None);
     }
+    let held_credits = held
+        .filter(|(i, t)| t.credits != UNLIMITED && i.epoch == s.block.epoch)
+        .map_or(0, |(_, t)| t.credits);
     let credits = s.ledger.as_ref().filter(|l| l.limited).map(|l| {
         let live = s.block.ends_ms.is_none_or(|end| now_ms < end);
-        let block = if live { s.block.left } else { 0 };
+        let block = if live {
+            s.block.left.saturating_add(held_credits)
+        } else {
+            0
+        };
         block.saturating_add(l.available)
     });
     LimitReport {
@@ -813,6 +1041,168 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 mod tests {
     use super::*;
     use keyledger_domain::Credits;
+    use std::sync::atomic::AtomicU64;
+
+    /// A table no tokens go into: the limiter decides every check itself.
+    struct Untokened;
+
+    impl TokenTable for Untokened {
+        fn generation(&self) -> u64 {
+            0
+        }
+
+        fn retired(&self) -> bool {
+            true
+        }
+
+        fn word(&self, _slot: u32) -> Option<&AtomicU64> {
+            None
+        }
+    }
+
+    const NO: TokenSlot<'static> = TokenSlot {
+        table: &Untokened,
+        slot: 0,
+    };
+
+    /// One generation's slots, as the index gives a limiter.
+    struct Slots {
+        generation: u64,
+        retired: bool,
+        words: [AtomicU64; 2],
+    }
+
+    impl TokenTable for Slots {
+        fn generation(&self) -> u64 {
+            self.generation
+        }
+
+        fn retired(&self) -> bool {
+            self.retired
+        }
+
+        fn word(&self, slot: u32) -> Option<&AtomicU64> {
+            self.words.get(slot as usize)
+        }
+    }
+
+    fn slots(generation: u64) -> Slots {
+        Slots {
+            generation,
+            retired: false,
+            words: Default::default(),
+        }
+    }
+
+    /// The start of a minute in 2027 (tokens hold times from 2024 on).
+    const T0: i64 = 1_800_000_000_000;
+
+    fn held(table: &Slots) -> Option<Tokens> {
+        Tokens::decode(table.words[0].load(Ordering::Relaxed))
+    }
+
+    /// A key with 100 a minute and 1,000 credits, given a share of 50 and
+    /// a block of 40, admitted once at slot 0 of `table`.
+    fn admitted_once(table: &Slots) -> LimitedKey {
+        let owners = Owners::default();
+        let k = key(vec![limit(100, 60_000)], Some(1_000));
+        let at = TokenSlot { table, slot: 0 };
+        let need = need_window(k.check(t(T0), 1, &owners, &AheadQueue::default(), at));
+        k.grant_window(&need, 50, 50);
+        let mut ledger = k.opening().expect("ledger");
+        ledger.reserve(40);
+        k.grant_credits(40, ledger, 1, table);
+        assert!(matches!(
+            k.check(t(T0), 1, &owners, &AheadQueue::default(), at),
+            Checked::Admit(_)
+        ));
+        k
+    }
+
+    #[test]
+    fn an_admission_moves_tokens_into_the_slot_and_a_flush_settles_them_exactly() {
+        let table = slots(1);
+        let k = admitted_once(&table);
+        // 49 of the share; 39 of the block less the quarter kept behind the
+        // lock; until the window's last tenth, when its successor is asked for.
+        assert_eq!(
+            held(&table),
+            Some(Tokens {
+                requests: 49,
+                credits: 29,
+                deadline_ms: T0 + 54_000,
+            })
+        );
+        for _ in 0..5 {
+            assert!(super::super::tokens::spend(&table.words[0], T0 + 10, 1));
+        }
+        let report = k.report_held(&table, 0, T0 + 10, &Owners::default());
+        // 44 in the slot and 50 no node took; 10 + 24 in the block and slot
+        // and 960 in the ledger.
+        assert_eq!(report.ratelimits[0].remaining, 94);
+        assert_eq!(report.credits, Some(994));
+        let flush = k.drain(&table).expect("a report");
+        assert_eq!(flush.spent, 6);
+        assert_eq!(
+            flush.settled,
+            Some(Settlement {
+                epoch: 0,
+                spent: 6,
+                released: 34,
+            })
+        );
+        assert_eq!(held(&table), None, "the flush took the tokens back");
+    }
+
+    #[test]
+    fn tokens_end_before_their_window_and_a_new_epoch_or_limit_voids_them() {
+        let table = slots(1);
+        let k = admitted_once(&table);
+        assert!(!super::super::tokens::spend(
+            &table.words[0],
+            T0 + 54_000,
+            1
+        ));
+        // A credit set elsewhere (a new epoch): the slot's credits are void.
+        let mut reset = k.opening().expect("ledger");
+        reset.epoch += 1;
+        reset.available = 3;
+        reset.outstanding = 0;
+        k.see_ledger(Some(reset), 5, &table);
+        assert_eq!(held(&table), None);
+        let k = admitted_once(&table);
+        k.configure(None, Some(&[limit(2, 60_000)]), &table);
+        assert_eq!(held(&table), None, "tokens of the old limit are void");
+    }
+
+    #[test]
+    fn no_tokens_go_into_a_retired_generation_or_to_a_key_with_an_owner() {
+        let mut table = slots(1);
+        table.retired = true;
+        admitted_once(&table);
+        assert_eq!(held(&table), None);
+
+        let table = slots(2);
+        let owners = Owners::default();
+        let k = LimitedKey::new("key_o", "acme".into(), Some("cus"), vec![], None);
+        let at = TokenSlot {
+            table: &table,
+            slot: 0,
+        };
+        let Checked::Need(Need::Owner { owner_id }) =
+            k.check(t(T0), 1, &owners, &AheadQueue::default(), at)
+        else {
+            panic!("reads the owner first");
+        };
+        owners.set(&owner_id, 1, vec![limit(10, 60_000)]);
+        let need = need_window(k.check(t(T0), 1, &owners, &AheadQueue::default(), at));
+        owners.grant_window(&need, 10, 10);
+        assert!(matches!(
+            k.check(t(T0), 1, &owners, &AheadQueue::default(), at),
+            Checked::Admit(_)
+        ));
+        assert_eq!(held(&table), None, "an owner's windows are shared");
+    }
 
     fn t(ms: i64) -> DateTime<Utc> {
         DateTime::from_timestamp_millis(ms).expect("time")
@@ -855,25 +1245,25 @@ mod tests {
     fn a_window_admits_what_was_granted_then_asks_again() {
         let owners = Owners::default();
         let k = key(vec![limit(10, 1000)], None);
-        let need = need_window(k.check(t(1500), 1, &owners, &AheadQueue::default()));
+        let need = need_window(k.check(t(1500), 1, &owners, &AheadQueue::default(), NO));
         assert_eq!((need.window, need.ends_ms, need.want), (1, 2000, 1));
         k.grant_window(&need, 2, 2);
         assert!(matches!(
-            k.check(t(1500), 1, &owners, &AheadQueue::default()),
+            k.check(t(1500), 1, &owners, &AheadQueue::default(), NO),
             Checked::Admit(_)
         ));
         assert!(matches!(
-            k.check(t(1999), 1, &owners, &AheadQueue::default()),
+            k.check(t(1999), 1, &owners, &AheadQueue::default(), NO),
             Checked::Admit(_)
         ));
-        let again = need_window(k.check(t(1999), 1, &owners, &AheadQueue::default()));
+        let again = need_window(k.check(t(1999), 1, &owners, &AheadQueue::default(), NO));
         k.grant_window(&again, 0, 10);
         assert!(matches!(
-            k.check(t(1999), 1, &owners, &AheadQueue::default()),
+            k.check(t(1999), 1, &owners, &AheadQueue::default(), NO),
             Checked::RateLimited(_)
         ));
         // The window edge: the next window starts with nothing and asks.
-        let next = need_window(k.check(t(2000), 1, &owners, &AheadQueue::default()));
+        let next = need_window(k.check(t(2000), 1, &owners, &AheadQueue::default(), NO));
         assert_eq!(next.window, 2);
     }
 
@@ -881,29 +1271,29 @@ mod tests {
     fn the_previous_share_is_all_a_node_admits_without_the_store() {
         let owners = Owners::default();
         let k = key(vec![limit(10, 1000)], None);
-        let need = need_window(k.check(t(0), 1, &owners, &AheadQueue::default()));
+        let need = need_window(k.check(t(0), 1, &owners, &AheadQueue::default(), NO));
         k.grant_window(&need, 3, 3);
         for _ in 0..3 {
             assert!(matches!(
-                k.check(t(10), 1, &owners, &AheadQueue::default()),
+                k.check(t(10), 1, &owners, &AheadQueue::default(), NO),
                 Checked::Admit(_)
             ));
         }
-        let next = need_window(k.check(t(1000), 1, &owners, &AheadQueue::default()));
+        let next = need_window(k.check(t(1000), 1, &owners, &AheadQueue::default(), NO));
         assert!(k.fall_back(&next));
         assert!(!k.fall_back(&next), "once per window");
         for _ in 0..3 {
             assert!(matches!(
-                k.check(t(1001), 1, &owners, &AheadQueue::default()),
+                k.check(t(1001), 1, &owners, &AheadQueue::default(), NO),
                 Checked::Admit(_)
             ));
         }
         assert!(matches!(
-            k.check(t(1002), 1, &owners, &AheadQueue::default()),
+            k.check(t(1002), 1, &owners, &AheadQueue::default(), NO),
             Checked::Need(Need::Window(_))
         ));
         // Two windows on, nothing was granted the window before.
-        let later = need_window(k.check(t(3000), 1, &owners, &AheadQueue::default()));
+        let later = need_window(k.check(t(3000), 1, &owners, &AheadQueue::default(), NO));
         assert!(!k.fall_back(&later));
     }
 
@@ -912,35 +1302,35 @@ mod tests {
         let owners = Owners::default();
         let k = key(vec![], Some(5));
         let Checked::Need(Need::Credits { need, key_id, .. }) =
-            k.check(t(0), 2, &owners, &AheadQueue::default())
+            k.check(t(0), 2, &owners, &AheadQueue::default(), NO)
         else {
             panic!("asks for credits");
         };
         assert_eq!((need, key_id.as_str()), (2, "key_1"));
         let mut ledger = k.opening().expect("ledger");
         ledger.reserve(3);
-        k.grant_credits(3, ledger.clone(), 1);
+        k.grant_credits(3, ledger.clone(), 1, &Untokened);
         assert!(matches!(
-            k.check(t(0), 2, &owners, &AheadQueue::default()),
+            k.check(t(0), 2, &owners, &AheadQueue::default(), NO),
             Checked::Admit(_)
         ));
         // One left in the block, two available in the ledger: ask.
         assert!(matches!(
-            k.check(t(0), 2, &owners, &AheadQueue::default()),
+            k.check(t(0), 2, &owners, &AheadQueue::default(), NO),
             Checked::Need(Need::Credits { .. })
         ));
         ledger.reserve(2);
-        k.grant_credits(2, ledger, 2);
+        k.grant_credits(2, ledger, 2, &Untokened);
         assert!(matches!(
-            k.check(t(0), 3, &owners, &AheadQueue::default()),
+            k.check(t(0), 3, &owners, &AheadQueue::default(), NO),
             Checked::Admit(_)
         ));
         // Nothing left anywhere: refused without asking the store.
         assert!(matches!(
-            k.check(t(0), 1, &owners, &AheadQueue::default()),
+            k.check(t(0), 1, &owners, &AheadQueue::default(), NO),
             Checked::UsageExceeded(_)
         ));
-        let flush = k.drain().expect("a report");
+        let flush = k.drain(&Untokened).expect("a report");
         assert_eq!(flush.spent, 5);
         assert_eq!(
             flush.settled,
@@ -950,7 +1340,7 @@ mod tests {
                 released: 0
             })
         );
-        assert_eq!(k.drain(), None);
+        assert_eq!(k.drain(&Untokened), None);
     }
 
     #[test]
@@ -959,21 +1349,21 @@ mod tests {
         let k = key(vec![], Some(10));
         let mut ledger = k.opening().expect("ledger");
         ledger.reserve(4);
-        k.grant_credits(4, ledger.clone(), 1);
+        k.grant_credits(4, ledger.clone(), 1, &Untokened);
         assert!(matches!(
-            k.check(t(0), 1, &owners, &AheadQueue::default()),
+            k.check(t(0), 1, &owners, &AheadQueue::default(), NO),
             Checked::Admit(_)
         ));
         let mut reset = ledger;
         reset.epoch += 1;
         reset.available = 0;
         reset.outstanding = 0;
-        k.see_ledger(Some(reset), 2);
+        k.see_ledger(Some(reset), 2, &Untokened);
         assert!(matches!(
-            k.check(t(0), 1, &owners, &AheadQueue::default()),
+            k.check(t(0), 1, &owners, &AheadQueue::default(), NO),
             Checked::UsageExceeded(_)
         ));
-        let flush = k.drain().expect("the spend is still reported");
+        let flush = k.drain(&Untokened).expect("the spend is still reported");
         assert_eq!(flush.spent, 1);
         assert_eq!(flush.settled, None);
     }
@@ -984,26 +1374,26 @@ mod tests {
         let a = LimitedKey::new("key_a", "acme".into(), Some("cus"), vec![], None);
         let b = LimitedKey::new("key_b", "acme".into(), Some("cus"), vec![], None);
         let Checked::Need(Need::Owner { owner_id }) =
-            a.check(t(0), 1, &owners, &AheadQueue::default())
+            a.check(t(0), 1, &owners, &AheadQueue::default(), NO)
         else {
             panic!("reads the owner first");
         };
         owners.set(&owner_id, 1, vec![limit(2, 1000)]);
-        let need = need_window(a.check(t(0), 1, &owners, &AheadQueue::default()));
+        let need = need_window(a.check(t(0), 1, &owners, &AheadQueue::default(), NO));
         assert!(need.owner);
         owners.grant_window(&need, 2, 2);
         assert!(matches!(
-            a.check(t(0), 1, &owners, &AheadQueue::default()),
+            a.check(t(0), 1, &owners, &AheadQueue::default(), NO),
             Checked::Admit(_)
         ));
         assert!(matches!(
-            b.check(t(0), 1, &owners, &AheadQueue::default()),
+            b.check(t(0), 1, &owners, &AheadQueue::default(), NO),
             Checked::Admit(_)
         ));
-        let again = need_window(b.check(t(0), 1, &owners, &AheadQueue::default()));
+        let again = need_window(b.check(t(0), 1, &owners, &AheadQueue::default(), NO));
         owners.grant_window(&again, 0, 2);
         assert!(matches!(
-            a.check(t(0), 1, &owners, &AheadQueue::default()),
+            a.check(t(0), 1, &owners, &AheadQueue::default(), NO),
             Checked::RateLimited(_)
         ));
     }
@@ -1013,20 +1403,20 @@ mod tests {
         let owners = Owners::default();
         let ahead = AheadQueue::default();
         let k = key(vec![limit(10, 1000)], None);
-        let need = need_window(k.check(t(1000), 1, &owners, &ahead));
+        let need = need_window(k.check(t(1000), 1, &owners, &ahead, NO));
         k.grant_window(&need, 5, 5);
         assert!(matches!(
-            k.check(t(1500), 1, &owners, &ahead),
+            k.check(t(1500), 1, &owners, &ahead, NO),
             Checked::Admit(_)
         ));
         assert!(lock(&ahead.needs).is_empty(), "not yet near the end");
         // The last 100 ms of the window: its successor is asked for, once.
         assert!(matches!(
-            k.check(t(1950), 1, &owners, &ahead),
+            k.check(t(1950), 1, &owners, &ahead, NO),
             Checked::Admit(_)
         ));
         assert!(matches!(
-            k.check(t(1960), 1, &owners, &ahead),
+            k.check(t(1960), 1, &owners, &ahead, NO),
             Checked::Admit(_)
         ));
         let asked = std::mem::take(&mut *lock(&ahead.needs));
@@ -1039,25 +1429,25 @@ mod tests {
         // The share reserved ahead is the next window's, and only its: this
         // window's two left are all this one admits.
         assert!(matches!(
-            k.check(t(1970), 1, &owners, &ahead),
+            k.check(t(1970), 1, &owners, &ahead, NO),
             Checked::Admit(_)
         ));
         assert!(matches!(
-            k.check(t(1975), 1, &owners, &ahead),
+            k.check(t(1975), 1, &owners, &ahead, NO),
             Checked::Admit(_)
         ));
         assert!(matches!(
-            k.check(t(1980), 1, &owners, &ahead),
+            k.check(t(1980), 1, &owners, &ahead, NO),
             Checked::Need(_)
         ));
         for at in [2000, 2001, 2002] {
             assert!(matches!(
-                k.check(t(at), 1, &owners, &ahead),
+                k.check(t(at), 1, &owners, &ahead, NO),
                 Checked::Admit(_)
             ));
         }
         assert!(matches!(
-            k.check(t(2003), 1, &owners, &ahead),
+            k.check(t(2003), 1, &owners, &ahead, NO),
             Checked::Need(_)
         ));
     }
@@ -1069,20 +1459,20 @@ mod tests {
         let k = key(vec![], Some(100));
         let mut ledger = k.opening().expect("ledger");
         ledger.reserve(8);
-        k.grant_credits(8, ledger.clone(), 1);
+        k.grant_credits(8, ledger.clone(), 1, &Untokened);
         for _ in 0..6 {
             assert!(matches!(
-                k.check(t(0), 1, &owners, &ahead),
+                k.check(t(0), 1, &owners, &ahead, NO),
                 Checked::Admit(_)
             ));
         }
         assert!(lock(&ahead.needs).is_empty(), "a quarter is still left");
         assert!(matches!(
-            k.check(t(0), 1, &owners, &ahead),
+            k.check(t(0), 1, &owners, &ahead, NO),
             Checked::Admit(_)
         ));
         assert!(matches!(
-            k.check(t(0), 1, &owners, &ahead),
+            k.check(t(0), 1, &owners, &ahead, NO),
             Checked::Admit(_)
         ));
         let asked = std::mem::take(&mut *lock(&ahead.needs));
@@ -1091,10 +1481,10 @@ mod tests {
             "{asked:?}"
         );
         ledger.reserve(20);
-        k.grant_credits(20, ledger, 2);
+        k.grant_credits(20, ledger, 2, &Untokened);
         for _ in 0..20 {
             assert!(matches!(
-                k.check(t(0), 1, &owners, &ahead),
+                k.check(t(0), 1, &owners, &ahead, NO),
                 Checked::Admit(_)
             ));
         }

@@ -23,9 +23,11 @@ mod id_table;
 mod key_id;
 pub mod limits;
 mod slots;
+mod tokens;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, Utc};
@@ -39,7 +41,7 @@ use serde::Serialize;
 use crate::event::{KeyledgerEvent, RecordedEvent};
 use id_table::IdTable;
 pub use key_id::{KeyId, KeyIdText};
-use limits::{Checked, LimitReport, LimitedKey, Need, Owners};
+use limits::{Checked, LimitReport, LimitedKey, Need, Owners, TokenSlot};
 use slots::{
     home_of, Slot, SlotData, SlotTable, ACTIVE, DELETED, EXPIRES, LIMITED, LIVE, LONG_NAME,
     TEST_ENV, TEXT_ID,
@@ -236,7 +238,48 @@ pub struct Verification<'a> {
     pub code: VerificationCode,
     pub key: Option<VerifiedKey<'a>>,
     /// For a key with usage limits that got as far as them.
-    pub limits: Option<&'a LimitReport>,
+    pub limits: Option<AnswerLimits<'a>>,
+}
+
+/// The limits part of an answer. Decided under the limiter's lock it is at
+/// hand; admitted from the key's tokens it is read from the limiter only
+/// when asked for, so a verification that does not show it never touches
+/// the limiter's memory.
+#[derive(Debug, Clone, Copy)]
+pub struct AnswerLimits<'a>(AnswerLimitsOf<'a>);
+
+#[derive(Debug, Clone, Copy)]
+enum AnswerLimitsOf<'a> {
+    Decided(&'a LimitReport),
+    Tokens {
+        maps: &'a Maps,
+        limiter: u32,
+        slot: u32,
+        now_ms: i64,
+        owners: &'a Owners,
+    },
+}
+
+impl<'a> AnswerLimits<'a> {
+    /// Rate limits and credits as this node knows them after the answer.
+    pub fn report(&self) -> Cow<'a, LimitReport> {
+        match self.0 {
+            AnswerLimitsOf::Decided(r) => Cow::Borrowed(r),
+            AnswerLimitsOf::Tokens {
+                maps,
+                limiter,
+                slot,
+                now_ms,
+                owners,
+            } => Cow::Owned(
+                maps.interned
+                    .limited
+                    .get(limiter as usize)
+                    .map(|k| k.report_held(maps, slot, now_ms, owners))
+                    .unwrap_or_default(),
+            ),
+        }
+    }
 }
 
 impl Verification<'_> {
@@ -322,7 +365,12 @@ struct Maps {
     interned: Arc<Interned>,
     /// Set once a newer generation has replaced this one.
     retired: AtomicBool,
+    /// Unique in the process: limiters name the slots of their tokens by it.
+    generation: u64,
 }
+
+/// The next generation's number.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
 
 impl Maps {
     fn new(capacity: usize, interned: Arc<Interned>) -> Self {
@@ -330,6 +378,7 @@ impl Maps {
             table: SlotTable::with_capacity(capacity),
             interned,
             retired: AtomicBool::new(false),
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -341,6 +390,14 @@ impl Maps {
         }
     }
 
+    /// Takes back every token the limiters put into this generation (it is
+    /// being retired, and `retired` is already set, so none go in after).
+    fn sweep_tokens(&self) {
+        for (_, key) in self.interned.limited.iter() {
+            key.reclaim_in(self);
+        }
+    }
+
     fn drained(&self, data: &SlotData, count: u64, last_used_ms: i64) -> DrainedUsage {
         DrainedUsage {
             key_id: self.key_id(data).to_string(),
@@ -348,6 +405,23 @@ impl Maps {
             count,
             last_used_at: DateTime::from_timestamp_millis(last_used_ms).unwrap_or_default(),
         }
+    }
+}
+
+impl tokens::TokenTable for Maps {
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn retired(&self) -> bool {
+        // SeqCst, against the sweep: it sets the flag, then takes each
+        // limiter's lock; an issuer reads it under that lock.
+        self.retired.load(Ordering::SeqCst)
+    }
+
+    fn word(&self, slot: u32) -> Option<&AtomicU64> {
+        let i = slot as usize;
+        (i < self.table.capacity()).then(|| self.table.slot(i).tokens())
     }
 }
 
@@ -536,7 +610,7 @@ impl VerificationIndex {
         for (_, key) in old.interned.limited.iter() {
             match by_id.remove(key.key_id.as_str()) {
                 Some(fresh) => fresh.take_state_of(key),
-                None => left.extend(key.drain()),
+                None => left.extend(key.drain(&*old)),
             }
         }
         if !left.is_empty() {
@@ -548,6 +622,7 @@ impl VerificationIndex {
     /// orphans for keys `new` does not hold).
     fn hand_over(&self, old: &Maps, new: &Maps) {
         old.retired.store(true, Ordering::SeqCst);
+        old.sweep_tokens();
         let mut orphans = Vec::new();
         for slot in old.table.used_slots() {
             let (count, at) = slot.take_uses();
@@ -601,7 +676,7 @@ impl VerificationIndex {
             .and_then(|&i| interned.limited.get(i as usize))
         {
             Some(existing) => {
-                existing.configure(spec.owner.as_deref(), Some(&spec.ratelimits));
+                existing.configure(Some(spec.owner.as_deref()), Some(&spec.ratelimits), &**maps);
             }
             None => {
                 let i = interned.limited.push(LimitedKey::new(
@@ -628,7 +703,7 @@ impl VerificationIndex {
 
     /// The limiter of a key, by id, creating it (with no limit) if the key
     /// has none yet; then `f` changes it and the slot's flag follows.
-    fn with_limits(&self, key_id: &str, f: impl FnOnce(&LimitedKey)) {
+    fn with_limits(&self, key_id: &str, f: impl FnOnce(&LimitedKey, &Maps)) {
         let mut writer = self.writer();
         let Some(i) = writer.ids.get(&KeyId::new(key_id)) else {
             return;
@@ -654,7 +729,7 @@ impl VerificationIndex {
         let Some(key) = interned.limited.get(index as usize) else {
             return;
         };
-        f(key);
+        f(key, &maps);
         let limited = key.is_limited();
         if data.has(LIMITED) != limited {
             let name = VerifiedKey { data, maps: &maps }.name().to_string();
@@ -676,11 +751,53 @@ impl VerificationIndex {
         LimitedRef::new(maps.interned.clone(), index)
     }
 
+    /// Runs `f` on a key's limiter and the current generation, under the
+    /// writer lock, so no reload moves the limiter's state meanwhile.
+    fn on_limiter<R>(&self, key_id: &str, f: impl FnOnce(&LimitedKey, &Maps) -> R) -> Option<R> {
+        let mut writer = self.writer();
+        let i = writer.ids.get(&KeyId::new(key_id))?;
+        let maps = self.maps.load();
+        let data = maps.table.slot(i as usize).read();
+        let index = *writer.limiters.get(&data.hash)?;
+        let key = maps.interned.limited.get(index as usize)?;
+        Some(f(key, &maps))
+    }
+
+    /// Adds what the store gave for a window of a key's own limits.
+    pub fn grant_window(&self, need: &limits::WindowNeed, granted: u64, taken: u64) {
+        self.on_limiter(&need.subject, |k, _| k.grant_window(need, granted, taken));
+    }
+
+    /// The store is away for a window of a key's own limits: whether this
+    /// node may admit its share of the window before (see `LimitedKey::fall_back`).
+    pub fn fall_back_window(&self, need: &limits::WindowNeed) -> bool {
+        self.on_limiter(&need.subject, |k, _| k.fall_back(need))
+            .unwrap_or(false)
+    }
+
+    /// Adds a block of credits reserved for a key, with the ledger as the
+    /// reservation (the usage stream's event `sequence`) left it.
+    pub fn grant_credits(&self, key_id: &str, granted: u64, ledger: Ledger, sequence: i64) {
+        self.on_limiter(key_id, |k, maps| {
+            k.grant_credits(granted, ledger, sequence, maps)
+        });
+    }
+
+    /// A key's ledger as a reservation that granted nothing left it.
+    pub fn see_ledger(&self, key_id: &str, ledger: Ledger, sequence: i64) {
+        self.on_limiter(key_id, |k, maps| k.see_ledger(Some(ledger), sequence, maps));
+    }
+
     /// Takes every limited key's credit report for a flush.
     pub fn drain_limits(&self) -> Vec<limits::CreditFlush> {
         let mut out = std::mem::take(&mut *lock(&self.orphaned_credits));
         let maps = self.maps.load();
-        out.extend(maps.interned.limited.iter().filter_map(|(_, k)| k.drain()));
+        out.extend(
+            maps.interned
+                .limited
+                .iter()
+                .filter_map(|(_, k)| k.drain(&**maps)),
+        );
         out
     }
 
@@ -818,16 +935,10 @@ impl VerificationIndex {
         let Some((i, data)) = maps.table.find_from(first, home, hash.as_bytes()) else {
             return Ok(answer(not_found));
         };
-        // A limited key's limiter is on its way while the checks before it run.
-        let limiter = data
-            .has(LIMITED)
-            .then(|| maps.interned.limited.get(data.limiter() as usize))
-            .flatten();
-        if let Some(l) = limiter {
-            slots::prefetch(l);
-        }
         let key = VerifiedKey { data, maps: &maps };
         let mut report = None;
+        let mut from_tokens = None;
+        let now_ms = now.timestamp_millis();
         let code = if !key.active() {
             VerificationCode::Disabled
         } else if data.has(EXPIRES) && data.expires_us <= now.timestamp_micros() {
@@ -836,8 +947,27 @@ impl VerificationIndex {
             VerificationCode::WrongEnvironment
         } else if !key.permissions().grants_all(req.permissions) {
             VerificationCode::InsufficientPermissions
-        } else if let Some(limited) = limiter {
-            match limited.check(now, req.cost, &self.owners, &self.ahead) {
+        } else if data.has(LIMITED) && tokens::spend(maps.table.slot(i).tokens(), now_ms, req.cost)
+        {
+            // Paid from the key's tokens, in its slot: the limiter stays cold.
+            from_tokens = Some(AnswerLimitsOf::Tokens {
+                maps: &maps,
+                limiter: data.limiter(),
+                slot: index_u32(i),
+                now_ms,
+                owners: &self.owners,
+            });
+            self.count_use(&maps, i, &data, now)
+        } else if let Some(limited) = data
+            .has(LIMITED)
+            .then(|| maps.interned.limited.get(data.limiter() as usize))
+            .flatten()
+        {
+            let at = TokenSlot {
+                table: &**maps,
+                slot: index_u32(i),
+            };
+            match limited.check(now, req.cost, &self.owners, &self.ahead, at) {
                 Checked::Need(need) => return Err(need),
                 Checked::RateLimited(r) => {
                     report = Some(r);
@@ -855,10 +985,13 @@ impl VerificationIndex {
         } else {
             self.count_use(&maps, i, &data, now)
         };
+        let limits = from_tokens
+            .or(report.as_ref().map(AnswerLimitsOf::Decided))
+            .map(AnswerLimits);
         Ok(answer(Verification {
             code,
             key: Some(key),
-            limits: report.as_ref(),
+            limits,
         }))
     }
 
@@ -947,13 +1080,12 @@ impl VerificationIndex {
                     }
                 });
                 if u.owner.is_some() || u.ratelimits.is_some() {
-                    self.with_limits(&event.key_id, |k| {
-                        if let Some(o) = &u.owner {
-                            k.set_owner(o.as_deref());
-                        }
-                        if let Some(r) = &u.ratelimits {
-                            k.set_ratelimits(r);
-                        }
+                    self.with_limits(&event.key_id, |k, maps| {
+                        k.configure(
+                            u.owner.as_ref().map(|o| o.as_deref()),
+                            u.ratelimits.as_deref(),
+                            maps,
+                        );
                     });
                 }
             }
@@ -977,8 +1109,8 @@ impl VerificationIndex {
                 if let Some(ledger) = usage.ledger() {
                     let known = self.limited_key(&event.key_id).is_some();
                     if known || ledger.limited {
-                        self.with_limits(&event.key_id, |k| {
-                            k.see_ledger(Some(ledger.clone()), event.sequence);
+                        self.with_limits(&event.key_id, |k, maps| {
+                            k.see_ledger(Some(ledger.clone()), event.sequence, maps);
                         });
                     }
                 }
@@ -1132,6 +1264,148 @@ mod tests {
 
     fn drained_count(index: &VerificationIndex) -> u64 {
         index.drain_usage().iter().map(|u| u.count).sum()
+    }
+
+    /// What the store does for one limited key: hands out window shares of
+    /// one window (at most `limit` in all) and blocks of credits from one
+    /// ledger, as reservations do.
+    struct FakeStore {
+        limit: u64,
+        window_taken: u64,
+        ledger: Ledger,
+        sequence: i64,
+    }
+
+    impl FakeStore {
+        fn provide(&mut self, index: &VerificationIndex, need: Need) {
+            match need {
+                Need::Window(w) => {
+                    let granted = w.want.min(self.limit - self.window_taken);
+                    self.window_taken += granted;
+                    index.grant_window(&w, granted, self.window_taken);
+                }
+                Need::Credits {
+                    key_id,
+                    need,
+                    block,
+                } => {
+                    let granted = self.ledger.grant_for(need, block);
+                    self.ledger.reserve(granted);
+                    self.sequence += 1;
+                    if granted > 0 {
+                        index.grant_credits(&key_id, granted, self.ledger.clone(), self.sequence);
+                    } else {
+                        index.see_ledger(&key_id, self.ledger.clone(), self.sequence);
+                    }
+                }
+                Need::Owner { .. } => panic!("the key has no owner"),
+            }
+        }
+    }
+
+    fn limited_key(raw: &RawKey, limit: u64, credits: u64, at: DateTime<Utc>) -> IndexedKey {
+        key(KEY_ID, raw, "metered").with_limits(LimitSpec {
+            owner: None,
+            ratelimits: vec![RateLimit {
+                name: "per-minute".into(),
+                limit,
+                window_ms: 60_000,
+            }],
+            ledger: Some(Ledger::opening(
+                &keyledger_domain::Credits {
+                    remaining: credits,
+                    refill: None,
+                },
+                at,
+            )),
+        })
+    }
+
+    /// Admissions paid from tokens in the slot and admissions decided under
+    /// the limiter's lock add up exactly to what the store handed out, while
+    /// the table grows and the index is reloaded under the verifications,
+    /// and every credit spent is reported once.
+    fn tokens_stay_exact(limit: u64, credits: u64, expected_valid: u64) {
+        // The start of a minute, so the window does not end during the test.
+        let now = DateTime::from_timestamp_millis(1_800_000_000_000).expect("time");
+        let raw = raw_key(40);
+        let index = VerificationIndex::new();
+        index.insert(raw.hash(), limited_key(&raw, limit, credits, now));
+        let store = Mutex::new(FakeStore {
+            limit,
+            window_taken: 0,
+            ledger: Ledger::opening(
+                &keyledger_domain::Credits {
+                    remaining: credits,
+                    refill: None,
+                },
+                now,
+            ),
+            sequence: 0,
+        });
+        let cost = 2;
+        let attempts = (limit.max(credits / cost) + 50) as usize;
+        let (valid, refused) = std::thread::scope(|scope| {
+            let verifiers: Vec<_> = (0..3)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let (mut valid, mut refused) = (0u64, 0u64);
+                        for _ in 0..attempts {
+                            loop {
+                                let request = VerifyRequest {
+                                    key: raw.expose(),
+                                    environment: None,
+                                    permissions: &[],
+                                    cost,
+                                };
+                                match index.verify(request, now, |a| a.code) {
+                                    Ok(VerificationCode::Valid) => valid += 1,
+                                    Ok(VerificationCode::RateLimited)
+                                    | Ok(VerificationCode::UsageExceeded) => refused += 1,
+                                    Ok(other) => panic!("unexpected {other:?}"),
+                                    Err(need) => {
+                                        lock(&store).provide(&index, need);
+                                        continue;
+                                    }
+                                }
+                                break;
+                            }
+                        }
+                        (valid, refused)
+                    })
+                })
+                .collect();
+            // Meanwhile: plain keys enough to grow the table several times,
+            // and a reload that takes the limiter's state over.
+            for n in 0..3_000u64 {
+                let other = raw_key(1_000 + n);
+                index.insert(other.hash(), key(&format!("key_{n}"), &other, "plain"));
+                if n == 1_500 {
+                    let fresh = VerificationIndex::new();
+                    fresh.insert(raw.hash(), limited_key(&raw, limit, credits, now));
+                    index.replace_with(fresh);
+                }
+            }
+            verifiers
+                .into_iter()
+                .map(|v| v.join().expect("verifier"))
+                .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+        });
+        assert_eq!(valid, expected_valid, "{refused} refused");
+        let spent: u64 = index.drain_limits().iter().map(|f| f.spent).sum();
+        assert_eq!(spent, valid * cost, "every spend reported once");
+        let window = lock(&store).window_taken;
+        assert!(valid <= window, "{valid} admitted of {window} handed out");
+    }
+
+    #[test]
+    fn a_rate_limit_admits_exactly_its_limit_through_tokens_growth_and_reload() {
+        tokens_stay_exact(700, 1_000_000, 700);
+    }
+
+    #[test]
+    fn credits_are_spent_exactly_through_tokens_growth_and_reload() {
+        tokens_stay_exact(1_000_000, 1_200, 600);
     }
 
     #[test]

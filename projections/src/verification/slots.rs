@@ -54,7 +54,7 @@ pub(super) const NAME_INLINE_LIMITED: usize = NAME_INLINE - 4;
 const NAME_LEN_SHIFT: u32 = 8;
 const NAME_LEN_MASK: u32 = 0x3f << NAME_LEN_SHIFT;
 /// Bytes of a name held in the slot itself.
-pub(super) const NAME_INLINE: usize = 32;
+pub(super) const NAME_INLINE: usize = 24;
 
 /// A table may hold at most this many used slots in 5 (live and tombstones):
 /// beyond it probes grow long, so the index grows the table first.
@@ -75,6 +75,9 @@ pub(super) struct Slot {
     /// Tenant index (high half) and permission-set index (low half).
     shared: AtomicU64,
     name: [AtomicU64; NAME_INLINE / 8],
+    /// A limited key's admission tokens (`tokens`), spent by verifications
+    /// and filled by its limiter; never part of a [`SlotData`] copy.
+    tokens: AtomicU64,
     uses: AtomicU64,
     last_used_ms: AtomicI64,
 }
@@ -140,7 +143,7 @@ impl SlotData {
         self.set_limiter(limiter);
         self.name[..name.len()].copy_from_slice(name.as_bytes());
         self.flags &= !(LONG_NAME | NAME_LEN_MASK);
-        // At most 32, so it fits the six bits.
+        // At most 24, so it fits the six bits.
         self.flags |= (name.len() as u32) << NAME_LEN_SHIFT;
         true
     }
@@ -263,6 +266,11 @@ impl Slot {
         if self.last_used_ms.load(Ordering::Relaxed) < at_ms {
             self.last_used_ms.fetch_max(at_ms, Ordering::SeqCst);
         }
+    }
+
+    /// The admission tokens of a limited key (see `tokens`).
+    pub fn tokens(&self) -> &AtomicU64 {
+        &self.tokens
     }
 
     /// Takes the pending uses out (0 when none) and the newest use.
