@@ -14,8 +14,11 @@
 //! verification that counted on the old table after the move sees it retired
 //! and moves its count itself (`rehome`), so no use is lost to the race.
 //!
+//! A limited key's slot also holds its admission tokens ([`tokens`]), so
+//! the common case of a key with usage limits touches no other memory either.
+//!
 //! Memory is what bounds a node at millions of keys (BENCHMARKS.md): names up to
-//! 32 bytes and issued ids are held in the slot, tenants and permission sets
+//! 24 bytes and issued ids are held in the slot, tenants and permission sets
 //! are shared between keys and named by index, the id -> slot table used by
 //! the writer is a sorted vector, and the table is sized before a bulk load.
 
