@@ -115,8 +115,16 @@ impl Application {
         let address = listener
             .local_addr()
             .map_err(|e| Error::internal_from("the listener's address", e))?;
+        let webhooks = Arc::new(crate::webhooks::Webhooks::new(
+            store.clone(),
+            tailer.clone(),
+            clock.clone(),
+            secret.expose(),
+            config.webhook_allow_private,
+        ));
         let state = AppState::new(crate::http::SharedState {
             service,
+            webhooks,
             tokens: Arc::new(TokenVerifier::with_idp(
                 secret.expose(),
                 config.idp.as_ref(),

@@ -97,6 +97,9 @@ pub struct Config {
     pub max_keys_per_tenant: u64,
     /// Failed verifications a client address may make per minute before 429.
     pub verify_failure_limit: u32,
+    /// Webhook targets in private, loopback and link-local ranges are
+    /// allowed (tests, private deployments); refused otherwise.
+    pub webhook_allow_private: bool,
     /// How long a client may take to send a request head, from its first byte.
     pub header_read_timeout: Duration,
     /// How long a connection may stay open with no request in flight.
@@ -162,6 +165,7 @@ impl Config {
             body_read_timeout: Duration::from_secs(10),
             max_keys_per_tenant: 10_000,
             verify_failure_limit: 100,
+            webhook_allow_private: false,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: None,

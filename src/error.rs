@@ -27,6 +27,9 @@ pub enum Error {
     /// No such key for this tenant.
     #[error("key not found")]
     KeyNotFound,
+    /// No such webhook endpoint for this tenant.
+    #[error("webhook endpoint not found")]
+    WebhookNotFound,
     /// No such route.
     #[error("no such route")]
     RouteNotFound,

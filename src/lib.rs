@@ -22,6 +22,7 @@ pub mod service;
 pub mod store;
 pub mod tailer;
 pub mod usage;
+pub mod webhooks;
 
 pub use app::Application;
 pub use config::Config;

@@ -672,8 +672,7 @@ impl KeyService {
     /// hold everything up to the head. A failure here is reported as
     /// committed (`Error::Committed`), never as nothing having changed.
     async fn show_committed(&self) -> Result<(), Error> {
-        let head = self.store.head().await.map_err(committed)?;
-        self.tailer.catch_up_to(head).await.map_err(committed)
+        self.tailer.show_committed().await
     }
 
     fn key_command(
@@ -763,7 +762,7 @@ pub enum Proof {
 }
 
 /// What every event records about its request.
-fn metadata(actor: &Actor, at: chrono::DateTime<chrono::Utc>) -> EventMetadata {
+pub(crate) fn metadata(actor: &Actor, at: chrono::DateTime<chrono::Utc>) -> EventMetadata {
     let mut metadata = EventMetadata::from([
         (meta_keys::ACTOR.to_string(), actor.subject.clone()),
         (meta_keys::TENANT.to_string(), actor.tenant.to_string()),

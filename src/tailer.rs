@@ -241,6 +241,18 @@ impl Tailer {
     /// to take the lock reads and applies: it takes everything committed so
     /// far, and those queued behind it usually find their events applied and
     /// return without a query (one batch for many commands, not one each).
+    /// Applies everything committed so far, so that a command's answer and
+    /// the reads after it show its events. A failure here comes after the
+    /// commit, and says so (`Error::Committed`).
+    pub async fn show_committed(&self) -> Result<(), Error> {
+        let committed = |cause: Error| match cause {
+            e @ Error::Committed(_) => e,
+            e => Error::Committed(Box::new(e)),
+        };
+        let head = self.store.head().await.map_err(committed)?;
+        self.catch_up_to(head).await.map_err(committed)
+    }
+
     pub async fn catch_up_to(&self, target: i64) -> Result<(), Error> {
         if self.projections.index().checkpoint() >= target {
             return Ok(());

@@ -22,6 +22,7 @@ pub mod permissions;
 pub mod upcast;
 pub mod usage;
 pub mod validate;
+pub mod webhook;
 
 pub use aggregate::{ApiKey, KeyLifecycle};
 pub use commands::{CreateKey, KeyCommand, KeyCommandKind, UpdateKey};

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use cqrs_es::persist::SerializedEvent;
+use keyledger_domain::webhook::{WebhookEvent, WEBHOOK_AGGREGATE_TYPE};
 use keyledger_domain::{
     ApiKeyEvent, KeyUsageEvent, OwnerEvent, API_KEY_AGGREGATE_TYPE, KEY_USAGE_AGGREGATE_TYPE,
     OWNER_AGGREGATE_TYPE,
@@ -43,6 +44,8 @@ pub enum KeyledgerEvent {
     Usage(KeyUsageEvent),
     /// An owner's shared limits; `key_id` is then the owner's stream id.
     Owner(OwnerEvent),
+    /// A webhook endpoint's change; `key_id` is then the endpoint's id.
+    Webhook(WebhookEvent),
 }
 
 /// A decoded event with its place in the feed.
@@ -75,6 +78,7 @@ impl RecordedEvent {
         if raw.aggregate_type != API_KEY_AGGREGATE_TYPE
             && raw.aggregate_type != KEY_USAGE_AGGREGATE_TYPE
             && raw.aggregate_type != OWNER_AGGREGATE_TYPE
+            && raw.aggregate_type != WEBHOOK_AGGREGATE_TYPE
         {
             return Ok(None);
         }
@@ -118,6 +122,8 @@ impl RecordedEvent {
             KeyledgerEvent::Key(serde_json::from_value(raw.payload).map_err(unparsed)?)
         } else if raw.aggregate_type == OWNER_AGGREGATE_TYPE {
             KeyledgerEvent::Owner(serde_json::from_value(raw.payload).map_err(unparsed)?)
+        } else if raw.aggregate_type == WEBHOOK_AGGREGATE_TYPE {
+            KeyledgerEvent::Webhook(serde_json::from_value(raw.payload).map_err(unparsed)?)
         } else {
             KeyledgerEvent::Usage(serde_json::from_value(raw.payload).map_err(unparsed)?)
         };
@@ -183,6 +189,7 @@ impl RecordedEvent {
             KeyledgerEvent::Key(e) => e.type_name(),
             KeyledgerEvent::Usage(e) => e.type_name(),
             KeyledgerEvent::Owner(e) => e.type_name(),
+            KeyledgerEvent::Webhook(e) => e.type_name(),
         }
     }
 
@@ -192,6 +199,7 @@ impl RecordedEvent {
             KeyledgerEvent::Key(e) => serde_json::to_value(e),
             KeyledgerEvent::Usage(e) => serde_json::to_value(e),
             KeyledgerEvent::Owner(e) => serde_json::to_value(e),
+            KeyledgerEvent::Webhook(e) => serde_json::to_value(e),
         }
         .ok()
         .and_then(|v| match v {
@@ -221,6 +229,7 @@ impl KeyledgerEvent {
             Self::Usage(KeyUsageEvent::KeyCreditsChanged(e)) => e.at,
             Self::Usage(KeyUsageEvent::KeyCreditsReserved(e)) => e.at,
             Self::Owner(e) => e.time(),
+            Self::Webhook(e) => e.time(),
         }
     }
 }

@@ -145,7 +145,7 @@ impl KeyListFold {
                     }
                 }
             }
-            KeyledgerEvent::Owner(_) => {}
+            KeyledgerEvent::Owner(_) | KeyledgerEvent::Webhook(_) => {}
         }
     }
 

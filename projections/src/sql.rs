@@ -597,7 +597,7 @@ where
                         .await?;
                 }
             }
-            KeyledgerEvent::Owner(_) => {}
+            KeyledgerEvent::Owner(_) | KeyledgerEvent::Webhook(_) => {}
         }
         Ok(())
     }

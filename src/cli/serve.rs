@@ -30,6 +30,10 @@ pub struct ServeArgs {
     /// 429 to more of them (keys that exist always get their answer; 0 disables).
     #[arg(long, env = "KEYLEDGER_VERIFY_FAILURE_LIMIT", default_value_t = 100)]
     verify_failure_limit: u32,
+    /// Allow webhook targets in private, loopback and link-local ranges
+    /// (refused by default: a tenant must not reach the node's own network).
+    #[arg(long, env = "KEYLEDGER_WEBHOOK_ALLOW_PRIVATE")]
+    webhook_allow_private: bool,
     /// Proxies (comma-separated CIDRs or addresses) whose X-Forwarded-For /
     /// Forwarded headers name the client [default: none].
     #[arg(
@@ -131,6 +135,7 @@ pub async fn run(args: ServeArgs, mut config: Config) -> Result<ExitCode, Error>
     config.usage_flush_interval = Duration::from_secs(args.usage_flush_secs);
     config.max_keys_per_tenant = args.max_keys_per_tenant;
     config.verify_failure_limit = args.verify_failure_limit;
+    config.webhook_allow_private = args.webhook_allow_private;
     config.trusted_proxies = args.trusted_proxies.clone();
     config.header_read_timeout = seconds(
         args.header_read_timeout_secs,

@@ -19,5 +19,6 @@ pub mod serve;
 pub mod state;
 pub mod usage_limits;
 pub mod verify;
+pub mod webhooks;
 
 pub use state::{AppState, SharedState};

@@ -5,7 +5,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::Required;
 use utoipa::{Modify, OpenApi};
 
-use crate::http::{audit, error, health, keys, metrics, proxy_auth, usage_limits, verify};
+use crate::http::{
+    audit, error, health, keys, metrics, proxy_auth, usage_limits, verify, webhooks,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -14,11 +16,13 @@ use crate::http::{audit, error, health, keys, metrics, proxy_auth, usage_limits,
         keys::create, keys::list, keys::get, keys::update, keys::deactivate,
         keys::reactivate, keys::delete, keys::rotate, usage_limits::credits, usage_limits::set_owner_limits, usage_limits::owner,
         verify::verify, proxy_auth::auth, audit::list, audit::key_events,
+        webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete,
+        webhooks::rotate_secret,
         health::live, health::ready, metrics::render, document
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     modifiers(&BearerAuth, &OptionalBodies),
-    tags((name = "keys"), (name = "verification"), (name = "audit"), (name = "health"))
+    tags((name = "keys"), (name = "verification"), (name = "audit"), (name = "webhooks"), (name = "health"))
 )]
 pub struct ApiDoc;
 

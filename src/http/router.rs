@@ -13,7 +13,7 @@ use tower_http::request_id::{
 use crate::error::Error;
 use crate::http::{
     audit, console, health, keys, metrics, openapi, proxy_auth, state::AppState, usage_limits,
-    verify,
+    verify, webhooks,
 };
 
 /// The whole HTTP service: request ids around the router.
@@ -51,6 +51,17 @@ fn router(state: AppState) -> Router {
             put(usage_limits::set_owner_limits),
         )
         .route("/v1/keys/{id}/events", get(audit::key_events))
+        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::get)
+                .patch(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route(
+            "/v1/webhooks/{id}/rotate-secret",
+            post(webhooks::rotate_secret),
+        )
         .route("/v1/audit", get(audit::list))
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))

@@ -29,6 +29,8 @@ impl std::ops::Deref for AppState {
 /// The node's shared parts, behind [`AppState`].
 pub struct SharedState {
     pub service: Arc<KeyService>,
+    /// Webhook endpoints and their deliveries.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
     pub tokens: Arc<TokenVerifier>,
     pub max_body_bytes: usize,
     pub body_read_timeout: std::time::Duration,

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use cqrs_es::persist::{EventStoreAggregateContext, SerializedEvent};
 use cqrs_es::Aggregate;
 use cqrs_es::AggregateError;
+use keyledger_domain::webhook::Webhook;
 use keyledger_domain::{ApiKey, ApiKeyEvent, DomainError, KeyId, KeyUsage, OwnerLimits, RawEvent};
 use keyledger_sql::{InlineProjection, SqlPool};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +37,8 @@ pub enum Stream {
     /// An owner's shared limits (`OwnerLimits`; the id is the owner's
     /// stream id).
     Owner,
+    /// A webhook endpoint (`WebhookEndpoint`; the id is the endpoint's).
+    Webhook,
 }
 
 impl Stream {
@@ -45,6 +48,7 @@ impl Stream {
             Self::Key => ApiKey::TYPE,
             Self::Usage => KeyUsage::TYPE,
             Self::Owner => OwnerLimits::TYPE,
+            Self::Webhook => Webhook::TYPE,
         }
     }
 }
@@ -212,6 +216,9 @@ pub trait Backend: Send + Sync {
 
     /// The rate-limit windows, in that database.
     fn windows(&self) -> Arc<dyn WindowTable>;
+
+    /// The webhook endpoints' table, in that database.
+    fn webhooks(&self) -> Arc<dyn crate::store::webhooks::WebhookTable>;
 
     /// Closes the connections, waiting for those in use.
     async fn close(&self);

@@ -26,14 +26,14 @@ pub struct LedgerAppend {
 }
 
 /// The newest event of a stream: its sequence and chain hash.
-struct Head {
-    sequence: usize,
-    hash: String,
-    newest: Option<RawEvent>,
+pub(super) struct Head {
+    pub sequence: usize,
+    pub hash: String,
+    pub newest: Option<RawEvent>,
 }
 
 impl EventStore {
-    async fn stream_head(&self, stream: Stream, key: &KeyId) -> Result<Head, Error> {
+    pub(super) async fn stream_head(&self, stream: Stream, key: &KeyId) -> Result<Head, Error> {
         let last = self.backend.last_sequence(stream, key).await?;
         if last == 0 {
             return Ok(Head {
@@ -167,7 +167,7 @@ pub(crate) fn ledger_of(raw: &RawEvent) -> Result<Option<Ledger>, Error> {
     Ok(event.ledger().cloned())
 }
 
-fn decode<T: serde::de::DeserializeOwned>(raw: &RawEvent) -> Result<T, Error> {
+pub(super) fn decode<T: serde::de::DeserializeOwned>(raw: &RawEvent) -> Result<T, Error> {
     serde_json::from_value(raw.payload.clone()).map_err(|e| {
         Error::internal_from(
             format!(

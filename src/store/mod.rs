@@ -20,6 +20,8 @@ mod numbered_append;
 pub mod postgres;
 mod readable;
 pub mod sqlite;
+mod webhook_stream;
+pub mod webhooks;
 pub mod windows;
 
 use std::collections::HashMap;
@@ -432,6 +434,11 @@ impl EventStore {
     /// The rate-limit windows.
     pub fn windows(&self) -> Arc<dyn windows::WindowTable> {
         self.backend.windows()
+    }
+
+    /// The webhook endpoints' table.
+    pub fn webhooks(&self) -> Arc<dyn webhooks::WebhookTable> {
+        self.backend.webhooks()
     }
 
     /// Deletes what has expired by `now_ms` beside the events: idempotency

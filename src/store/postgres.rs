@@ -12,6 +12,7 @@ use cqrs_es::persist::{
     EventStoreAggregateContext, PersistedEventRepository, PersistedEventStore, SerializedEvent,
 };
 use cqrs_es::{AggregateError, EventStore as _};
+use keyledger_domain::webhook::Webhook;
 use keyledger_domain::{ApiKey, ApiKeyEvent, DomainError, KeyId, KeyUsage, OwnerLimits, RawEvent};
 use keyledger_sql::{InlineProjection, SqlPool};
 use postgres_es::PostgresEventRepository;
@@ -287,6 +288,7 @@ impl Backend for PostgresStore {
             Stream::Key => repository.persist::<ApiKey>(events, None).await,
             Stream::Usage => repository.persist::<KeyUsage>(events, None).await,
             Stream::Owner => repository.persist::<OwnerLimits>(events, None).await,
+            Stream::Webhook => repository.persist::<Webhook>(events, None).await,
         }
         .map_err(persistence_error)
     }
@@ -371,6 +373,10 @@ impl Backend for PostgresStore {
 
     fn windows(&self) -> Arc<dyn WindowTable> {
         Arc::new(SqlWindows::new(self.pool.clone()))
+    }
+
+    fn webhooks(&self) -> Arc<dyn crate::store::webhooks::WebhookTable> {
+        Arc::new(crate::store::webhooks::SqlWebhooks::new(self.pool.clone()))
     }
 
     /// Closes the pool, the writer's connection first: the pool waits for

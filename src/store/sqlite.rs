@@ -11,6 +11,7 @@ use cqrs_es::persist::{
     EventStoreAggregateContext, PersistedEventRepository, PersistedEventStore, SerializedEvent,
 };
 use cqrs_es::{AggregateError, EventStore as _};
+use keyledger_domain::webhook::Webhook;
 use keyledger_domain::{ApiKey, ApiKeyEvent, DomainError, KeyId, KeyUsage, OwnerLimits, RawEvent};
 use keyledger_sql::SqlPool;
 use sqlite_es::SqliteEventRepository;
@@ -100,6 +101,7 @@ impl Backend for SqliteStore {
             Stream::Key => repository.persist::<ApiKey>(events, None).await,
             Stream::Usage => repository.persist::<KeyUsage>(events, None).await,
             Stream::Owner => repository.persist::<OwnerLimits>(events, None).await,
+            Stream::Webhook => repository.persist::<Webhook>(events, None).await,
         }
         .map_err(persistence_error)
     }
@@ -147,6 +149,10 @@ impl Backend for SqliteStore {
 
     fn windows(&self) -> Arc<dyn WindowTable> {
         Arc::new(SqlWindows::new(self.pool.clone()))
+    }
+
+    fn webhooks(&self) -> Arc<dyn crate::store::webhooks::WebhookTable> {
+        Arc::new(crate::store::webhooks::SqlWebhooks::new(self.pool.clone()))
     }
 
     async fn close(&self) {

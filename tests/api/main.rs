@@ -25,3 +25,4 @@ mod rotation;
 mod roundtrip;
 mod secrecy;
 mod upcast;
+mod webhooks;

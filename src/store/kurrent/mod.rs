@@ -28,6 +28,7 @@ use cqrs_es::persist::{
     EventStoreAggregateContext, PersistedEventRepository, PersistedEventStore, SerializedEvent,
 };
 use cqrs_es::{AggregateError, EventStore as _};
+use keyledger_domain::webhook::Webhook;
 use keyledger_domain::{ApiKey, ApiKeyEvent, DomainError, KeyId, KeyUsage, OwnerLimits, RawEvent};
 use keyledger_sql::SqlPool;
 use kurrentdb::{
@@ -264,6 +265,7 @@ impl Backend for KurrentStore {
             Stream::Key => repository.persist::<ApiKey>(events, None).await,
             Stream::Usage => repository.persist::<KeyUsage>(events, None).await,
             Stream::Owner => repository.persist::<OwnerLimits>(events, None).await,
+            Stream::Webhook => repository.persist::<Webhook>(events, None).await,
         }
         .map_err(persistence_error)
     }
@@ -329,6 +331,10 @@ impl Backend for KurrentStore {
 
     fn windows(&self) -> Arc<dyn crate::store::windows::WindowTable> {
         self.side.windows()
+    }
+
+    fn webhooks(&self) -> Arc<dyn crate::store::webhooks::WebhookTable> {
+        self.side.webhooks()
     }
 
     /// Closes the projection database (the client has nothing to close).

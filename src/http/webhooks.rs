@@ -1,0 +1,229 @@
+//! Webhook endpoints over HTTP: `/v1/webhooks` and `/v1/webhooks/{id}`.
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use keyledger_domain::webhook::WebhookStatus;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::Error;
+use crate::http::error::ErrorBody;
+use crate::http::extract::{ApiJson, OptionalJson};
+use crate::http::management::Management;
+use crate::http::state::AppState;
+use crate::webhooks::{Endpoint, EndpointChange};
+
+/// The `{id}` of a webhook route: an endpoint id's shape, or 404 before any
+/// store sees it.
+pub struct WebhookPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for WebhookPath {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let axum::extract::Path(id) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| Error::WebhookNotFound)?;
+        if !keyledger_domain::webhook::is_webhook_id(&id) {
+            return Err(Error::WebhookNotFound);
+        }
+        Ok(WebhookPath(id))
+    }
+}
+
+/// A webhook endpoint.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WebhookView {
+    #[schema(example = "wh_0f1e2d3c4b5a69788796a5b4c3d2e1f0")]
+    pub id: String,
+    pub url: String,
+    /// Message types it takes; empty: all.
+    pub events: Vec<String>,
+    pub description: Option<String>,
+    /// `enabled` or `disabled`.
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<Endpoint> for WebhookView {
+    fn from(e: Endpoint) -> Self {
+        Self {
+            id: e.id,
+            url: e.endpoint.url,
+            events: e.endpoint.events,
+            description: e.endpoint.description,
+            status: e.endpoint.status.as_str().to_string(),
+            created_at: e.endpoint.created_at,
+            updated_at: e.endpoint.updated_at,
+        }
+    }
+}
+
+/// A webhook endpoint with its signing secret (in this response only).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WebhookSecretView {
+    #[serde(flatten)]
+    pub endpoint: WebhookView,
+    /// `whsec_` and the base64 of 32 bytes: verify messages with it.
+    pub secret: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WebhookList {
+    pub webhooks: Vec<WebhookView>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhookRequest {
+    /// http or https; at most 2,048 bytes.
+    #[schema(max_length = 2048)]
+    pub url: String,
+    /// Message types to send (`key.created`, …); absent or empty: all.
+    #[serde(default)]
+    pub events: Vec<String>,
+    #[schema(max_length = 256)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateWebhookRequest {
+    #[schema(max_length = 2048)]
+    pub url: Option<String>,
+    pub events: Option<Vec<String>>,
+    /// `null` clears it.
+    #[serde(default, deserialize_with = "keyledger_domain::events::present")]
+    #[schema(value_type = Option<String>, max_length = 256)]
+    pub description: Option<Option<String>>,
+    /// `enabled` or `disabled`.
+    #[schema(pattern = "^(enabled|disabled)$")]
+    pub status: Option<String>,
+}
+
+/// POST /v1/webhooks
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", operation_id = "createWebhook", request_body = CreateWebhookRequest,
+    responses((status = 201, body = WebhookSecretView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 408, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    Management(actor): Management,
+    ApiJson(body): ApiJson<CreateWebhookRequest>,
+) -> Result<(StatusCode, Json<WebhookSecretView>), Error> {
+    let endpoint = state
+        .webhooks
+        .create(&actor, body.url, body.events, body.description)
+        .await?;
+    let secret = state
+        .webhooks
+        .secret_text(&endpoint.id, endpoint.endpoint.generation);
+    Ok((
+        StatusCode::CREATED,
+        Json(WebhookSecretView {
+            endpoint: endpoint.into(),
+            secret,
+        }),
+    ))
+}
+
+/// GET /v1/webhooks
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", operation_id = "listWebhooks",
+    responses((status = 200, body = WebhookList), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    Management(actor): Management,
+) -> Result<Json<WebhookList>, Error> {
+    let webhooks = state.webhooks.list(&actor).await?;
+    Ok(Json(WebhookList {
+        webhooks: webhooks.into_iter().map(WebhookView::from).collect(),
+    }))
+}
+
+/// GET /v1/webhooks/{id}
+#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", operation_id = "getWebhook",
+    params(("id" = String, Path, description = "endpoint id")),
+    responses((status = 200, body = WebhookView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get(
+    State(state): State<AppState>,
+    Management(actor): Management,
+    WebhookPath(id): WebhookPath,
+) -> Result<Json<WebhookView>, Error> {
+    Ok(Json(state.webhooks.get(&actor, &id).await?.into()))
+}
+
+/// PATCH /v1/webhooks/{id}
+#[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", operation_id = "updateWebhook", request_body = UpdateWebhookRequest,
+    params(("id" = String, Path, description = "endpoint id")),
+    responses((status = 200, body = WebhookView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 408, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update(
+    State(state): State<AppState>,
+    Management(actor): Management,
+    WebhookPath(id): WebhookPath,
+    ApiJson(body): ApiJson<UpdateWebhookRequest>,
+) -> Result<Json<WebhookView>, Error> {
+    let status = match body.status.as_deref() {
+        None => None,
+        Some("enabled") => Some(WebhookStatus::Enabled),
+        Some("disabled") => Some(WebhookStatus::Disabled),
+        Some(_) => return Err(Error::validation("status", "must be enabled or disabled")),
+    };
+    let change = EndpointChange {
+        url: body.url,
+        events: body.events,
+        description: body.description,
+        status,
+    };
+    Ok(Json(
+        state.webhooks.update(&actor, &id, change).await?.into(),
+    ))
+}
+
+/// DELETE /v1/webhooks/{id}
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", operation_id = "deleteWebhook",
+    params(("id" = String, Path, description = "endpoint id")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Management(actor): Management,
+    WebhookPath(id): WebhookPath,
+) -> Result<StatusCode, Error> {
+    state.webhooks.delete(&actor, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// POST /v1/webhooks/{id}/rotate-secret
+#[utoipa::path(post, path = "/v1/webhooks/{id}/rotate-secret", tag = "webhooks", operation_id = "rotateWebhookSecret",
+    params(("id" = String, Path, description = "endpoint id")),
+    responses((status = 200, body = WebhookSecretView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    Management(actor): Management,
+    WebhookPath(id): WebhookPath,
+    OptionalJson(_body): OptionalJson<crate::http::keys::EmptyRequest>,
+) -> Result<Json<WebhookSecretView>, Error> {
+    let endpoint = state.webhooks.rotate_secret(&actor, &id).await?;
+    let secret = state
+        .webhooks
+        .secret_text(&endpoint.id, endpoint.endpoint.generation);
+    Ok(Json(WebhookSecretView {
+        endpoint: endpoint.into(),
+        secret,
+    }))
+}

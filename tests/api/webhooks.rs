@@ -1,0 +1,205 @@
+//! Webhook endpoints: created with a secret shown once, listed, changed,
+//! rotated and deleted, each change an audit event, each tenant alone.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::backend_tests;
+use crate::helpers::{spawn_app, spawn_sqlite_app, start, token, Backend, TestApp, TestStore};
+
+backend_tests!(endpoints_live_through_their_events_and_stay_in_their_tenant,);
+
+/// A public address that needs no name resolution (nothing is sent to it
+/// by these tests: delivery is another test's).
+const TARGET: &str = "https://93.184.216.34/keyledger";
+
+async fn create(app: &TestApp, body: Value) -> Value {
+    let r = app.post("/v1/webhooks", body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    r.body
+}
+
+async fn endpoints_live_through_their_events_and_stay_in_their_tenant(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let created = create(
+        &app,
+        json!({"url": TARGET, "events": ["key.deleted", "key.created"], "description": "billing"}),
+    )
+    .await;
+    let id = created["id"].as_str().expect("id").to_string();
+    assert!(id.starts_with("wh_") && id.len() == 35, "{id}");
+    let secret = created["secret"].as_str().expect("secret").to_string();
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    assert_eq!(created["events"], json!(["key.created", "key.deleted"]));
+    assert_eq!(created["status"], "enabled");
+
+    // The secret is in the create's answer only.
+    let got = app.get(&format!("/v1/webhooks/{id}")).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    assert!(got.body.get("secret").is_none(), "{}", got.text);
+    assert!(!got.text.contains(&secret));
+    assert_eq!(got.body["description"], "billing");
+    let list = app.get("/v1/webhooks").await;
+    assert_eq!(list.body["webhooks"].as_array().map(Vec::len), Some(1));
+    assert!(!list.text.contains(&secret));
+
+    // Another tenant sees none of it and can change none of it.
+    let other = token("other-tenant", "mallory");
+    let theirs = app
+        .send_as(&other, Method::GET, &format!("/v1/webhooks/{id}"), None)
+        .await;
+    assert_eq!(theirs.status, StatusCode::NOT_FOUND);
+    assert_eq!(theirs.code(), "webhook_not_found");
+    let theirs = app.send_as(&other, Method::GET, "/v1/webhooks", None).await;
+    assert_eq!(theirs.body["webhooks"], json!([]));
+    let theirs = app
+        .send_as(&other, Method::DELETE, &format!("/v1/webhooks/{id}"), None)
+        .await;
+    assert_eq!(theirs.status, StatusCode::NOT_FOUND);
+
+    // PATCH: events, description cleared, disabled.
+    let patched = app
+        .send(
+            Method::PATCH,
+            &format!("/v1/webhooks/{id}"),
+            Some(json!({"events": [], "description": null, "status": "disabled"})),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.text);
+    assert_eq!(patched.body["events"], json!([]));
+    assert_eq!(patched.body["description"], Value::Null);
+    assert_eq!(patched.body["status"], "disabled");
+
+    // Rotation: a new secret, shown once.
+    let rotated = app
+        .send(
+            Method::POST,
+            &format!("/v1/webhooks/{id}/rotate-secret"),
+            None,
+        )
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.text);
+    let new_secret = rotated.body["secret"].as_str().expect("secret");
+    assert!(new_secret.starts_with("whsec_"));
+    assert_ne!(new_secret, secret);
+
+    // Every change is in the audit log, with its actor, and no secret.
+    let audit = app.get(&format!("/v1/audit?key_id={id}")).await;
+    assert_eq!(audit.status, StatusCode::OK, "{}", audit.text);
+    let types: Vec<&str> = audit.body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert_eq!(
+        types,
+        ["WebhookCreated", "WebhookUpdated", "WebhookSecretRotated"]
+    );
+    assert!(!audit.text.contains(&secret) && !audit.text.contains(new_secret));
+
+    let deleted = app
+        .send(Method::DELETE, &format!("/v1/webhooks/{id}"), None)
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.text);
+    assert_eq!(
+        app.get(&format!("/v1/webhooks/{id}")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(app.get("/v1/webhooks").await.body["webhooks"], json!([]));
+    let again = app
+        .send(Method::DELETE, &format!("/v1/webhooks/{id}"), None)
+        .await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_endpoints_are_refused_with_the_field_named() {
+    let app = spawn_sqlite_app().await;
+    for (body, field) in [
+        (json!({"url": "ftp://93.184.216.34/"}), "url"),
+        (json!({"url": "https://user:pw@93.184.216.34/"}), "url"),
+        (json!({"url": "http://127.0.0.1:9/"}), "url"),
+        (
+            json!({"url": "http://169.254.169.254/latest/meta-data"}),
+            "url",
+        ),
+        (json!({"url": "http://[::1]:9/"}), "url"),
+        (json!({"url": "http://10.0.0.1/"}), "url"),
+        (json!({"url": TARGET, "events": ["key.exploded"]}), "events"),
+        (
+            json!({"url": TARGET, "description": "x".repeat(257)}),
+            "description",
+        ),
+    ] {
+        let r = app.post("/v1/webhooks", body.clone()).await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {}",
+            r.text
+        );
+        assert_eq!(r.body["error"]["details"]["field"], field, "{}", r.text);
+    }
+    let unknown = app
+        .post("/v1/webhooks", json!({"url": TARGET, "secret": "mine"}))
+        .await;
+    assert_eq!(
+        unknown.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        unknown.text
+    );
+    assert_eq!(unknown.body["error"]["details"]["field"], "secret");
+    for path in [
+        "/v1/webhooks/nope",
+        "/v1/webhooks/wh_zz",
+        "/v1/webhooks/key_1",
+    ] {
+        let r = app.get(path).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(r.code(), "webhook_not_found");
+    }
+    let patch = app
+        .send(
+            Method::PATCH,
+            &format!(
+                "/v1/webhooks/{}",
+                create(&app, json!({"url": TARGET})).await["id"]
+                    .as_str()
+                    .expect("id")
+            ),
+            Some(json!({"status": "paused"})),
+        )
+        .await;
+    assert_eq!(
+        patch.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        patch.text
+    );
+    let no_token = app
+        .client
+        .get(app.url("/v1/webhooks"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(no_token.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_targets_are_accepted_when_the_server_allows_them() {
+    let store = TestStore::new(Backend::Sqlite).await.expect("sqlite");
+    let app = start(store, |c| c.webhook_allow_private = true).await;
+    let r = app
+        .post("/v1/webhooks", json!({"url": "http://127.0.0.1:9/hook"}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    // Still refused: a scheme that is not http(s).
+    let r = app
+        .post("/v1/webhooks", json!({"url": "file:///etc/passwd"}))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+}
