@@ -26,6 +26,8 @@ pub struct Application {
     address: SocketAddr,
     state: AppState,
     tailer: Arc<Tailer>,
+    /// Sends this node's share of the webhook messages.
+    deliverer: Arc<crate::webhooks::delivery::Deliverer>,
     clock: Clock,
     config: Config,
 }
@@ -115,8 +117,18 @@ impl Application {
         let address = listener
             .local_addr()
             .map_err(|e| Error::internal_from("the listener's address", e))?;
+        let deliverer = Arc::new(crate::webhooks::delivery::Deliverer::new(
+            store.clone(),
+            service.projections().clone(),
+            clock.clone(),
+            format!("{}", uuid::Uuid::now_v7().simple()),
+            secret.expose(),
+            config.webhook_allow_private,
+            Arc::new(crate::http::webhook_messages::ApiMessages),
+        )?);
         let webhooks = Arc::new(crate::webhooks::Webhooks::new(
             store.clone(),
+            deliverer.clone(),
             tailer.clone(),
             clock.clone(),
             secret.expose(),
@@ -142,6 +154,7 @@ impl Application {
             listener,
             address,
             state,
+            deliverer,
             tailer,
             clock,
             config,
@@ -198,6 +211,7 @@ impl Application {
                 .clone()
                 .reserve_ahead(self.clock.clone(), ahead_stop.clone()),
         );
+        let deliverer_task = tokio::spawn(self.deliverer.clone().run(stop.clone()));
         let app = router::app(self.state.clone());
         tracing::info!(address = %self.address, "listening on http://{}", self.address);
         let limits = crate::http::serve::Limits::from_config(&self.config);
@@ -209,6 +223,7 @@ impl Application {
         let _ = purger_task.await;
         let _ = tailer_task.await;
         let _ = listener_task.await;
+        let _ = deliverer_task.await;
         // Close the pool so SQLite checkpoints its WAL and PostgreSQL sessions end
         // before the process (or a test) moves on.
         self.state.service.store().close().await;

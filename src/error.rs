@@ -30,6 +30,9 @@ pub enum Error {
     /// No such webhook endpoint for this tenant.
     #[error("webhook endpoint not found")]
     WebhookNotFound,
+    /// No such message of the endpoint.
+    #[error("no message with this id was sent to this endpoint")]
+    DeliveryNotFound,
     /// No such route.
     #[error("no such route")]
     RouteNotFound,

@@ -26,6 +26,18 @@ pub const HTTP_REQUEST_DURATION: &str = "keyledger_http_request_duration_seconds
 pub const PROJECTION_LAG: &str = "keyledger_projection_lag_events";
 /// Keys in this node's in-memory verification index (computed at scrape time).
 pub const INDEX_KEYS: &str = "keyledger_verification_index_keys";
+/// Webhook delivery attempts, by `outcome` (delivered, failed).
+pub const WEBHOOK_ATTEMPTS_TOTAL: &str = "keyledger_webhook_attempts_total";
+/// Seconds from an event to the delivery of its message.
+pub const WEBHOOK_LAG: &str = "keyledger_webhook_delivery_lag_seconds";
+/// Webhook endpoints disabled after failing for 3 days.
+pub const WEBHOOK_DISABLED_TOTAL: &str = "keyledger_webhook_endpoints_disabled_total";
+
+/// Delivery-lag buckets in seconds: 10 ms to 1 day (retries included).
+const LAG_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 600.0, 3_600.0, 21_600.0,
+    86_400.0,
+];
 
 /// Latency buckets in seconds: 50 µs to 5 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -57,7 +69,12 @@ pub fn handle() -> PrometheusHandle {
 }
 
 fn install() -> PrometheusHandle {
-    let builder = PrometheusBuilder::new();
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(WEBHOOK_LAG.to_string()),
+            LAG_BUCKETS,
+        )
+        .unwrap_or_else(|_| PrometheusBuilder::new());
     let recorder = builder.build_recorder();
     let handle = recorder.handle();
     if let Err(e) = ::metrics::set_global_recorder(recorder) {
@@ -198,6 +215,20 @@ pub fn render_sharded(out: &mut String) {
 
 /// Counts one key command (`create`, `update`, ...) with its outcome
 /// (`ok`, `rejected`, `error`).
+/// One webhook delivery attempt; `lag` is from the event to a delivery.
+pub fn webhook_attempt(delivered: bool, lag: Option<Duration>) {
+    let outcome = if delivered { "delivered" } else { "failed" };
+    ::metrics::counter!(WEBHOOK_ATTEMPTS_TOTAL, "outcome" => outcome).increment(1);
+    if let Some(lag) = lag {
+        ::metrics::histogram!(WEBHOOK_LAG).record(lag.as_secs_f64());
+    }
+}
+
+/// A webhook endpoint disabled after failing for 3 days.
+pub fn webhook_disabled() {
+    ::metrics::counter!(WEBHOOK_DISABLED_TOTAL).increment(1);
+}
+
 pub fn command(command: &'static str, outcome: &'static str) {
     ::metrics::counter!(COMMANDS_TOTAL, "command" => command, "outcome" => outcome).increment(1);
 }

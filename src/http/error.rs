@@ -123,6 +123,11 @@ fn parts(error: &Error) -> Parts {
             error.to_string(),
         ),
         Error::RouteNotFound => p(StatusCode::NOT_FOUND, "not_found", error.to_string()),
+        Error::DeliveryNotFound => p(
+            StatusCode::NOT_FOUND,
+            "delivery_not_found",
+            error.to_string(),
+        ),
         Error::WebhookNotFound => p(
             StatusCode::NOT_FOUND,
             "webhook_not_found",

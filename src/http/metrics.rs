@@ -240,11 +240,13 @@ fn loggable_path(route: &'static str, path: &str) -> Cow<'static, str> {
 
 /// The literal path segments of the routes of `router.rs`, kept in paths of
 /// unmatched requests (a test checks them against the OpenAPI document).
-const ROUTE_WORDS: [&str; 21] = [
+const ROUTE_WORDS: [&str; 23] = [
     "v1",
     "keys",
     "webhooks",
     "rotate-secret",
+    "deliveries",
+    "retry",
     "credits",
     "owners",
     "ratelimits",

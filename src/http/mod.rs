@@ -19,6 +19,7 @@ pub mod serve;
 pub mod state;
 pub mod usage_limits;
 pub mod verify;
+pub mod webhook_messages;
 pub mod webhooks;
 
 pub use state::{AppState, SharedState};

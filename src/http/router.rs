@@ -62,6 +62,11 @@ fn router(state: AppState) -> Router {
             "/v1/webhooks/{id}/rotate-secret",
             post(webhooks::rotate_secret),
         )
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route(
+            "/v1/webhooks/{id}/deliveries/{msg_id}/retry",
+            post(webhooks::retry),
+        )
         .route("/v1/audit", get(audit::list))
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))

@@ -227,3 +227,131 @@ pub async fn rotate_secret(
         secret,
     }))
 }
+
+/// A message of an endpoint.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryView {
+    /// The message id (`webhook-id`), the same on every attempt.
+    pub id: String,
+    #[serde(rename = "type")]
+    pub message_type: String,
+    /// The feed position of the event it is about.
+    pub position: i64,
+    pub key_id: String,
+    pub attempts: i64,
+    /// `delivered` or `failed` (failed ones are tried again).
+    pub status: String,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The receiver's status code at the last attempt, if it answered.
+    pub response_status: Option<i64>,
+}
+
+impl From<crate::store::webhooks::DeliveryRow> for DeliveryView {
+    fn from(d: crate::store::webhooks::DeliveryRow) -> Self {
+        let time = |ms: Option<i64>| ms.and_then(DateTime::from_timestamp_millis);
+        Self {
+            id: d.msg_id,
+            message_type: d.message_type,
+            position: d.position,
+            key_id: d.key_id,
+            attempts: d.attempts,
+            status: d.status,
+            last_attempt_at: time(d.last_attempt_at),
+            next_attempt_at: time(d.next_attempt_at),
+            response_status: d.response_status,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryList {
+    pub deliveries: Vec<DeliveryView>,
+    /// Pass as `cursor` for the next (older) page; `null` on the last page.
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeliveryParams {
+    /// `pending` (not delivered yet: failed and to be tried again),
+    /// `delivered` or `failed`.
+    #[param(pattern = "^(pending|delivered|failed)$")]
+    pub status: Option<String>,
+    /// 1-100, default 50.
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<u32>,
+    #[param(pattern = "^[1-9][0-9]{0,17}$")]
+    pub cursor: Option<String>,
+}
+
+/// GET /v1/webhooks/{id}/deliveries
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", operation_id = "listWebhookDeliveries",
+    params(("id" = String, Path, description = "endpoint id"), DeliveryParams),
+    responses((status = 200, body = DeliveryList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn deliveries(
+    State(state): State<AppState>,
+    Management(actor): Management,
+    WebhookPath(id): WebhookPath,
+    crate::http::extract::ApiQuery(params): crate::http::extract::ApiQuery<DeliveryParams>,
+) -> Result<Json<DeliveryList>, Error> {
+    let status = match params.status.as_deref() {
+        None => None,
+        // Not delivered yet: the failed ones are tried again.
+        Some("pending") | Some("failed") => Some(crate::store::webhooks::FAILED),
+        Some("delivered") => Some(crate::store::webhooks::DELIVERED),
+        Some(_) => {
+            return Err(Error::validation(
+                "status",
+                "must be pending, delivered or failed",
+            ))
+        }
+    };
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=100).contains(&limit) {
+        return Err(Error::validation("limit", "must be between 1 and 100"));
+    }
+    let before = match params.cursor.as_deref() {
+        None => i64::MAX,
+        Some(c) => c
+            .parse::<i64>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| Error::validation("cursor", "must be a next_cursor of this list"))?,
+    };
+    let rows = state
+        .webhooks
+        .deliveries(&actor, &id, status, before, i64::from(limit))
+        .await?;
+    let next_cursor = (rows.len() == limit as usize)
+        .then(|| rows.last().map(|d| d.position.to_string()))
+        .flatten();
+    Ok(Json(DeliveryList {
+        deliveries: rows.into_iter().map(DeliveryView::from).collect(),
+        next_cursor,
+    }))
+}
+
+/// POST /v1/webhooks/{id}/deliveries/{msg_id}/retry
+#[utoipa::path(post, path = "/v1/webhooks/{id}/deliveries/{msg_id}/retry", tag = "webhooks", operation_id = "retryWebhookDelivery",
+    params(("id" = String, Path, description = "endpoint id"), ("msg_id" = String, Path, description = "message id")),
+    responses((status = 202), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn retry(
+    State(state): State<AppState>,
+    Management(actor): Management,
+    path: Result<axum::extract::Path<(String, String)>, axum::extract::rejection::PathRejection>,
+) -> Result<StatusCode, Error> {
+    let axum::extract::Path((id, msg_id)) = path.map_err(|_| Error::WebhookNotFound)?;
+    if !keyledger_domain::webhook::is_webhook_id(&id) {
+        return Err(Error::WebhookNotFound);
+    }
+    if msg_id.len() != 36 || !msg_id.starts_with("msg_") {
+        return Err(Error::DeliveryNotFound);
+    }
+    state.webhooks.retry(&actor, &id, &msg_id).await?;
+    Ok(StatusCode::ACCEPTED)
+}

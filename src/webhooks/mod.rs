@@ -2,6 +2,7 @@
 //! stream, audited like every change) and, from the global feed, the
 //! messages sent to them.
 
+pub mod delivery;
 pub mod target;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use keyledger_domain::webhook::{
 use crate::clock::Clock;
 use crate::error::Error;
 use crate::service::Actor;
+use crate::store::webhooks::{DeliveryRow, DELIVERED};
 use crate::store::EventStore;
 use crate::tailer::Tailer;
 
@@ -39,6 +41,7 @@ pub struct EndpointChange {
 /// The node's webhook side: endpoint management now, delivery beside it.
 pub struct Webhooks {
     store: Arc<EventStore>,
+    deliverer: Arc<delivery::Deliverer>,
     tailer: Arc<Tailer>,
     clock: Clock,
     /// Endpoint secrets derive from it (`webhook::signing_secret`).
@@ -49,6 +52,7 @@ pub struct Webhooks {
 impl Webhooks {
     pub fn new(
         store: Arc<EventStore>,
+        deliverer: Arc<delivery::Deliverer>,
         tailer: Arc<Tailer>,
         clock: Clock,
         server_secret: &[u8],
@@ -56,6 +60,7 @@ impl Webhooks {
     ) -> Self {
         Self {
             store,
+            deliverer,
             tailer,
             clock,
             server_secret: server_secret.to_vec(),
@@ -196,6 +201,45 @@ impl Webhooks {
         })
         .await?;
         self.store.webhooks().remove(id).await
+    }
+
+    /// An endpoint's messages, newest first: a page of at most `limit`
+    /// before feed position `before`, with the status asked for.
+    pub async fn deliveries(
+        &self,
+        actor: &Actor,
+        id: &str,
+        status: Option<&str>,
+        before: i64,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRow>, Error> {
+        self.get(actor, id).await?;
+        self.store
+            .webhooks()
+            .deliveries(id, status, before, limit)
+            .await
+    }
+
+    /// Sends a message again: the endpoint's next message is tried now; one
+    /// already delivered is sent once more, as it was (same id).
+    pub async fn retry(&self, actor: &Actor, id: &str, msg_id: &str) -> Result<(), Error> {
+        self.get(actor, id).await?;
+        let table = self.store.webhooks();
+        match table.delivery(id, msg_id).await? {
+            None => Err(Error::DeliveryNotFound),
+            Some(d) if d.status == DELIVERED => {
+                let deliverer = self.deliverer.clone();
+                let id = id.to_string();
+                // Answered at once (202); the attempt shows in the history.
+                tokio::spawn(async move {
+                    if let Err(e) = deliverer.resend(&id, d.position).await {
+                        tracing::warn!(endpoint = %id, error = %e, "a manual resend failed");
+                    }
+                });
+                Ok(())
+            }
+            Some(_) => table.due_now(id).await,
+        }
     }
 
     async fn command(

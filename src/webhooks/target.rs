@@ -54,6 +54,35 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || first == 0x2002)
 }
 
+/// Name resolution for webhook deliveries: the addresses a name has at the
+/// moment of sending, refused when any is not public (so a name that
+/// pointed somewhere public when the URL was set cannot be turned to the
+/// node's own network afterwards).
+pub struct PublicResolver {
+    allow_private: bool,
+}
+
+impl PublicResolver {
+    pub fn new(allow_private: bool) -> Self {
+        Self { allow_private }
+    }
+}
+
+impl reqwest::dns::Resolve for PublicResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            if !allow_private && addrs.iter().any(|a| !is_public(a.ip())) {
+                return Err("the webhook target resolves to a non-public address".into());
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
 /// The host and port of an http(s) URL (validated by the domain first).
 pub fn host_port(url: &str) -> Option<(String, u16)> {
     let (scheme, rest) = url.split_once("://")?;
