@@ -37,7 +37,7 @@ use crate::webhooks::target;
 /// How long a node holds an endpoint without renewing its lease: longer
 /// than one attempt (`SEND_TIMEOUT`), short enough that a dead node's
 /// endpoints move on soon.
-const LEASE_MS: i64 = 30_000;
+const LEASE_MS: i64 = 20_000;
 /// An attempt with no complete answer in this long failed.
 const SEND_TIMEOUT: Duration = Duration::from_secs(15);
 /// Endpoints one node delivers at once: a slow receiver holds one of them.

@@ -20,6 +20,7 @@ mod openapi;
 mod poison;
 mod proxy_auth;
 mod rebuild;
+mod receiver;
 mod restart;
 mod rotation;
 mod roundtrip;

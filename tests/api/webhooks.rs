@@ -1,9 +1,7 @@
 //! Webhook endpoints: created with a secret shown once, listed, changed,
 //! rotated and deleted, each change an audit event, each tenant alone.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Duration as Span;
 use reqwest::{Method, StatusCode};
@@ -11,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::backend_tests;
 use crate::helpers::{spawn_app, spawn_sqlite_app, start, token, Backend, TestApp, TestStore};
+use crate::receiver::Receiver;
 
 backend_tests!(
     endpoints_live_through_their_events_and_stay_in_their_tenant,
@@ -210,98 +209,6 @@ async fn private_targets_are_accepted_when_the_server_allows_them() {
         .post("/v1/webhooks", json!({"url": "file:///etc/passwd"}))
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
-}
-
-/// The test receiver (tests/fixtures/webhook_receiver.py): Python's
-/// `standardwebhooks` verifies every message. Without Python or the package
-/// the delivery tests print `SKIPPED` and pass, unless
-/// `KEYLEDGER_REQUIRE_WEBHOOK_RECEIVER=1` (CI).
-struct Receiver {
-    dir: tempfile::TempDir,
-    child: Child,
-    port: u16,
-}
-
-impl Receiver {
-    fn start() -> Option<Self> {
-        let available = Command::new("python3")
-            .args(["-c", "import standardwebhooks"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !available {
-            assert!(
-                std::env::var("KEYLEDGER_REQUIRE_WEBHOOK_RECEIVER").as_deref() != Ok("1"),
-                "python3 with standardwebhooks missing and KEYLEDGER_REQUIRE_WEBHOOK_RECEIVER=1 \
-                 (python3 -m pip install standardwebhooks==1.0.0)"
-            );
-            println!("SKIPPED: python3 -m pip install standardwebhooks==1.0.0");
-            return None;
-        }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/webhook_receiver.py");
-        let child = Command::new("python3")
-            .arg(script)
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start the receiver");
-        let started = Instant::now();
-        let port = loop {
-            if let Ok(p) = std::fs::read_to_string(dir.path().join("port")) {
-                break p.trim().parse().expect("port");
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "the receiver did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Some(Self { dir, child, port })
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
-    }
-
-    fn set(&self, name: &str, value: &str) {
-        std::fs::write(self.dir.path().join(name), value).expect("write");
-    }
-
-    fn raw(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("messages.jsonl")).unwrap_or_default()
-    }
-
-    fn messages(&self) -> Vec<Value> {
-        self.raw()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("a recorded message"))
-            .collect()
-    }
-
-    /// Waits until `n` messages arrived (10 s at most).
-    async fn wait_for(&self, n: usize) -> Vec<Value> {
-        let started = Instant::now();
-        loop {
-            let seen = self.messages();
-            if seen.len() >= n {
-                return seen;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "{} of {n} messages arrived: {seen:?}",
-                seen.len()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn types(messages: &[Value]) -> Vec<&str> {

@@ -29,6 +29,8 @@ pub fn spawn_node(store: &TestStore) -> Node {
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(store.data_dir.path())
         .env("KEYLEDGER_JWT_SECRET", SECRET)
+        // Webhook tests send to a receiver on this machine.
+        .env("KEYLEDGER_WEBHOOK_ALLOW_PRIVATE", "true")
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .env_remove("DATABASE_URL")

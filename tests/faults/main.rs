@@ -6,6 +6,10 @@ mod chaos;
 mod helpers;
 mod limits;
 mod proxy;
+#[path = "../api/receiver.rs"]
+#[allow(dead_code)]
+mod receiver;
+mod webhooks;
 
 use std::time::{Duration, Instant};
 
