@@ -212,6 +212,14 @@ impl Application {
                 .reserve_ahead(self.clock.clone(), ahead_stop.clone()),
         );
         let deliverer_task = tokio::spawn(self.deliverer.clone().run(stop.clone()));
+        let notices_task = tokio::spawn(
+            crate::expiry::ExpiryNotices::new(
+                self.state.service.clone(),
+                self.clock.clone(),
+                format!("{}", uuid::Uuid::now_v7().simple()),
+            )
+            .run(self.config.expiry_notice_interval, stop.clone()),
+        );
         let app = router::app(self.state.clone());
         tracing::info!(address = %self.address, "listening on http://{}", self.address);
         let limits = crate::http::serve::Limits::from_config(&self.config);
@@ -224,6 +232,7 @@ impl Application {
         let _ = tailer_task.await;
         let _ = listener_task.await;
         let _ = deliverer_task.await;
+        let _ = notices_task.await;
         // Close the pool so SQLite checkpoints its WAL and PostgreSQL sessions end
         // before the process (or a test) moves on.
         self.state.service.store().close().await;

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod expiry;
 pub mod fault;
 pub mod group_commit;
 pub mod http;

@@ -625,6 +625,31 @@ impl KeyService {
         Ok((ratelimits, keys))
     }
 
+    /// Notices a key's expiry (see `expiry`): the command decides whether
+    /// the notice is due and not given yet, so any number of nodes may ask.
+    /// A key deleted meanwhile is no error.
+    pub async fn notice_expiry(
+        &self,
+        node: &str,
+        key_id: &str,
+        tenant: &str,
+        notice: keyledger_domain::ExpiryNotice,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), Error> {
+        let actor = Actor {
+            tenant: TenantId::from(tenant),
+            subject: format!("{}:{node}", crate::limits::NODE_ACTOR),
+            request_id: Uuid::now_v7().to_string(),
+            client_addr: None,
+            user_agent: None,
+        };
+        let kind = KeyCommandKind::NoticeExpiry { notice, expires_at };
+        match self.command(&actor, &KeyId::from(key_id), kind).await {
+            Err(Error::KeyNotFound) => Ok(()),
+            other => other,
+        }
+    }
+
     /// Maps an id or display prefix to the key id, within the caller's tenant.
     async fn resolve(&self, actor: &Actor, id: &str) -> Result<KeyId, Error> {
         Ok(self.get(actor, id).await?.id.into())

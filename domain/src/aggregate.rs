@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::commands::{CreateKey, KeyCommand, KeyCommandKind, UpdateKey};
 use crate::error::DomainError;
 use crate::events::{
-    ApiKeyEvent, KeyCreated, KeyDeactivated, KeyDeleted, KeyExpirySet, KeyReactivated, KeyUpdated,
-    API_KEY_AGGREGATE_TYPE,
+    ApiKeyEvent, ExpiryNotice, KeyCreated, KeyDeactivated, KeyDeleted, KeyExpiryNoticed,
+    KeyExpirySet, KeyReactivated, KeyUpdated, API_KEY_AGGREGATE_TYPE,
 };
 use crate::permissions::Permissions;
 use crate::{limits, validate};
@@ -34,6 +34,9 @@ pub struct ApiKey {
     expires_at: Option<DateTime<Utc>>,
     #[serde(default)]
     rotated_to: Option<String>,
+    /// Expiry notices given, for the expiry they were about.
+    #[serde(default)]
+    noticed: Vec<(ExpiryNotice, DateTime<Utc>)>,
 }
 
 impl ApiKey {
@@ -237,6 +240,18 @@ impl Aggregate for ApiKey {
                     at,
                 })
             }
+            KeyCommandKind::NoticeExpiry { notice, expires_at } => {
+                self.ensure_live_for(&tenant)?;
+                let given = self.noticed.contains(&(notice, expires_at));
+                if self.expires_at != Some(expires_at) || given || !notice.due(expires_at, at) {
+                    return Ok(());
+                }
+                ApiKeyEvent::KeyExpiryNoticed(KeyExpiryNoticed {
+                    notice,
+                    expires_at,
+                    at,
+                })
+            }
         };
         sink.write(event, self).await;
         Ok(())
@@ -262,6 +277,11 @@ impl Aggregate for ApiKey {
                 if e.rotated_to.is_some() {
                     self.rotated_to = e.rotated_to;
                 }
+            }
+            ApiKeyEvent::KeyExpiryNoticed(e) => {
+                // Only notices about the current expiry matter.
+                self.noticed.retain(|(_, exp)| *exp == e.expires_at);
+                self.noticed.push((e.notice, e.expires_at));
             }
         }
     }

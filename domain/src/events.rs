@@ -45,6 +45,53 @@ pub enum ApiKeyEvent {
     KeyReactivated(KeyReactivated),
     KeyDeleted(KeyDeleted),
     KeyExpirySet(KeyExpirySet),
+    KeyExpiryNoticed(KeyExpiryNoticed),
+}
+
+/// Which expiry notice: 14 days before `expires_at`, 1 day before, or at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpiryNotice {
+    #[serde(rename = "in_14_days")]
+    In14Days,
+    #[serde(rename = "in_1_day")]
+    In1Day,
+    #[serde(rename = "expired")]
+    Expired,
+}
+
+impl ExpiryNotice {
+    pub const ALL: [ExpiryNotice; 3] = [Self::In14Days, Self::In1Day, Self::Expired];
+
+    /// How long before the expiry the notice is due.
+    pub fn lead(self) -> chrono::Duration {
+        match self {
+            Self::In14Days => chrono::Duration::days(14),
+            Self::In1Day => chrono::Duration::days(1),
+            Self::Expired => chrono::Duration::zero(),
+        }
+    }
+
+    /// Whether it is due at `now` for a key expiring at `expires_at`: from its
+    /// moment until the next notice's (a notice whose time passed while the
+    /// next one is due already is not sent late).
+    pub fn due(self, expires_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        let from = expires_at - self.lead();
+        let until = match self {
+            Self::In14Days => Some(expires_at - Self::In1Day.lead()),
+            Self::In1Day => Some(expires_at),
+            Self::Expired => None,
+        };
+        now >= from && until.is_none_or(|u| now < u)
+    }
+}
+
+/// The key's expiry is near, or has come: noticed once per key, expiry and
+/// notice, whichever node noticed first (the stream's concurrency decides).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyExpiryNoticed {
+    pub notice: ExpiryNotice,
+    pub expires_at: DateTime<Utc>,
+    pub at: DateTime<Utc>,
 }
 
 /// A key was issued. Holds the SHA-256 of the key, never the key.
@@ -165,6 +212,7 @@ impl ApiKeyEvent {
             Self::KeyReactivated(_) => "KeyReactivated",
             Self::KeyDeleted(_) => "KeyDeleted",
             Self::KeyExpirySet(_) => "KeyExpirySet",
+            Self::KeyExpiryNoticed(_) => "KeyExpiryNoticed",
         }
     }
 }
@@ -181,7 +229,8 @@ impl DomainEvent for ApiKeyEvent {
             | Self::KeyDeactivated(_)
             | Self::KeyReactivated(_)
             | Self::KeyDeleted(_)
-            | Self::KeyExpirySet(_) => EVENT_VERSION,
+            | Self::KeyExpirySet(_)
+            | Self::KeyExpiryNoticed(_) => EVENT_VERSION,
         }
         .to_string()
     }
@@ -200,6 +249,23 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_expiry_notice_is_due_from_its_moment_until_the_next_ones() {
+        let exp = DateTime::from_timestamp(2_000_000_000, 0).expect("time");
+        let at = |d: i64, s: i64| exp - chrono::Duration::days(d) + chrono::Duration::seconds(s);
+        assert!(!ExpiryNotice::In14Days.due(exp, at(14, -1)));
+        assert!(ExpiryNotice::In14Days.due(exp, at(14, 0)));
+        assert!(
+            !ExpiryNotice::In14Days.due(exp, at(1, 0)),
+            "the 1-day notice's turn"
+        );
+        assert!(ExpiryNotice::In1Day.due(exp, at(1, 0)));
+        assert!(!ExpiryNotice::In1Day.due(exp, exp));
+        assert!(ExpiryNotice::Expired.due(exp, exp));
+        assert!(ExpiryNotice::Expired.due(exp, at(-30, 0)));
+        assert!(!ExpiryNotice::Expired.due(exp, at(0, -1)));
+    }
 
     #[test]
     fn an_update_distinguishes_cleared_from_unchanged_fields() {

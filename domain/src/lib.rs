@@ -28,8 +28,8 @@ pub use aggregate::{ApiKey, KeyLifecycle};
 pub use commands::{CreateKey, KeyCommand, KeyCommandKind, UpdateKey};
 pub use error::DomainError;
 pub use events::{
-    ApiKeyEvent, KeyCreated, KeyDeactivated, KeyDeleted, KeyExpirySet, KeyReactivated, KeyUpdated,
-    API_KEY_AGGREGATE_TYPE,
+    ApiKeyEvent, ExpiryNotice, KeyCreated, KeyDeactivated, KeyDeleted, KeyExpiryNoticed,
+    KeyExpirySet, KeyReactivated, KeyUpdated, API_KEY_AGGREGATE_TYPE,
 };
 pub use feed::RawEvent;
 pub use ids::{KeyId, TenantId};

@@ -97,6 +97,16 @@ pub trait ProjectionTables: Send + Sync + std::fmt::Debug {
         owner: &str,
     ) -> Result<Vec<String>, ProjectionError>;
 
+    /// Keys expiring after (`after_ms`, `after_id`) and at or before
+    /// `until_ms`, in (expiry, id) order, at most `limit`: (id, tenant, expiry ms).
+    async fn keys_expiring(
+        &self,
+        after_ms: i64,
+        after_id: &str,
+        until_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, String, i64)>, ProjectionError>;
+
     /// The key list and its checkpoint, read from one snapshot.
     async fn key_list_snapshot(&self) -> Result<(i64, Vec<KeyRow>), ProjectionError>;
 

@@ -140,6 +140,10 @@ pub static TABLE: Table<22> = Table {
             name: "key_list_by_prefix",
             columns: "tenant, prefix",
         },
+        Index {
+            name: "key_list_by_expiry",
+            columns: "expires_at, id",
+        },
     ],
 };
 

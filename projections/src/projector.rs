@@ -102,6 +102,19 @@ impl Projections {
         self.db.keys_of_owner(tenant, owner).await
     }
 
+    /// Keys expiring in (`after`, `until_ms`], in (expiry, id) order:
+    /// (id, tenant, expiry ms).
+    pub async fn keys_expiring(
+        &self,
+        after: (i64, &str),
+        until_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, String, i64)>, ProjectionError> {
+        self.db
+            .keys_expiring(after.0, after.1, until_ms, limit)
+            .await
+    }
+
     /// The key list and its checkpoint, read from one snapshot.
     pub async fn key_list_snapshot(&self) -> Result<(i64, Vec<KeyRow>), ProjectionError> {
         self.db.key_list_snapshot().await

@@ -145,7 +145,9 @@ impl KeyListFold {
                     }
                 }
             }
-            KeyledgerEvent::Owner(_) | KeyledgerEvent::Webhook(_) => {}
+            KeyledgerEvent::Key(ApiKeyEvent::KeyExpiryNoticed(_))
+            | KeyledgerEvent::Owner(_)
+            | KeyledgerEvent::Webhook(_) => {}
         }
     }
 

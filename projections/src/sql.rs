@@ -232,6 +232,27 @@ where
         Ok(ids.into_iter().map(|(id,)| id).collect())
     }
 
+    async fn keys_expiring(
+        &self,
+        after_ms: i64,
+        after_id: &str,
+        until_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, String, i64)>, ProjectionError> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT id, tenant, expires_at FROM key_list \
+             WHERE (expires_at > $1 OR (expires_at = $1 AND id > $2)) AND expires_at <= $3 \
+             ORDER BY expires_at, id LIMIT $4",
+        )
+        .bind(after_ms)
+        .bind(after_id.to_string())
+        .bind(until_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
     async fn key_list_snapshot(&self) -> Result<(i64, Vec<KeyRow>), ProjectionError> {
         let mut tx = self.pool.begin().await?;
         if let Some(sql) = DB::SNAPSHOT {
@@ -597,7 +618,10 @@ where
                         .await?;
                 }
             }
-            KeyledgerEvent::Owner(_) | KeyledgerEvent::Webhook(_) => {}
+            // A notice changes nothing the key list shows.
+            KeyledgerEvent::Key(ApiKeyEvent::KeyExpiryNoticed(_))
+            | KeyledgerEvent::Owner(_)
+            | KeyledgerEvent::Webhook(_) => {}
         }
         Ok(())
     }

@@ -74,6 +74,10 @@ pub fn message_type(event: &KeyledgerEvent) -> Option<&'static str> {
             ApiKeyEvent::KeyDeleted(_) => "key.deleted",
             ApiKeyEvent::KeyExpirySet(x) if x.rotated_to.is_some() => "key.rotated",
             ApiKeyEvent::KeyExpirySet(_) => "key.updated",
+            ApiKeyEvent::KeyExpiryNoticed(n) => match n.notice {
+                keyledger_domain::ExpiryNotice::Expired => "key.expired",
+                _ => "key.expiring",
+            },
         }),
         KeyledgerEvent::Usage(KeyUsageEvent::KeyCreditsChanged(_)) => Some("key.credits_changed"),
         KeyledgerEvent::Usage(_) | KeyledgerEvent::Owner(_) | KeyledgerEvent::Webhook(_) => None,

@@ -14,6 +14,7 @@ use crate::receiver::Receiver;
 backend_tests!(
     endpoints_live_through_their_events_and_stay_in_their_tenant,
     messages_arrive_signed_in_order_and_a_receiver_that_comes_back_gets_them,
+    expiry_notices_come_once_each_at_14_days_1_day_and_expiry,
 );
 
 /// A public address that needs no name resolution (nothing is sent to it
@@ -355,6 +356,30 @@ async fn messages_arrive_signed_in_order_and_a_receiver_that_comes_back_gets_the
         (Some(true), Some(2))
     );
 
+    // A rotation: the old key's message and its successor's.
+    let (old, _) = app.create_key("to rotate").await;
+    let r = app.post(&format!("/v1/keys/{old}/rotate"), json!({})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let successor = r.body["id"].as_str().expect("successor").to_string();
+    let seen = rx.wait_for(12).await;
+    let mut rotation: Vec<(&str, &str)> = seen[10..12]
+        .iter()
+        .map(|m| {
+            (
+                m["type"].as_str().unwrap_or(""),
+                m["key_id"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    rotation.sort_unstable();
+    assert_eq!(
+        rotation,
+        [
+            ("key.created", successor.as_str()),
+            ("key.rotated", old.as_str())
+        ]
+    );
+
     // A filter: only what was asked for.
     let r = app
         .send(
@@ -367,12 +392,82 @@ async fn messages_arrive_signed_in_order_and_a_receiver_that_comes_back_gets_the
     let (gone, _) = app.create_key("short-lived").await;
     app.send(Method::DELETE, &format!("/v1/keys/{gone}"), None)
         .await;
-    let seen = rx.wait_for(10).await;
+    let seen = rx.wait_for(13).await;
     assert_eq!(
-        (seen[9]["type"].as_str(), seen[9]["key_id"].as_str()),
+        (seen[12]["type"].as_str(), seen[12]["key_id"].as_str()),
         (Some("key.deleted"), Some(gone.as_str()))
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(rx.messages().len(), 10);
+    assert_eq!(rx.messages().len(), 13);
     assert!(rx.messages().iter().all(|m| m["verified"] == true));
+}
+
+async fn expiry_notices_come_once_each_at_14_days_1_day_and_expiry(backend: Backend) {
+    let Some(store) = TestStore::new(backend).await else {
+        return;
+    };
+    let Some(rx) = Receiver::start() else {
+        return;
+    };
+    let app = start(store, |c| {
+        c.webhook_allow_private = true;
+        c.expiry_notice_interval = Duration::from_millis(50);
+    })
+    .await;
+    let created = create(&app, json!({"url": rx.url(), "events": ["key.expiring", "key.expired", "key.rotated", "key.created"]})).await;
+    rx.set("secrets", created["secret"].as_str().expect("secret"));
+    let expires = app.clock.now() + Span::days(15);
+    let r = app
+        .post(
+            "/v1/keys",
+            json!({"name": "expiring", "expires_at": expires.to_rfc3339()}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let id = r.body["id"].as_str().expect("id").to_string();
+    let seen = rx.wait_for(1).await;
+    assert_eq!(types(&seen), ["key.created"]);
+
+    // Nothing is due yet; then each moment passes, on the server's clock.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.messages().len(), 1);
+    app.clock.advance(Span::days(1) + Span::minutes(1));
+    let seen = rx.wait_for(2).await;
+    app.clock.advance(Span::days(13));
+    let seen_1d = rx.wait_for(3).await;
+    app.clock.advance(Span::days(1));
+    let all = rx.wait_for(4).await;
+    assert_eq!(seen[1]["type"], "key.expiring");
+    assert_eq!(seen_1d[2]["type"], "key.expiring");
+    assert_eq!(all[3]["type"], "key.expired");
+    // (Not `verified`: the receiver's library refuses timestamps days
+    // ahead of its own clock, and this server's clock was moved.)
+    assert!(all.iter().all(|m| m["key_id"] == id.as_str()), "{all:?}");
+
+    // Once each: later looks, and a restart (which looks back a day), add none.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let store = app.stop().await;
+    let app = start(store, |c| {
+        c.webhook_allow_private = true;
+        c.expiry_notice_interval = Duration::from_millis(50);
+    })
+    .await;
+    app.clock.advance(Span::days(15) + Span::minutes(2));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.messages().len(), 4, "{:?}", rx.messages());
+    let audit = app
+        .get(&format!("/v1/audit?key_id={id}&type=KeyExpiryNoticed"))
+        .await;
+    let notices: Vec<&str> = audit.body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["data"]["notice"].as_str())
+        .collect();
+    assert_eq!(
+        notices,
+        ["in_14_days", "in_1_day", "expired"],
+        "{}",
+        audit.text
+    );
 }

@@ -1122,7 +1122,7 @@ impl VerificationIndex {
                 self.owners
                     .set(&event.key_id, event.sequence, o.ratelimits.clone());
             }
-            KeyledgerEvent::Webhook(_) => {}
+            KeyledgerEvent::Key(ApiKeyEvent::KeyExpiryNoticed(_)) | KeyledgerEvent::Webhook(_) => {}
         }
         self.checkpoint.store(event.position, Ordering::Release);
     }
