@@ -3,3 +3,4 @@
 //! large histories); the `keyledger-bench` binary drives running nodes.
 
 pub mod seed;
+pub mod webhooks;

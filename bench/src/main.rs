@@ -73,6 +73,24 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1000)]
         count: usize,
     },
+    /// Webhook delivery to a receiver in this process: throughput of a burst
+    /// of creates, then the lag of paced ones (the node needs
+    /// --webhook-allow-private).
+    Webhooks {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Keys created in the burst.
+        #[arg(long, default_value_t = 5000)]
+        burst: usize,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Keys created one at a time afterwards.
+        #[arg(long, default_value_t = 500)]
+        paced: usize,
+        /// Paced creates a second.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+    },
     /// Create keys through a running node from many clients for a while; print
     /// commands/s and latency percentiles.
     Create {
@@ -129,6 +147,40 @@ async fn run(command: BenchCommand, config: Config) -> Result<ExitCode, Error> {
             node_b,
             count,
         } => propagation(&config, &node_a, &node_b, count).await,
+        BenchCommand::Webhooks {
+            url,
+            burst,
+            clients,
+            paced,
+            rate,
+        } => {
+            let secret = keyledger::app::server_secret(&config)?;
+            let token = keyledger::http::auth::mint(
+                secret.expose(),
+                "bench-webhooks",
+                "bench",
+                Duration::from_secs(3600),
+            )?;
+            let (b, p) =
+                keyledger_bench::webhooks::run(&url, &token, burst, clients, paced, rate).await?;
+            let q = keyledger_bench::webhooks::quantile;
+            println!(
+                "burst messages={} seconds={:.2} msgs_per_s={:.0} lag_p50_ms={:.1} lag_p99_ms={:.1}",
+                b.messages,
+                b.seconds,
+                b.messages as f64 / b.seconds.max(0.001),
+                q(&b.lags_ms, 0.5),
+                q(&b.lags_ms, 0.99)
+            );
+            println!(
+                "paced messages={} rate={rate}/s lag_p50_ms={:.1} lag_p99_ms={:.1} lag_max_ms={:.1}",
+                p.messages,
+                q(&p.lags_ms, 0.5),
+                q(&p.lags_ms, 0.99),
+                q(&p.lags_ms, 1.0)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         BenchCommand::Create {
             url,
             clients,
