@@ -34,6 +34,8 @@ async fn console_server() -> TestApp {
         // Short, so that the page shows usage counts the test produced.
         config.usage_flush_interval = Duration::from_secs(1);
         config.poll_interval = Duration::from_millis(50);
+        // The webhooks page's endpoint is on this machine.
+        config.webhook_allow_private = true;
     })
     .await
 }

@@ -637,6 +637,41 @@ try {
   assert.equal(await other.evaluate(() => sessionStorage.getItem('keyledger.token')), null);
   await other.close();
 
+  step('webhooks: add an endpoint, see its secret once, see a failed delivery, retry it');
+  await page.goto(`${BASE}/#/webhooks`);
+  await ready('webhooks');
+  // Port 9 refuses connections: every attempt fails at once.
+  await page.locator('#webhook-url').fill('http://127.0.0.1:9/hook');
+  await page.locator('#webhook-description').fill('browser test');
+  await page.locator('input[name="events"][value="key.created"]').check();
+  await page.getByRole('button', { name: 'Add endpoint' }).click();
+  const secret = page.locator('#webhook-secret-value');
+  await secret.waitFor();
+  assert.match(await secret.inputValue(), /^whsec_[A-Za-z0-9+/=]{40,}$/);
+  const hooks = (await api('GET', '/v1/webhooks')).body.webhooks;
+  assert.equal(hooks.length, 1);
+  assert.deepEqual(hooks[0].events, ['key.created']);
+  assert.equal(hooks[0].description, 'browser test');
+  const hookId = hooks[0].id;
+  await page.locator(`tr[data-webhook-id="${hookId}"]`).waitFor();
+  const watched = await createViaApi({ name: 'webhook-watched' });
+  await eventually('a failed attempt', async () =>
+    (await api('GET', `/v1/webhooks/${hookId}/deliveries`)).body.deliveries[0]?.status === 'failed');
+  await page.locator(`tr[data-webhook-id="${hookId}"] a`).click();
+  await ready('webhook');
+  const row = page.locator('#deliveries tbody tr').first();
+  await row.waitFor();
+  assert.match(await row.innerText(), /key\.created/);
+  assert.match(await row.innerText(), new RegExp(watched.id));
+  assert.match(await row.innerText(), /failed/);
+  const before = (await api('GET', `/v1/webhooks/${hookId}/deliveries`)).body.deliveries[0].attempts;
+  await row.getByRole('button', { name: /^Retry message msg_/ }).click();
+  await page.locator('#toast', { hasText: 'Retry requested' }).waitFor();
+  await eventually('the retry is attempted', async () =>
+    (await api('GET', `/v1/webhooks/${hookId}/deliveries`)).body.deliveries[0].attempts > before);
+  await shot('webhooks.png');
+  await noHorizontalScroll('the endpoint page');
+
   step('the token only ever travelled in the Authorization header');
   assert.ok(requests.length > 10);
   for (const { url, headers } of requests) {

@@ -15,6 +15,7 @@ const AUDIT_PAGE_SIZE = 100;
 const EVENT_TYPES = [
   'KeyCreated', 'KeyUpdated', 'KeyDeactivated', 'KeyReactivated',
   'KeyDeleted', 'KeyExpirySet', 'KeyUsageRecorded', 'KeyCreditsChanged', 'KeyCreditsReserved',
+  'KeyExpiryNoticed', 'WebhookCreated', 'WebhookUpdated', 'WebhookSecretRotated', 'WebhookDeleted',
 ];
 /** Units a rate limit's window is entered and shown in, largest first. */
 const WINDOW_UNITS = [
@@ -1385,6 +1386,153 @@ function signInScreen(main) {
   main.replaceChildren(form);
 }
 
+// ---------------------------------------------------------------- webhooks
+
+const MESSAGE_TYPES = [
+  'key.created', 'key.updated', 'key.deactivated', 'key.reactivated', 'key.deleted',
+  'key.rotated', 'key.credits_changed', 'key.expiring', 'key.expired', 'key.leaked',
+];
+
+/** The webhooks page: the tenant's endpoints, and a form to add one. */
+async function webhooksScreen(main) {
+  const url = h('input', { id: 'webhook-url', name: 'url', type: 'url', required: true, maxlength: 2048,
+    autocomplete: 'off', spellcheck: 'false', 'aria-describedby': 'webhook-url-hint' });
+  const description = h('input', { id: 'webhook-description', name: 'description', maxlength: 256, autocomplete: 'off' });
+  const types = h('fieldset', { class: 'types' }, h('legend', { text: 'Events (none ticked: all)' }),
+    MESSAGE_TYPES.map((t) => h('label', { class: 'check' },
+      h('input', { type: 'checkbox', name: 'events', value: t }), ' ', h('span', { class: 'mono', text: t }))));
+  const secretPanel = h('div', { class: 'panel secret-panel', id: 'webhook-secret', hidden: true });
+  const form = h('form', { class: 'panel', id: 'webhook-form', novalidate: true, 'aria-label': 'Add an endpoint' },
+    h('h2', { text: 'Add an endpoint' }),
+    h('div', { class: 'field' }, h('label', { for: 'webhook-url', text: 'URL' }), url,
+      h('p', { class: 'hint', id: 'webhook-url-hint', text: 'http or https. Messages are signed (Standard Webhooks); verify them with the secret shown once below.' })),
+    h('div', { class: 'field' }, h('label', { for: 'webhook-description', text: 'Description' }), description),
+    types,
+    h('button', { type: 'submit', class: 'button-primary', text: 'Add endpoint' }));
+  const wrap = h('div', { class: 'table-wrap' });
+  main.replaceChildren(pageHead('Webhooks'),
+    h('p', { class: 'hint', text: 'Endpoints that receive the events of this workspace\u2019s keys, in order, signed.' }),
+    form, secretPanel, wrap);
+
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    clearErrors();
+    const events = [...form.querySelectorAll('input[name="events"]:checked')].map((c) => c.value);
+    const body = { url: url.value.trim(), events };
+    if (description.value.trim()) body.description = description.value.trim();
+    try {
+      const created = await api('POST', '/v1/webhooks', { body });
+      form.reset();
+      const value = h('textarea', { class: 'mono secret-value', rows: 1, readonly: true, id: 'webhook-secret-value',
+        'aria-label': 'Signing secret', spellcheck: 'false' });
+      value.value = created.secret;
+      secretPanel.replaceChildren(
+        h('p', { class: 'warning' }, h('strong', { text: 'Copy the signing secret now: it is shown only once.' })),
+        value,
+        h('p', {}, h('a', { href: `#/webhooks/${encodeURIComponent(created.id)}`, text: 'Open the endpoint' })));
+      secretPanel.hidden = false;
+      value.focus();
+      value.select();
+      announce('Endpoint added');
+      await listEndpoints(wrap);
+    } catch (error) {
+      showError(error);
+    }
+  });
+  await listEndpoints(wrap);
+}
+
+async function listEndpoints(wrap) {
+  try {
+    const { webhooks } = await api('GET', '/v1/webhooks');
+    if (!webhooks.length) {
+      wrap.replaceChildren(h('p', { class: 'empty', text: 'No endpoint yet.' }));
+      return;
+    }
+    wrap.replaceChildren(h('table', {},
+      h('caption', { class: 'visually-hidden', text: 'Webhook endpoints' }),
+      h('thead', {}, h('tr', {}, ['URL', 'Events', 'Status', 'Created'].map((c) => h('th', { scope: 'col', text: c })))),
+      h('tbody', {}, webhooks.map((w) => h('tr', { 'data-webhook-id': w.id },
+        h('td', {}, h('a', { href: `#/webhooks/${encodeURIComponent(w.id)}`, class: 'mono', text: w.url })),
+        h('td', { text: w.events.length ? w.events.join(', ') : 'all' }),
+        h('td', {}, badge('status', w.status === 'enabled' ? 'active' : 'inactive')),
+        h('td', {}, time(w.created_at)))))));
+  } catch (error) {
+    wrap.replaceChildren(h('p', { class: 'empty', text: 'The endpoints could not be loaded.' }));
+    showError(error);
+  }
+}
+
+/** One endpoint: its settings, and its messages with a retry for each. */
+async function webhookScreen(id, main) {
+  main.replaceChildren(h('p', { class: 'breadcrumb' }, h('a', { href: '#/webhooks', text: '\u2190 All endpoints' })),
+    pageHead('Endpoint'));
+  let endpoint;
+  try {
+    endpoint = await api('GET', `/v1/webhooks/${encodeURIComponent(id)}`);
+  } catch (error) {
+    showError(error);
+    return;
+  }
+  const enabled = endpoint.status === 'enabled';
+  const toggle = h('button', { type: 'button', class: 'button-quiet', text: enabled ? 'Disable' : 'Enable',
+    onclick: async () => {
+      try {
+        await api('PATCH', `/v1/webhooks/${encodeURIComponent(id)}`, { body: { status: enabled ? 'disabled' : 'enabled' } });
+        announce(enabled ? 'Endpoint disabled' : 'Endpoint enabled');
+        render();
+      } catch (error) {
+        showError(error);
+      }
+    } });
+  const deliveries = h('div', { class: 'table-wrap', id: 'deliveries' });
+  main.replaceChildren(h('p', { class: 'breadcrumb' }, h('a', { href: '#/webhooks', text: '\u2190 All endpoints' })),
+    pageHead('Endpoint', toggle),
+    h('dl', { class: 'facts' },
+      h('div', { class: 'fact' }, h('dt', { text: 'URL' }), h('dd', { class: 'mono', text: endpoint.url })),
+      h('div', { class: 'fact' }, h('dt', { text: 'ID' }), h('dd', { class: 'mono', text: endpoint.id })),
+      h('div', { class: 'fact' }, h('dt', { text: 'Status' }), h('dd', { text: endpoint.status })),
+      h('div', { class: 'fact' }, h('dt', { text: 'Events' }), h('dd', { text: endpoint.events.length ? endpoint.events.join(', ') : 'all' })),
+      h('div', { class: 'fact' }, h('dt', { text: 'Description' }), h('dd', { text: endpoint.description ?? '\u2014' }))),
+    h('h2', { text: 'Deliveries' }), deliveries);
+  await listDeliveries(id, deliveries);
+}
+
+async function listDeliveries(id, wrap) {
+  try {
+    const { deliveries } = await api('GET', `/v1/webhooks/${encodeURIComponent(id)}/deliveries?limit=100`);
+    if (!deliveries.length) {
+      wrap.replaceChildren(h('p', { class: 'empty', text: 'No message yet.' }));
+      return;
+    }
+    wrap.replaceChildren(h('table', {},
+      h('caption', { class: 'visually-hidden', text: 'Messages sent to this endpoint, newest first' }),
+      h('thead', {}, h('tr', {}, ['Message', 'Type', 'Key', 'Status', 'Attempts', 'Last attempt', 'Answer', ''].map((c) =>
+        h('th', { scope: 'col', text: c })))),
+      h('tbody', {}, deliveries.map((d) => h('tr', { 'data-message-id': d.id },
+        h('td', { class: 'mono', text: d.id }),
+        h('td', { class: 'mono', text: d.type }),
+        h('td', {}, keyLink(d.key_id)),
+        h('td', {}, h('span', { class: `badge badge-delivery-${d.status}`, text: d.status })),
+        h('td', { text: String(d.attempts) }),
+        h('td', {}, time(d.last_attempt_at)),
+        h('td', { text: d.response_status === null ? 'none' : String(d.response_status) }),
+        h('td', {}, h('button', { type: 'button', class: 'button-quiet', 'aria-label': `Retry message ${d.id}`, text: 'Retry',
+          onclick: async () => {
+            try {
+              await api('POST', `/v1/webhooks/${encodeURIComponent(id)}/deliveries/${encodeURIComponent(d.id)}/retry`);
+              announce('Retry requested');
+              setTimeout(() => listDeliveries(id, wrap), 500);
+            } catch (error) {
+              showError(error);
+            }
+          } })))))));
+  } catch (error) {
+    wrap.replaceChildren(h('p', { class: 'empty', text: 'The deliveries could not be loaded.' }));
+    showError(error);
+  }
+}
+
 // ---------------------------------------------------------------- routing
 
 function route() {
@@ -1394,6 +1542,8 @@ function route() {
   const params = new URLSearchParams(query);
   if (parts[0] === 'keys' && parts[1]) return { name: 'key', id: decodeURIComponent(parts[1]), params };
   if (parts[0] === 'audit') return { name: 'audit', params };
+  if (parts[0] === 'webhooks' && parts[1]) return { name: 'webhook', id: decodeURIComponent(parts[1]), params };
+  if (parts[0] === 'webhooks') return { name: 'webhooks', params };
   return { name: 'keys', params };
 }
 
@@ -1430,14 +1580,19 @@ async function render() {
   }
   const current = route();
   for (const link of document.querySelectorAll('[data-nav]')) {
-    const active = link.dataset.nav === (current.name === 'audit' ? 'audit' : 'keys');
+    const section = current.name === 'audit' ? 'audit'
+      : current.name.startsWith('webhook') ? 'webhooks' : 'keys';
+    const active = link.dataset.nav === section;
     if (active) link.setAttribute('aria-current', 'page');
     else link.removeAttribute('aria-current');
   }
-  document.title = `${current.name === 'audit' ? 'Audit log' : 'Keys'} · keyledger console`;
+  const titles = { audit: 'Audit log', webhooks: 'Webhooks', webhook: 'Webhook endpoint' };
+  document.title = `${titles[current.name] ?? 'Keys'} · keyledger console`;
   const screen = current.name === 'audit' ? auditScreen(current.params, main)
     : current.name === 'key' ? keyScreen(current.id, main)
-      : keysScreen(current.params, main);
+      : current.name === 'webhooks' ? webhooksScreen(main)
+        : current.name === 'webhook' ? webhookScreen(current.id, main)
+          : keysScreen(current.params, main);
   if (focusHeading) $('#main h1')?.focus();
   await screen;
   // A screen that replaced its heading while loading: put focus back on it.
