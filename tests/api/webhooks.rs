@@ -15,6 +15,7 @@ backend_tests!(
     endpoints_live_through_their_events_and_stay_in_their_tenant,
     messages_arrive_signed_in_order_and_a_receiver_that_comes_back_gets_them,
     expiry_notices_come_once_each_at_14_days_1_day_and_expiry,
+    an_endpoint_failing_for_3_days_is_disabled_with_an_event,
 );
 
 /// A public address that needs no name resolution (nothing is sent to it
@@ -470,4 +471,75 @@ async fn expiry_notices_come_once_each_at_14_days_1_day_and_expiry(backend: Back
         "{}",
         audit.text
     );
+}
+
+async fn an_endpoint_failing_for_3_days_is_disabled_with_an_event(backend: Backend) {
+    let Some(store) = TestStore::new(backend).await else {
+        return;
+    };
+    let Some(rx) = Receiver::start() else {
+        return;
+    };
+    let app = start(store, |c| c.webhook_allow_private = true).await;
+    let created = create(&app, json!({"url": rx.url()})).await;
+    let hook = created["id"].as_str().expect("id").to_string();
+    rx.set("secrets", created["secret"].as_str().expect("secret"));
+    // A redirect is a failure too: it is never followed.
+    rx.set("status", "307");
+    app.create_key("never delivered").await;
+    rx.wait_for(1).await;
+    // Retries on the server's clock: 5 s, 1 min, 10 min, then 3 days in all.
+    for step in [Span::seconds(6), Span::minutes(2), Span::minutes(11)] {
+        let before = rx.messages().len();
+        app.clock.advance(step);
+        rx.wait_for(before + 1).await;
+    }
+    assert!(rx.messages().iter().all(|m| m["status"] == 307));
+    let before = rx.messages().len();
+    app.clock.advance(Span::days(3));
+    rx.wait_for(before + 1).await;
+    let started = std::time::Instant::now();
+    loop {
+        let got = app.get(&format!("/v1/webhooks/{hook}")).await;
+        if got.body["status"] == "disabled" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{}", got.text);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The audit log follows the event within the projections' lag.
+    let audit = loop {
+        let audit = app
+            .get(&format!("/v1/audit?key_id={hook}&type=WebhookUpdated"))
+            .await;
+        if audit.body["events"][0].is_object() {
+            break audit;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{}",
+            audit.text
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let event = &audit.body["events"][0];
+    assert!(
+        event["actor"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("keyledger:node:")),
+        "{}",
+        audit.text
+    );
+    assert!(
+        event["data"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("failing since")),
+        "{}",
+        audit.text
+    );
+    // Disabled: nothing more is sent, however late it gets.
+    let sent = rx.messages().len();
+    app.clock.advance(Span::days(1));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(rx.messages().len(), sent);
 }
