@@ -64,12 +64,14 @@ pub trait WebhookTable: Send + Sync {
     /// Forgets an endpoint and its deliveries.
     async fn remove(&self, id: &str) -> Result<(), Error>;
     /// Takes the lease (until `lease_until`) of up to `limit` endpoints that
-    /// are due at `now_ms` and leased to no other node.
+    /// are due at `now_ms`, leased to no other node, and behind the feed's
+    /// `head` (an endpoint that has seen everything is not taken).
     async fn claim(
         &self,
         node: &str,
         now_ms: i64,
         lease_until: i64,
+        head: i64,
         limit: i64,
     ) -> Result<Vec<Claimed>, Error>;
     /// Records an attempt and moves its endpoint on (past the message when
@@ -189,6 +191,7 @@ where
         node: &str,
         now_ms: i64,
         lease_until: i64,
+        head: i64,
         limit: i64,
     ) -> Result<Vec<Claimed>, Error> {
         // The lease condition is in the outer WHERE too: PostgreSQL checks it
@@ -198,7 +201,7 @@ where
             "UPDATE webhook_endpoints SET lease_node = $1, lease_until = $2 \
              WHERE id IN (SELECT id FROM webhook_endpoints \
                  WHERE (lease_until < $3 OR lease_node = $1) AND next_attempt <= $3 \
-                 ORDER BY next_attempt LIMIT $4) \
+                 AND delivered_through < $5 ORDER BY next_attempt LIMIT $4) \
              AND (lease_until < $3 OR lease_node = $1) AND next_attempt <= $3 \
              RETURNING id, tenant, delivered_through, failing_since",
         )
@@ -206,6 +209,7 @@ where
         .bind(lease_until)
         .bind(now_ms)
         .bind(limit)
+        .bind(head)
         .fetch_all(&self.pool)
         .await
         .map_err(store_error)?;

@@ -44,9 +44,11 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(15);
 const IN_FLIGHT: usize = 16;
 /// Feed events read per round.
 const BATCH: i64 = 200;
-/// How often a node looks for due endpoints; an endpoint with nothing new
-/// is due again after `IDLE_MS`.
+/// How often a node looks for due endpoints behind the feed's head (one
+/// read of the head and one statement; endpoints that have seen everything
+/// are not taken, so an idle system writes nothing).
 const TICK: Duration = Duration::from_millis(100);
+/// An endpoint whose delivery stopped on an error is due again after this.
 const IDLE_MS: i64 = 200;
 /// A disabled endpoint is looked at again after this long.
 const DISABLED_MS: i64 = 5_000;
@@ -156,10 +158,17 @@ impl Deliverer {
                 continue;
             }
             let now = self.clock.now().timestamp_millis();
+            let head = match self.store.head().await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::debug!(error = %e, "the feed's head could not be read");
+                    continue;
+                }
+            };
             let claimed = match self
                 .store
                 .webhooks()
-                .claim(&self.node, now, now + LEASE_MS, room as i64)
+                .claim(&self.node, now, now + LEASE_MS, head, room as i64)
                 .await
             {
                 Ok(c) => c,
@@ -219,9 +228,9 @@ impl Deliverer {
         loop {
             let events = self.store.read_feed(through, BATCH).await?;
             let Some(last) = events.last().map(|e| e.position) else {
-                return table
-                    .release(&claimed.id, &self.node, self.now_ms() + IDLE_MS)
-                    .await;
+                // Caught up: taken again once the head moves past it; the
+                // time orders it behind endpoints waiting longer (no one starves).
+                return table.release(&claimed.id, &self.node, self.now_ms()).await;
             };
             for raw in events {
                 let position = raw.position;

@@ -18,6 +18,44 @@ backend_tests!(
     an_endpoint_failing_for_3_days_is_disabled_with_an_event,
 );
 
+/// One endpoint's slow receiver holds only that endpoint's delivery slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_receiver_holds_back_only_its_own_endpoint() {
+    let (Some(slow), Some(fast)) = (Receiver::start(), Receiver::start()) else {
+        return;
+    };
+    slow.set("delay_ms", "3000");
+    let store = TestStore::new(Backend::Sqlite).await.expect("sqlite");
+    let app = start(store, |c| c.webhook_allow_private = true).await;
+    for rx in [&slow, &fast] {
+        let created = create(&app, json!({"url": rx.url()})).await;
+        rx.set("secrets", created["secret"].as_str().expect("secret"));
+    }
+    for i in 0..3 {
+        app.create_key(&format!("k{i}")).await;
+    }
+    // Three messages one after another at the fast receiver, while the
+    // slow one is still answering its first.
+    let seen = fast.wait_for(3).await;
+    assert!(seen.iter().all(|m| m["verified"] == true));
+    assert!(slow.messages().len() <= 1, "{:?}", slow.messages());
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for name in [
+        "keyledger_webhook_attempts_total{outcome=\"delivered\"}",
+        "keyledger_webhook_delivery_lag_seconds_bucket",
+    ] {
+        assert!(text.contains(name), "{name} in /metrics");
+    }
+}
+
 /// A public address that needs no name resolution (nothing is sent to it
 /// by these tests: delivery is another test's).
 const TARGET: &str = "https://93.184.216.34/keyledger";
