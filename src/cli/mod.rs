@@ -2,6 +2,7 @@
 
 mod audit;
 mod projections;
+mod scan;
 mod serve;
 
 use std::path::PathBuf;
@@ -92,6 +93,9 @@ enum Command {
         #[command(subcommand)]
         command: projections::ProjectionsCommand,
     },
+    /// Find keyledger keys in files, directories or a repository's history
+    /// (exit 1 when any is found: usable as a pre-commit hook).
+    Scan(scan::ScanArgs),
 }
 
 impl StoreArgs {
@@ -178,6 +182,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         }
         Command::Audit(args) => audit::run(args, config).await,
         Command::Projections { command } => projections::run(command, config).await,
+        Command::Scan(args) => scan::run(args).await,
     }
 }
 
