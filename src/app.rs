@@ -21,6 +21,9 @@ use crate::tailer::Tailer;
 use crate::usage::UsageFlusher;
 
 /// A built, not yet serving, keyledger node.
+/// Public leak reports one client address may send per minute.
+const LEAK_REPORTS_PER_MINUTE: u32 = 20;
+
 pub struct Application {
     listener: TcpListener,
     address: SocketAddr,
@@ -134,9 +137,16 @@ impl Application {
             secret.expose(),
             config.webhook_allow_private,
         ));
+        let leaks = Arc::new(crate::leaks::Leaks::new(service.clone()));
         let state = AppState::new(crate::http::SharedState {
             service,
             webhooks,
+            leaks,
+            // Public reports per client address and minute: enough for a
+            // person or a script, not for guessing at scale.
+            leak_reports: Arc::new(crate::http::limit::FailureLimiter::new(
+                LEAK_REPORTS_PER_MINUTE,
+            )),
             tokens: Arc::new(TokenVerifier::with_idp(
                 secret.expose(),
                 config.idp.as_ref(),

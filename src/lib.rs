@@ -15,6 +15,7 @@ pub mod group_commit;
 pub mod http;
 pub mod idempotency;
 pub mod integrity;
+pub mod leaks;
 pub mod limits;
 pub mod metrics;
 pub mod rebuild;

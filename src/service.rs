@@ -625,6 +625,17 @@ impl KeyService {
         Ok((ratelimits, keys))
     }
 
+    /// Runs a command on a key as `actor` (for the server's own actors:
+    /// leak reports, expiry notices), answering once it is shown.
+    pub(crate) async fn run_command(
+        &self,
+        actor: &Actor,
+        key_id: &KeyId,
+        kind: KeyCommandKind,
+    ) -> Result<(), Error> {
+        self.command(actor, key_id, kind).await
+    }
+
     /// Notices a key's expiry (see `expiry`): the command decides whether
     /// the notice is due and not given yet, so any number of nodes may ask.
     /// A key deleted meanwhile is no error.

@@ -10,7 +10,7 @@ use crate::commands::{CreateKey, KeyCommand, KeyCommandKind, UpdateKey};
 use crate::error::DomainError;
 use crate::events::{
     ApiKeyEvent, ExpiryNotice, KeyCreated, KeyDeactivated, KeyDeleted, KeyExpiryNoticed,
-    KeyExpirySet, KeyReactivated, KeyUpdated, API_KEY_AGGREGATE_TYPE,
+    KeyExpirySet, KeyLeakReported, KeyReactivated, KeyUpdated, API_KEY_AGGREGATE_TYPE,
 };
 use crate::permissions::Permissions;
 use crate::{limits, validate};
@@ -37,7 +37,14 @@ pub struct ApiKey {
     /// Expiry notices given, for the expiry they were about.
     #[serde(default)]
     noticed: Vec<(ExpiryNotice, DateTime<Utc>)>,
+    /// Leak reports recorded: reporter and URL (a retry records nothing).
+    #[serde(default)]
+    leaks: Vec<(String, Option<String>)>,
 }
+
+/// The most leak reports one key keeps apart; beyond them every report is
+/// recorded (a key reported this often is revoked by then anyway).
+const MAX_LEAK_REPORTS: usize = 64;
 
 impl ApiKey {
     pub fn lifecycle(&self) -> KeyLifecycle {
@@ -252,6 +259,22 @@ impl Aggregate for ApiKey {
                     at,
                 })
             }
+            KeyCommandKind::ReportLeak {
+                reporter,
+                source,
+                url,
+            } => {
+                self.ensure_live_for(&tenant)?;
+                if self.leaks.contains(&(reporter.clone(), url.clone())) {
+                    return Ok(());
+                }
+                ApiKeyEvent::KeyLeakReported(KeyLeakReported {
+                    reporter,
+                    source,
+                    url,
+                    at,
+                })
+            }
         };
         sink.write(event, self).await;
         Ok(())
@@ -282,6 +305,11 @@ impl Aggregate for ApiKey {
                 // Only notices about the current expiry matter.
                 self.noticed.retain(|(_, exp)| *exp == e.expires_at);
                 self.noticed.push((e.notice, e.expires_at));
+            }
+            ApiKeyEvent::KeyLeakReported(e) => {
+                if self.leaks.len() < MAX_LEAK_REPORTS {
+                    self.leaks.push((e.reporter, e.url));
+                }
             }
         }
     }

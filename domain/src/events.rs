@@ -46,6 +46,19 @@ pub enum ApiKeyEvent {
     KeyDeleted(KeyDeleted),
     KeyExpirySet(KeyExpirySet),
     KeyExpiryNoticed(KeyExpiryNoticed),
+    KeyLeakReported(KeyLeakReported),
+}
+
+/// Someone reported the key as leaked (a secret scanner, or anyone through
+/// `POST /v1/leaks/report`). Recorded once per reporter and URL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyLeakReported {
+    /// `public`, or the configured reporter's name (`github`, …).
+    pub reporter: String,
+    /// Where the reporter found it (e.g. `content`, `commit`), if it said.
+    pub source: Option<String>,
+    pub url: Option<String>,
+    pub at: DateTime<Utc>,
 }
 
 /// Which expiry notice: 14 days before `expires_at`, 1 day before, or at it.
@@ -213,6 +226,7 @@ impl ApiKeyEvent {
             Self::KeyDeleted(_) => "KeyDeleted",
             Self::KeyExpirySet(_) => "KeyExpirySet",
             Self::KeyExpiryNoticed(_) => "KeyExpiryNoticed",
+            Self::KeyLeakReported(_) => "KeyLeakReported",
         }
     }
 }
@@ -230,7 +244,8 @@ impl DomainEvent for ApiKeyEvent {
             | Self::KeyReactivated(_)
             | Self::KeyDeleted(_)
             | Self::KeyExpirySet(_)
-            | Self::KeyExpiryNoticed(_) => EVENT_VERSION,
+            | Self::KeyExpiryNoticed(_)
+            | Self::KeyLeakReported(_) => EVENT_VERSION,
         }
         .to_string()
     }

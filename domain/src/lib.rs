@@ -30,7 +30,7 @@ pub use commands::{CreateKey, KeyCommand, KeyCommandKind, UpdateKey};
 pub use error::DomainError;
 pub use events::{
     ApiKeyEvent, ExpiryNotice, KeyCreated, KeyDeactivated, KeyDeleted, KeyExpiryNoticed,
-    KeyExpirySet, KeyReactivated, KeyUpdated, API_KEY_AGGREGATE_TYPE,
+    KeyExpirySet, KeyLeakReported, KeyReactivated, KeyUpdated, API_KEY_AGGREGATE_TYPE,
 };
 pub use feed::RawEvent;
 pub use ids::{KeyId, TenantId};

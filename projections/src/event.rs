@@ -226,6 +226,7 @@ impl KeyledgerEvent {
             Self::Key(ApiKeyEvent::KeyDeleted(e)) => e.at,
             Self::Key(ApiKeyEvent::KeyExpirySet(e)) => e.at,
             Self::Key(ApiKeyEvent::KeyExpiryNoticed(e)) => e.at,
+            Self::Key(ApiKeyEvent::KeyLeakReported(e)) => e.at,
             Self::Usage(KeyUsageEvent::KeyUsageRecorded(e)) => e.last_used_at,
             Self::Usage(KeyUsageEvent::KeyCreditsChanged(e)) => e.at,
             Self::Usage(KeyUsageEvent::KeyCreditsReserved(e)) => e.at,

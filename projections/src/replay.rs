@@ -146,6 +146,7 @@ impl KeyListFold {
                 }
             }
             KeyledgerEvent::Key(ApiKeyEvent::KeyExpiryNoticed(_))
+            | KeyledgerEvent::Key(ApiKeyEvent::KeyLeakReported(_))
             | KeyledgerEvent::Owner(_)
             | KeyledgerEvent::Webhook(_) => {}
         }

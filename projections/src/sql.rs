@@ -620,6 +620,7 @@ where
             }
             // A notice changes nothing the key list shows.
             KeyledgerEvent::Key(ApiKeyEvent::KeyExpiryNoticed(_))
+            | KeyledgerEvent::Key(ApiKeyEvent::KeyLeakReported(_))
             | KeyledgerEvent::Owner(_)
             | KeyledgerEvent::Webhook(_) => {}
         }

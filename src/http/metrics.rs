@@ -240,9 +240,11 @@ fn loggable_path(route: &'static str, path: &str) -> Cow<'static, str> {
 
 /// The literal path segments of the routes of `router.rs`, kept in paths of
 /// unmatched requests (a test checks them against the OpenAPI document).
-const ROUTE_WORDS: [&str; 23] = [
+const ROUTE_WORDS: [&str; 25] = [
     "v1",
     "keys",
+    "leaks",
+    "report",
     "webhooks",
     "rotate-secret",
     "deliveries",

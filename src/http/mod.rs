@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod keys;
+pub mod leaks;
 pub mod limit;
 pub mod limit_views;
 pub mod management;

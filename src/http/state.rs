@@ -31,6 +31,10 @@ pub struct SharedState {
     pub service: Arc<KeyService>,
     /// Webhook endpoints and their deliveries.
     pub webhooks: Arc<crate::webhooks::Webhooks>,
+    /// Leak reports and what they lead to.
+    pub leaks: Arc<crate::leaks::Leaks>,
+    /// Public leak reports per client address.
+    pub leak_reports: Arc<FailureLimiter>,
     pub tokens: Arc<TokenVerifier>,
     pub max_body_bytes: usize,
     pub body_read_timeout: std::time::Duration,

@@ -76,6 +76,7 @@ pub fn message_type(event: &KeyledgerEvent) -> Option<&'static str> {
             ApiKeyEvent::KeyDeleted(_) => "key.deleted",
             ApiKeyEvent::KeyExpirySet(x) if x.rotated_to.is_some() => "key.rotated",
             ApiKeyEvent::KeyExpirySet(_) => "key.updated",
+            ApiKeyEvent::KeyLeakReported(_) => "key.leaked",
             ApiKeyEvent::KeyExpiryNoticed(n) => match n.notice {
                 keyledger_domain::ExpiryNotice::Expired => "key.expired",
                 _ => "key.expiring",

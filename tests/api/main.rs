@@ -14,6 +14,7 @@ mod history;
 mod hostile_text;
 mod idempotency;
 mod idp;
+mod leaks;
 mod lifecycle;
 mod limits;
 mod openapi;

@@ -998,6 +998,18 @@ impl VerificationIndex {
         }))
     }
 
+    /// The id and tenant of the key `raw` is, if this index holds it (a live
+    /// key, active or not), without counting a use: for leak reports.
+    pub fn owner_of(&self, raw: &str) -> Option<(String, String)> {
+        let body = display_body_of_key(raw)?;
+        let parsed = ParsedKey::parse(raw).ok()?;
+        let maps = self.maps.load();
+        let (_, data) = maps.table.find(home_of(body), parsed.hash().as_bytes())?;
+        let key = VerifiedKey { data, maps: &maps };
+        let mut buf = KeyIdText::default();
+        Some((key.key_id(&mut buf).to_string(), key.tenant().to_string()))
+    }
+
     /// Counts a `VALID` answer's use in the key's slot.
     fn count_use(
         &self,
@@ -1122,7 +1134,9 @@ impl VerificationIndex {
                 self.owners
                     .set(&event.key_id, event.sequence, o.ratelimits.clone());
             }
-            KeyledgerEvent::Key(ApiKeyEvent::KeyExpiryNoticed(_)) | KeyledgerEvent::Webhook(_) => {}
+            KeyledgerEvent::Key(ApiKeyEvent::KeyExpiryNoticed(_))
+            | KeyledgerEvent::Key(ApiKeyEvent::KeyLeakReported(_))
+            | KeyledgerEvent::Webhook(_) => {}
         }
         self.checkpoint.store(event.position, Ordering::Release);
     }

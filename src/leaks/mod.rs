@@ -1,0 +1,128 @@
+//! Leaked keys: reports that keys keyledger issued were found where they
+//! should not be. A report of one of our keys becomes a `KeyLeakReported`
+//! event on the key (once per reporter and URL, so a reporter's retries
+//! record nothing more) and then its tenant's policy: today deactivation,
+//! with the reason "leaked" (a no-op on a key already inactive). Anything
+//! else reported is not ours, and nothing says so to the reporter of
+//! `POST /v1/leaks/report`.
+//!
+//! Actions run after the answer, in the background: a reporter's answer
+//! never waits on the store.
+
+use std::sync::Arc;
+
+use keyledger_domain::{KeyCommandKind, KeyId, TenantId};
+use uuid::Uuid;
+
+use crate::error::Error;
+use crate::service::{Actor, KeyService};
+
+/// The most keys one public report may carry.
+pub const MAX_REPORTED_KEYS: usize = 100;
+/// The longest text a report's URL or source may be (longer is cut).
+const MAX_TEXT_CHARS: usize = 2_048;
+
+/// Where a reported key was found, as the reporter said.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Found {
+    pub source: Option<String>,
+    pub url: Option<String>,
+}
+
+/// Acts on leak reports.
+pub struct Leaks {
+    service: Arc<KeyService>,
+}
+
+/// Bounds reporter text for the log: control characters dropped, length cut.
+fn bounded(text: Option<String>) -> Option<String> {
+    text.map(|t| {
+        t.chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_TEXT_CHARS)
+            .collect::<String>()
+    })
+    .filter(|t| !t.is_empty())
+}
+
+impl Leaks {
+    pub fn new(service: Arc<KeyService>) -> Self {
+        Self { service }
+    }
+
+    /// The id and tenant of each of `keys` that is one of ours (from memory).
+    pub fn ours<'a>(&self, keys: impl IntoIterator<Item = &'a str>) -> Vec<(String, String)> {
+        let index = self.service.projections().index();
+        // A report names whole keys: each string is parsed as one.
+        keys.into_iter().filter_map(|k| index.owner_of(k)).collect()
+    }
+
+    /// Records the report on each of our keys and applies its tenant's
+    /// policy, in the background.
+    pub fn act(self: &Arc<Self>, reporter: &str, keys: Vec<(String, String)>, found: Found) {
+        if keys.is_empty() {
+            return;
+        }
+        let me = self.clone();
+        let reporter = reporter.to_string();
+        let found = Found {
+            source: bounded(found.source),
+            url: bounded(found.url),
+        };
+        tokio::spawn(async move {
+            for (key_id, tenant) in keys {
+                if let Err(e) = me.act_on(&reporter, &key_id, &tenant, &found).await {
+                    tracing::warn!(key = %key_id, error = %e, "a leak report could not be acted on");
+                }
+            }
+        });
+    }
+
+    async fn act_on(
+        &self,
+        reporter: &str,
+        key_id: &str,
+        tenant: &str,
+        found: &Found,
+    ) -> Result<(), Error> {
+        let actor = Actor {
+            tenant: TenantId::from(tenant),
+            subject: format!("keyledger:leaks:{reporter}"),
+            request_id: Uuid::now_v7().to_string(),
+            client_addr: None,
+            user_agent: None,
+        };
+        let id = KeyId::from(key_id);
+        let recorded = self
+            .service
+            .run_command(
+                &actor,
+                &id,
+                KeyCommandKind::ReportLeak {
+                    reporter: reporter.to_string(),
+                    source: found.source.clone(),
+                    url: found.url.clone(),
+                },
+            )
+            .await;
+        let done = match recorded {
+            Ok(()) => {
+                self.service
+                    .run_command(
+                        &actor,
+                        &id,
+                        KeyCommandKind::DeactivateKey {
+                            reason: Some("leaked".into()),
+                        },
+                    )
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match done {
+            // Deleted meanwhile: nothing left to protect.
+            Err(Error::KeyNotFound) => Ok(()),
+            other => other,
+        }
+    }
+}
