@@ -137,7 +137,10 @@ impl Application {
             secret.expose(),
             config.webhook_allow_private,
         ));
-        let leaks = Arc::new(crate::leaks::Leaks::new(service.clone()));
+        let leaks = Arc::new(crate::leaks::Leaks::new(
+            service.clone(),
+            &config.leak_reporters,
+        ));
         let state = AppState::new(crate::http::SharedState {
             service,
             webhooks,

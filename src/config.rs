@@ -97,6 +97,8 @@ pub struct Config {
     pub max_keys_per_tenant: u64,
     /// Failed verifications a client address may make per minute before 429.
     pub verify_failure_limit: u32,
+    /// Secret-scanning partners whose reports `POST /v1/leaks/{name}` takes.
+    pub leak_reporters: Vec<crate::leaks::reporters::ReporterConfig>,
     /// How often this node looks for keys whose expiry notice is due.
     pub expiry_notice_interval: Duration,
     /// Webhook targets in private, loopback and link-local ranges are
@@ -168,6 +170,7 @@ impl Config {
             max_keys_per_tenant: 10_000,
             verify_failure_limit: 100,
             webhook_allow_private: false,
+            leak_reporters: Vec::new(),
             expiry_notice_interval: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),

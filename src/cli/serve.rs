@@ -34,6 +34,16 @@ pub struct ServeArgs {
     /// (refused by default: a tenant must not reach the node's own network).
     #[arg(long, env = "KEYLEDGER_WEBHOOK_ALLOW_PRIVATE")]
     webhook_allow_private: bool,
+    /// A secret-scanning partner whose signed reports POST /v1/leaks/NAME
+    /// takes: `github` (GitHub's keys URL), or NAME=KEYS_URL; repeatable.
+    #[arg(
+        long = "leak-reporter",
+        value_name = "NAME[=KEYS_URL]",
+        env = "KEYLEDGER_LEAK_REPORTERS",
+        value_delimiter = ',',
+        value_parser = crate::leaks::reporters::ReporterConfig::parse
+    )]
+    leak_reporters: Vec<crate::leaks::reporters::ReporterConfig>,
     /// Proxies (comma-separated CIDRs or addresses) whose X-Forwarded-For /
     /// Forwarded headers name the client [default: none].
     #[arg(
@@ -136,6 +146,7 @@ pub async fn run(args: ServeArgs, mut config: Config) -> Result<ExitCode, Error>
     config.max_keys_per_tenant = args.max_keys_per_tenant;
     config.verify_failure_limit = args.verify_failure_limit;
     config.webhook_allow_private = args.webhook_allow_private;
+    config.leak_reporters = args.leak_reporters.clone();
     config.trusted_proxies = args.trusted_proxies.clone();
     config.header_read_timeout = seconds(
         args.header_read_timeout_secs,

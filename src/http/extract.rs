@@ -29,7 +29,13 @@ pub struct OptionalJson<T>(pub T);
 /// puts an extension into every request (the extension map's first growth,
 /// per request, on the verification path); every body is read through here.
 async fn body_bytes(req: Request, state: &AppState) -> Result<Bytes, Error> {
-    let limited = Limited::new(req.into_body(), state.max_body_bytes);
+    body_up_to(req, state, state.max_body_bytes).await
+}
+
+/// As `body_bytes`, with a limit of the route's own (a scanner's report of
+/// a thousand tokens is larger than any management request).
+pub async fn body_up_to(req: Request, state: &AppState, limit: usize) -> Result<Bytes, Error> {
+    let limited = Limited::new(req.into_body(), limit);
     let mut read = std::pin::pin!(limited.collect());
     // Nearly every body has arrived with its headers: those are taken without
     // arming a timer (a timer costs a lock on the runtime's timer wheel).
@@ -43,9 +49,7 @@ async fn body_bytes(req: Request, state: &AppState) -> Result<Bytes, Error> {
     };
     match read {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(Error::PayloadTooLarge {
-            limit: state.max_body_bytes,
-        }),
+        Err(e) if e.is::<LengthLimitError>() => Err(Error::PayloadTooLarge { limit }),
         Err(_) => Err(Error::MalformedRequest(
             "the request body could not be read".into(),
         )),

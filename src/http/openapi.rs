@@ -17,7 +17,7 @@ use crate::http::{
         keys::reactivate, keys::delete, keys::rotate, usage_limits::credits, usage_limits::set_owner_limits, usage_limits::owner,
         verify::verify, proxy_auth::auth, audit::list, audit::key_events,
         webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete,
-        webhooks::rotate_secret, webhooks::deliveries, webhooks::retry, leaks::report,
+        webhooks::rotate_secret, webhooks::deliveries, webhooks::retry, leaks::report, leaks::partner,
         health::live, health::ready, metrics::render, document
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),

@@ -52,6 +52,7 @@ fn router(state: AppState) -> Router {
         )
         .route("/v1/keys/{id}/events", get(audit::key_events))
         .route("/v1/leaks/report", post(leaks::report))
+        .route("/v1/leaks/{reporter}", post(leaks::partner))
         .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
         .route(
             "/v1/webhooks/{id}",

@@ -29,9 +29,13 @@ pub struct Found {
     pub url: Option<String>,
 }
 
+pub mod reporters;
+
 /// Acts on leak reports.
 pub struct Leaks {
     service: Arc<KeyService>,
+    /// Configured secret-scanning partners, by name.
+    reporters: std::collections::HashMap<String, Arc<reporters::Reporter>>,
 }
 
 /// Bounds reporter text for the log: control characters dropped, length cut.
@@ -46,8 +50,23 @@ fn bounded(text: Option<String>) -> Option<String> {
 }
 
 impl Leaks {
-    pub fn new(service: Arc<KeyService>) -> Self {
-        Self { service }
+    pub fn new(service: Arc<KeyService>, configured: &[reporters::ReporterConfig]) -> Self {
+        let http = reqwest::Client::new();
+        let reporters = configured
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    Arc::new(reporters::Reporter::new(c.clone(), http.clone())),
+                )
+            })
+            .collect();
+        Self { service, reporters }
+    }
+
+    /// A configured reporter, by name.
+    pub fn reporter(&self, name: &str) -> Option<&Arc<reporters::Reporter>> {
+        self.reporters.get(name)
     }
 
     /// The id and tenant of each of `keys` that is one of ours (from memory).

@@ -107,13 +107,188 @@ async fn reports_are_bounded_and_limited_per_address() {
     assert_eq!(r.body["error"]["details"]["field"], "keys");
     let r = report(&app, json!({"keys": ["x".repeat(300)]})).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = report(&app, json!({"keys": [], "url": "u".repeat(2049)})).await;
+    assert_eq!(r.body["error"]["details"]["field"], "url", "{}", r.text);
     let mut statuses = Vec::new();
     for _ in 0..25 {
         statuses.push(report(&app, json!({"keys": ["nothing"]})).await.status);
     }
     assert!(
-        statuses[..18].iter().all(|s| *s == StatusCode::ACCEPTED),
+        statuses[..17].iter().all(|s| *s == StatusCode::ACCEPTED),
         "{statuses:?}"
     );
     assert_eq!(statuses.last(), Some(&StatusCode::TOO_MANY_REQUESTS));
+}
+
+/// A secret-scanning partner: its published keys (changeable, to rotate),
+/// and how often they were fetched.
+struct KeyServer {
+    url: String,
+    keys: std::sync::Arc<std::sync::Mutex<Vec<(String, p256::ecdsa::SigningKey)>>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl KeyServer {
+    async fn start(keys: Vec<(String, p256::ecdsa::SigningKey)>) -> Self {
+        use p256::pkcs8::{EncodePublicKey, LineEnding};
+        let keys = std::sync::Arc::new(std::sync::Mutex::new(keys));
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (k, f) = (keys.clone(), fetches.clone());
+        let app = axum::Router::new().route(
+            "/keys",
+            axum::routing::get(move || {
+                let (k, f) = (k.clone(), f.clone());
+                async move {
+                    f.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let list: Vec<Value> = k
+                        .lock()
+                        .expect("keys")
+                        .iter()
+                        .map(|(id, sk)| {
+                            json!({"key_identifier": id, "is_current": true,
+                                "key": sk.verifying_key().to_public_key_pem(LineEnding::LF).expect("pem")})
+                        })
+                        .collect();
+                    axum::Json(json!({"public_keys": list}))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/keys", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { url, keys, fetches }
+    }
+}
+
+fn signing_key(seed: u8) -> p256::ecdsa::SigningKey {
+    p256::ecdsa::SigningKey::from_bytes(&[seed; 32].into()).expect("a valid scalar")
+}
+
+fn sign(key: &p256::ecdsa::SigningKey, body: &[u8]) -> String {
+    use base64::Engine;
+    use p256::ecdsa::signature::Signer;
+    let signature: p256::ecdsa::Signature = key.sign(body);
+    base64::engine::general_purpose::STANDARD.encode(signature.to_der().as_bytes())
+}
+
+async fn partner_report(
+    app: &TestApp,
+    identifier: Option<&str>,
+    signature: Option<&str>,
+    body: &[u8],
+) -> Reply {
+    let mut request = app
+        .client
+        .post(app.url("/v1/leaks/github"))
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    if let Some(i) = identifier {
+        request = request.header("Github-Public-Key-Identifier", i);
+    }
+    if let Some(s) = signature {
+        request = request.header("Github-Public-Key-Signature", s);
+    }
+    reply(request.send().await.expect("request")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_partner_report_is_answered_and_acted_on_and_a_bad_one_is_refused() {
+    let server = KeyServer::start(vec![("k1".into(), signing_key(7))]).await;
+    let store = crate::helpers::TestStore::new(Backend::Sqlite)
+        .await
+        .expect("sqlite");
+    let reporter =
+        keyledger::leaks::reporters::ReporterConfig::parse(&format!("github={}", server.url))
+            .expect("reporter");
+    let app = crate::helpers::start(store, move |c| c.leak_reporters = vec![reporter]).await;
+    let (id, key) = app.create_key("found on github").await;
+    let (_, safe) = app.create_key("not in the report").await;
+    let body = serde_json::to_vec(&json!([
+        {"token": key, "type": "keyledger_api_key", "url": "https://github.com/o/r/blob/x/.env", "source": "content"},
+        {"token": "kl_live_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcd2W1EFr", "type": "keyledger_api_key", "url": "https://github.com/o/r", "source": "commit"},
+    ]))
+    .expect("json");
+
+    // Unsigned, badly signed, or with an unknown key: 401, nothing done.
+    assert_eq!(
+        partner_report(&app, None, None, &body).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let tampered = sign(&signing_key(7), b"[]");
+    let r = partner_report(&app, Some("k1"), Some(&tampered), &body).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+    let r = partner_report(&app, Some("k9"), Some(&sign(&signing_key(9), &body)), &body).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.verify_code(&key).await, "VALID");
+
+    // Signed: ours is a true positive (the token echoed), the other a false
+    // positive with its hash only.
+    let signature = sign(&signing_key(7), &body);
+    let r = partner_report(&app, Some("k1"), Some(&signature), &body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body[0]["label"], "true_positive");
+    assert_eq!(r.body[0]["token_raw"], key.as_str());
+    assert_eq!(r.body[1]["label"], "false_positive");
+    assert_eq!(
+        r.body[1]["token_hash"],
+        keyledger_domain::KeyHash::of("kl_live_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcd2W1EFr")
+            .to_hex()
+    );
+    assert!(r.body[1].get("token_raw").is_none());
+    let started = Instant::now();
+    while app.verify_code(&key).await != "DISABLED" {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not deactivated"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.verify_code(&safe).await, "VALID");
+    let history = events(&app, &app.token, &id).await;
+    assert_eq!(history[1]["type"], "KeyLeakReported");
+    assert_eq!(history[1]["data"]["reporter"], "github");
+    assert_eq!(history[1]["data"]["source"], "content");
+
+    // GitHub retries: nothing more is recorded.
+    let r = partner_report(&app, Some("k1"), Some(&signature), &body).await;
+    assert_eq!(r.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(events(&app, &app.token, &id).await.len(), 3);
+
+    // The reporter rotates its key: a new identifier is fetched at once
+    // (once a second at most: the made-up identifier above fetched just now).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before = server.fetches.load(std::sync::atomic::Ordering::SeqCst);
+    server
+        .keys
+        .lock()
+        .expect("keys")
+        .push(("k2".into(), signing_key(8)));
+    let r = partner_report(&app, Some("k2"), Some(&sign(&signing_key(8), &body)), &body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(server.fetches.load(std::sync::atomic::Ordering::SeqCst) > before);
+
+    // A thousand tokens in one report.
+    let many: Vec<Value> = (0..1000)
+        .map(|i| json!({"token": format!("not-a-key-{i}"), "type": "keyledger_api_key", "url": null, "source": "content"}))
+        .collect();
+    let big = serde_json::to_vec(&many).expect("json");
+    let started = Instant::now();
+    let r = partner_report(&app, Some("k1"), Some(&sign(&signing_key(7), &big)), &big).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body.as_array().map(Vec::len), Some(1000));
+    println!("1,000 tokens answered in {:?}", started.elapsed());
+    // An unknown reporter is no route.
+    let r = reply(
+        app.client
+            .post(app.url("/v1/leaks/gitlab"))
+            .body("[]")
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
 }

@@ -158,10 +158,17 @@ async function pick(id, name, item) {
   await page.getByRole('menuitem', { name: item }).click();
 }
 const noHorizontalScroll = async (what) => {
-  const { scroll, width } = await page.evaluate(() => ({
-    scroll: document.documentElement.scrollWidth, width: window.innerWidth,
-  }));
-  assert.ok(scroll <= width, `${what}: the page is ${scroll}px wide in a ${width}px window`);
+  // Measured once the layout settles: rows arrive after the screen is ready,
+  // and a resize applies its media queries over a frame or two.
+  let seen;
+  for (let i = 0; i < 20; i++) {
+    seen = await page.evaluate(() => ({
+      scroll: document.documentElement.scrollWidth, width: window.innerWidth,
+    }));
+    if (seen.scroll <= seen.width) return;
+    await sleep(100);
+  }
+  assert.fail(`${what}: the page is ${seen.scroll}px wide in a ${seen.width}px window`);
 };
 
 const switchDialog = page.locator('#switch-dialog');
