@@ -419,6 +419,32 @@ async fn messages_arrive_signed_in_order_and_a_receiver_that_comes_back_gets_the
         ]
     );
 
+    // A leak report: the report, then the deactivation it leads to.
+    let (leaked, leaked_key) = app.create_key("leaked").await;
+    let r = app
+        .client
+        .post(app.url("/v1/leaks/report"))
+        .json(&json!({"keys": [leaked_key]}))
+        .send()
+        .await
+        .expect("report");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let seen = rx.wait_for(15).await;
+    assert_eq!(
+        seen[12..15]
+            .iter()
+            .map(|m| (
+                m["type"].as_str().unwrap_or(""),
+                m["key_id"].as_str().unwrap_or("")
+            ))
+            .collect::<Vec<_>>(),
+        [
+            ("key.created", leaked.as_str()),
+            ("key.leaked", leaked.as_str()),
+            ("key.deactivated", leaked.as_str())
+        ]
+    );
+
     // A filter: only what was asked for.
     let r = app
         .send(
@@ -431,13 +457,13 @@ async fn messages_arrive_signed_in_order_and_a_receiver_that_comes_back_gets_the
     let (gone, _) = app.create_key("short-lived").await;
     app.send(Method::DELETE, &format!("/v1/keys/{gone}"), None)
         .await;
-    let seen = rx.wait_for(13).await;
+    let seen = rx.wait_for(16).await;
     assert_eq!(
-        (seen[12]["type"].as_str(), seen[12]["key_id"].as_str()),
+        (seen[15]["type"].as_str(), seen[15]["key_id"].as_str()),
         (Some("key.deleted"), Some(gone.as_str()))
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(rx.messages().len(), 13);
+    assert_eq!(rx.messages().len(), 16);
     assert!(rx.messages().iter().all(|m| m["verified"] == true));
 }
 
