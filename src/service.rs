@@ -661,6 +661,28 @@ impl KeyService {
         }
     }
 
+    /// The caller's tenant's policy.
+    pub async fn policy(&self, actor: &Actor) -> Result<keyledger_domain::policy::Policy, Error> {
+        self.store.policy(&actor.tenant).await
+    }
+
+    /// Replaces the caller's tenant's policy (an event, in the audit log).
+    pub async fn set_policy(
+        &self,
+        actor: &Actor,
+        policy: keyledger_domain::policy::Policy,
+    ) -> Result<(), Error> {
+        let now = self.clock.now();
+        let event =
+            keyledger_domain::policy::TenantPolicy::set(keyledger_domain::policy::SetPolicy {
+                tenant: actor.tenant.to_string(),
+                policy,
+                at: now,
+            });
+        self.store.set_policy(&event, &metadata(actor, now)).await?;
+        self.show_committed().await
+    }
+
     /// Maps an id or display prefix to the key id, within the caller's tenant.
     async fn resolve(&self, actor: &Actor, id: &str) -> Result<KeyId, Error> {
         Ok(self.get(actor, id).await?.id.into())

@@ -19,6 +19,7 @@ pub mod ledger;
 pub mod limits;
 pub mod owner;
 pub mod permissions;
+pub mod policy;
 pub mod scan;
 pub mod upcast;
 pub mod usage;

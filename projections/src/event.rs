@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use cqrs_es::persist::SerializedEvent;
+use keyledger_domain::policy::{PolicyEvent, POLICY_AGGREGATE_TYPE};
 use keyledger_domain::webhook::{WebhookEvent, WEBHOOK_AGGREGATE_TYPE};
 use keyledger_domain::{
     ApiKeyEvent, KeyUsageEvent, OwnerEvent, API_KEY_AGGREGATE_TYPE, KEY_USAGE_AGGREGATE_TYPE,
@@ -46,6 +47,8 @@ pub enum KeyledgerEvent {
     Owner(OwnerEvent),
     /// A webhook endpoint's change; `key_id` is then the endpoint's id.
     Webhook(WebhookEvent),
+    /// A tenant's policy; `key_id` is then the policy's stream id.
+    Policy(PolicyEvent),
 }
 
 /// A decoded event with its place in the feed.
@@ -79,6 +82,7 @@ impl RecordedEvent {
             && raw.aggregate_type != KEY_USAGE_AGGREGATE_TYPE
             && raw.aggregate_type != OWNER_AGGREGATE_TYPE
             && raw.aggregate_type != WEBHOOK_AGGREGATE_TYPE
+            && raw.aggregate_type != POLICY_AGGREGATE_TYPE
         {
             return Ok(None);
         }
@@ -124,6 +128,8 @@ impl RecordedEvent {
             KeyledgerEvent::Owner(serde_json::from_value(raw.payload).map_err(unparsed)?)
         } else if raw.aggregate_type == WEBHOOK_AGGREGATE_TYPE {
             KeyledgerEvent::Webhook(serde_json::from_value(raw.payload).map_err(unparsed)?)
+        } else if raw.aggregate_type == POLICY_AGGREGATE_TYPE {
+            KeyledgerEvent::Policy(serde_json::from_value(raw.payload).map_err(unparsed)?)
         } else {
             KeyledgerEvent::Usage(serde_json::from_value(raw.payload).map_err(unparsed)?)
         };
@@ -190,6 +196,7 @@ impl RecordedEvent {
             KeyledgerEvent::Usage(e) => e.type_name(),
             KeyledgerEvent::Owner(e) => e.type_name(),
             KeyledgerEvent::Webhook(e) => e.type_name(),
+            KeyledgerEvent::Policy(e) => e.type_name(),
         }
     }
 
@@ -200,6 +207,7 @@ impl RecordedEvent {
             KeyledgerEvent::Usage(e) => serde_json::to_value(e),
             KeyledgerEvent::Owner(e) => serde_json::to_value(e),
             KeyledgerEvent::Webhook(e) => serde_json::to_value(e),
+            KeyledgerEvent::Policy(e) => serde_json::to_value(e),
         }
         .ok()
         .and_then(|v| match v {
@@ -232,6 +240,7 @@ impl KeyledgerEvent {
             Self::Usage(KeyUsageEvent::KeyCreditsReserved(e)) => e.at,
             Self::Owner(e) => e.time(),
             Self::Webhook(e) => e.time(),
+            Self::Policy(e) => e.time(),
         }
     }
 }

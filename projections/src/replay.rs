@@ -148,7 +148,8 @@ impl KeyListFold {
             KeyledgerEvent::Key(ApiKeyEvent::KeyExpiryNoticed(_))
             | KeyledgerEvent::Key(ApiKeyEvent::KeyLeakReported(_))
             | KeyledgerEvent::Owner(_)
-            | KeyledgerEvent::Webhook(_) => {}
+            | KeyledgerEvent::Webhook(_)
+            | KeyledgerEvent::Policy(_) => {}
         }
     }
 

@@ -622,7 +622,8 @@ where
             KeyledgerEvent::Key(ApiKeyEvent::KeyExpiryNoticed(_))
             | KeyledgerEvent::Key(ApiKeyEvent::KeyLeakReported(_))
             | KeyledgerEvent::Owner(_)
-            | KeyledgerEvent::Webhook(_) => {}
+            | KeyledgerEvent::Webhook(_)
+            | KeyledgerEvent::Policy(_) => {}
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ pub mod limit_views;
 pub mod management;
 pub mod metrics;
 pub mod openapi;
+pub mod policy;
 pub mod proxy_auth;
 pub mod router;
 pub mod serve;

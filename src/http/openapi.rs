@@ -6,7 +6,7 @@ use utoipa::openapi::Required;
 use utoipa::{Modify, OpenApi};
 
 use crate::http::{
-    audit, error, health, keys, leaks, metrics, proxy_auth, usage_limits, verify, webhooks,
+    audit, error, health, keys, leaks, metrics, policy, proxy_auth, usage_limits, verify, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -17,12 +17,12 @@ use crate::http::{
         keys::reactivate, keys::delete, keys::rotate, usage_limits::credits, usage_limits::set_owner_limits, usage_limits::owner,
         verify::verify, proxy_auth::auth, audit::list, audit::key_events,
         webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete,
-        webhooks::rotate_secret, webhooks::deliveries, webhooks::retry, leaks::report, leaks::partner,
+        webhooks::rotate_secret, webhooks::deliveries, webhooks::retry, leaks::report, leaks::partner, policy::get, policy::set,
         health::live, health::ready, metrics::render, document
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     modifiers(&BearerAuth, &OptionalBodies),
-    tags((name = "keys"), (name = "verification"), (name = "audit"), (name = "webhooks"), (name = "leaks"), (name = "health"))
+    tags((name = "keys"), (name = "verification"), (name = "audit"), (name = "webhooks"), (name = "leaks"), (name = "policy"), (name = "health"))
 )]
 pub struct ApiDoc;
 

@@ -12,7 +12,7 @@ use tower_http::request_id::{
 
 use crate::error::Error;
 use crate::http::{
-    audit, console, health, keys, leaks, metrics, openapi, proxy_auth, state::AppState,
+    audit, console, health, keys, leaks, metrics, openapi, policy, proxy_auth, state::AppState,
     usage_limits, verify, webhooks,
 };
 
@@ -51,6 +51,7 @@ fn router(state: AppState) -> Router {
             put(usage_limits::set_owner_limits),
         )
         .route("/v1/keys/{id}/events", get(audit::key_events))
+        .route("/v1/policy", get(policy::get).put(policy::set))
         .route("/v1/leaks/report", post(leaks::report))
         .route("/v1/leaks/{reporter}", post(leaks::partner))
         .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))

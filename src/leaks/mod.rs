@@ -1,8 +1,9 @@
 //! Leaked keys: reports that keys keyledger issued were found where they
 //! should not be. A report of one of our keys becomes a `KeyLeakReported`
 //! event on the key (once per reporter and URL, so a reporter's retries
-//! record nothing more) and then its tenant's policy: today deactivation,
-//! with the reason "leaked" (a no-op on a key already inactive). Anything
+//! record nothing more) and then its tenant's policy (`/v1/policy`):
+//! deactivation with the reason "leaked" (the default; a no-op on a key
+//! already inactive), deletion, or nothing more (notify). Anything
 //! else reported is not ours, and nothing says so to the reporter of
 //! `POST /v1/leaks/report`.
 //!
@@ -11,6 +12,7 @@
 
 use std::sync::Arc;
 
+use keyledger_domain::policy::LeakAction;
 use keyledger_domain::{KeyCommandKind, KeyId, TenantId};
 use uuid::Uuid;
 
@@ -126,15 +128,17 @@ impl Leaks {
             .await;
         let done = match recorded {
             Ok(()) => {
-                self.service
-                    .run_command(
-                        &actor,
-                        &id,
-                        KeyCommandKind::DeactivateKey {
-                            reason: Some("leaked".into()),
-                        },
-                    )
-                    .await
+                let action = match self.service.policy(&actor).await?.on_leak {
+                    LeakAction::Deactivate => Some(KeyCommandKind::DeactivateKey {
+                        reason: Some("leaked".into()),
+                    }),
+                    LeakAction::Delete => Some(KeyCommandKind::DeleteKey),
+                    LeakAction::Notify => None,
+                };
+                match action {
+                    Some(kind) => self.service.run_command(&actor, &id, kind).await,
+                    None => Ok(()),
+                }
             }
             Err(e) => Err(e),
         };

@@ -39,6 +39,8 @@ pub enum Stream {
     Owner,
     /// A webhook endpoint (`WebhookEndpoint`; the id is the endpoint's).
     Webhook,
+    /// A tenant's policy (`TenantPolicy`; the id is the policy's stream id).
+    Policy,
 }
 
 impl Stream {
@@ -49,6 +51,7 @@ impl Stream {
             Self::Usage => KeyUsage::TYPE,
             Self::Owner => OwnerLimits::TYPE,
             Self::Webhook => Webhook::TYPE,
+            Self::Policy => keyledger_domain::policy::TenantPolicy::TYPE,
         }
     }
 }

@@ -129,12 +129,27 @@ impl EventStore {
     ) -> Result<i64, Error> {
         let OwnerEvent::OwnerRateLimitsSet(set) = &event;
         let id = KeyId::new(owner_stream_id(&set.tenant, &set.owner));
+        self.append_whole(Stream::Owner, OwnerLimits::TYPE, &id, &event, metadata)
+            .await
+    }
+
+    /// Appends an event that carries its stream's whole state (an owner's
+    /// limits, a tenant's policy) at the stream's next sequence, whatever
+    /// came before: a writer that appended first only moves it one on.
+    async fn append_whole<E: cqrs_es::DomainEvent>(
+        &self,
+        stream: Stream,
+        aggregate_type: &str,
+        id: &KeyId,
+        event: &E,
+        metadata: &EventMetadata,
+    ) -> Result<i64, Error> {
         for attempt in 0..CONFLICT_RETRIES {
-            let head = self.stream_head(Stream::Owner, &id).await?;
+            let head = self.stream_head(stream, id).await?;
             let mut meta = metadata.clone();
             meta.insert(PREV_HASH.to_string(), head.hash);
-            let stored = serialize(OwnerLimits::TYPE, &id, head.sequence + 1, &event, &meta)?;
-            match self.backend.append(Stream::Owner, &[stored]).await {
+            let stored = serialize(aggregate_type, id, head.sequence + 1, event, &meta)?;
+            match self.backend.append(stream, &[stored]).await {
                 Ok(()) => {
                     self.sequence_after_commit().await;
                     return super::sequence_i64(head.sequence + 1);
@@ -144,6 +159,36 @@ impl EventStore {
             }
         }
         Err(Error::Conflict)
+    }
+
+    /// Replaces a tenant's policy.
+    pub async fn set_policy(
+        &self,
+        event: &keyledger_domain::policy::PolicyEvent,
+        metadata: &EventMetadata,
+    ) -> Result<i64, Error> {
+        let keyledger_domain::policy::PolicyEvent::TenantPolicySet(set) = event;
+        let id = KeyId::new(keyledger_domain::policy::policy_stream_id(&set.tenant));
+        self.append_whole(
+            Stream::Policy,
+            keyledger_domain::policy::POLICY_AGGREGATE_TYPE,
+            &id,
+            event,
+            metadata,
+        )
+        .await
+    }
+
+    /// A tenant's policy as its newest event set it (the default without one).
+    pub async fn policy(&self, tenant: &str) -> Result<keyledger_domain::policy::Policy, Error> {
+        let id = KeyId::new(keyledger_domain::policy::policy_stream_id(tenant));
+        let head = self.stream_head(Stream::Policy, &id).await?;
+        Ok(match head.newest {
+            Some(raw) => decode::<keyledger_domain::policy::PolicyEvent>(&raw)?
+                .policy()
+                .clone(),
+            None => keyledger_domain::policy::Policy::default(),
+        })
     }
 
     /// An owner's rate limits as its newest event set them, with that

@@ -83,7 +83,10 @@ pub fn message_type(event: &KeyledgerEvent) -> Option<&'static str> {
             },
         }),
         KeyledgerEvent::Usage(KeyUsageEvent::KeyCreditsChanged(_)) => Some("key.credits_changed"),
-        KeyledgerEvent::Usage(_) | KeyledgerEvent::Owner(_) | KeyledgerEvent::Webhook(_) => None,
+        KeyledgerEvent::Usage(_)
+        | KeyledgerEvent::Owner(_)
+        | KeyledgerEvent::Webhook(_)
+        | KeyledgerEvent::Policy(_) => None,
     }
 }
 

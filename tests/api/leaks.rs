@@ -10,7 +10,10 @@ use serde_json::{json, Value};
 use crate::backend_tests;
 use crate::helpers::{reply, spawn_app, spawn_sqlite_app, token, Backend, Reply, TestApp};
 
-backend_tests!(a_reported_key_is_recorded_once_and_deactivated_whatever_its_tenant,);
+backend_tests!(
+    a_reported_key_is_recorded_once_and_deactivated_whatever_its_tenant,
+    the_tenant_policy_decides_what_a_leak_leads_to,
+);
 
 async fn report(app: &TestApp, body: Value) -> Reply {
     // No credential: anyone may report.
@@ -291,4 +294,94 @@ async fn a_signed_partner_report_is_answered_and_acted_on_and_a_bad_one_is_refus
     )
     .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+async fn the_tenant_policy_decides_what_a_leak_leads_to(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let got = app.get("/v1/policy").await;
+    assert_eq!(got.body, json!({"on_leak": "deactivate"}), "{}", got.text);
+
+    // Notify only: recorded, and the key keeps working.
+    let r = app
+        .send(
+            Method::PUT,
+            "/v1/policy",
+            Some(json!({"on_leak": "notify"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(app.get("/v1/policy").await.body["on_leak"], "notify");
+    let (noted, noted_key) = app.create_key("noted").await;
+    report(&app, json!({"keys": [noted_key]})).await;
+    let started = Instant::now();
+    while events(&app, &app.token, &noted).await.len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(10), "not recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.verify_code(&noted_key).await, "VALID");
+    assert_eq!(events(&app, &app.token, &noted).await.len(), 2);
+
+    // Delete: the key is gone.
+    let r = app
+        .send(
+            Method::PUT,
+            "/v1/policy",
+            Some(json!({"on_leak": "delete"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let (gone, gone_key) = app.create_key("gone").await;
+    report(&app, json!({"keys": [gone_key]})).await;
+    let started = Instant::now();
+    while app.verify_code(&gone_key).await != "NOT_FOUND" {
+        assert!(started.elapsed() < Duration::from_secs(10), "not deleted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let audit = app.get(&format!("/v1/audit?key_id={gone}")).await;
+    let types: Vec<&str> = audit.body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert_eq!(
+        types,
+        ["KeyCreated", "KeyLeakReported", "KeyDeleted"],
+        "{}",
+        audit.text
+    );
+
+    // Refused: an unknown action, an unknown field. Changes are audited.
+    let r = app
+        .send(
+            Method::PUT,
+            "/v1/policy",
+            Some(json!({"on_leak": "ignore"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.body["error"]["details"]["field"], "on_leak");
+    let r = app
+        .send(
+            Method::PUT,
+            "/v1/policy",
+            Some(json!({"on_leak": "delete", "extra": 1})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let audit = app.get("/v1/audit?type=TenantPolicySet").await;
+    assert_eq!(
+        audit.body["events"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        audit.text
+    );
+    assert_eq!(audit.body["events"][0]["actor"], "alice");
+    // Another tenant keeps the default.
+    let other = token("other-tenant", "bob");
+    let theirs = app.send_as(&other, Method::GET, "/v1/policy", None).await;
+    assert_eq!(theirs.body["on_leak"], "deactivate");
 }

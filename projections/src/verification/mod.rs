@@ -1136,7 +1136,8 @@ impl VerificationIndex {
             }
             KeyledgerEvent::Key(ApiKeyEvent::KeyExpiryNoticed(_))
             | KeyledgerEvent::Key(ApiKeyEvent::KeyLeakReported(_))
-            | KeyledgerEvent::Webhook(_) => {}
+            | KeyledgerEvent::Webhook(_)
+            | KeyledgerEvent::Policy(_) => {}
         }
         self.checkpoint.store(event.position, Ordering::Release);
     }

@@ -15,7 +15,7 @@ const AUDIT_PAGE_SIZE = 100;
 const EVENT_TYPES = [
   'KeyCreated', 'KeyUpdated', 'KeyDeactivated', 'KeyReactivated',
   'KeyDeleted', 'KeyExpirySet', 'KeyUsageRecorded', 'KeyCreditsChanged', 'KeyCreditsReserved',
-  'KeyExpiryNoticed', 'KeyLeakReported', 'WebhookCreated', 'WebhookUpdated', 'WebhookSecretRotated', 'WebhookDeleted',
+  'KeyExpiryNoticed', 'KeyLeakReported', 'TenantPolicySet', 'WebhookCreated', 'WebhookUpdated', 'WebhookSecretRotated', 'WebhookDeleted',
 ];
 /** Units a rate limit's window is entered and shown in, largest first. */
 const WINDOW_UNITS = [

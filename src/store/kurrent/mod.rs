@@ -266,6 +266,11 @@ impl Backend for KurrentStore {
             Stream::Usage => repository.persist::<KeyUsage>(events, None).await,
             Stream::Owner => repository.persist::<OwnerLimits>(events, None).await,
             Stream::Webhook => repository.persist::<Webhook>(events, None).await,
+            Stream::Policy => {
+                repository
+                    .persist::<keyledger_domain::policy::TenantPolicy>(events, None)
+                    .await
+            }
         }
         .map_err(persistence_error)
     }
