@@ -5,6 +5,17 @@ use keyledger_domain::DomainError;
 use keyledger_projections::ProjectionError;
 use thiserror::Error;
 
+impl Error {
+    /// This failure as one that came after a commit (`Committed`), which
+    /// an answer must not report as nothing having changed.
+    pub fn after_commit(self) -> Error {
+        match self {
+            e @ Error::Committed(_) => e,
+            e => Error::Committed(Box::new(e)),
+        }
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum Error {
     /// A rule of the domain rejected the command.

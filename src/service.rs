@@ -720,7 +720,8 @@ impl KeyService {
             // The command is committed whatever fails now, and the answer
             // says so (`Error::Committed`), never that nothing changed.
             Ok(()) => {
-                self.committed(Stage::Command).map_err(committed)?;
+                self.committed(Stage::Command)
+                    .map_err(Error::after_commit)?;
                 self.show_committed().await
             }
         }
@@ -745,14 +746,6 @@ impl KeyService {
             at,
             kind,
         }
-    }
-}
-
-/// A failure after a commit: reported as such.
-fn committed(cause: Error) -> Error {
-    match cause {
-        e @ Error::Committed(_) => e,
-        e => Error::Committed(Box::new(e)),
     }
 }
 

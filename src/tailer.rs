@@ -245,12 +245,8 @@ impl Tailer {
     /// the reads after it show its events. A failure here comes after the
     /// commit, and says so (`Error::Committed`).
     pub async fn show_committed(&self) -> Result<(), Error> {
-        let committed = |cause: Error| match cause {
-            e @ Error::Committed(_) => e,
-            e => Error::Committed(Box::new(e)),
-        };
-        let head = self.store.head().await.map_err(committed)?;
-        self.catch_up_to(head).await.map_err(committed)
+        let head = self.store.head().await.map_err(Error::after_commit)?;
+        self.catch_up_to(head).await.map_err(Error::after_commit)
     }
 
     pub async fn catch_up_to(&self, target: i64) -> Result<(), Error> {

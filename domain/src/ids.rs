@@ -145,6 +145,32 @@ impl<K> PartialEq<&str> for Id<K> {
     }
 }
 
+/// `prefix` and 32 hex digits of the SHA-256 of `parts`, hashed in order:
+/// ids derived from other text (an owner's stream, a tenant's policy, a
+/// webhook message) that are fixed-length plain text whatever that text is.
+pub fn digest_id(prefix: &str, parts: &[&[u8]]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    let digest = h.finalize();
+    let mut id = String::with_capacity(prefix.len() + 32);
+    id.push_str(prefix);
+    id.push_str(&hex(&digest[..16]));
+    id
+}
+
+/// Lower-case hex digits of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

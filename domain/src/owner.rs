@@ -6,7 +6,6 @@ use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::error::DomainError;
 use crate::limits::{self, RateLimit};
@@ -20,17 +19,14 @@ pub const OWNER_EVENT_VERSION: &str = "1.0";
 /// SHA-256(length of tenant, tenant, owner). Fixed length and plain text
 /// whatever the owner holds, and distinct per tenant.
 pub fn owner_stream_id(tenant: &str, owner: &str) -> String {
-    let mut h = Sha256::new();
-    h.update((tenant.len() as u64).to_be_bytes());
-    h.update(tenant.as_bytes());
-    h.update(owner.as_bytes());
-    let digest = h.finalize();
-    let mut id = String::with_capacity(36);
-    id.push_str("own_");
-    for b in &digest[..16] {
-        id.push_str(&format!("{b:02x}"));
-    }
-    id
+    crate::ids::digest_id(
+        "own_",
+        &[
+            &(tenant.len() as u64).to_be_bytes(),
+            tenant.as_bytes(),
+            owner.as_bytes(),
+        ],
+    )
 }
 
 /// Set an owner's rate limits (replacing them).
@@ -128,6 +124,8 @@ mod tests {
     #[test]
     fn owner_streams_are_per_tenant_and_plain() {
         let a = owner_stream_id("acme", "cus_1");
+        // Persisted: the id of this owner's stream never changes.
+        assert_eq!(a, "own_c0f1bc6fa214acb8d5d5b4c5fa1ffe0f");
         assert_eq!(a.len(), 36);
         assert!(a.starts_with("own_"));
         assert_ne!(a, owner_stream_id("other", "cus_1"));

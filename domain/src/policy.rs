@@ -6,7 +6,6 @@ use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::error::DomainError;
 
@@ -17,16 +16,10 @@ pub const POLICY_EVENT_VERSION: &str = "1.0";
 /// The stream id of a tenant's policy: `pol_` and 32 hex digits of
 /// SHA-256(length of tenant, tenant).
 pub fn policy_stream_id(tenant: &str) -> String {
-    let mut h = Sha256::new();
-    h.update((tenant.len() as u64).to_be_bytes());
-    h.update(tenant.as_bytes());
-    let digest = h.finalize();
-    let mut id = String::with_capacity(36);
-    id.push_str("pol_");
-    for b in &digest[..16] {
-        id.push_str(&format!("{b:02x}"));
-    }
-    id
+    crate::ids::digest_id(
+        "pol_",
+        &[&(tenant.len() as u64).to_be_bytes(), tenant.as_bytes()],
+    )
 }
 
 /// What a leak report of one of the tenant's keys leads to.

@@ -50,6 +50,11 @@ pub struct DeliveryRow {
     pub response_status: Option<i64>,
 }
 
+/// A `DeliveryRow` as selected (integers widened, so both engines decode alike).
+const DELIVERY_ROW: &str = "SELECT msg_id, type AS message_type, position, key_id, status, \
+     CAST(attempts AS BIGINT) AS attempts, last_attempt_at, next_attempt_at, \
+     CAST(response_status AS BIGINT) AS response_status FROM webhook_deliveries";
+
 pub const DELIVERED: &str = "delivered";
 pub const FAILED: &str = "failed";
 
@@ -316,35 +321,29 @@ where
         before: i64,
         limit: i64,
     ) -> Result<Vec<DeliveryRow>, Error> {
-        let rows: Vec<DeliveryRow> = sqlx::query_as(
-            "SELECT msg_id, type AS message_type, position, key_id, status, \
-             CAST(attempts AS BIGINT) AS attempts, last_attempt_at, next_attempt_at, \
-             CAST(response_status AS BIGINT) AS response_status \
-             FROM webhook_deliveries WHERE endpoint_id = $1 AND position < $2 \
-             AND ($3 IS NULL OR status = $3) ORDER BY position DESC LIMIT $4",
-        )
-        .bind(id)
-        .bind(before)
-        .bind(status)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
+        let sql = format!(
+            "{DELIVERY_ROW} WHERE endpoint_id = $1 AND position < $2 \
+             AND ($3 IS NULL OR status = $3) ORDER BY position DESC LIMIT $4"
+        );
+        let rows: Vec<DeliveryRow> = sqlx::query_as(&sql)
+            .bind(id)
+            .bind(before)
+            .bind(status)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
         Ok(rows)
     }
 
     async fn delivery(&self, id: &str, msg_id: &str) -> Result<Option<DeliveryRow>, Error> {
-        let row: Option<DeliveryRow> = sqlx::query_as(
-            "SELECT msg_id, type AS message_type, position, key_id, status, \
-             CAST(attempts AS BIGINT) AS attempts, last_attempt_at, next_attempt_at, \
-             CAST(response_status AS BIGINT) AS response_status \
-             FROM webhook_deliveries WHERE endpoint_id = $1 AND msg_id = $2",
-        )
-        .bind(id)
-        .bind(msg_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(store_error)?;
+        let sql = format!("{DELIVERY_ROW} WHERE endpoint_id = $1 AND msg_id = $2");
+        let row: Option<DeliveryRow> = sqlx::query_as(&sql)
+            .bind(id)
+            .bind(msg_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?;
         Ok(row)
     }
 

@@ -254,15 +254,8 @@ impl Deliverer {
                 {
                     return Ok(());
                 }
-                let key = self
-                    .projections
-                    .get_key(
-                        &keyledger_domain::TenantId::from(claimed.tenant.as_str()),
-                        &event.key_id,
-                    )
-                    .await?;
                 let now = self.clock.now();
-                let body = self.body.render(kind, &event, key, now)?;
+                let body = self.message(&claimed.tenant, kind, &event, now).await?;
                 let msg_id = message_id(&claimed.id, position);
                 let outcome = self.send(&claimed.id, &endpoint, &msg_id, &body, now).await;
                 let failures = if outcome.delivered {
@@ -341,15 +334,8 @@ impl Deliverer {
         let Some(kind) = message_type(&event.event) else {
             return Ok(());
         };
-        let key = self
-            .projections
-            .get_key(
-                &keyledger_domain::TenantId::from(endpoint.tenant.as_str()),
-                &event.key_id,
-            )
-            .await?;
         let now = self.clock.now();
-        let body = self.body.render(kind, &event, key, now)?;
+        let body = self.message(&endpoint.tenant, kind, &event, now).await?;
         let outcome = self
             .send(id, &endpoint, &message_id(id, position), &body, now)
             .await;
@@ -357,6 +343,21 @@ impl Deliverer {
             .webhooks()
             .note_resend(id, position, now.timestamp_millis(), outcome.status)
             .await
+    }
+
+    /// A message's body: the event, and its key as the key list shows it now.
+    async fn message(
+        &self,
+        tenant: &str,
+        kind: &str,
+        event: &RecordedEvent,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<u8>, Error> {
+        let key = self
+            .projections
+            .get_key(&keyledger_domain::TenantId::from(tenant), &event.key_id)
+            .await?;
+        self.body.render(kind, event, key, now)
     }
 
     fn lease(&self) -> i64 {
