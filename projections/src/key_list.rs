@@ -40,6 +40,8 @@ pub struct KeyRow {
     pub ratelimits: Vec<RateLimit>,
     /// The credit ledger as its newest event left it (as of the last flush).
     pub credits: Option<Ledger>,
+    /// When the key was first reported leaked (`KeyLeakReported`), if ever.
+    pub leaked_at: Option<DateTime<Utc>>,
 }
 
 /// What a reader sees: `inactive` wins over `expired`, matching verification
@@ -102,7 +104,7 @@ pub struct KeyPage {
 }
 
 /// The key list's table.
-pub static TABLE: Table<22> = Table {
+pub static TABLE: Table<23> = Table {
     name: "key_list",
     scratch: "key_list_rebuild",
     checkpoint: crate::checkpoint::KEY_LIST,
@@ -129,6 +131,7 @@ pub static TABLE: Table<22> = Table {
         Column::text("owner").nullable(),
         Column::text("ratelimits"),
         Column::text("credits").nullable(),
+        Column::int("leaked_at").nullable(),
     ],
     primary_key: "id",
     indexes: &[
@@ -147,10 +150,10 @@ pub static TABLE: Table<22> = Table {
     ],
 };
 
-impl Record<22> for KeyRow {
-    const TABLE: &'static Table<22> = &TABLE;
+impl Record<23> for KeyRow {
+    const TABLE: &'static Table<23> = &TABLE;
 
-    fn values(&self) -> [Value; 22] {
+    fn values(&self) -> [Value; 23] {
         [
             Value::text(&self.id),
             Value::text(&self.tenant),
@@ -174,10 +177,11 @@ impl Record<22> for KeyRow {
             Value::Text(self.owner.clone()),
             Value::text(ratelimits_json(&self.ratelimits)),
             Value::Text(self.credits.as_ref().map(ledger_json)),
+            Value::opt_time(self.leaked_at),
         ]
     }
 
-    fn from_values(values: [Value; 22]) -> Result<Self, ProjectionError> {
+    fn from_values(values: [Value; 23]) -> Result<Self, ProjectionError> {
         let mut f = Fields::new(&TABLE, values, 0);
         Ok(Self {
             id: f.text()?,
@@ -202,6 +206,7 @@ impl Record<22> for KeyRow {
             owner: f.opt_text()?,
             ratelimits: f.json_as()?,
             credits: f.opt_json_as()?,
+            leaked_at: f.opt_time()?,
         })
     }
 }

@@ -64,6 +64,7 @@ pub fn created_row(e: &RecordedEvent, c: &KeyCreated) -> KeyRow {
             .credits
             .as_ref()
             .map(|credits| Ledger::opening(credits, c.created_at)),
+        leaked_at: None,
     }
 }
 
@@ -145,8 +146,13 @@ impl KeyListFold {
                     }
                 }
             }
+            KeyledgerEvent::Key(ApiKeyEvent::KeyLeakReported(l)) => {
+                // The first report marks the key; later ones keep its time.
+                if let Some(row) = self.rows.get_mut(&e.key_id) {
+                    row.leaked_at.get_or_insert(ms(l.at));
+                }
+            }
             KeyledgerEvent::Key(ApiKeyEvent::KeyExpiryNoticed(_))
-            | KeyledgerEvent::Key(ApiKeyEvent::KeyLeakReported(_))
             | KeyledgerEvent::Owner(_)
             | KeyledgerEvent::Webhook(_)
             | KeyledgerEvent::Policy(_) => {}
@@ -238,6 +244,7 @@ fn row_fields_diff(want: &KeyRow, got: &KeyRow) -> String {
     field!(owner);
     field!(ratelimits);
     field!(credits);
+    field!(leaked_at);
     parts.join("; ")
 }
 

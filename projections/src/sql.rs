@@ -618,9 +618,18 @@ where
                         .await?;
                 }
             }
+            KeyledgerEvent::Key(ApiKeyEvent::KeyLeakReported(l)) => {
+                // The first report marks the key; later ones keep its time.
+                sqlx::query(
+                    "UPDATE key_list SET leaked_at = COALESCE(leaked_at, $1) WHERE id = $2",
+                )
+                .bind(l.at.timestamp_millis())
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+            }
             // A notice changes nothing the key list shows.
             KeyledgerEvent::Key(ApiKeyEvent::KeyExpiryNoticed(_))
-            | KeyledgerEvent::Key(ApiKeyEvent::KeyLeakReported(_))
             | KeyledgerEvent::Owner(_)
             | KeyledgerEvent::Webhook(_)
             | KeyledgerEvent::Policy(_) => {}

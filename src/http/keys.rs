@@ -59,6 +59,9 @@ pub struct KeyView {
     /// The balance as of the last usage flush of every node; null when the
     /// key has no credit limit.
     pub credits: Option<CreditsView>,
+    /// When the key was first reported leaked (`POST /v1/leaks/...`); null
+    /// when it never was. A leaked key stays marked after reactivation.
+    pub leaked_at: Option<DateTime<Utc>>,
 }
 
 impl KeyView {
@@ -88,6 +91,7 @@ impl KeyView {
                 .map(RateLimitBody::from)
                 .collect(),
             credits: row.credits.as_ref().and_then(CreditsView::of),
+            leaked_at: row.leaked_at,
         }
     }
 }

@@ -94,11 +94,42 @@ async fn a_reported_key_is_recorded_once_and_deactivated_whatever_its_tenant(bac
         "an unreported key is untouched"
     );
 
+    // The key list marks the key from its first report on.
+    let leaked_at = app.get(&format!("/v1/keys/{id}")).await.body["leaked_at"].clone();
+    assert!(leaked_at.is_string(), "{leaked_at}");
+    assert!(kept.body["leaked_at"].is_null(), "{}", kept.text);
+
     // The same report again records nothing more.
     let r = report(&app, body).await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(events(&app, &app.token, &id).await.len(), 3);
+
+    // A report from elsewhere is recorded, and the mark keeps its first time.
+    let r = report(
+        &app,
+        json!({"keys": [key], "url": "https://paste.example/def"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let started = Instant::now();
+    while events(&app, &app.token, &id).await.len() < 4 {
+        assert!(started.elapsed() < Duration::from_secs(10), "second report");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let view = app.get(&format!("/v1/keys/{id}")).await;
+    assert_eq!(view.body["leaked_at"], leaked_at, "{}", view.text);
+    // The live key list and a fold of the events agree on the mark.
+    let store = keyledger::app::open_store(&app.store.config())
+        .await
+        .expect("open store");
+    let projections = keyledger_projections::Projections::unloaded(store.projection_db());
+    assert_eq!(
+        keyledger::rebuild::check(&store, &projections)
+            .await
+            .expect("check"),
+        Vec::<String>::new()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -87,6 +87,15 @@ const sandbox = await createViaApi({
 const reporting = await createViaApi({ name: 'reporting', description: 'Monthly revenue report', permissions: ['reports:read'] });
 // A key in the other tenant: what a switched console would show.
 const bait = await createViaApi({ name: 'evil-corp-bait', permissions: ['orders:read'] }, OTHER_TOKEN);
+// A key reported leaked: the default policy deactivates it; reactivated, it
+// stays marked.
+const leaked = await createViaApi({ name: 'pasted-in-a-gist', permissions: ['orders:read'] });
+assert.equal((await api('POST', '/v1/leaks/report', { keys: [leaked.key], url: 'https://gist.example/1' }, { auth: false })).status, 202);
+await eventually('the leak to be acted on', async () => {
+  const k = (await getKey(leaked.id)).body;
+  return k.status === 'inactive' && k.leaked_at;
+});
+assert.equal((await api('POST', `/v1/keys/${leaked.id}/reactivate`, {})).status, 200);
 for (let i = 0; i < 3; i++) assert.equal(await verifyCode(billing.key), 'VALID');
 assert.equal(await verifyCode(ci.key), 'VALID');
 await eventually('usage to be flushed', async () => (await getKey(billing.id)).body.usage_count === 3
@@ -219,6 +228,12 @@ try {
   assert.equal(await statusOf(legacy.id), 'inactive');
   assert.equal(await statusOf(sandbox.id), 'expired');
   assert.equal((await keyRow(reporting.id).locator('[data-label="Last used"]').innerText()).trim(), 'never');
+  const marked = await page.locator('tbody tr[data-key-id]:has(.badge-leaked)').evaluateAll(
+    (rows) => rows.map((r) => r.dataset.keyId));
+  assert.deepEqual(marked, listed.filter((k) => k.leaked_at).map((k) => k.id), 'leaked marks match the API');
+  assert.deepEqual(marked, [leaked.id]);
+  assert.equal(await keyRow(leaked.id).locator('.badge-leaked').textContent(), 'leaked');
+  assert.equal(await statusOf(leaked.id), 'active', 'reactivated, and still marked');
   await shot('keys.png');
 
   step('filters: status and environment, the same answer as the API');
@@ -345,6 +360,20 @@ try {
   assert.equal(await factValue('Rate limits').innerText(), 'none');
   assert.equal(await factValue('Credits remaining').innerText(), 'no limit');
   assert.equal(await main.locator('#credits-form').count(), 0, 'no balance to change on a key without credits');
+
+  step('a leaked key page says when it was reported, and its history shows the report');
+  await page.evaluate((keyId) => { window.location.hash = `#/keys/${encodeURIComponent(keyId)}`; }, leaked.id);
+  await page.locator('main h1', { hasText: 'pasted-in-a-gist' }).waitFor();
+  await ready('key');
+  const leakNotice = main.locator('.notice-leaked');
+  assert.equal(await leakNotice.count(), 1);
+  assert.equal(await leakNotice.locator('time').getAttribute('datetime'), (await getKey(leaked.id)).body.leaked_at);
+  assert.match(await leakNotice.innerText(), /Reported leaked/);
+  const leakedTypes = await main.locator('.event-type').allInnerTexts();
+  assert.deepEqual(leakedTypes, ['KeyCreated', 'KeyLeakReported', 'KeyDeactivated', 'KeyReactivated']);
+  assert.match(await main.locator('tr', { hasText: 'KeyLeakReported' }).innerText(),
+    /Reported leaked by public at https:\/\/gist\.example\/1/);
+  await shot('key-leaked.png');
 
   step('create a key with an owner, a rate limit and credits through the console');
   await page.getByRole('link', { name: 'Keys', exact: true }).click();
@@ -538,8 +567,8 @@ try {
   await page.waitForFunction((n) => document.querySelectorAll('main .event-type').length === n, deactivations.length);
   const keyLinks = main.locator('td[data-label="Key"] a');
   assert.deepEqual(await keyLinks.evaluateAll((links) => links.map((a) => a.dataset.keyId)), deactivations.map((e) => e.key_id));
-  assert.deepEqual(await keyLinks.allInnerTexts(), ['legacy-import', 'console-e2e'], 'keys by name, deleted ones too');
-  assert.deepEqual(deactivations.map((e) => e.key_id), [legacy.id, id]);
+  assert.deepEqual(await keyLinks.allInnerTexts(), ['legacy-import', 'pasted-in-a-gist', 'console-e2e'], 'keys by name, deleted ones too');
+  assert.deepEqual(deactivations.map((e) => e.key_id), [legacy.id, leaked.id, id]);
   await page.getByLabel('Actor').fill('nobody');
   await page.getByRole('button', { name: 'Apply filters' }).click();
   await main.getByText('No event matches these filters.').waitFor();

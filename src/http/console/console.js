@@ -65,6 +65,12 @@ function badge(kind, value) {
   return h('span', { class: `badge badge-${kind}-${value}`, text: value });
 }
 
+/** A "leaked" mark for a key reported leaked (`leaked_at`); none otherwise. */
+function leakedBadge(key) {
+  if (!key.leaked_at) return null;
+  return h('span', { class: 'badge badge-leaked', title: `Reported leaked ${key.leaked_at}`, text: 'leaked' });
+}
+
 function keyLink(id, label) {
   return h('a', { href: `#/keys/${encodeURIComponent(id)}`, text: label ?? id });
 }
@@ -652,7 +658,7 @@ function keysScreen(params, main) {
         key.description ? h('span', { class: 'subtle', text: key.description }) : null),
       cell('Prefix', h('span', { class: 'mono', text: key.prefix })),
       cell('Environment', badge('env', key.environment)),
-      cell('Status', badge('status', key.status)),
+      cell('Status', badge('status', key.status), leakedBadge(key)),
       cell('Created', time(key.created_at)),
       cell('Last used', time(key.last_used_at, 'never')),
       cell('Uses', h('span', { class: 'num', text: numberFormat.format(key.usage_count) })),
@@ -751,6 +757,14 @@ function eventSummary(event) {
         + (d.ledger && d.ledger.limited !== false ? ` (balance ${numberFormat.format((d.ledger.available ?? 0) + (d.ledger.outstanding ?? 0))})` : '');
     case 'KeyCreditsReserved':
       return `${numberFormat.format(d.amount ?? 0)} credits taken for verifications${d.node ? ` by ${d.node}` : ''}`;
+    case 'KeyLeakReported':
+      return `Reported leaked by ${d.reporter ?? 'someone'}${d.source ? ` (${d.source})` : ''}${d.url ? ` at ${d.url}` : ''}`;
+    case 'KeyExpiryNoticed':
+      return d.notice === 'expired'
+        ? 'Expiry notice: expired'
+        : `Expiry notice: expires ${d.expires_at ? dateFormat.format(new Date(d.expires_at)) : 'soon'}`;
+    case 'TenantPolicySet':
+      return `Policy set: on a leak, ${d.policy?.on_leak ?? 'deactivate'}`;
     default:
       return JSON.stringify(d);
   }
@@ -867,6 +881,11 @@ async function keyScreen(id, main) {
   main.replaceChildren(back,
     pageHead(key.name, badge('status', key.status), h('div', { class: 'page-actions' }, buttons)),
     ...(key.description ? [h('p', { class: 'description', text: key.description })] : []),
+    ...(key.leaked_at
+      ? [h('p', { class: 'notice notice-leaked', role: 'note' }, leakedBadge(key),
+        ' Reported leaked ', time(key.leaked_at),
+        '. Whoever found it may use it: rotate it, or delete it once nothing needs it.')]
+      : []),
     h('dl', { class: 'facts' },
       wide(fact('ID', h('span', { class: 'mono', text: key.id }))),
       fact('Prefix', h('span', { class: 'mono', text: key.prefix })),
