@@ -194,6 +194,30 @@ fn verify(c: &mut Criterion) {
         )
     });
 
+    // A key of the index refused for a permission it lacks: a refusal is
+    // counted by outcome for the usage buckets (`refusals.rs`).
+    let missing = vec!["invoices:delete-everything".to_string()];
+    group.bench_function("refused_insufficient_permissions", |b| {
+        b.iter_batched_ref(
+            &mut batch,
+            |key| {
+                let code = index.verify(
+                    VerifyRequest {
+                        key: black_box(key.as_str()),
+                        environment: None,
+                        permissions: &missing,
+                        cost: 1,
+                    },
+                    now,
+                    |a| a.code,
+                );
+                debug_assert_eq!(code, Ok(VerificationCode::InsufficientPermissions));
+                black_box(code)
+            },
+            BatchSize::NumIterations(256),
+        )
+    });
+
     // A well-formed key that is not in the index: the full hash and a lookup miss.
     let mut rng = StdRng::seed_from_u64(99);
     let unknown: Vec<String> = (0..10_000)

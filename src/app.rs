@@ -91,7 +91,11 @@ impl Application {
         // Where the store can, a create's key-list and audit rows are written
         // with its event (PostgreSQL group commit).
         store.project_inline(Arc::new(keyledger_projections::inline::InlineCreates));
-        let projections = Arc::new(Projections::open(store.projection_db()).await?);
+        let projections = Arc::new(
+            Projections::open(store.projection_db())
+                .await?
+                .with_usage_retention(config.usage_retention),
+        );
         let tailer = Arc::new(Tailer::new(store.clone(), projections.clone()));
         tailer.remember_generation().await?;
         // Events committed before a crash may not have been numbered yet, or
@@ -210,6 +214,7 @@ impl Application {
         // rate-limit windows go on the flusher's beat.
         let purger_task = tokio::spawn(purge_periodically(
             self.state.service.store().clone(),
+            self.state.service.projections().clone(),
             self.clock.clone(),
             self.config.usage_flush_interval,
             stop.clone(),
@@ -257,6 +262,7 @@ impl Application {
 /// Deletes what expired beside the events every `interval` until `stop`.
 async fn purge_periodically(
     store: Arc<EventStore>,
+    projections: Arc<Projections>,
     clock: Clock,
     interval: std::time::Duration,
     stop: CancellationToken,
@@ -270,6 +276,12 @@ async fn purge_periodically(
         }
         if let Err(e) = store.purge_expired(clock.now().timestamp_millis()).await {
             tracing::warn!(error = %e, "could not purge expired idempotency keys and rate-limit windows");
+        }
+        if let Err(e) = projections
+            .prune_usage(clock.now().timestamp_millis())
+            .await
+        {
+            tracing::warn!(error = %e, "could not prune old usage buckets");
         }
     }
 }

@@ -121,6 +121,8 @@ pub struct Config {
     /// (for the guess limiter and the audit trail); empty: none, the socket
     /// address is the client's.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// How long usage buckets of each size are kept.
+    pub usage_retention: keyledger_projections::usage::Retention,
 }
 
 /// Which RS256/ES256 management tokens of an identity provider are accepted.
@@ -172,6 +174,7 @@ impl Config {
             webhook_allow_private: false,
             leak_reporters: Vec::new(),
             expiry_notice_interval: Duration::from_secs(10),
+            usage_retention: keyledger_projections::usage::Retention::default(),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: None,
@@ -275,11 +278,63 @@ fn kurrent_store(config: KurrentConfig) -> Result<StoreConfig, crate::Error> {
     }
 }
 
+/// `minute=2d,hour=90d,day=forever`: how long usage buckets of each size are
+/// kept; sizes left out keep their default.
+pub fn parse_usage_retention(
+    text: &str,
+) -> Result<keyledger_projections::usage::Retention, String> {
+    use keyledger_projections::usage::Unit;
+    let mut retention = keyledger_projections::usage::Retention::default();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (unit, keep) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?}: expected SIZE=DURATION"))?;
+        let unit = Unit::parse(unit.trim())
+            .ok_or_else(|| format!("{unit:?}: the sizes are minute, hour and day"))?;
+        let keep = match keep.trim() {
+            "forever" => None,
+            d => {
+                let d = humantime::parse_duration(d).map_err(|e| format!("{d:?}: {e}"))?;
+                if d.as_millis() < u128::from(unit.millis().unsigned_abs()) {
+                    return Err(format!(
+                        "{part:?}: keep at least one whole {}",
+                        unit.as_str()
+                    ));
+                }
+                Some(d)
+            }
+        };
+        match unit {
+            Unit::Minute => retention.minute = keep,
+            Unit::Hour => retention.hour = keep,
+            Unit::Day => retention.day = keep,
+        }
+    }
+    Ok(retention)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const PG: &str = "postgres://u@h/db";
+
+    #[test]
+    fn usage_retention_reads_each_size_and_refuses_nonsense() {
+        let r = parse_usage_retention("minute=1d, day=400d").expect("parse");
+        assert_eq!(r.minute, Some(Duration::from_secs(86_400)));
+        assert_eq!(
+            r.hour,
+            Some(Duration::from_secs(90 * 86_400)),
+            "default kept"
+        );
+        assert_eq!(r.day, Some(Duration::from_secs(400 * 86_400)));
+        let r = parse_usage_retention("hour=forever").expect("parse");
+        assert_eq!(r.hour, None);
+        for bad in ["week=1d", "minute", "minute=soon", "day=1h"] {
+            assert!(parse_usage_retention(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn without_an_event_store_database_url_decides() {

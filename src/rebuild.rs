@@ -14,6 +14,7 @@ use std::time::Instant;
 use keyledger_projections::audit::AuditEntry;
 use keyledger_projections::audit::{AuditFilter, Order};
 use keyledger_projections::replay::{audit_entry, diff_audit, diff_key_lists, KeyListFold};
+use keyledger_projections::usage::{diff_usage, UsageFold};
 use keyledger_projections::{Projections, RawEvent, Rebuilt as Table, RecordedEvent};
 use tokio::sync::mpsc;
 
@@ -34,6 +35,8 @@ pub enum Which {
     Verification,
     /// The audit log.
     Audit,
+    /// The usage buckets.
+    Usage,
     All,
 }
 
@@ -42,7 +45,8 @@ impl Which {
         match self {
             Self::List | Self::Verification => vec![Table::KeyList],
             Self::Audit => vec![Table::AuditLog],
-            Self::All => vec![Table::KeyList, Table::AuditLog],
+            Self::Usage => vec![Table::Usage],
+            Self::All => vec![Table::KeyList, Table::AuditLog, Table::Usage],
         }
     }
 }
@@ -119,6 +123,7 @@ pub async fn rebuild(
     }
     let with_keys = tables.contains(&Table::KeyList);
     let with_audit = tables.contains(&Table::AuditLog);
+    let with_usage = tables.contains(&Table::Usage);
     let total = u64::try_from(head).unwrap_or(0);
     progress.update(0, total);
 
@@ -146,6 +151,7 @@ pub async fn rebuild(
     };
     let folder = async move {
         let mut fold = KeyListFold::default();
+        let mut buckets = UsageFold::default();
         let mut audit = Vec::with_capacity(AUDIT_FLUSH);
         let mut done = 0u64;
         while let Some(raws) = page_rx.recv().await {
@@ -160,6 +166,9 @@ pub async fn rebuild(
                 if with_audit {
                     audit.push(audit_entry(&e));
                 }
+                if with_usage {
+                    buckets.apply(&e);
+                }
             }
             if audit.len() >= AUDIT_FLUSH {
                 let full = std::mem::replace(&mut audit, Vec::with_capacity(AUDIT_FLUSH));
@@ -173,16 +182,22 @@ pub async fn rebuild(
             let _ = audit_tx.send(audit).await;
         }
         drop(audit_tx);
-        Ok::<_, Error>((fold, done))
+        Ok::<_, Error>((fold, buckets, done))
     };
     let (read, written, folded) = tokio::join!(reader, writer, folder);
     read?;
     written?;
-    let (fold, done) = folded?;
+    let (fold, buckets, done) = folded?;
     tracing::info!(seconds = started.elapsed().as_secs_f64(), "events replayed");
     if with_keys {
         projections.load_scratch_keys(&fold.into_rows()).await?;
         tracing::info!(seconds = started.elapsed().as_secs_f64(), "key list loaded");
+    }
+    if with_usage {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let rows = buckets.into_rows(projections.usage_retention(), now_ms);
+        projections.load_scratch_usage(&rows).await?;
+        tracing::info!(seconds = started.elapsed().as_secs_f64(), "usage loaded");
     }
     for t in &tables {
         projections.swap_in(*t, head, &suffix).await?;
@@ -215,6 +230,25 @@ pub async fn check(store: &EventStore, projections: &Projections) -> Result<Vec<
         after = last;
     }
     diffs.extend(diff_key_lists(fold.into_rows(), live_keys));
+
+    // Usage buckets: compare at their checkpoint, within the retention.
+    let (checkpoint, live_usage) = projections.usage_snapshot().await?;
+    let mut buckets = UsageFold::default();
+    let mut after = 0;
+    loop {
+        let (events, last, _) = page(store, after, checkpoint).await?;
+        let Some(last) = last else { break };
+        events.iter().for_each(|e| buckets.apply(e));
+        after = last;
+    }
+    let retention = projections.usage_retention();
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    diffs.extend(diff_usage(
+        buckets.into_rows(retention, now_ms),
+        live_usage,
+        retention,
+        now_ms,
+    ));
 
     // Audit log: rows below its checkpoint never change, so compare page by page.
     let audit_checkpoint = projections.checkpoints().await?.audit_log;

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use keyledger_domain::KeyId;
 use keyledger_projections::event::meta_keys;
-use keyledger_projections::{CreditFlush, DrainedUsage, VerificationIndex};
+use keyledger_projections::{CreditFlush, DrainedRefusals, DrainedUsage, VerificationIndex};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
@@ -35,6 +35,7 @@ struct Pending {
     count: u64,
     last_used_at: DateTime<Utc>,
     uses: Vec<DrainedUsage>,
+    refused: Option<DrainedRefusals>,
     credits: Option<CreditFlush>,
 }
 
@@ -94,6 +95,26 @@ impl UsageFlusher {
                         count: u.count,
                         last_used_at: u.last_used_at,
                         uses: vec![u],
+                        refused: None,
+                        credits: None,
+                    });
+                }
+            }
+        }
+        for r in self.index.drain_refusals() {
+            match at.get(&r.key_id) {
+                Some(&i) => items[i].refused = Some(r),
+                None => {
+                    at.insert(r.key_id.clone(), items.len());
+                    items.push(Pending {
+                        key_id: r.key_id.clone(),
+                        tenant: r.tenant.clone(),
+                        count: 0,
+                        // Not a use: the key list keeps its last use; the
+                        // usage buckets place the refusals by this time.
+                        last_used_at: r.at,
+                        uses: Vec::new(),
+                        refused: Some(r),
                         credits: None,
                     });
                 }
@@ -111,6 +132,7 @@ impl UsageFlusher {
                         count: 0,
                         last_used_at: now,
                         uses: Vec::new(),
+                        refused: None,
                         credits: Some(c),
                     });
                 }
@@ -121,6 +143,9 @@ impl UsageFlusher {
 
     fn restore(&self, p: &Pending) {
         p.uses.iter().for_each(|u| self.index.restore_usage(u));
+        if let Some(r) = &p.refused {
+            self.index.restore_refusals(r);
+        }
         if let Some(c) = &p.credits {
             self.index.restore_limits(c);
         }
@@ -132,6 +157,7 @@ impl UsageFlusher {
             key_id: KeyId::from(p.key_id.as_str()),
             tenant: p.tenant.clone(),
             count: p.count,
+            refused: p.refused.as_ref().map(|r| r.refused).unwrap_or_default(),
             last_used_at: p.last_used_at,
             spent: p.credits.as_ref().map_or(0, |c| c.spent),
             settled: p.credits.as_ref().and_then(|c| c.settled.clone()),

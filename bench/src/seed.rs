@@ -168,6 +168,7 @@ pub async fn seed(
                     spent: 0,
                     settled: None,
                     ledger: None,
+                    refused: Default::default(),
                 });
                 usage_streams.entry(id.clone()).or_default().next(
                     KEY_USAGE_AGGREGATE_TYPE,

@@ -44,6 +44,6 @@ pub use owner::{
 };
 pub use permissions::Permissions;
 pub use usage::{
-    KeyCreditsChanged, KeyCreditsReserved, KeyUsage, KeyUsageEvent, KeyUsageRecorded, RecordUsage,
-    KEY_USAGE_AGGREGATE_TYPE,
+    KeyCreditsChanged, KeyCreditsReserved, KeyUsage, KeyUsageEvent, KeyUsageRecorded, Outcomes,
+    RecordUsage, Refusal, KEY_USAGE_AGGREGATE_TYPE,
 };

@@ -51,6 +51,114 @@ pub struct KeyUsageRecorded {
     /// The ledger after this event, on keys with credits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger: Option<Ledger>,
+    /// Verifications of the key that were refused, by outcome (`count` is
+    /// the `VALID` ones). Absent in events written before outcomes were
+    /// counted.
+    #[serde(default, skip_serializing_if = "Outcomes::is_empty")]
+    pub refused: Outcomes,
+}
+
+/// Refused verifications of one key, by outcome: what a flush reports beside
+/// its `VALID` count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outcomes {
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub disabled: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub expired: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub wrong_environment: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub insufficient_permissions: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rate_limited: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub usage_exceeded: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ip_not_allowed: u64,
+}
+
+/// A refused outcome, as [`Outcomes`] counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Disabled,
+    Expired,
+    WrongEnvironment,
+    InsufficientPermissions,
+    RateLimited,
+    UsageExceeded,
+    IpNotAllowed,
+}
+
+impl Outcomes {
+    /// The outcomes in the order of [`Outcomes::NAMES`].
+    pub fn counts(&self) -> [u64; 7] {
+        [
+            self.disabled,
+            self.expired,
+            self.wrong_environment,
+            self.insufficient_permissions,
+            self.rate_limited,
+            self.usage_exceeded,
+            self.ip_not_allowed,
+        ]
+    }
+
+    /// The names the API uses, in the order of [`Outcomes::counts`].
+    pub const NAMES: [&'static str; 7] = [
+        "disabled",
+        "expired",
+        "wrong_environment",
+        "insufficient_permissions",
+        "rate_limited",
+        "usage_exceeded",
+        "ip_not_allowed",
+    ];
+
+    pub fn is_empty(&self) -> bool {
+        self.total() == 0
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts().iter().fold(0u64, |a, n| a.saturating_add(*n))
+    }
+
+    fn slot(&mut self, r: Refusal) -> &mut u64 {
+        match r {
+            Refusal::Disabled => &mut self.disabled,
+            Refusal::Expired => &mut self.expired,
+            Refusal::WrongEnvironment => &mut self.wrong_environment,
+            Refusal::InsufficientPermissions => &mut self.insufficient_permissions,
+            Refusal::RateLimited => &mut self.rate_limited,
+            Refusal::UsageExceeded => &mut self.usage_exceeded,
+            Refusal::IpNotAllowed => &mut self.ip_not_allowed,
+        }
+    }
+
+    /// Counts `n` more of `r`.
+    pub fn add(&mut self, r: Refusal, n: u64) {
+        let slot = self.slot(r);
+        *slot = slot.saturating_add(n);
+    }
+
+    /// Adds every count of `other`.
+    pub fn merge(&mut self, other: &Outcomes) {
+        for (mine, theirs) in [
+            (&mut self.disabled, other.disabled),
+            (&mut self.expired, other.expired),
+            (&mut self.wrong_environment, other.wrong_environment),
+            (
+                &mut self.insufficient_permissions,
+                other.insufficient_permissions,
+            ),
+            (&mut self.rate_limited, other.rate_limited),
+            (&mut self.usage_exceeded, other.usage_exceeded),
+            (&mut self.ip_not_allowed, other.ip_not_allowed),
+        ] {
+            *mine = mine.saturating_add(theirs);
+        }
+    }
 }
 
 /// Credits were set, incremented, decremented, configured, removed or
@@ -163,6 +271,7 @@ impl KeyUsage {
         Self::flush(
             command.tenant,
             command.count,
+            Outcomes::default(),
             command.last_used_at,
             0,
             None,
@@ -178,12 +287,13 @@ impl KeyUsage {
     pub fn flush(
         tenant: String,
         count: u64,
+        refused: Outcomes,
         last_used_at: DateTime<Utc>,
         spent: u64,
         settled: Option<Settlement>,
         before: Option<&Ledger>,
     ) -> Result<KeyUsageEvent, DomainError> {
-        if count == 0 && spent == 0 && settled.is_none() {
+        if count == 0 && refused.is_empty() && spent == 0 && settled.is_none() {
             return Err(DomainError::Validation {
                 field: "count",
                 message: "a flush must report something".into(),
@@ -196,6 +306,7 @@ impl KeyUsage {
             spent,
             settled,
             ledger: None,
+            refused,
         });
         let after = event.apply_to(before);
         if let KeyUsageEvent::KeyUsageRecorded(e) = &mut event {
@@ -265,6 +376,7 @@ mod tests {
                 spent: 0,
                 settled: None,
                 ledger: None,
+                refused: Outcomes::default(),
             })]);
     }
 }

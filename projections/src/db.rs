@@ -13,14 +13,16 @@ use crate::key_list::{KeyPage, KeyRow, ListFilter};
 use keyledger_domain::TenantId;
 use keyledger_sql::Engine;
 
+use crate::usage::{KeyTotal, Retention, Unit, UsageRow};
 use crate::verification::VerificationIndex;
-use crate::{audit, key_list};
+use crate::{audit, key_list, usage};
 
 /// Which SQL projection a rebuild targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rebuilt {
     KeyList,
     AuditLog,
+    Usage,
 }
 
 impl Rebuilt {
@@ -28,6 +30,7 @@ impl Rebuilt {
         match self {
             Self::KeyList => key_list::TABLE.name,
             Self::AuditLog => audit::TABLE.name,
+            Self::Usage => usage::TABLE.name,
         }
     }
 
@@ -35,6 +38,7 @@ impl Rebuilt {
         match self {
             Self::KeyList => key_list::TABLE.scratch,
             Self::AuditLog => audit::TABLE.scratch,
+            Self::Usage => usage::TABLE.scratch,
         }
     }
 
@@ -42,6 +46,7 @@ impl Rebuilt {
         match self {
             Self::KeyList => key_list::TABLE.checkpoint,
             Self::AuditLog => audit::TABLE.checkpoint,
+            Self::Usage => usage::TABLE.checkpoint,
         }
     }
 
@@ -49,6 +54,7 @@ impl Rebuilt {
         match self {
             Self::KeyList => key_list::TABLE.create::<DB>(self.scratch(), suffix),
             Self::AuditLog => audit::TABLE.create::<DB>(self.scratch(), suffix),
+            Self::Usage => usage::TABLE.create::<DB>(self.scratch(), suffix),
         }
     }
 
@@ -56,6 +62,7 @@ impl Rebuilt {
         match self {
             Self::KeyList => key_list::TABLE.create_indexes(self.scratch(), suffix),
             Self::AuditLog => audit::TABLE.create_indexes(self.scratch(), suffix),
+            Self::Usage => usage::TABLE.create_indexes(self.scratch(), suffix),
         }
     }
 }
@@ -118,6 +125,37 @@ pub trait ProjectionTables: Send + Sync + std::fmt::Debug {
 
     /// Bulk-loads rows into the scratch audit log.
     async fn load_scratch_audit(&self, rows: &[AuditEntry]) -> Result<(), ProjectionError>;
+
+    /// Bulk-loads rows into the scratch usage buckets.
+    async fn load_scratch_usage(&self, rows: &[UsageRow]) -> Result<(), ProjectionError>;
+
+    /// Buckets of `unit` of one subject (a key id, or the tenant's total)
+    /// starting in `[since_ms, until_ms)`, oldest first.
+    async fn usage(
+        &self,
+        tenant: &TenantId,
+        subject: &str,
+        unit: Unit,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<UsageRow>, ProjectionError>;
+
+    /// The tenant's keys with the most verifications in buckets of `unit`
+    /// starting in `[since_ms, until_ms)`, most first, at most `limit`.
+    async fn top_keys(
+        &self,
+        tenant: &TenantId,
+        unit: Unit,
+        since_ms: i64,
+        until_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<KeyTotal>, ProjectionError>;
+
+    /// Every bucket and the usage checkpoint, read from one snapshot.
+    async fn usage_snapshot(&self) -> Result<(i64, Vec<UsageRow>), ProjectionError>;
+
+    /// Deletes the buckets `retention` no longer keeps at `now_ms`.
+    async fn prune_usage(&self, retention: &Retention, now_ms: i64) -> Result<(), ProjectionError>;
 
     /// Indexes the scratch table and swaps it in for the live one in one
     /// transaction, setting the projection's checkpoint to `position`.

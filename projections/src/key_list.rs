@@ -92,6 +92,16 @@ pub struct ListFilter {
     pub environment: Option<String>,
     /// Only keys created before this position (the cursor of the previous page).
     pub before_position: Option<i64>,
+    /// Only keys not used since this time (Unix milliseconds): last used
+    /// before it, or never used and created before it.
+    pub unused_since_ms: Option<i64>,
+    /// Only keys never used (`last_used_at` unset); `false` filters nothing.
+    pub never_used: bool,
+    /// Only keys that expire after the list's `now` and at or before this
+    /// time (Unix milliseconds); keys already expired are not "expiring".
+    pub expires_by_ms: Option<i64>,
+    /// Only keys without an expiry; `false` filters nothing.
+    pub no_expiry: bool,
     pub limit: u32,
 }
 

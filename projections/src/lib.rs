@@ -21,6 +21,7 @@ pub mod replay;
 pub mod schema;
 mod sql;
 mod sqlite;
+pub mod usage;
 pub mod verification;
 
 pub use db::ProjectionTables;
@@ -31,6 +32,6 @@ pub use keyledger_sql::SqlPool;
 pub use projector::Projections;
 pub use verification::limits::{Checked, CreditFlush, LimitReport, Need, WindowNeed};
 pub use verification::{
-    DrainedUsage, IndexedKey, KeyIdText, LimitSpec, Verification, VerificationCode,
-    VerificationIndex, VerifyRequest,
+    DrainedRefusals, DrainedUsage, IndexedKey, KeyIdText, LimitSpec, Verification,
+    VerificationCode, VerificationIndex, VerifyRequest,
 };

@@ -17,6 +17,7 @@ use crate::error::ProjectionError;
 use crate::event::RecordedEvent;
 use crate::key_list::{KeyPage, KeyRow, ListFilter};
 use crate::sql;
+use crate::usage::{KeyTotal, Retention, Unit, UsageRow};
 use crate::verification::VerificationIndex;
 use keyledger_sql::SqlPool;
 
@@ -25,6 +26,8 @@ use keyledger_sql::SqlPool;
 pub struct Projections {
     db: Arc<dyn ProjectionTables>,
     index: Arc<VerificationIndex>,
+    /// How long usage buckets are kept (the pruner, rebuilds and checks).
+    retention: Retention,
 }
 
 impl Projections {
@@ -32,7 +35,11 @@ impl Projections {
     pub async fn open(pool: SqlPool) -> Result<Self, ProjectionError> {
         let db = sql::tables(pool);
         let index = Arc::new(db.load_index().await?);
-        Ok(Self { db, index })
+        Ok(Self {
+            db,
+            index,
+            retention: Retention::default(),
+        })
     }
 
     /// Opens the SQL projections only, with an empty index: for tools that read
@@ -41,7 +48,18 @@ impl Projections {
         Self {
             db: sql::tables(pool),
             index: Arc::new(VerificationIndex::new()),
+            retention: Retention::default(),
         }
+    }
+
+    /// These projections with usage buckets kept as `retention` says.
+    pub fn with_usage_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    pub fn usage_retention(&self) -> &Retention {
+        &self.retention
     }
 
     pub fn index(&self) -> &Arc<VerificationIndex> {
@@ -172,5 +190,49 @@ impl Projections {
     /// One page of the audit log.
     pub async fn audit(&self, filter: &AuditFilter) -> Result<AuditPage, ProjectionError> {
         self.db.audit(filter).await
+    }
+
+    pub async fn load_scratch_usage(&self, rows: &[UsageRow]) -> Result<(), ProjectionError> {
+        self.db.load_scratch_usage(rows).await
+    }
+
+    /// Buckets of one key (or of the tenant, [`crate::usage::TENANT_TOTAL`]) in
+    /// `[since_ms, until_ms)`, oldest first; only the buckets that counted
+    /// something are stored.
+    pub async fn usage(
+        &self,
+        tenant: &TenantId,
+        subject: &str,
+        unit: Unit,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<UsageRow>, ProjectionError> {
+        self.db
+            .usage(tenant, subject, unit, since_ms, until_ms)
+            .await
+    }
+
+    /// The tenant's most verified keys in `[since_ms, until_ms)`.
+    pub async fn top_keys(
+        &self,
+        tenant: &TenantId,
+        unit: Unit,
+        since_ms: i64,
+        until_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<KeyTotal>, ProjectionError> {
+        self.db
+            .top_keys(tenant, unit, since_ms, until_ms, limit)
+            .await
+    }
+
+    /// Every usage bucket and the usage checkpoint, from one snapshot.
+    pub async fn usage_snapshot(&self) -> Result<(i64, Vec<UsageRow>), ProjectionError> {
+        self.db.usage_snapshot().await
+    }
+
+    /// Deletes the usage buckets the retention no longer keeps at `now_ms`.
+    pub async fn prune_usage(&self, now_ms: i64) -> Result<(), ProjectionError> {
+        self.db.prune_usage(&self.retention, now_ms).await
     }
 }

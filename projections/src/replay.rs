@@ -133,8 +133,9 @@ impl KeyListFold {
                         row.usage_count = row
                             .usage_count
                             .saturating_add(i64::try_from(u.count).unwrap_or(i64::MAX));
+                        // A flush of refusals or credits only is no use.
                         let used = ms(u.last_used_at);
-                        if row.last_used_at.is_none_or(|l| l < used) {
+                        if u.count > 0 && row.last_used_at.is_none_or(|l| l < used) {
                             row.last_used_at = Some(used);
                         }
                     }

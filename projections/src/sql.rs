@@ -22,6 +22,7 @@ use crate::index_load::IndexSource;
 use crate::key_list::{self, KeyPage, KeyRow, ListFilter, STATUS_ACTIVE, STATUS_INACTIVE};
 use crate::replay::{audit_entry, created_row};
 use crate::schema::{read_values, strings_json, Record, Table, Value};
+use crate::usage::{self, KeyTotal, Retention, Unit, UsageFold, UsageRow};
 use crate::verification::VerificationIndex;
 
 /// The projection tables in the database behind `pool`: the one place the
@@ -95,6 +96,7 @@ fn to_checkpoints(rows: &[(String, i64)]) -> Checkpoints {
         match name.as_str() {
             checkpoint::KEY_LIST => cps.key_list = *pos,
             checkpoint::AUDIT_LOG => cps.audit_log = *pos,
+            checkpoint::USAGE => cps.usage = *pos,
             _ => {}
         }
     }
@@ -139,10 +141,11 @@ where
         // same events, and SQLite never has to upgrade a stale read snapshot.
         let locked: Vec<(String, i64)> = sqlx::query_as(
             "UPDATE projection_checkpoints SET position = position \
-             WHERE name IN ($1, $2) RETURNING name, position",
+             WHERE name IN ($1, $2, $3) RETURNING name, position",
         )
         .bind(checkpoint::KEY_LIST)
         .bind(checkpoint::AUDIT_LOG)
+        .bind(checkpoint::USAGE)
         .fetch_all(&mut *tx)
         .await?;
         let current = to_checkpoints(&locked);
@@ -166,14 +169,24 @@ where
                OR ($4 = 'active' AND status = 'active' AND (expires_at IS NULL OR expires_at > $5)) \
                OR ($4 = 'inactive' AND status = 'inactive') \
                OR ($4 = 'expired' AND status = 'active' AND expires_at IS NOT NULL AND expires_at <= $5)) \
+             AND ($7 IS NULL OR COALESCE(last_used_at, created_at) < $7) \
+             AND ($8 = 0 OR last_used_at IS NULL) \
+             AND ($9 IS NULL OR (expires_at > $5 AND expires_at <= $9)) \
+             AND ($10 = 0 OR expires_at IS NULL) \
              ORDER BY created_position DESC LIMIT $6",
             |q| {
+                // The flags are bound as integers: a boolean parameter is
+                // typed differently by SQLite and PostgreSQL.
                 q.bind(tenant.to_string())
                     .bind(filter.before_position.unwrap_or(i64::MAX))
                     .bind(filter.environment.clone())
                     .bind(filter.status.map(|s| s.as_str().to_string()))
                     .bind(now.timestamp_millis())
                     .bind(limit + 1)
+                    .bind(filter.unused_since_ms)
+                    .bind(i64::from(filter.never_used))
+                    .bind(filter.expires_by_ms)
+                    .bind(i64::from(filter.no_expiry))
             },
         )
         .await?;
@@ -284,6 +297,95 @@ where
 
     async fn load_scratch_audit(&self, rows: &[AuditEntry]) -> Result<(), ProjectionError> {
         DB::load(&self.pool, Rebuilt::AuditLog.scratch(), rows).await
+    }
+
+    async fn load_scratch_usage(&self, rows: &[UsageRow]) -> Result<(), ProjectionError> {
+        DB::load(&self.pool, Rebuilt::Usage.scratch(), rows).await
+    }
+
+    async fn usage(
+        &self,
+        tenant: &TenantId,
+        subject: &str,
+        unit: Unit,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<UsageRow>, ProjectionError> {
+        Self::select(
+            &self.pool,
+            "WHERE tenant = $1 AND subject = $2 AND unit = $3 \
+             AND start_ms >= $4 AND start_ms < $5 ORDER BY start_ms",
+            |q| {
+                q.bind(tenant.to_string())
+                    .bind(subject.to_string())
+                    .bind(unit.as_str())
+                    .bind(since_ms)
+                    .bind(until_ms)
+            },
+        )
+        .await
+    }
+
+    async fn top_keys(
+        &self,
+        tenant: &TenantId,
+        unit: Unit,
+        since_ms: i64,
+        until_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<KeyTotal>, ProjectionError> {
+        let refused = usage::refused_sum();
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(&format!(
+            "SELECT subject, CAST(SUM(valid{refused}) AS BIGINT) AS total, \
+             CAST(SUM(valid) AS BIGINT) AS valid FROM usage_buckets \
+             WHERE tenant = $1 AND unit = $2 AND start_ms >= $3 AND start_ms < $4 \
+             AND subject <> $5 GROUP BY subject ORDER BY total DESC, subject LIMIT $6"
+        ))
+        .bind(tenant.to_string())
+        .bind(unit.as_str())
+        .bind(since_ms)
+        .bind(until_ms)
+        .bind(usage::TENANT_TOTAL)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(key_id, total, valid)| KeyTotal {
+                key_id,
+                total,
+                valid,
+            })
+            .collect())
+    }
+
+    async fn usage_snapshot(&self) -> Result<(i64, Vec<UsageRow>), ProjectionError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(sql) = DB::SNAPSHOT {
+            sqlx::query(sql).execute(&mut *tx).await?;
+        }
+        let cp: Option<(String, i64)> =
+            sqlx::query_as("SELECT name, position FROM projection_checkpoints WHERE name = $1")
+                .bind(checkpoint::USAGE)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let rows: Vec<UsageRow> = Self::select(&mut *tx, "", |q| q).await?;
+        tx.commit().await?;
+        Ok((cp.map_or(0, |(_, p)| p), rows))
+    }
+
+    async fn prune_usage(&self, retention: &Retention, now_ms: i64) -> Result<(), ProjectionError> {
+        for unit in Unit::ALL {
+            let Some(cut) = retention.cutoff(unit, now_ms) else {
+                continue;
+            };
+            sqlx::query("DELETE FROM usage_buckets WHERE unit = $1 AND start_ms < $2")
+                .bind(unit.as_str())
+                .bind(cut)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn swap_in(
@@ -497,18 +599,32 @@ where
             &replayed(&audit::TABLE),
         )
         .await?;
+        let mut buckets = UsageFold::default();
+        events
+            .iter()
+            .filter(|e| e.position > current.usage)
+            .for_each(|e| buckets.apply(e));
+        if !buckets.is_empty() {
+            // Retention is the pruner's business; here every bucket counts.
+            let rows = buckets.into_rows(&Retention::KEEP_ALL, 0);
+            Self::insert_rows(&mut **tx, usage::TABLE.name, &rows, &usage::upsert_tail()).await?;
+        }
         let next = Checkpoints {
             key_list: current.key_list.max(through),
             audit_log: current.audit_log.max(through),
+            usage: current.usage.max(through),
         };
         sqlx::query(
             "UPDATE projection_checkpoints SET position = \
-             CASE WHEN name = $1 THEN $2 ELSE $3 END WHERE name IN ($1, $4)",
+             CASE WHEN name = $1 THEN $2 WHEN name = $3 THEN $4 ELSE $5 END \
+             WHERE name IN ($1, $3, $6)",
         )
         .bind(checkpoint::KEY_LIST)
         .bind(next.key_list)
-        .bind(next.audit_log)
         .bind(checkpoint::AUDIT_LOG)
+        .bind(next.audit_log)
+        .bind(next.usage)
+        .bind(checkpoint::USAGE)
         .execute(&mut **tx)
         .await?;
         Ok(next)
@@ -600,7 +716,7 @@ where
                 if let KeyUsageEvent::KeyUsageRecorded(u) = usage {
                     sqlx::query(
                         "UPDATE key_list SET usage_count = usage_count + $1, \
-                         last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $2 \
+                         last_used_at = CASE WHEN $1 > 0 AND (last_used_at IS NULL OR last_used_at < $2) \
                          THEN $2 ELSE last_used_at END WHERE id = $3",
                     )
                     .bind(i64::try_from(u.count).unwrap_or(i64::MAX))

@@ -1,6 +1,7 @@
 //! The `keyledger` command line: serve, token, migrate, audit.
 
 mod audit;
+mod keys;
 mod projections;
 mod scan;
 mod serve;
@@ -61,6 +62,16 @@ pub struct StoreArgs {
         default_value = crate::config::DEFAULT_KURRENT_NAMESPACE
     )]
     kurrent_namespace: String,
+    /// How long usage buckets are kept, per size: `minute=2d,hour=90d,day=forever`
+    /// (any of the three; `forever` keeps them).
+    #[arg(
+        long,
+        global = true,
+        env = "KEYLEDGER_USAGE_RETENTION",
+        default_value = "minute=2d,hour=90d,day=forever",
+        value_parser = crate::config::parse_usage_retention
+    )]
+    usage_retention: keyledger_projections::usage::Retention,
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,6 +99,11 @@ enum Command {
     Migrate,
     /// Print the audit log.
     Audit(audit::AuditArgs),
+    /// Inspect a tenant's keys (read from the projections, no server needed).
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
     /// Rebuild, inspect or check the projections.
     Projections {
         #[command(subcommand)]
@@ -107,6 +123,7 @@ impl StoreArgs {
             self.database_url.as_deref(),
             &self.kurrent_namespace,
         )?;
+        config.usage_retention = self.usage_retention;
         config.jwt_secret = std::env::var("KEYLEDGER_JWT_SECRET")
             .ok()
             .filter(|s| !s.is_empty());
@@ -181,6 +198,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(args) => audit::run(args, config).await,
+        Command::Keys { command } => keys::run(command, config).await,
         Command::Projections { command } => projections::run(command, config).await,
         Command::Scan(args) => scan::run(args).await,
     }

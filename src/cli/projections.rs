@@ -56,7 +56,8 @@ impl Progress for Lines {
 
 pub async fn run(command: ProjectionsCommand, config: Config) -> Result<ExitCode, Error> {
     let store = crate::app::open_store(&config).await?;
-    let projections = Projections::unloaded(store.projection_db());
+    let projections =
+        Projections::unloaded(store.projection_db()).with_usage_retention(config.usage_retention);
     let code = match command {
         ProjectionsCommand::Rebuild { projection } => {
             let report = if std::io::stderr().is_terminal() {
@@ -93,18 +94,13 @@ pub async fn run(command: ProjectionsCommand, config: Config) -> Result<ExitCode
             let cps = projections.checkpoints().await?;
             println!("{:<14} {:>12} {:>10}", "PROJECTION", "CHECKPOINT", "LAG");
             println!("{:<14} {:>12} {:>10}", "feed head", head, "-");
-            println!(
-                "{:<14} {:>12} {:>10}",
-                "key_list",
-                cps.key_list,
-                head - cps.key_list
-            );
-            println!(
-                "{:<14} {:>12} {:>10}",
-                "audit_log",
-                cps.audit_log,
-                head - cps.audit_log
-            );
+            for (name, cp) in [
+                ("key_list", cps.key_list),
+                ("audit_log", cps.audit_log),
+                ("usage_buckets", cps.usage),
+            ] {
+                println!("{name:<14} {cp:>12} {:>10}", head - cp);
+            }
             println!(
                 "{:<14} {:>12} {:>10}",
                 "verification", "per node", "see /readyz"
@@ -114,7 +110,7 @@ pub async fn run(command: ProjectionsCommand, config: Config) -> Result<ExitCode
         ProjectionsCommand::Check => {
             let diffs = rebuild::check(&store, &projections).await?;
             if diffs.is_empty() {
-                println!("ok: key_list and audit_log match the events");
+                println!("ok: key_list, audit_log and usage_buckets match the events");
                 ExitCode::SUCCESS
             } else {
                 println!("DRIFT: {} difference(s)", diffs.len());

@@ -210,6 +210,108 @@ pub struct ListParams {
     /// `next_cursor` of the previous page.
     #[param(pattern = "^[1-9][0-9]{0,17}$")]
     pub cursor: Option<String>,
+    /// Only keys unused for longer than this, e.g. `30d`, `12h`, `90m` (at
+    /// most 100 years): last used before now minus it, or never used and
+    /// created before then.
+    #[param(min_length = 1, example = "30d")]
+    pub unused_for: Option<String>,
+    /// `true`: only keys never used. `false` (default): no filter.
+    pub never_used: Option<bool>,
+    /// Only keys that expire within this long from now, e.g. `14d` (at most
+    /// 100 years); keys already expired are not expiring.
+    #[param(min_length = 1, example = "14d")]
+    pub expires_within: Option<String>,
+    /// `true`: only keys without an expiry. `false` (default): no filter.
+    pub no_expiry: Option<bool>,
+}
+
+/// A key list as asked for, unchecked: the query of `GET /v1/keys` and the
+/// flags of `keyledger keys list` both come down to this, and
+/// [`ListQuery::filter`] is the one place that checks it.
+#[derive(Debug, Clone)]
+pub struct ListQuery<'a> {
+    /// `active`, `inactive` or `expired`.
+    pub status: Option<&'a str>,
+    /// `live` or `test`.
+    pub environment: Option<&'a str>,
+    /// A duration (`30d`): keys unused for longer than that.
+    pub unused_for: Option<&'a str>,
+    pub never_used: bool,
+    /// A duration (`14d`): keys that expire within that long.
+    pub expires_within: Option<&'a str>,
+    pub no_expiry: bool,
+    /// A `next_cursor` handed out before.
+    pub cursor: Option<&'a str>,
+    /// Keys per page, 1-100.
+    pub limit: u32,
+}
+
+/// Longest duration a list filter takes: 100 years (of 365.25 days, as
+/// `humantime` counts them, so `100y` is accepted).
+const MAX_FILTER_DURATION: std::time::Duration = std::time::Duration::from_secs(100 * 31_557_600);
+
+impl ListQuery<'_> {
+    /// The filter this asks for at `now`; a bad value is a validation error
+    /// naming it (as the query parameter is named).
+    pub fn filter(&self, now: DateTime<Utc>) -> Result<ListFilter, Error> {
+        let status = self
+            .status
+            .map(|s| {
+                KeyStatus::parse(s).ok_or_else(|| {
+                    Error::validation("status", "must be active, inactive or expired")
+                })
+            })
+            .transpose()?;
+        let env = environment(self.environment)?;
+        if !(1..=100).contains(&self.limit) {
+            return Err(Error::validation("limit", "must be between 1 and 100"));
+        }
+        let before_position = cursor(self.cursor)?;
+        let unused_since = self
+            .unused_for
+            .map(|d| {
+                filter_duration("unused_for", d).and_then(|d| {
+                    now.checked_sub_signed(d)
+                        .ok_or_else(|| Error::validation("unused_for", "reaches before year 0"))
+                })
+            })
+            .transpose()?;
+        let expires_by = self
+            .expires_within
+            .map(|d| {
+                filter_duration("expires_within", d).and_then(|d| {
+                    now.checked_add_signed(d).ok_or_else(|| {
+                        Error::validation(
+                            "expires_within",
+                            "reaches past the last representable time",
+                        )
+                    })
+                })
+            })
+            .transpose()?;
+        Ok(ListFilter {
+            status,
+            environment: env.map(|e| e.as_str().to_string()),
+            before_position,
+            unused_since_ms: unused_since.map(|t| t.timestamp_millis()),
+            never_used: self.never_used,
+            expires_by_ms: expires_by.map(|t| t.timestamp_millis()),
+            no_expiry: self.no_expiry,
+            limit: self.limit,
+        })
+    }
+}
+
+/// A filter's duration (`30d`, `12h`, `90m`, `1h 30m`), at most
+/// [`MAX_FILTER_DURATION`]. The message does not echo the value: it is the
+/// client's text, and could be anything.
+fn filter_duration(field: &str, value: &str) -> Result<chrono::Duration, Error> {
+    const SHAPE: &str = "must be a duration such as 30d, 12h or 90m, at most 100 years";
+    let parsed = humantime::parse_duration(value)
+        .ok()
+        .filter(|d| *d <= MAX_FILTER_DURATION)
+        .ok_or_else(|| Error::validation(field, SHAPE))?;
+    chrono::Duration::from_std(parsed).map_err(|_| Error::validation(field, SHAPE))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -466,25 +568,17 @@ pub async fn list(
     Management(actor): Management,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<KeyList>, Error> {
-    let status = params
-        .status
-        .as_deref()
-        .map(|s| {
-            KeyStatus::parse(s)
-                .ok_or_else(|| Error::validation("status", "must be active, inactive or expired"))
-        })
-        .transpose()?;
-    let env = environment(params.environment.as_deref())?;
-    let limit = params.limit.unwrap_or(50);
-    if !(1..=100).contains(&limit) {
-        return Err(Error::validation("limit", "must be between 1 and 100"));
+    let filter = ListQuery {
+        status: params.status.as_deref(),
+        environment: params.environment.as_deref(),
+        unused_for: params.unused_for.as_deref(),
+        never_used: params.never_used.unwrap_or(false),
+        expires_within: params.expires_within.as_deref(),
+        no_expiry: params.no_expiry.unwrap_or(false),
+        cursor: params.cursor.as_deref(),
+        limit: params.limit.unwrap_or(50),
     }
-    let filter = ListFilter {
-        status,
-        environment: env.map(|e| e.as_str().to_string()),
-        before_position: cursor(params.cursor.as_deref())?,
-        limit,
-    };
+    .filter(state.service.clock().now())?;
     let page = state.service.list(&actor, &filter).await?;
     let now = state.service.clock().now();
     Ok(Json(KeyList {

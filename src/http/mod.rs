@@ -19,6 +19,7 @@ pub mod proxy_auth;
 pub mod router;
 pub mod serve;
 pub mod state;
+pub mod usage;
 pub mod usage_limits;
 pub mod verify;
 pub mod webhook_messages;

@@ -6,7 +6,8 @@ use utoipa::openapi::Required;
 use utoipa::{Modify, OpenApi};
 
 use crate::http::{
-    audit, error, health, keys, leaks, metrics, policy, proxy_auth, usage_limits, verify, webhooks,
+    audit, error, health, keys, leaks, metrics, policy, proxy_auth, usage, usage_limits, verify,
+    webhooks,
 };
 
 #[derive(OpenApi)]
@@ -18,11 +19,12 @@ use crate::http::{
         verify::verify, proxy_auth::auth, audit::list, audit::key_events,
         webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete,
         webhooks::rotate_secret, webhooks::deliveries, webhooks::retry, leaks::report, leaks::partner, policy::get, policy::set,
+        usage::key_usage, usage::tenant_usage,
         health::live, health::ready, metrics::render, document
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     modifiers(&BearerAuth, &OptionalBodies),
-    tags((name = "keys"), (name = "verification"), (name = "audit"), (name = "webhooks"), (name = "leaks"), (name = "policy"), (name = "health"))
+    tags((name = "keys"), (name = "verification"), (name = "audit"), (name = "webhooks"), (name = "leaks"), (name = "policy"), (name = "usage"), (name = "health"))
 )]
 pub struct ApiDoc;
 

@@ -13,7 +13,7 @@ use tower_http::request_id::{
 use crate::error::Error;
 use crate::http::{
     audit, console, health, keys, leaks, metrics, openapi, policy, proxy_auth, state::AppState,
-    usage_limits, verify, webhooks,
+    usage, usage_limits, verify, webhooks,
 };
 
 /// The whole HTTP service: request ids around the router.
@@ -51,6 +51,8 @@ fn router(state: AppState) -> Router {
             put(usage_limits::set_owner_limits),
         )
         .route("/v1/keys/{id}/events", get(audit::key_events))
+        .route("/v1/keys/{id}/usage", get(usage::key_usage))
+        .route("/v1/usage", get(usage::tenant_usage))
         .route("/v1/policy", get(policy::get).put(policy::set))
         .route("/v1/leaks/report", post(leaks::report))
         .route("/v1/leaks/{reporter}", post(leaks::partner))

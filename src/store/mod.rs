@@ -456,6 +456,8 @@ pub struct UsageFlush {
     pub key_id: KeyId,
     pub tenant: String,
     pub count: u64,
+    /// Refused verifications, by outcome.
+    pub refused: keyledger_domain::Outcomes,
     pub last_used_at: chrono::DateTime<chrono::Utc>,
     pub spent: u64,
     pub settled: Option<keyledger_domain::Settlement>,
@@ -470,6 +472,7 @@ impl UsageFlush {
         Ok(KeyUsage::flush(
             self.tenant.clone(),
             self.count,
+            self.refused,
             self.last_used_at,
             self.spent,
             self.settled.clone(),

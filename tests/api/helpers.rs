@@ -288,6 +288,21 @@ pub async fn reply(response: reqwest::Response) -> Reply {
 }
 
 impl TestApp {
+    /// The event store and the projections as the offline tools (`projections
+    /// check`, `rebuild`) open them, beside the running server.
+    pub async fn open_tools(
+        &self,
+    ) -> (
+        keyledger::store::EventStore,
+        keyledger_projections::Projections,
+    ) {
+        let store = keyledger::app::open_store(&self.store.config())
+            .await
+            .expect("open store");
+        let projections = keyledger_projections::Projections::unloaded(store.projection_db());
+        (store, projections)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

@@ -120,10 +120,7 @@ async fn a_reported_key_is_recorded_once_and_deactivated_whatever_its_tenant(bac
     let view = app.get(&format!("/v1/keys/{id}")).await;
     assert_eq!(view.body["leaked_at"], leaked_at, "{}", view.text);
     // The live key list and a fold of the events agree on the mark.
-    let store = keyledger::app::open_store(&app.store.config())
-        .await
-        .expect("open store");
-    let projections = keyledger_projections::Projections::unloaded(store.projection_db());
+    let (store, projections) = app.open_tools().await;
     assert_eq!(
         keyledger::rebuild::check(&store, &projections)
             .await

@@ -4,9 +4,8 @@
 //! every reader of the log (the tailer, every command, `serve` itself) failed
 //! on it for good, so other tenants' revocations stopped working.
 
-use keyledger::store::EventStore;
 use keyledger_domain::{Environment, KeyPrefix, RawKey};
-use keyledger_projections::{Projections, SqlPool};
+use keyledger_projections::SqlPool;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -46,17 +45,9 @@ async fn ready(app: &TestApp) -> (StatusCode, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-async fn open_tool(app: &TestApp) -> (EventStore, Projections) {
-    let store = keyledger::app::open_store(&app.store.config())
-        .await
-        .expect("open store");
-    let projections = Projections::unloaded(store.projection_db());
-    (store, projections)
-}
-
 /// Integrity tools read every event: they must agree nothing drifted.
 async fn assert_tools_agree(app: &TestApp) {
-    let (store, projections) = open_tool(app).await;
+    let (store, projections) = app.open_tools().await;
     let diffs = keyledger::rebuild::check(&store, &projections)
         .await
         .expect("projections check");

@@ -19,14 +19,6 @@ backend_tests!(
     verification_keeps_answering_through_a_rebuild_and_after_the_swap,
 );
 
-async fn open_tool(app: &TestApp) -> (keyledger::store::EventStore, Projections) {
-    let store = keyledger::app::open_store(&app.store.config())
-        .await
-        .expect("open store");
-    let projections = Projections::unloaded(store.projection_db());
-    (store, projections)
-}
-
 /// Corrupts one key-list row directly in the database.
 async fn corrupt(app: &TestApp, id: &str) {
     let sql = "UPDATE key_list SET name = 'corrupted', usage_count = 999 WHERE id = $1";
@@ -123,7 +115,7 @@ async fn check_catches_a_corrupted_row_and_rebuild_repairs_it(backend: Backend) 
         .post(&format!("/v1/keys/{other}/deactivate"), json!({}))
         .await;
     assert_eq!(r.status, StatusCode::OK);
-    let (store, projections) = open_tool(&app).await;
+    let (store, projections) = app.open_tools().await;
     assert_eq!(
         check(&store, &projections).await.expect("check"),
         Vec::<String>::new()
@@ -190,7 +182,7 @@ async fn verification_keeps_answering_through_a_rebuild_and_after_the_swap(backe
             }
         })
     };
-    let (store, projections) = open_tool(&app).await;
+    let (store, projections) = app.open_tools().await;
     for _ in 0..3 {
         rebuild(&store, &projections, Which::All, &|_, _| {})
             .await

@@ -6,7 +6,7 @@
 
 use keyledger::rebuild::{rebuild, Which};
 use keyledger_projections::schema::{Column, SqlType, Table};
-use keyledger_projections::{audit, key_list, Projections, SqlPool};
+use keyledger_projections::{audit, key_list, usage, Projections, SqlPool};
 
 use crate::helpers::{Backend, TestStore};
 
@@ -27,7 +27,8 @@ fn wanted<const N: usize>(table: &Table<N>) -> Vec<Described> {
             name: c.name.to_string(),
             ty: c.ty,
             nullable: c.nullable,
-            primary_key: c.name == table.primary_key,
+            // A composite key is `a, b, c`.
+            primary_key: table.primary_key.split(", ").any(|k| k == c.name),
         })
         .collect()
 }
@@ -99,6 +100,11 @@ async fn check(pool: &SqlPool, when: &str) {
         described(pool, audit::TABLE.name).await,
         wanted(&audit::TABLE),
         "audit_log {when}"
+    );
+    assert_eq!(
+        described(pool, usage::TABLE.name).await,
+        wanted(&usage::TABLE),
+        "usage_buckets {when}"
     );
 }
 

@@ -25,6 +25,7 @@
 mod id_table;
 mod key_id;
 pub mod limits;
+mod refusals;
 mod slots;
 mod tokens;
 
@@ -38,6 +39,7 @@ use compact_str::CompactString;
 use keyledger_domain::key::{display_body_of_key, display_body_of_prefix};
 use keyledger_domain::{
     ApiKeyEvent, Environment, KeyHash, Ledger, OwnerEvent, ParsedKey, Permissions, RateLimit,
+    Refusal,
 };
 use serde::Serialize;
 
@@ -45,6 +47,8 @@ use crate::event::{KeyledgerEvent, RecordedEvent};
 use id_table::IdTable;
 pub use key_id::{KeyId, KeyIdText};
 use limits::{Checked, LimitReport, LimitedKey, Need, Owners, TokenSlot};
+pub use refusals::DrainedRefusals;
+use refusals::RefusalCounts;
 use slots::{
     home_of, Slot, SlotData, SlotTable, ACTIVE, DELETED, EXPIRES, LIMITED, LIVE, LONG_NAME,
     TEST_ENV, TEXT_ID,
@@ -209,6 +213,20 @@ pub enum VerificationCode {
 }
 
 impl VerificationCode {
+    /// The refusal a known key's answer counts as (`None` for `VALID` and
+    /// for `NOT_FOUND`, which names no key).
+    pub fn refusal(self) -> Option<Refusal> {
+        match self {
+            Self::Valid | Self::NotFound => None,
+            Self::Disabled => Some(Refusal::Disabled),
+            Self::Expired => Some(Refusal::Expired),
+            Self::WrongEnvironment => Some(Refusal::WrongEnvironment),
+            Self::InsufficientPermissions => Some(Refusal::InsufficientPermissions),
+            Self::RateLimited => Some(Refusal::RateLimited),
+            Self::UsageExceeded => Some(Refusal::UsageExceeded),
+        }
+    }
+
     /// The code as the API spells it (`VALID`, `NOT_FOUND`, …).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -540,6 +558,8 @@ pub struct VerificationIndex {
     owners: Owners,
     /// Reservations checks foresaw, for the server to make in the background.
     ahead: limits::AheadQueue,
+    /// Refused verifications of known keys, by outcome, until flushed.
+    refusals: RefusalCounts,
 }
 
 impl Default for VerificationIndex {
@@ -570,6 +590,7 @@ impl VerificationIndex {
             orphaned_credits: Mutex::default(),
             owners: Owners::default(),
             ahead: limits::AheadQueue::default(),
+            refusals: RefusalCounts::default(),
         }
     }
 
@@ -907,7 +928,8 @@ impl VerificationIndex {
 
     /// Answers a verification and hands the answer to `answer`. A malformed
     /// key or one failing its checksum is `NOT_FOUND` without any lookup.
-    /// Counts a use when the answer is `VALID`.
+    /// Counts a use when the answer is `VALID`, and a refusal by its outcome
+    /// when the key exists but is refused.
     /// A key with usage limits that needs a share of a window or a block of
     /// credits first answers `Err(Need)`: the caller reserves it and asks
     /// again (nothing was counted).
@@ -988,6 +1010,11 @@ impl VerificationIndex {
         } else {
             self.count_use(&maps, i, &data, now)
         };
+        if let Some(refusal) = code.refusal() {
+            let mut buf = KeyIdText::default();
+            self.refusals
+                .count(key.key_id(&mut buf), key.tenant(), refusal, now_ms);
+        }
         let limits = from_tokens
             .or(report.as_ref().map(AnswerLimitsOf::Decided))
             .map(AnswerLimits);
@@ -1170,6 +1197,16 @@ impl VerificationIndex {
             }
         }
         drained
+    }
+
+    /// Takes every refusal counted since the last drain out of the counters.
+    pub fn drain_refusals(&self) -> Vec<DrainedRefusals> {
+        self.refusals.drain()
+    }
+
+    /// Puts back refusals whose flush failed.
+    pub fn restore_refusals(&self, refusals: &DrainedRefusals) {
+        self.refusals.restore(refusals);
     }
 
     /// Puts back uses whose flush failed, so they go out with the next one.
