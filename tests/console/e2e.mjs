@@ -12,7 +12,7 @@
 // of each screen go to KEYLEDGER_SCREENSHOTS (default: docs/screenshots).
 
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -25,6 +25,9 @@ const OTHER_TOKEN = process.env.KEYLEDGER_OTHER_TOKEN ?? '';
 const CHROMIUM = process.env.KEYLEDGER_CHROMIUM ?? '/usr/bin/chromium';
 const SHOTS = process.env.KEYLEDGER_SCREENSHOTS ?? path.resolve(here, '../../docs/screenshots');
 assert.ok(BASE && TOKEN && OTHER_TOKEN, 'set KEYLEDGER_URL, KEYLEDGER_TOKEN and KEYLEDGER_OTHER_TOKEN');
+
+// axe-core (pinned in package.json) checks each screen for accessibility problems.
+const AXE_SOURCE = await readFile(path.join(here, 'node_modules/axe-core/axe.min.js'), 'utf8');
 
 const KEY_PATTERN = /^kl_(live|test)_[0-9A-Za-z]{46}$/;
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -180,6 +183,32 @@ const noHorizontalScroll = async (what) => {
   assert.fail(`${what}: the page is ${seen.scroll}px wide in a ${seen.width}px window`);
 };
 
+/**
+ * Runs axe-core on the screen as it is now (open dialogs and menus included) and
+ * records every violation of impact `serious` or `critical`; the run fails at
+ * its end if there is any. The console's Content-Security-Policy forbids inline
+ * scripts, so axe is not added as a <script>: `evaluate` runs it through
+ * DevTools, which the policy does not govern.
+ */
+const a11yFindings = [];
+const a11yScreens = [];
+async function a11y(screen, on = page) {
+  // The last action's notice fades out; a half-faded toast is not a screen state.
+  await on.evaluate(() => document.querySelector('#toast')?.classList.remove('visible'));
+  await on.waitForFunction(() => getComputedStyle(document.querySelector('#toast')).opacity === '0');
+  if (!(await on.evaluate(() => typeof window.axe === 'object'))) await on.evaluate(`${AXE_SOURCE}\n;void 0`);
+  const { violations } = await on.evaluate(() => window.axe.run(document, { resultTypes: ['violations'] }));
+  a11yScreens.push(screen);
+  for (const v of violations) {
+    const serious = v.impact === 'serious' || v.impact === 'critical';
+    const where = v.nodes.slice(0, 5).map((n) => `    ${n.target.join(' ')}: ${n.failureSummary?.replace(/\s+/g, ' ')}`).join('\n');
+    const text = `${screen}: ${v.impact} ${v.id} (${v.help}), ${v.nodes.length} element(s)\n${where}`;
+    if (serious) a11yFindings.push(text);
+    console.log(`e2e: axe ${serious ? 'VIOLATION' : 'note'}: ${text}`);
+  }
+  step(`axe: ${screen}: ${violations.length ? violations.map((v) => `${v.id} (${v.impact})`).join(', ') : 'no violation'}`);
+}
+
 const switchDialog = page.locator('#switch-dialog');
 const storedToken = () => page.evaluate(() => sessionStorage.getItem('keyledger.token'));
 /** Waits for the question of a `#token=` link; checks what it names and where focus is. */
@@ -196,6 +225,7 @@ try {
   step('a sign-in link asks first, also when no one is signed in');
   await page.goto(`${BASE}/#token=${TOKEN}`);
   await linkQuestion(/Sign in with the token of this link\?/, /acme/, /alice/, /You are not signed in/);
+  await a11y('the question of a sign-in link');
   assert.equal(page.url(), `${BASE}/`, 'the fragment with the token is gone from the address at once');
   assert.equal(await storedToken(), null, 'nothing is signed in before the answer');
   await switchDialog.getByRole('button', { name: 'Cancel' }).click();
@@ -203,6 +233,7 @@ try {
   assert.equal(await storedToken(), null, 'Cancel keeps the tab signed out');
   await page.getByLabel('Management token', { exact: true }).waitFor();
   assert.equal(page.url(), `${BASE}/`);
+  await a11y('sign-in');
 
   step('opening the console with the token in the fragment, and saying yes');
   await page.goto(`${BASE}/#token=${TOKEN}`);
@@ -234,7 +265,11 @@ try {
   assert.deepEqual(marked, [leaked.id]);
   assert.equal(await keyRow(leaked.id).locator('.badge-leaked').textContent(), 'leaked');
   assert.equal(await statusOf(leaked.id), 'active', 'reactivated, and still marked');
+  await page.waitForFunction((n) => document.querySelectorAll('tbody tr[data-key-id] svg.sparkline').length === n, listed.length);
+  const keyTable = await page.locator('main .table-wrap').evaluate((w) => ({ content: w.scrollWidth, box: w.clientWidth }));
+  assert.ok(keyTable.content <= keyTable.box, `the key list fits its box at 1280 px (${keyTable.content} in ${keyTable.box})`);
   await shot('keys.png');
+  await a11y('key list');
 
   step('filters: status and environment, the same answer as the API');
   await page.getByLabel('Status').selectOption('inactive');
@@ -275,6 +310,7 @@ try {
   assert.match(errorText, /permissions/);
   assert.match(errorText, /validation_failed, HTTP 422/);
   assert.equal(await page.getByLabel('Permissions (optional)').getAttribute('aria-invalid'), 'true');
+  await a11y('create dialog, with an error');
   assert.equal((await api('GET', '/v1/keys')).body.keys.length, listed.length, 'nothing was created');
 
   step('create: the raw key is shown once');
@@ -287,6 +323,7 @@ try {
   assert.match(raw, KEY_PATTERN);
   assert.ok(raw.startsWith('kl_test_'), 'a test key');
   await shot('create-key.png');
+  await a11y('the raw key, shown once');
 
   step('copy puts the raw key on the clipboard');
   await secretDialog.getByRole('button', { name: 'Copy' }).click();
@@ -317,6 +354,7 @@ try {
   const confirmDialog = page.locator('#confirm-dialog');
   await confirmDialog.waitFor({ state: 'visible' });
   assert.match(await confirmDialog.locator('h2').innerText(), /Deactivate “console-e2e”\?/);
+  await a11y('confirmation dialog');
   await page.getByLabel('Reason').fill('checked by the browser test');
   await confirmDialog.getByRole('button', { name: 'Deactivate' }).click();
   await confirmDialog.waitFor({ state: 'hidden' });
@@ -330,6 +368,7 @@ try {
   await page.getByRole('menuitem', { name: 'Reactivate' }).waitFor();
   // The popover's toggle event, which moves focus, comes a task after the menu shows.
   await focusLands('the first menu item', () => document.activeElement?.textContent === 'Reactivate');
+  await a11y('actions menu');
   await page.keyboard.press('Enter');
   await confirmDialog.waitFor({ state: 'visible' });
   await page.keyboard.press('Enter');
@@ -357,6 +396,7 @@ try {
   assert.deepEqual(lifecycle, ['KeyCreated', 'KeyDeactivated', 'KeyReactivated']);
   assert.match(await main.innerText(), /Deactivated: “checked by the browser test”/);
   await shot('key-detail.png', { fullPage: true });
+  await a11y('key page');
   assert.equal(await factValue('Rate limits').innerText(), 'none');
   assert.equal(await factValue('Credits remaining').innerText(), 'no limit');
   assert.equal(await main.locator('#credits-form').count(), 0, 'no balance to change on a key without credits');
@@ -374,6 +414,7 @@ try {
   assert.match(await main.locator('tr', { hasText: 'KeyLeakReported' }).innerText(),
     /Reported leaked by public at https:\/\/gist\.example\/1/);
   await shot('key-leaked.png');
+  await a11y('leaked key page');
 
   step('create a key with an owner, a rate limit and credits through the console');
   await page.getByRole('link', { name: 'Keys', exact: true }).click();
@@ -485,11 +526,13 @@ try {
   assert.equal(await factValue('Credits remaining').innerText(), '1,200');
   assert.match(await main.innerText(), /Changed rate limits to requests: 20 per 1 min, daily: 10,000 per 1 d/);
   await shot('key-usage-limits.png', { fullPage: true });
+  await a11y('key page with usage limits');
 
   step('remove a rate limit, by keyboard');
   await editButton.click();
   await limitsDialog.waitFor({ state: 'visible' });
   await limitsDialog.getByRole('button', { name: 'Remove rate limit 2' }).focus();
+  await a11y('usage limits dialog');
   await page.keyboard.press('Enter');
   await focusLands('the remaining rate limit', () => document.activeElement?.labels?.[0]?.textContent === 'Rate limit 1: Name');
   assert.equal(await limitsDialog.locator('.ratelimit-row').count(), 1);
@@ -549,6 +592,7 @@ try {
   const all = (await api('GET', '/v1/audit?order=desc&limit=100')).body.events;
   assert.deepEqual(await main.locator('.event-type').allInnerTexts(), all.map((e) => e.type), 'newest first');
   await shot('audit-log.png');
+  await a11y('audit log');
   await page.getByLabel('Key ID').fill(id);
   await page.getByRole('button', { name: 'Apply filters' }).click();
   await page.waitForFunction(() => location.hash.includes('key_id='));
@@ -572,6 +616,327 @@ try {
   await page.getByLabel('Actor').fill('nobody');
   await page.getByRole('button', { name: 'Apply filters' }).click();
   await main.getByText('No event matches these filters.').waitFor();
+  await a11y('audit log, filtered');
+
+  step('edit a key: the dialog opens by keyboard, Escape closes it, focus returns to Edit');
+  const editable = await createViaApi({
+    name: 'edit-me', description: 'Before the edit', permissions: ['orders:read'], metadata: { team: 'ops' },
+    expires_at: new Date(Date.now() + 30 * 86_400_000).toISOString(),
+  });
+  await page.goto(`${BASE}/#/keys/${editable.id}`);
+  await ready('key');
+  const editOpen = main.getByRole('button', { name: 'Edit', exact: true });
+  const editDialog = page.locator('#edit-dialog');
+  const keyField = (label) => editDialog.getByLabel(label, { exact: label === 'Name' });
+  await editOpen.focus();
+  await page.keyboard.press('Enter');
+  await editDialog.waitFor({ state: 'visible' });
+  await focusLands('the name field', () => document.activeElement?.id === 'edit-name');
+  assert.equal(await keyField('Name').inputValue(), 'edit-me');
+  assert.equal(await keyField('Description').inputValue(), 'Before the edit');
+  assert.equal(await keyField('Permissions').inputValue(), 'orders:read');
+  // The browser runs in UTC: its local time is the API's.
+  assert.equal(await keyField('Expires').inputValue(), editable.expires_at.slice(0, 16));
+  assert.deepEqual(JSON.parse(await keyField('Metadata').inputValue()), { team: 'ops' });
+  await page.keyboard.press('Escape');
+  await editDialog.waitFor({ state: 'hidden' });
+  await focusLands('the Edit button', () => document.activeElement?.id === 'edit-key');
+
+  step('edit: an API error is shown in words in the dialog, and nothing changes');
+  const eventsOf = async (keyId) => (await api('GET', `/v1/keys/${keyId}/events`)).body.events;
+  const editEventsBefore = (await eventsOf(editable.id)).length;
+  await editOpen.click();
+  await keyField('Name').fill('n'.repeat(101));
+  await editDialog.getByRole('button', { name: 'Save changes' }).click();
+  const editError = page.locator('#edit-error');
+  await editError.waitFor({ state: 'visible' });
+  const editErrorText = await editError.innerText();
+  assert.match(editErrorText, /did not accept/);
+  assert.match(editErrorText, /name/);
+  assert.match(editErrorText, /at most 100 characters/);
+  assert.match(editErrorText, /validation_failed, HTTP 422/);
+  assert.equal(await keyField('Name').getAttribute('aria-invalid'), 'true', "the server's error points at the field");
+  await focusLands('the name field', () => document.activeElement?.id === 'edit-name');
+  await keyField('Name').fill('edited-e2e');
+  await keyField('Metadata').fill('{"team": ');
+  await editDialog.getByRole('button', { name: 'Save changes' }).click();
+  await editError.filter({ hasText: 'metadata: not JSON' }).waitFor();
+  assert.equal(await keyField('Metadata').getAttribute('aria-invalid'), 'true');
+  assert.equal(await keyField('Name').getAttribute('aria-invalid'), null);
+  assert.match(await editError.innerText(), /cannot be sent as it is/, 'the console\'s own check, not the server\'s');
+  assert.equal((await getKey(editable.id)).body.name, 'edit-me', 'nothing was changed');
+  assert.equal((await eventsOf(editable.id)).length, editEventsBefore, 'and nothing recorded');
+  await editDialog.getByRole('button', { name: 'Cancel' }).click();
+  await editDialog.waitFor({ state: 'hidden' });
+  assert.equal((await eventsOf(editable.id)).length, editEventsBefore, 'Cancel sends nothing');
+
+  step('edit every field (PATCH): the page and GET /v1/keys/{id} agree');
+  await editOpen.click();
+  await editDialog.waitFor({ state: 'visible' });
+  assert.equal(await keyField('Name').inputValue(), 'edit-me', 'a cancelled edit is forgotten');
+  assert.equal(await page.locator('#edit-error').isVisible(), false);
+  const newExpiry = new Date(Date.now() + 10 * 86_400_000);
+  newExpiry.setUTCSeconds(0, 0);
+  await keyField('Name').fill('edited-e2e');
+  await keyField('Description').fill('After the edit');
+  await keyField('Permissions').fill('orders:read, orders:write');
+  await keyField('Expires').fill(newExpiry.toISOString().slice(0, 16));
+  await keyField('Metadata').fill('{"team": "platform", "tier": 2}');
+  await a11y('edit dialog');
+  await shot('key-edit.png');
+  await editDialog.getByRole('button', { name: 'Save changes' }).click();
+  await editDialog.waitFor({ state: 'hidden' });
+  await page.locator('main h1', { hasText: 'edited-e2e' }).waitFor();
+  await focusLands('the Edit button', () => document.activeElement?.id === 'edit-key');
+  const afterEdit = (await getKey(editable.id)).body;
+  assert.equal(afterEdit.name, 'edited-e2e');
+  assert.equal(afterEdit.description, 'After the edit');
+  assert.deepEqual(afterEdit.permissions, ['orders:read', 'orders:write']);
+  assert.equal(Date.parse(afterEdit.expires_at), newExpiry.getTime());
+  assert.deepEqual(afterEdit.metadata, { team: 'platform', tier: 2 });
+  assert.equal(await main.locator('.description').innerText(), afterEdit.description);
+  assert.deepEqual(await factValue('Permissions').locator('li').allInnerTexts(), afterEdit.permissions);
+  assert.equal(Date.parse(await factValue('Expires').locator('time').getAttribute('datetime')), newExpiry.getTime());
+  assert.deepEqual(JSON.parse(await factValue('Metadata').innerText()), afterEdit.metadata);
+  assert.deepEqual(await main.locator('.event-type').allInnerTexts(), (await eventsOf(editable.id)).map((e) => e.type),
+    'the history shows the edit as the API records it');
+
+  step('edit: emptied fields clear the description, the expiry and the metadata (null)');
+  await editOpen.click();
+  await editDialog.waitFor({ state: 'visible' });
+  await keyField('Description').fill('');
+  await editDialog.getByRole('button', { name: 'No expiry' }).click();
+  assert.equal(await keyField('Expires').inputValue(), '');
+  await focusLands('the expiry field', () => document.activeElement?.id === 'edit-expires');
+  await keyField('Metadata').fill('');
+  await editDialog.getByRole('button', { name: 'Save changes' }).click();
+  await editDialog.waitFor({ state: 'hidden' });
+  await factValue('Expires').filter({ hasText: 'never' }).waitFor();
+  const cleared = (await getKey(editable.id)).body;
+  assert.equal(cleared.description, null);
+  assert.equal(cleared.expires_at, null);
+  assert.equal(cleared.metadata, null);
+  assert.equal(cleared.name, 'edited-e2e', 'what was not touched stays');
+  assert.deepEqual(cleared.permissions, ['orders:read', 'orders:write']);
+  assert.equal(await main.locator('.description').count(), 0);
+  assert.equal(await factValue('Metadata').count(), 0);
+  await editOpen.click();
+  await editDialog.getByRole('button', { name: 'Save changes' }).click();
+  await editDialog.waitFor({ state: 'hidden' });
+  await page.locator('#toast', { hasText: 'Nothing was changed.' }).waitFor();
+  assert.deepEqual(await main.locator('.event-type').allInnerTexts(), (await eventsOf(editable.id)).map((e) => e.type),
+    'saving without a change records nothing');
+
+  step('hygiene: four lists, each what GET /v1/keys answers for its filters');
+  const soon = await createViaApi({ name: 'expiring-soon', expires_at: new Date(Date.now() + 3 * 86_400_000).toISOString() });
+  const unused = await createViaApi({ name: 'never-used-e2e', description: 'Made to be deleted from the hygiene page' });
+  /** Every id of a filtered key list, following its cursors. */
+  const listIds = async (query) => {
+    const ids = [];
+    let cursor = null;
+    do {
+      const r = await api('GET', `/v1/keys?limit=100&${query}${cursor ? `&cursor=${cursor}` : ''}`);
+      assert.equal(r.status, 200, `GET /v1/keys?${query}: ${JSON.stringify(r.body)}`);
+      ids.push(...r.body.keys.map((k) => k.id));
+      cursor = r.body.next_cursor;
+    } while (cursor);
+    return ids;
+  };
+  const hygieneList = (section) => main.locator(`section[data-section="${section}"]`);
+  const hygieneIds = (section) => hygieneList(section).locator('tbody tr[data-key-id]')
+    .evaluateAll((rows) => rows.map((r) => r.dataset.keyId));
+  const hygieneQueries = {
+    idle: 'status=active&unused_for=30d',
+    'never-used': 'status=active&never_used=true',
+    expiring: 'status=active&expires_within=14d',
+    'no-expiry': 'status=active&no_expiry=true',
+  };
+  const checkHygiene = async () => {
+    const found = {};
+    for (const [section, query] of Object.entries(hygieneQueries)) {
+      found[section] = await listIds(query);
+      assert.deepEqual(await hygieneIds(section), found[section], `${section}: the page lists what GET /v1/keys?${query} answers`);
+      assert.equal((await hygieneList(section).locator('h2 .count-badge').textContent()).replace(/\D/g, ''), String(found[section].length));
+    }
+    return found;
+  };
+  await page.getByRole('link', { name: 'Hygiene', exact: true }).click();
+  await ready('hygiene');
+  const found = await checkHygiene();
+  // Every key here is minutes old: none idle for 30 days.
+  assert.deepEqual(found.idle, []);
+  assert.equal(await hygieneList('idle').locator('p.empty').innerText(), 'No idle key.');
+  assert.ok(found['never-used'].includes(unused.id) && found['never-used'].includes(soon.id));
+  assert.ok(!found['never-used'].includes(billing.id), 'billing-service was used');
+  assert.ok(found.expiring.includes(soon.id) && !found.expiring.includes(billing.id));
+  assert.ok(found['no-expiry'].includes(billing.id) && found['no-expiry'].includes(ci.id) && !found['no-expiry'].includes(soon.id));
+  assert.ok(!found['no-expiry'].includes(legacy.id), 'inactive keys are not listed');
+  const soonRow = hygieneList('expiring').locator(`tr[data-key-id="${soon.id}"]`);
+  assert.equal(Date.parse(await soonRow.locator('[data-label="Expires"] time').getAttribute('datetime')), Date.parse(soon.expires_at));
+  assert.equal((await hygieneList('never-used').locator(`tr[data-key-id="${unused.id}"] [data-label="Last used"]`).innerText()).trim(), 'never');
+  assert.equal(await soonRow.getByRole('button', { name: 'Rotate expiring-soon' }).count(), 1, 'an expiring key offers a rotation');
+  await page.getByLabel('Not used for').selectOption('60');
+  await page.waitForFunction(() => location.hash === '#/hygiene?idle=60');
+  await hygieneList('idle').getByText('not used for 60 days').waitFor();
+  assert.deepEqual(await hygieneIds('idle'), await listIds('status=active&unused_for=60d'));
+
+  step('hygiene: set an expiry on a key without one, through the edit dialog');
+  const ciRow = hygieneList('no-expiry').locator(`tr[data-key-id="${ci.id}"]`);
+  await ciRow.getByRole('button', { name: 'Set an expiry for ci-runner' }).click();
+  await editDialog.waitFor({ state: 'visible' });
+  await focusLands('the expiry field', () => document.activeElement?.id === 'edit-expires');
+  const ciExpiry = new Date(Date.now() + 60 * 86_400_000);
+  ciExpiry.setUTCSeconds(0, 0);
+  await keyField('Expires').fill(ciExpiry.toISOString().slice(0, 16));
+  await editDialog.getByRole('button', { name: 'Save changes' }).click();
+  await editDialog.waitFor({ state: 'hidden' });
+  await ciRow.waitFor({ state: 'detached' });
+  assert.equal(Date.parse((await getKey(ci.id)).body.expires_at), ciExpiry.getTime());
+  await focusLands('the list heading', () => document.activeElement?.id === 'hygiene-no-expiry-title');
+  await checkHygiene();
+
+  step('hygiene: delete a key never used, after the usual confirmation');
+  const unusedRow = hygieneList('never-used').locator(`tr[data-key-id="${unused.id}"]`);
+  await unusedRow.getByRole('button', { name: 'Delete never-used-e2e' }).click();
+  await confirmDialog.waitFor({ state: 'visible' });
+  assert.match(await confirmDialog.innerText(), /cannot be undone/);
+  await confirmDialog.getByRole('button', { name: 'Delete key' }).click();
+  await confirmDialog.waitFor({ state: 'hidden' });
+  await unusedRow.waitFor({ state: 'detached' });
+  assert.equal((await getKey(unused.id)).status, 404);
+  await checkHygiene();
+  await a11y('hygiene');
+  await shot('hygiene.png', { fullPage: true });
+
+  step('usage: a key verified with several outcomes; the chart\'s table matches the API for each range');
+  const OUTCOME_IDS = ['valid', 'disabled', 'expired', 'wrong_environment', 'insufficient_permissions',
+    'rate_limited', 'usage_exceeded', 'ip_not_allowed'];
+  const sums = (buckets) => Object.fromEntries(['total', ...OUTCOME_IDS]
+    .map((o) => [o, buckets.reduce((n, b) => n + (b[o] ?? 0), 0)]));
+  const used = await createViaApi({ name: 'usage-e2e', permissions: ['orders:read'] });
+  const verifyWith = async (body) => (await api('POST', '/v1/keys/verify', body, { auth: false })).body.code;
+  for (let i = 0; i < 3; i++) assert.equal(await verifyCode(used.key), 'VALID');
+  assert.equal(await verifyWith({ key: used.key, environment: 'test' }), 'WRONG_ENVIRONMENT');
+  assert.equal(await verifyWith({ key: used.key, permissions: ['orders:write'] }), 'INSUFFICIENT_PERMISSIONS');
+  assert.equal((await api('POST', `/v1/keys/${used.id}/deactivate`, {})).status, 200);
+  assert.equal(await verifyCode(used.key), 'DISABLED');
+  const usedCounts = { total: 6, valid: 3, disabled: 1, expired: 0, wrong_environment: 1, insufficient_permissions: 1,
+    rate_limited: 0, usage_exceeded: 0, ip_not_allowed: 0 };
+  await eventually('the verifications to be counted', async () => {
+    const r = await api('GET', `/v1/keys/${used.id}/usage?granularity=minute`);
+    return r.status === 200 && JSON.stringify(sums(r.body.buckets)) === JSON.stringify(usedCounts);
+  }, 20_000);
+  /** A chart's table, read from the page: a row per bucket and the totals. */
+  const chartTable = (figure) => figure.evaluate((f) => {
+    const cells = (row) => Object.fromEntries([...row.querySelectorAll('td')]
+      .map((td) => [td.dataset.outcome, Number(td.textContent.replace(/\D/g, ''))]));
+    return {
+      rows: [...f.querySelectorAll('tbody tr')].map((tr) => ({ start: tr.dataset.start, ...cells(tr) })),
+      all: cells(f.querySelector('tfoot tr')),
+    };
+  });
+  const asRows = (buckets) => buckets.map((b) => ({ start: b.start, ...Object.fromEntries(['total', ...OUTCOME_IDS].map((o) => [o, b[o]])) }));
+  /** Picks `range` and checks the chart's table against the API's answer for the same span. */
+  async function checkChart(box, range, granularity, path) {
+    await main.getByLabel('Range', { exact: true }).selectOption(range);
+    const figure = page.locator(`#${box} figure.usage-chart[data-granularity="${granularity}"]`);
+    await figure.waitFor();
+    const since = await figure.getAttribute('data-since');
+    const until = await figure.getAttribute('data-until');
+    const answer = await api('GET', `${path}?granularity=${granularity}&since=${encodeURIComponent(since)}&until=${encodeURIComponent(until)}`);
+    assert.equal(answer.status, 200, JSON.stringify(answer.body));
+    const table = await chartTable(figure);
+    assert.ok(table.rows.length > 0, 'a row per bucket');
+    assert.deepEqual(table.rows, asRows(answer.body.buckets), `${granularity}: the table is the API's buckets`);
+    assert.deepEqual(table.all, sums(answer.body.buckets), `${granularity}: and its totals`);
+    const chart = figure.locator('svg.chart');
+    assert.equal(await chart.getAttribute('role'), 'img');
+    return { figure, chart, answer: answer.body, label: await chart.getAttribute('aria-label') };
+  }
+  await page.goto(`${BASE}/#/keys/${used.id}`);
+  await ready('key');
+  const keyPath = `/v1/keys/${used.id}/usage`;
+  for (const [range, granularity] of [['2d', 'hour'], ['30d', 'day'], ['1h', 'minute']]) {
+    const { figure, chart, answer, label } = await checkChart('key-usage', range, granularity, keyPath);
+    assert.deepEqual(sums(answer.buckets), usedCounts, `${granularity}: every verification is in the range`);
+    assert.match(label, /6 verifications: 3 valid, 1 disabled, 1 wrong environment, 1 insufficient permissions\./);
+    const legend = await figure.locator('.legend li').evaluateAll((items) => Object.fromEntries(items.map((li) =>
+      [li.dataset.outcome, Number(li.querySelector('.num').textContent.replace(/\D/g, ''))])));
+    assert.deepEqual(legend, Object.fromEntries(OUTCOME_IDS.map((o) => [o, usedCounts[o]])), 'the legend counts each outcome');
+    const drawn = await chart.locator('rect.seg').evaluateAll((rects) => [...new Set(rects.map((r) => r.classList[1].slice(4)))].sort());
+    assert.deepEqual(drawn, ['disabled', 'insufficient_permissions', 'valid', 'wrong_environment'], 'a segment per outcome seen');
+  }
+  assert.match(page.url(), /#\/keys\/key_[0-9a-f]+\?range=1h$/, 'the range is in the address');
+  // The history says in words what each flush counted, refusals by outcome.
+  const flushed = (await main.locator('tr', { hasText: 'KeyUsageRecorded' }).allInnerTexts()).join('\n');
+  assert.match(flushed, /refused: .*disabled 1/, flushed);
+  assert.match(flushed, /wrong environment 1/, flushed);
+  // Each outcome's colour stands out from the chart's background (3:1 for graphics).
+  const ratios = await page.locator('#key-usage .legend .swatch').evaluateAll((swatches) => {
+    const lum = (css) => {
+      const [r, g, b] = css.match(/\d+(\.\d+)?/g).slice(0, 3).map(Number).map((c) => {
+        const v = c / 255;
+        return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+      });
+      return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+    };
+    const background = lum(getComputedStyle(document.querySelector('#key-usage figure')).backgroundColor);
+    return swatches.map((s) => {
+      const l = lum(getComputedStyle(s).backgroundColor);
+      return [s.parentElement.dataset.outcome, (Math.max(l, background) + 0.05) / (Math.min(l, background) + 0.05)];
+    });
+  });
+  assert.equal(ratios.length, OUTCOME_IDS.length);
+  for (const [outcome, ratio] of ratios) assert.ok(ratio >= 3, `${outcome}: contrast ${ratio.toFixed(2)} against the chart`);
+  await shot('key-usage.png');
+  await main.locator('#key-usage summary', { hasText: 'The numbers, as a table' }).click();
+  await a11y('key page with its usage table open');
+
+  step('overview: the tenant\'s totals per outcome and the keys verified most, as the API says');
+  await page.getByRole('link', { name: 'Overview', exact: true }).click();
+  await ready('overview');
+  for (const [range, granularity] of [['30d', 'day'], ['2d', 'hour']]) {
+    const { answer } = await checkChart('overview-usage', range, granularity, '/v1/usage');
+    const totals = sums(answer.buckets);
+    const stats = await main.locator('.stats .stat').evaluateAll((items) => Object.fromEntries(items.map((s) =>
+      [s.dataset.outcome, Number(s.querySelector('dd').textContent.replace(/\D/g, ''))])));
+    assert.deepEqual(stats, totals, `${granularity}: a total per outcome`);
+    assert.ok(totals.valid >= 3 + 3 + 1 && totals.disabled >= 1 && totals.wrong_environment >= 1, JSON.stringify(totals));
+    const top = await main.locator('.data-top tbody tr').evaluateAll((rows) => rows.map((r) => ({
+      key_id: r.dataset.keyId, name: r.querySelector('th a').textContent,
+      total: Number(r.querySelector('[data-label="Verifications"]').textContent.replace(/\D/g, '')),
+      valid: Number(r.querySelector('[data-label="Valid"]').textContent.replace(/\D/g, '')),
+    })));
+    // A deleted key has no name any more.
+    assert.deepEqual(top, answer.top_keys.map(({ key_id, name, total, valid }) => ({ key_id, name: name ?? 'deleted key', total, valid })),
+      `${granularity}: the top keys are the API's`);
+    assert.deepEqual(top.find((k) => k.key_id === used.id), { key_id: used.id, name: 'usage-e2e', total: 6, valid: 3 });
+    assert.ok(top.length <= 10);
+  }
+  assert.match(page.url(), /#\/overview$/, 'the default range leaves the address plain');
+  await a11y('overview');
+  await shot('overview.png', { fullPage: true });
+  await main.locator(`.data-top tr[data-key-id="${used.id}"] a`).click();
+  await ready('key');
+  await page.locator('main h1', { hasText: 'usage-e2e' }).waitFor();
+
+  step('the key list: a 14-day trend per key, as the API counts it');
+  await page.getByRole('link', { name: 'Keys', exact: true }).click();
+  await ready('keys');
+  const trendRows = await pageRowIds();
+  assert.ok(trendRows.length <= 50, 'a short list: every row has its trend');
+  await page.waitForFunction((n) => document.querySelectorAll('tbody tr[data-key-id] svg.sparkline').length === n, trendRows.length);
+  for (const keyId of trendRows) {
+    const spark = keyRow(keyId).locator('svg.sparkline');
+    const since = await spark.getAttribute('data-since');
+    const until = await spark.getAttribute('data-until');
+    const answer = (await api('GET', `/v1/keys/${keyId}/usage?granularity=day&since=${encodeURIComponent(since)}&until=${encodeURIComponent(until)}`)).body;
+    assert.equal(await spark.getAttribute('data-totals'), answer.buckets.map((b) => b.total).join(','), `the trend of ${keyId}`);
+    assert.equal(await spark.getAttribute('role'), 'img');
+  }
+  assert.match(await keyRow(used.id).locator('svg.sparkline').getAttribute('aria-label'), /^6 verifications in the last 14 days, most on /);
+  assert.equal(await keyRow(soon.id).locator('svg.sparkline').getAttribute('aria-label'), 'No verification in the last 14 days');
+  await a11y('key list with trends');
 
   step('400 px wide: cards, nothing wider than the window');
   await page.setViewportSize({ width: 400, height: 860 });
@@ -581,9 +946,11 @@ try {
   const card = await keyRow(billing.id).boundingBox();
   assert.ok(card.width <= 400 - 2 * 14, `a row is a card inside the window (${card.width}px)`);
   await shot('keys-narrow.png');
+  await a11y('key list, 400 px');
   await page.getByRole('button', { name: 'Create key' }).click();
   const dialogBox = await createDialog.boundingBox();
   assert.ok(dialogBox.x >= 0 && dialogBox.x + dialogBox.width <= 400, 'the dialog fits');
+  await a11y('create dialog, 400 px');
   await page.keyboard.press('Escape');
   await page.goto(`${BASE}/#/keys/${billing.id}`);
   await ready('key');
@@ -591,6 +958,7 @@ try {
   await page.goto(`${BASE}/#/keys/${metered.id}`);
   await ready('key');
   await noHorizontalScroll('key page with usage limits');
+  await a11y('key page, 400 px');
   await main.getByRole('button', { name: 'Edit usage limits' }).click();
   await page.locator('#limits-dialog').waitFor({ state: 'visible' });
   const limitsBox = await page.locator('#limits-dialog').boundingBox();
@@ -599,6 +967,32 @@ try {
   await page.goto(`${BASE}/#/audit`);
   await ready('audit');
   await noHorizontalScroll('audit log');
+  await a11y('audit log, 400 px');
+  await page.goto(`${BASE}/#/keys/${editable.id}`);
+  await ready('key');
+  await main.getByRole('button', { name: 'Edit', exact: true }).click();
+  await editDialog.waitFor({ state: 'visible' });
+  const editBox = await editDialog.boundingBox();
+  assert.ok(editBox.x >= 0 && editBox.x + editBox.width <= 400, 'the edit dialog fits');
+  await a11y('edit dialog, 400 px');
+  await page.keyboard.press('Escape');
+  await page.goto(`${BASE}/#/keys/${used.id}?range=1h`);
+  await ready('key');
+  await main.locator('#key-usage svg.chart').waitFor();
+  await noHorizontalScroll('key page with its usage chart');
+  const chartBox = await main.locator('#key-usage svg.chart').boundingBox();
+  assert.ok(chartBox.x >= 0 && chartBox.x + chartBox.width <= 400, `the chart is drawn inside the window (${chartBox.width}px)`);
+  await a11y('key usage, 400 px');
+  await page.goto(`${BASE}/#/overview`);
+  await ready('overview');
+  await main.locator('#overview-usage svg.chart').waitFor();
+  await noHorizontalScroll('overview');
+  await a11y('overview, 400 px');
+  await shot('overview-narrow.png', { fullPage: true });
+  await page.goto(`${BASE}/#/hygiene`);
+  await ready('hygiene');
+  await noHorizontalScroll('hygiene');
+  await a11y('hygiene, 400 px');
   await page.setViewportSize({ width: 1280, height: 800 });
 
   step("a link with another tenant's token: declining keeps the session and its keys");
@@ -664,6 +1058,7 @@ try {
   assert.match(alertText, /did not accept the management token/);
   assert.match(alertText, /unauthorized, HTTP 401/);
   await other.getByText('The keys could not be loaded').waitFor();
+  await a11y('a refused token', other);
   await alert.getByRole('button', { name: 'Use another token' }).click();
   await other.getByLabel('Management token', { exact: true }).fill(TOKEN);
   await other.getByRole('button', { name: 'Open the console' }).click();
@@ -683,6 +1078,7 @@ try {
   await page.getByRole('button', { name: 'Add endpoint' }).click();
   const secret = page.locator('#webhook-secret-value');
   await secret.waitFor();
+  await a11y('webhooks, with a new signing secret');
   assert.match(await secret.inputValue(), /^whsec_[A-Za-z0-9+/=]{40,}$/);
   const hooks = (await api('GET', '/v1/webhooks')).body.webhooks;
   assert.equal(hooks.length, 1);
@@ -706,6 +1102,7 @@ try {
   await eventually('the retry is attempted', async () =>
     (await api('GET', `/v1/webhooks/${hookId}/deliveries`)).body.deliveries[0].attempts > before);
   await shot('webhooks.png');
+  await a11y('webhook endpoint');
   await noHorizontalScroll('the endpoint page');
 
   step('the token only ever travelled in the Authorization header');
@@ -716,6 +1113,7 @@ try {
     assert.equal(new URL(url).origin, BASE, `only this origin is contacted: ${url}`);
   }
   assert.deepEqual(problems, [], 'no script error and no Content-Security-Policy violation');
+  assert.deepEqual(a11yFindings, [], `axe found serious or critical problems:\n${a11yFindings.join('\n')}`);
   step('all checks passed');
 } catch (error) {
   failed = true;

@@ -25,6 +25,8 @@ const WINDOW_UNITS = [
   { ms: 1000, short: 's', long: 'seconds' },
 ];
 const MAX_RATELIMITS = 5;
+/** The key list shows each key's trend (one request per key) up to this many rows. */
+const TREND_ROWS = 50;
 
 // ---------------------------------------------------------------- DOM helpers
 
@@ -186,7 +188,10 @@ function errorContent(error) {
   if (!(error instanceof ApiError)) {
     return [h('strong', { text: 'Something went wrong in the console.' }), ' ', String(error?.message ?? error)];
   }
-  const heading = ERROR_HEADINGS[error.code] ?? 'The request failed.';
+  // The console's own checks (status 0) asked nothing of the server.
+  const heading = error.status === 0 && error.code === 'validation_failed'
+    ? 'This cannot be sent as it is.'
+    : ERROR_HEADINGS[error.code] ?? 'The request failed.';
   const where = error.status ? `${error.code}, HTTP ${error.status}` : error.code;
   return [
     h('strong', { text: heading }), ' ',
@@ -439,6 +444,143 @@ $('#secret-copy').addEventListener('click', async () => {
 $('#secret-value').addEventListener('focus', (event) => event.target.select());
 $('#secret-details').addEventListener('click', () => $('#secret-dialog').close());
 
+/** Permissions as typed: separated by spaces or commas. */
+function permissionList(text) {
+  return text.split(/[\s,]+/).filter(Boolean);
+}
+
+/** JSON with object keys sorted, to tell whether two values are the same. */
+function canonicalJson(value) {
+  const sort = (v) => {
+    if (Array.isArray(v)) return v.map(sort);
+    if (v && typeof v === 'object') return Object.fromEntries(Object.keys(v).sort().map((k) => [k, sort(v[k])]));
+    return v;
+  };
+  return JSON.stringify(sort(value));
+}
+
+function clearInvalid(form) {
+  for (const field of form.querySelectorAll('[aria-invalid]')) field.removeAttribute('aria-invalid');
+}
+
+/** Marks `input` as the one at fault (opening its <details>) and moves focus there. */
+function markInvalid(input) {
+  if (!(input instanceof HTMLElement)) return;
+  if (input.matches('input:not([type="checkbox"]), select, textarea')) input.setAttribute('aria-invalid', 'true');
+  const details = input.closest('details');
+  if (details) details.open = true;
+  input.focus();
+}
+
+/**
+ * Edits a key's name, description, permissions, expiry and metadata (PATCH,
+ * only what changed); `focus` names the field to start in (`expires`, to set an
+ * expiry). Resolves to the new view, or null when nothing was saved.
+ */
+async function editKey(key, returnTo, { focus = 'name' } = {}) {
+  const dialog = $('#edit-dialog');
+  const form = $('#edit-form');
+  const submit = $('#edit-submit');
+  const input = {
+    name: $('#edit-name'), description: $('#edit-description'), permissions: $('#edit-permissions'),
+    expires_at: $('#edit-expires'), metadata: $('#edit-metadata'),
+  };
+  $('#edit-title').textContent = `Edit “${key.name}”`;
+  clearInvalid(form);
+  dialogError($('#edit-error'), null);
+  input.name.value = key.name;
+  input.description.value = key.description ?? '';
+  input.permissions.value = key.permissions.join(' ');
+  input.expires_at.value = toLocalInput(key.expires_at);
+  input.metadata.value = key.metadata ? JSON.stringify(key.metadata, null, 2) : '';
+  const clearExpiry = $('#edit-expires-clear');
+  const syncClear = () => { clearExpiry.hidden = !input.expires_at.value; };
+  input.expires_at.oninput = syncClear;
+  clearExpiry.onclick = () => {
+    input.expires_at.value = '';
+    syncClear();
+    input.expires_at.focus();
+  };
+  syncClear();
+  const local = (field, message) => {
+    const error = inputError(input[field], message);
+    error.details = { field };
+    return error;
+  };
+  let saved = null;
+  form.onsubmit = async (event) => {
+    event.preventDefault();
+    clearInvalid(form);
+    dialogError($('#edit-error'), null);
+    const body = {};
+    try {
+      const name = input.name.value.trim();
+      if (!name) throw local('name', 'name: give the key a name');
+      if (name !== key.name) body.name = name;
+      const description = input.description.value.trim() || null;
+      if (description !== (key.description || null)) body.description = description;
+      const permissions = permissionList(input.permissions.value);
+      if (canonicalJson(permissions) !== canonicalJson(key.permissions)) body.permissions = permissions;
+      const expires = input.expires_at.value;
+      if (expires !== toLocalInput(key.expires_at)) {
+        const date = new Date(expires);
+        if (expires && Number.isNaN(date.getTime())) throw local('expires_at', 'expires: give a date and a time');
+        body.expires_at = expires ? date.toISOString() : null;
+      }
+      const text = input.metadata.value.trim();
+      let metadata = null;
+      if (text) {
+        try {
+          metadata = JSON.parse(text);
+        } catch (e) {
+          throw local('metadata', `metadata: not JSON (${e.message})`);
+        }
+        if (!metadata || typeof metadata !== 'object' || Array.isArray(metadata)) {
+          throw local('metadata', 'metadata: give a JSON object, e.g. {"team": "payments"}, or nothing');
+        }
+      }
+      if (canonicalJson(metadata) !== canonicalJson(key.metadata ?? null)) body.metadata = metadata;
+    } catch (error) {
+      dialogError($('#edit-error'), error);
+      markInvalid(error.input);
+      return;
+    }
+    saved = (await patchFromDialog(dialog, submit, key, body, $('#edit-error'), (error) => {
+      // The server names the field at fault (`details.field`).
+      const at = input[error.details?.field];
+      if (at) markInvalid(at);
+      else input.name.focus();
+    })) ?? saved;
+  };
+  await openDialog(dialog, returnTo, input[focus === 'expires' ? 'expires_at' : focus] ?? input.name);
+  return saved;
+}
+
+/**
+ * Sends a dialog's PATCH of `key` (only what changed: `body`), closing the
+ * dialog when saved or when nothing changed. Returns the saved key, or
+ * undefined; on an API error shows it in `errorBox` and calls `failed`.
+ */
+async function patchFromDialog(dialog, submit, key, body, errorBox, failed) {
+  if (!Object.keys(body).length) {
+    dialog.close('unchanged');
+    announce('Nothing was changed.');
+    return undefined;
+  }
+  setBusy(dialog, submit, true, 'Saving…');
+  try {
+    const saved = await api('PATCH', `/v1/keys/${encodeURIComponent(key.id)}`, { body });
+    setBusy(dialog, submit, false);
+    dialog.close('saved');
+    return saved;
+  } catch (error) {
+    setBusy(dialog, submit, false);
+    dialogError(errorBox, error);
+    failed(error);
+    return undefined;
+  }
+}
+
 async function createKey(returnTo) {
   const dialog = $('#create-dialog');
   const form = $('#create-form');
@@ -466,7 +608,7 @@ async function createKey(returnTo) {
     const body = { name, environment: String(data.get('environment')) };
     const description = String(data.get('description')).trim();
     if (description) body.description = description;
-    const permissions = String(data.get('permissions')).split(/[\s,]+/).filter(Boolean);
+    const permissions = permissionList(String(data.get('permissions')));
     if (permissions.length) body.permissions = permissions;
     const expires = String(data.get('expires_at'));
     if (expires) body.expires_at = new Date(expires).toISOString();
@@ -634,7 +776,10 @@ function keysScreen(params, main) {
   const table = h('table', { class: 'data data-keys' },
     h('caption', { class: 'visually-hidden', text: 'API keys, newest first' }),
     h('thead', {}, h('tr', {}, ['Name', 'Prefix', 'Environment', 'Status', 'Created', 'Last used', 'Uses']
-      .map((t) => h('th', { scope: 'col', text: t })), h('th', { scope: 'col' }, h('span', { class: 'visually-hidden', text: 'Actions' })))),
+      .map((t) => h('th', { scope: 'col', text: t })),
+    h('th', { scope: 'col', title: `Verifications per day, last ${SPARK_DAYS} days` }, 'Trend',
+      h('span', { class: 'visually-hidden', text: `, last ${SPARK_DAYS} days` })),
+    h('th', { scope: 'col' }, h('span', { class: 'visually-hidden', text: 'Actions' })))),
     tbody);
   main.replaceChildren(pageHead('Keys', createButton), filterForm, count, h('div', { class: 'table-wrap' }, table), more);
 
@@ -662,7 +807,21 @@ function keysScreen(params, main) {
       cell('Created', time(key.created_at)),
       cell('Last used', time(key.last_used_at, 'never')),
       cell('Uses', h('span', { class: 'num', text: numberFormat.format(key.usage_count) })),
+      h('td', { 'data-label': `Last ${SPARK_DAYS} days`, class: 'cell-trend' }, h('div', {}, h('span', { class: 'muted', text: '—' }))),
       h('td', { class: 'cell-actions' }, actionsMenu(key, after)));
+  }
+
+  // A small trend per row: one usage call per key, so only for a short list.
+  function trends(keys, mine) {
+    const since = trendSince();
+    for (const key of keys) {
+      api('GET', `/v1/keys/${encodeURIComponent(key.id)}/usage?granularity=day&since=${encodeURIComponent(since)}`)
+        .then((usage) => {
+          const target = mine === generation && tbody.querySelector(`tr[data-key-id="${CSS.escape(key.id)}"] .cell-trend > div`);
+          if (target) target.replaceChildren(sparkline(usage));
+        })
+        .catch(() => {});
+    }
   }
 
   async function load(append = false) {
@@ -681,11 +840,12 @@ function keysScreen(params, main) {
       }
       tbody.append(...page.keys.map(row));
       shown += page.keys.length;
+      if (shown <= TREND_ROWS) trends(page.keys, mine);
       cursor = page.next_cursor;
       more.hidden = !cursor;
       const filtered = filters.status || filters.environment;
       if (shown === 0) {
-        tbody.replaceChildren(h('tr', { class: 'empty' }, h('td', { colspan: '8' },
+        tbody.replaceChildren(h('tr', { class: 'empty' }, h('td', { colspan: '9' },
           filtered ? 'No key matches these filters.' : 'No keys yet. Create the first one.')));
       }
       count.textContent = `${shown} ${shown === 1 ? 'key' : 'keys'}${cursor ? ' so far' : ''}${filtered ? ' matching the filters' : ''}`;
@@ -693,7 +853,7 @@ function keysScreen(params, main) {
       if (mine !== generation) return;
       showError(error);
       if (!append) {
-        tbody.replaceChildren(h('tr', { class: 'empty' }, h('td', { colspan: '8' },
+        tbody.replaceChildren(h('tr', { class: 'empty' }, h('td', { colspan: '9' },
           'The keys could not be loaded: see the message above.')));
       }
     } finally {
@@ -740,8 +900,13 @@ function eventSummary(event) {
       return 'Deleted for good';
     case 'KeyExpirySet':
       return `Expiry set to ${d.expires_at ? dateFormat.format(new Date(d.expires_at)) : '—'}${d.rotated_to ? ` (rotated to ${d.rotated_to})` : ''}`;
-    case 'KeyUsageRecorded':
-      return `Verified ${numberFormat.format(d.count ?? 0)} ${d.count === 1 ? 'time' : 'times'}`;
+    case 'KeyUsageRecorded': {
+      // `count` is the valid verifications; `refused` the others, by outcome.
+      const refused = Object.entries(d.refused ?? {}).filter(([, n]) => n > 0)
+        .map(([outcome, n]) => `${outcome.replaceAll('_', ' ')} ${numberFormat.format(n)}`);
+      const valid = `Verified ${numberFormat.format(d.count ?? 0)} ${d.count === 1 ? 'time' : 'times'}`;
+      return refused.length ? `${valid}; refused: ${refused.join(', ')}` : valid;
+    }
     case 'KeyUpdated': {
       const changed = Object.keys(d).filter((k) => k !== 'updated_at').map((k) => {
         if (k === 'owner') return d.owner ? `owner to ${d.owner}` : 'owner (cleared)';
@@ -801,7 +966,7 @@ function eventsTable(events, { names }) {
     h('thead', {}, h('tr', {}, head.map((t) => h('th', { scope: 'col', text: t })))), tbody);
 }
 
-async function keyScreen(id, main) {
+async function keyScreen(id, main, params = null) {
   main.replaceChildren(pageHead('Key'), h('p', { class: 'muted', text: 'Loading…' }));
   let key = null;
   try {
@@ -867,16 +1032,22 @@ async function keyScreen(id, main) {
   const after = (message, { deleted, focus } = {}) => {
     announce(message);
     if (deleted) location.hash = '#/keys';
-    else keyScreen(key.id, main).then(() => ((focus && $(focus)) ?? $('#main h1'))?.focus());
+    else keyScreen(key.id, main, route().params).then(() => ((focus && $(focus)) ?? $('#main h1'))?.focus());
   };
-  const buttons = keyActions(key, after).map(([label, run]) => {
+  const edit = h('button', { type: 'button', class: 'button-quiet', id: 'edit-key', text: 'Edit' });
+  edit.addEventListener('click', async () => {
+    const view = await editKey(key, edit);
+    if (view) after(`Saved “${view.name}”.`, { focus: '#edit-key' });
+  });
+  const buttons = [edit, ...keyActions(key, after).map(([label, run]) => {
     const button = h('button', { type: 'button', class: label === 'Delete' ? 'button-danger-quiet' : 'button-quiet', text: label });
     button.addEventListener('click', () => run(button));
     return button;
-  });
+  })];
   const permissions = key.permissions.length
     ? h('ul', { class: 'chips' }, key.permissions.map((p) => h('li', { class: 'mono', text: p })))
     : h('span', { class: 'muted', text: 'none' });
+  const usage = keyUsageSection(key, params);
   // replaceChildren would show a null as the text "null": no description, no node.
   main.replaceChildren(back,
     pageHead(key.name, badge('status', key.status), h('div', { class: 'page-actions' }, buttons)),
@@ -899,8 +1070,10 @@ async function keyScreen(id, main) {
       key.rotated_from ? fact('Replaces', keyLink(key.rotated_from)) : null,
       key.rotated_to ? fact('Replaced by', keyLink(key.rotated_to)) : null,
       key.metadata ? fact('Metadata', h('pre', { class: 'metadata', text: JSON.stringify(key.metadata, null, 2) })) : null),
+    ...usage.nodes,
     ...limitsSection(key, after),
     ...historySection);
+  await usage.loaded;
 }
 
 function backLink() {
@@ -1184,21 +1357,7 @@ async function editLimits(key, returnTo) {
     if (values.owner !== (key.owner ?? null)) body.owner = values.owner;
     if (!sameRateLimits(values.ratelimits, key.ratelimits ?? [])) body.ratelimits = values.ratelimits;
     if (!sameCredits(values.credits, key.credits ?? null)) body.credits = values.credits;
-    if (!Object.keys(body).length) {
-      dialog.close('unchanged');
-      announce('Nothing was changed.');
-      return;
-    }
-    setBusy(dialog, submit, true, 'Saving…');
-    try {
-      saved = await api('PATCH', `/v1/keys/${encodeURIComponent(key.id)}`, { body });
-      setBusy(dialog, submit, false);
-      dialog.close('saved');
-    } catch (error) {
-      setBusy(dialog, submit, false);
-      dialogError($('#limits-error'), error);
-      fields.fail(error);
-    }
+    saved = (await patchFromDialog(dialog, submit, key, body, $('#limits-error'), (error) => fields.fail(error))) ?? saved;
   };
   await openDialog(dialog, returnTo, $('#limits-owner'));
   return saved;
@@ -1405,6 +1564,471 @@ function signInScreen(main) {
   main.replaceChildren(form);
 }
 
+// ---------------------------------------------------------------- usage
+
+/** What a verification answered, as usage buckets count it, in stacking order. */
+const OUTCOMES = [
+  { id: 'valid', label: 'Valid' },
+  { id: 'disabled', label: 'Disabled' },
+  { id: 'expired', label: 'Expired' },
+  { id: 'wrong_environment', label: 'Wrong environment' },
+  { id: 'insufficient_permissions', label: 'Insufficient permissions' },
+  { id: 'rate_limited', label: 'Rate limited' },
+  { id: 'usage_exceeded', label: 'Usage exceeded' },
+  { id: 'ip_not_allowed', label: 'IP not allowed' },
+];
+/** The ranges a chart offers: the API's defaults for each granularity. */
+const USAGE_RANGES = [
+  { id: '1h', granularity: 'minute', label: 'Last hour, by minute' },
+  { id: '2d', granularity: 'hour', label: 'Last 2 days, by hour' },
+  { id: '30d', granularity: 'day', label: 'Last 30 days, by day' },
+];
+/** The tenant's usage is by hour or by day. */
+const TENANT_RANGES = USAGE_RANGES.filter((r) => r.granularity !== 'minute');
+const SPARK_DAYS = 14;
+const SVG_NS = 'http://www.w3.org/2000/svg';
+
+/** Like h(), for SVG elements. */
+function svg(tag, attrs = {}, ...children) {
+  const el = document.createElementNS(SVG_NS, tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name === 'text') el.textContent = value;
+    else el.setAttribute(name, String(value));
+  }
+  for (const child of children.flat(Infinity)) if (child) el.append(child);
+  return el;
+}
+
+/** A bucket's start, as the chart's axis and table show it. */
+const BUCKET_FORMATS = {
+  minute: new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' }),
+  hour: new Intl.DateTimeFormat(undefined, { day: 'numeric', month: 'short', hour: '2-digit', minute: '2-digit' }),
+  // Days are UTC days.
+  day: new Intl.DateTimeFormat(undefined, { day: 'numeric', month: 'short', timeZone: 'UTC' }),
+};
+const UNIT_WORDS = { minute: 'minute', hour: 'hour', day: 'day' };
+
+function bucketLabel(start, granularity) {
+  const date = new Date(start);
+  return Number.isNaN(date.getTime()) ? String(start) : (BUCKET_FORMATS[granularity] ?? dateFormat).format(date);
+}
+
+/** What a bucket counted that no known outcome covers (a newer server's outcome). */
+function otherOf(bucket) {
+  return Math.max(0, (bucket.total ?? 0) - OUTCOMES.reduce((n, o) => n + (bucket[o.id] ?? 0), 0));
+}
+
+/** The outcomes a chart shows: the known ones, and "Other" when some count is unexplained. */
+function seriesOf(buckets) {
+  return buckets.some((b) => otherOf(b) > 0) ? [...OUTCOMES, { id: 'other', label: 'Other' }] : OUTCOMES;
+}
+
+function valueOf(bucket, id) {
+  return id === 'other' ? otherOf(bucket) : (bucket[id] ?? 0);
+}
+
+/** Sums of `buckets`: `total` and one per outcome. */
+function usageTotals(buckets) {
+  const totals = { total: 0, other: 0 };
+  for (const o of OUTCOMES) totals[o.id] = 0;
+  for (const b of buckets) {
+    totals.total += b.total ?? 0;
+    totals.other += otherOf(b);
+    for (const o of OUTCOMES) totals[o.id] += b[o.id] ?? 0;
+  }
+  return totals;
+}
+
+function plural(n, one, many = `${one}s`) {
+  return `${numberFormat.format(n)} ${n === 1 ? one : many}`;
+}
+
+/** The chart in words: what its aria-label says. */
+function usageSummary(usage, subject, rangeLabel) {
+  const buckets = usage.buckets ?? [];
+  const totals = usageTotals(buckets);
+  const head = `${subject}, ${rangeLabel.toLowerCase()}: ${plural(totals.total, 'verification')}`;
+  if (!totals.total) return `${head}.`;
+  const parts = seriesOf(buckets).filter((o) => totals[o.id])
+    .map((o) => `${numberFormat.format(totals[o.id])} ${o.label.toLowerCase()}`);
+  const peak = buckets.reduce((a, b) => ((b.total ?? 0) > (a.total ?? 0) ? b : a));
+  return `${head}: ${parts.join(', ')}. Busiest ${UNIT_WORDS[usage.granularity] ?? 'period'}: `
+    + `${bucketLabel(peak.start, usage.granularity)}, with ${numberFormat.format(peak.total)}.`;
+}
+
+/** 1, 2, 5, 10, 20, 50…: the top of the scale for counts up to `n`. */
+function niceMax(n) {
+  const power = 10 ** Math.floor(Math.log10(Math.max(1, n)));
+  return [1, 2, 5, 10].map((m) => m * power).find((m) => m >= n);
+}
+
+/** Draws stacked bars of `buckets` into `plot`, at the width `plot` has now. */
+function drawBars(plot, usage, series, label) {
+  const buckets = usage.buckets ?? [];
+  const width = Math.max(240, Math.floor(plot.clientWidth));
+  const height = Math.max(120, Math.floor(plot.clientHeight));
+  const max = niceMax(Math.max(1, ...buckets.map((b) => b.total ?? 0)));
+  const yLabels = [0, max / 2, max].filter(Number.isInteger);
+  const left = 8 + 7 * String(numberFormat.format(max)).length;
+  const right = 6;
+  const top = 8;
+  const bottom = 22;
+  const innerW = width - left - right;
+  const innerH = height - top - bottom;
+  const y = (v) => top + innerH - (v / max) * innerH;
+  const step = innerW / Math.max(1, buckets.length);
+  const barW = step >= 4 ? step * 0.72 : step;
+  const grid = yLabels.map((v) => svg('g', { class: 'chart-grid' },
+    svg('line', { x1: left, x2: width - right, y1: y(v), y2: y(v) }),
+    svg('text', { x: left - 5, y: y(v), dy: '0.32em', 'text-anchor': 'end', text: numberFormat.format(v) })));
+  const bars = buckets.map((b, i) => {
+    const x = left + i * step + (step - barW) / 2;
+    let base = 0;
+    const segments = [];
+    for (const o of series) {
+      const value = valueOf(b, o.id);
+      if (!value) continue;
+      // A hairline of white between segments tells them apart whatever their colours.
+      segments.push(svg('rect', {
+        class: `seg seg-${o.id}`, x, width: barW, y: y(base + value), height: Math.max(0, y(base) - y(base + value)),
+      }));
+      base += value;
+    }
+    const words = seriesOf([b]).filter((o) => valueOf(b, o.id)).map((o) => `${valueOf(b, o.id)} ${o.label.toLowerCase()}`);
+    return svg('g', { class: 'bar' },
+      svg('title', { text: `${bucketLabel(b.start, usage.granularity)}: ${plural(b.total ?? 0, 'verification')}${words.length ? ` (${words.join(', ')})` : ''}` }),
+      // The whole column answers the pointer, also where it is empty.
+      svg('rect', { class: 'bar-hit', x: left + i * step, y: top, width: step, height: innerH }),
+      segments);
+  });
+  // As many axis labels as fit, evenly spaced.
+  const labelWidth = { minute: 52, hour: 112, day: 60 }[usage.granularity] ?? 90;
+  const every = Math.max(1, Math.ceil(buckets.length / Math.max(1, Math.floor(innerW / labelWidth))));
+  const xLabels = buckets.map((b, i) => {
+    if (i % every !== 0) return null;
+    const text = bucketLabel(b.start, usage.granularity);
+    // About 6 px a character at 11 px: kept whole inside the chart.
+    const half = text.length * 3.2;
+    const x = Math.min(Math.max(left + (i + 0.5) * step, half), width - right - half);
+    return svg('text', { class: 'chart-x', x, y: height - 6, 'text-anchor': 'middle', text });
+  });
+  plot.replaceChildren(svg('svg', {
+    class: 'chart', width, height, viewBox: `0 0 ${width} ${height}`, role: 'img', 'aria-label': label, focusable: 'false',
+  }, grid, svg('line', { class: 'chart-axis', x1: left, x2: width - right, y1: y(0), y2: y(0) }), bars, xLabels));
+}
+
+let chartCount = 0;
+
+/**
+ * A usage answer as a chart: stacked bars of outcomes over time (inline SVG
+ * drawn here, at the width of its box and again when that changes), a legend
+ * with the totals, and the same numbers as a table for screen readers and
+ * whoever wants the figures.
+ */
+function usageChart(usage, { subject, rangeLabel, legend: withLegend = true }) {
+  const n = ++chartCount;
+  const buckets = usage.buckets ?? [];
+  const series = seriesOf(buckets);
+  const totals = usageTotals(buckets);
+  const label = usageSummary(usage, subject, rangeLabel);
+  const plot = h('div', { class: 'chart-plot' });
+  let drawnWidth = -1;
+  const observer = new ResizeObserver(() => {
+    if (!plot.isConnected) {
+      observer.disconnect();
+      return;
+    }
+    if (plot.clientWidth === drawnWidth) return;
+    drawnWidth = plot.clientWidth;
+    drawBars(plot, usage, series, label);
+  });
+  observer.observe(plot);
+  const legend = withLegend ? h('ul', { class: 'legend', 'aria-label': 'Legend' }, series.map((o) => h('li', { 'data-outcome': o.id },
+    h('span', { class: `swatch seg-${o.id}`, 'aria-hidden': 'true' }), `${o.label} `,
+    h('span', { class: 'num', text: numberFormat.format(totals[o.id]) })))) : null;
+  const unit = UNIT_WORDS[usage.granularity] ?? usage.granularity;
+  const cell = (id, value) => h('td', { class: 'num', 'data-outcome': id, text: numberFormat.format(value) });
+  const table = h('table', { class: 'usage-table' },
+    h('caption', { text: `${subject}: verifications per ${unit}, ${rangeLabel.toLowerCase()} (${dateFormat.format(new Date(usage.since))} to ${dateFormat.format(new Date(usage.until))})` }),
+    h('thead', {}, h('tr', {}, h('th', { scope: 'col', text: 'Start' }), h('th', { scope: 'col', text: 'Total' }),
+      series.map((o) => h('th', { scope: 'col', text: o.label })))),
+    h('tbody', {}, buckets.map((b) => h('tr', { 'data-start': b.start },
+      h('th', { scope: 'row' }, h('time', { datetime: b.start, title: b.start, text: bucketLabel(b.start, usage.granularity) })),
+      cell('total', b.total ?? 0), series.map((o) => cell(o.id, valueOf(b, o.id)))))),
+    h('tfoot', {}, h('tr', {}, h('th', { scope: 'row', text: 'All' }), cell('total', totals.total),
+      series.map((o) => cell(o.id, totals[o.id])))));
+  const numbers = h('details', { class: 'usage-numbers' },
+    h('summary', { text: 'The numbers, as a table' }),
+    h('div', { class: 'table-scroll', role: 'region', tabindex: '0', 'aria-label': `Usage table ${n}: ${subject}` }, table));
+  return h('figure', {
+    class: 'usage-chart', 'data-granularity': usage.granularity, 'data-since': usage.since, 'data-until': usage.until,
+  }, plot, legend, numbers);
+}
+
+/** A labelled <select> of ranges; `onchange(range)`. */
+function rangePicker(id, ranges, current, onchange) {
+  const picker = h('select', { id }, ranges.map((r) => h('option', { value: r.id, selected: r === current, text: r.label })));
+  picker.addEventListener('change', () => onchange(ranges.find((r) => r.id === picker.value)));
+  return h('div', { class: 'field field-inline range-picker' }, h('label', { for: id, text: 'Range' }), picker);
+}
+
+/** Loads `path` for `range` into `box` as a chart; an error is said in the box. */
+async function loadChart(box, path, range, subject, around = (usage, chart) => [chart], options = {}) {
+  box.setAttribute('aria-busy', 'true');
+  try {
+    const usage = await api('GET', `${path}?granularity=${range.granularity}`);
+    box.replaceChildren(...around(usage, usageChart(usage, { subject, rangeLabel: range.label, ...options })));
+    return usage;
+  } catch (error) {
+    box.replaceChildren(h('p', { class: 'empty usage-error' }, 'The usage could not be loaded. ', errorContent(error)));
+    return null;
+  } finally {
+    box.removeAttribute('aria-busy');
+  }
+}
+
+/** The key page's usage section; `loaded` settles once its chart is there. */
+function keyUsageSection(key, params) {
+  const route = (r) => `#/keys/${encodeURIComponent(key.id)}${r.id === USAGE_RANGES[1].id ? '' : `?range=${r.id}`}`;
+  const range = USAGE_RANGES.find((r) => r.id === params?.get('range')) ?? USAGE_RANGES[1];
+  const box = h('div', { class: 'usage-box', id: 'key-usage' });
+  const path = `/v1/keys/${encodeURIComponent(key.id)}/usage`;
+  const picker = rangePicker('usage-range', USAGE_RANGES, range, (next) => {
+    history.replaceState(null, '', route(next));
+    loadChart(box, path, next, `Verifications of “${key.name}”`);
+  });
+  return {
+    nodes: [h('div', { class: 'section-head' }, h('h2', { text: 'Usage' }), picker),
+      h('p', { class: 'hint', text: 'Every verification of the key, by what it answered.' }), box],
+    loaded: loadChart(box, path, range, `Verifications of “${key.name}”`),
+  };
+}
+
+/** Since when a key list's trend counts: the start (UTC) of the day 13 days ago. */
+function trendSince() {
+  const day = new Date();
+  day.setUTCHours(0, 0, 0, 0);
+  day.setUTCDate(day.getUTCDate() - (SPARK_DAYS - 1));
+  return day.toISOString();
+}
+
+/** A key's verifications per day as a small bar chart, for the key list. */
+function sparkline(usage) {
+  const buckets = usage.buckets ?? [];
+  const width = 56;
+  const height = 22;
+  const max = Math.max(1, ...buckets.map((b) => b.total ?? 0));
+  const step = width / Math.max(1, buckets.length);
+  const total = buckets.reduce((n, b) => n + (b.total ?? 0), 0);
+  const peak = buckets.reduce((a, b) => ((b.total ?? 0) > (a?.total ?? 0) ? b : a), null);
+  const label = total
+    ? `${plural(total, 'verification')} in the last ${SPARK_DAYS} days, most on ${bucketLabel(peak.start, 'day')} (${numberFormat.format(peak.total)})`
+    : `No verification in the last ${SPARK_DAYS} days`;
+  return svg('svg', {
+    class: 'sparkline', width, height, viewBox: `0 0 ${width} ${height}`, role: 'img', 'aria-label': label,
+    'data-since': usage.since, 'data-until': usage.until, 'data-totals': buckets.map((b) => b.total ?? 0).join(','),
+  }, svg('title', { text: label }), buckets.map((b, i) => {
+    const value = b.total ?? 0;
+    // A day without use is a flat mark, so that the row of days stays visible.
+    const barHeight = value ? Math.max(2, (value / max) * (height - 2)) : 1;
+    return svg('rect', {
+      class: value ? 'spark-bar' : 'spark-zero', x: i * step + 0.5, width: Math.max(1, step - 1), y: height - barHeight, height: barHeight,
+    });
+  }));
+}
+
+/** The tenant's verifications: totals per outcome, the chart, the keys most verified. */
+async function overviewScreen(params, main) {
+  const range = TENANT_RANGES.find((r) => r.id === params.get('range')) ?? TENANT_RANGES[0];
+  const box = h('div', { class: 'usage-box', id: 'overview-usage' });
+  const load = (r) => loadChart(box, '/v1/usage', r, 'Verifications of all keys', (usage, chart) => overviewParts(usage, chart, r),
+    // The totals above the chart, each with its colour, are its legend.
+    { legend: false });
+  const picker = rangePicker('overview-range', TENANT_RANGES, range, (next) => {
+    history.replaceState(null, '', routeQuery('overview', { range: next === TENANT_RANGES[0] ? '' : next.id }));
+    load(next);
+  });
+  main.replaceChildren(pageHead('Overview', picker),
+    h('p', { class: 'hint overview-hint', text: 'How the keys of this workspace were verified, and what the answers were.' }), box);
+  await load(range);
+}
+
+/** The totals of a tenant's usage answer, its chart, and the keys verified most. */
+function overviewParts(usage, chart, range) {
+  const totals = usageTotals(usage.buckets ?? []);
+  const stats = h('dl', { class: 'stats' },
+    h('div', { class: 'stat stat-total', 'data-outcome': 'total' }, h('dt', { text: 'Verifications' }),
+      h('dd', { class: 'num', text: numberFormat.format(totals.total) })),
+    seriesOf(usage.buckets ?? []).map((o) => h('div', { class: 'stat', 'data-outcome': o.id },
+      h('dt', {}, h('span', { class: `swatch seg-${o.id}`, 'aria-hidden': 'true' }), o.label),
+      h('dd', { class: 'num', text: numberFormat.format(totals[o.id]) }))));
+  const top = usage.top_keys ?? [];
+  const cell = (label, value) => h('td', { 'data-label': label }, h('div', {}, h('span', { class: 'num', text: numberFormat.format(value) })));
+  const topTable = top.length
+    ? h('div', { class: 'table-wrap' }, h('table', { class: 'data data-top' },
+      h('caption', { class: 'visually-hidden', text: `The keys verified most, ${range.label.toLowerCase()}` }),
+      h('thead', {}, h('tr', {}, h('th', { scope: 'col', text: 'Key' }),
+        ['Verifications', 'Valid', 'Refused'].map((t) => h('th', { scope: 'col', class: 'col-num', text: t })))),
+      h('tbody', {}, top.map((k) => h('tr', { 'data-key-id': k.key_id },
+        h('th', { scope: 'row', 'data-label': 'Key', class: 'cell-name' }, keyLink(k.key_id, k.name ?? 'deleted key'),
+          k.name ? null : h('span', { class: 'subtle mono', text: k.key_id })),
+        cell('Verifications', k.total ?? 0), cell('Valid', k.valid ?? 0),
+        cell('Refused', Math.max(0, (k.total ?? 0) - (k.valid ?? 0))))))))
+    : h('p', { class: 'empty', text: 'No key was verified in this range.' });
+  return [stats, chart, h('h2', { text: 'Most verified keys' }),
+    h('p', { class: 'hint', text: 'At most 10, by verifications in the range.' }), topTable];
+}
+
+// ---------------------------------------------------------------- hygiene
+
+const IDLE_DAYS = ['30', '60', '90'];
+
+/**
+ * Keys to look at: idle, never used, expiring soon, never expiring; each list
+ * is `GET /v1/keys` with the API's filters, and each key offers what to do
+ * about it next to the usual actions.
+ */
+async function hygieneScreen(params, main) {
+  const idle = IDLE_DAYS.includes(params.get('idle')) ? params.get('idle') : IDLE_DAYS[0];
+  const sections = [
+    {
+      id: 'idle', title: 'Idle', filters: () => ({ status: 'active', unused_for: `${picker.value}d` }),
+      hint: () => `Active keys not used for ${picker.value} days (or never, and made before then). Deactivate what nothing needs any more; a deactivated key can be reactivated.`,
+      empty: 'No idle key.', action: 'Deactivate',
+    },
+    {
+      id: 'never-used', title: 'Never used', filters: () => ({ status: 'active', never_used: 'true' }),
+      hint: () => 'Active keys that have never been verified successfully. Delete those nobody is going to use.',
+      empty: 'Every active key has been used.', action: 'Delete',
+    },
+    {
+      id: 'expiring', title: 'Expiring within 14 days', filters: () => ({ status: 'active', expires_within: '14d' }),
+      hint: () => 'Active keys that stop working within 14 days. Rotate those still needed: the new key replaces the old one.',
+      empty: 'No key expires within 14 days.', action: 'Rotate',
+    },
+    {
+      id: 'no-expiry', title: 'Never expiring', filters: () => ({ status: 'active', no_expiry: 'true' }),
+      hint: () => 'Active keys without an expiry: a leaked one would work for ever. Give them an expiry.',
+      empty: 'Every active key has an expiry.', action: 'Set an expiry',
+    },
+  ];
+  const picker = h('select', { id: 'idle-days' }, IDLE_DAYS.map((d) => h('option', { value: d, selected: d === idle, text: `${d} days` })));
+  main.replaceChildren(pageHead('Hygiene'),
+    h('p', { class: 'hint', text: 'Keys that deserve a look, as the API finds them. Each list is of active keys.' }),
+    ...sections.map((section) => {
+      section.count = h('span', { class: 'count-badge' });
+      section.hintEl = h('p', { class: 'hint', text: section.hint() });
+      section.body = h('div', { class: 'hygiene-body' });
+      section.element = h('section', { class: 'hygiene-section', id: `hygiene-${section.id}`, 'data-section': section.id, 'aria-labelledby': `hygiene-${section.id}-title` },
+        h('div', { class: 'section-head' }, h('h2', { id: `hygiene-${section.id}-title` }, section.title, ' ', section.count),
+          section.id === 'idle' ? h('div', { class: 'field field-inline' }, h('label', { for: 'idle-days', text: 'Not used for' }), picker) : null),
+        section.hintEl, section.body);
+      return section.element;
+    }));
+  // After an action every list is loaded again (a key may leave several); focus
+  // goes back to the same key in the same list, or to the list's heading.
+  const after = (section, id) => (message) => {
+    announce(message);
+    loadAll().then(() => {
+      const row = section.body.querySelector(`tr[data-key-id="${CSS.escape(id)}"] .menu-button`);
+      const heading = section.element.querySelector('h2');
+      heading.setAttribute('tabindex', '-1');
+      (row ?? heading).focus();
+    });
+  };
+
+  function row(section, key) {
+    const cell = (label, ...content) => h('td', { 'data-label': label }, h('div', {}, ...content));
+    const done = after(section, key.id);
+    const actions = keyActions(key, done);
+    let suggested = null;
+    if (section.action === 'Set an expiry') {
+      suggested = h('button', { type: 'button', class: 'button-quiet suggested' }, 'Set an expiry',
+        h('span', { class: 'visually-hidden', text: ` for ${key.name}` }));
+      suggested.addEventListener('click', async () => {
+        const view = await editKey(key, suggested, { focus: 'expires' });
+        if (view) done(view.expires_at ? `“${key.name}” now expires ${dateFormat.format(new Date(view.expires_at))}.` : 'Nothing was changed.');
+      });
+    } else {
+      const [label, run] = actions.find(([l]) => l === section.action) ?? [];
+      if (run) {
+        suggested = h('button', { type: 'button', class: `suggested ${label === 'Delete' ? 'button-danger-quiet' : 'button-quiet'}` },
+          label, h('span', { class: 'visually-hidden', text: ` ${key.name}` }));
+        suggested.addEventListener('click', () => run(suggested));
+      }
+    }
+    return h('tr', { 'data-key-id': key.id },
+      h('th', { scope: 'row', 'data-label': 'Name', class: 'cell-name' }, keyLink(key.id, key.name), ' ', badge('env', key.environment),
+        key.description ? h('span', { class: 'subtle', text: key.description }) : null),
+      cell('Prefix', h('span', { class: 'mono', text: key.prefix })),
+      cell('Created', time(key.created_at)),
+      cell('Last used', time(key.last_used_at, 'never')),
+      cell('Expires', time(key.expires_at, 'never')),
+      h('td', { class: 'cell-actions' }, h('div', { class: 'row-actions' }, suggested, actionsMenu(key, done))));
+  }
+
+  async function load(section) {
+    const mine = (section.generation = (section.generation ?? 0) + 1);
+    section.hintEl.textContent = section.hint();
+    const keys = [];
+    let cursor = null;
+    const fetchPage = async () => {
+      const query = new URLSearchParams({ limit: '100', ...section.filters() });
+      if (cursor) query.set('cursor', cursor);
+      const page = await api('GET', `/v1/keys?${query}`);
+      keys.push(...page.keys);
+      cursor = page.next_cursor;
+    };
+    try {
+      await fetchPage();
+    } catch (error) {
+      if (mine !== section.generation) return;
+      section.count.replaceChildren();
+      section.body.replaceChildren(h('p', { class: 'empty' }, 'This list could not be loaded. ', errorContent(error)));
+      return;
+    }
+    if (mine !== section.generation) return;
+    const tbody = h('tbody');
+    const more = h('button', { type: 'button', class: 'button-quiet', text: 'Show more keys' });
+    const counted = (n) => [`${n}${cursor ? '+' : ''}`, h('span', { class: 'visually-hidden', text: n === 1 && !cursor ? ' key' : ' keys' })];
+    const show = () => {
+      tbody.replaceChildren(...keys.map((key) => row(section, key)));
+      more.hidden = !cursor;
+      section.count.replaceChildren(...counted(keys.length));
+    };
+    more.addEventListener('click', async () => {
+      more.disabled = true;
+      try {
+        await fetchPage();
+        show();
+      } catch (error) {
+        showError(error);
+      } finally {
+        more.disabled = false;
+      }
+    });
+    if (!keys.length) {
+      section.count.replaceChildren(...counted(0));
+      section.body.replaceChildren(h('p', { class: 'empty', text: section.empty }));
+      return;
+    }
+    section.body.replaceChildren(h('div', { class: 'table-wrap' }, h('table', { class: 'data data-keys data-hygiene' },
+      h('caption', { class: 'visually-hidden', text: section.title }),
+      h('thead', {}, h('tr', {}, ['Name', 'Prefix', 'Created', 'Last used', 'Expires']
+        .map((t) => h('th', { scope: 'col', text: t })), h('th', { scope: 'col' }, h('span', { class: 'visually-hidden', text: 'Actions' })))),
+      tbody)), more);
+    show();
+  }
+
+  const loadAll = () => Promise.all(sections.map(load));
+  picker.addEventListener('change', () => {
+    history.replaceState(null, '', routeQuery('hygiene', { idle: picker.value === IDLE_DAYS[0] ? '' : picker.value }));
+    load(sections[0]);
+  });
+  await loadAll();
+}
+
 // ---------------------------------------------------------------- webhooks
 
 const MESSAGE_TYPES = [
@@ -1526,8 +2150,8 @@ async function listDeliveries(id, wrap) {
     }
     wrap.replaceChildren(h('table', {},
       h('caption', { class: 'visually-hidden', text: 'Messages sent to this endpoint, newest first' }),
-      h('thead', {}, h('tr', {}, ['Message', 'Type', 'Key', 'Status', 'Attempts', 'Last attempt', 'Answer', ''].map((c) =>
-        h('th', { scope: 'col', text: c })))),
+      h('thead', {}, h('tr', {}, ['Message', 'Type', 'Key', 'Status', 'Attempts', 'Last attempt', 'Answer'].map((c) =>
+        h('th', { scope: 'col', text: c })), h('th', { scope: 'col' }, h('span', { class: 'visually-hidden', text: 'Actions' })))),
       h('tbody', {}, deliveries.map((d) => h('tr', { 'data-message-id': d.id },
         h('td', { class: 'mono', text: d.id }),
         h('td', { class: 'mono', text: d.type }),
@@ -1560,6 +2184,8 @@ function route() {
   const parts = path.split('/').filter(Boolean);
   const params = new URLSearchParams(query);
   if (parts[0] === 'keys' && parts[1]) return { name: 'key', id: decodeURIComponent(parts[1]), params };
+  if (parts[0] === 'overview') return { name: 'overview', params };
+  if (parts[0] === 'hygiene') return { name: 'hygiene', params };
   if (parts[0] === 'audit') return { name: 'audit', params };
   if (parts[0] === 'webhooks' && parts[1]) return { name: 'webhook', id: decodeURIComponent(parts[1]), params };
   if (parts[0] === 'webhooks') return { name: 'webhooks', params };
@@ -1599,16 +2225,18 @@ async function render() {
   }
   const current = route();
   for (const link of document.querySelectorAll('[data-nav]')) {
-    const section = current.name === 'audit' ? 'audit'
+    const section = ['audit', 'overview', 'hygiene'].includes(current.name) ? current.name
       : current.name.startsWith('webhook') ? 'webhooks' : 'keys';
     const active = link.dataset.nav === section;
     if (active) link.setAttribute('aria-current', 'page');
     else link.removeAttribute('aria-current');
   }
-  const titles = { audit: 'Audit log', webhooks: 'Webhooks', webhook: 'Webhook endpoint' };
+  const titles = { audit: 'Audit log', webhooks: 'Webhooks', webhook: 'Webhook endpoint', overview: 'Overview', hygiene: 'Hygiene' };
   document.title = `${titles[current.name] ?? 'Keys'} · keyledger console`;
   const screen = current.name === 'audit' ? auditScreen(current.params, main)
-    : current.name === 'key' ? keyScreen(current.id, main)
+    : current.name === 'key' ? keyScreen(current.id, main, current.params)
+      : current.name === 'overview' ? overviewScreen(current.params, main)
+      : current.name === 'hygiene' ? hygieneScreen(current.params, main)
       : current.name === 'webhooks' ? webhooksScreen(main)
         : current.name === 'webhook' ? webhookScreen(current.id, main)
           : keysScreen(current.params, main);
