@@ -8,7 +8,7 @@ use std::sync::Arc;
 use keyledger_domain::{
     owner_stream_id, ApiKeyEvent, CreateKey, CreditChange, Credits, DomainError, Environment,
     KeyCommand, KeyCommandKind, KeyCreditsChanged, KeyId, KeyPrefix, KeyUsageEvent, Ledger,
-    OwnerLimits, RateLimit, RawKey, SetOwnerLimits, TenantId, UpdateKey,
+    OwnerLimits, Permissions, RateLimit, RawKey, SetOwnerLimits, TenantId, UpdateKey,
 };
 use keyledger_projections::audit::{AuditFilter, AuditPage};
 use keyledger_projections::event::meta_keys;
@@ -179,8 +179,8 @@ impl KeyService {
         self.prepare_key(actor, new, None, self.clock.now()).await
     }
 
-    /// The tenant's key cap is checked here, before anything is written: the
-    /// one way keys are made.
+    /// The tenant's key cap and policy are checked here, before anything is
+    /// written: the one way keys are made.
     async fn prepare_key(
         &self,
         actor: &Actor,
@@ -194,6 +194,16 @@ impl KeyService {
                 limit: self.max_keys,
             });
         }
+        // The permissions' own rules first (a malformed one is a validation
+        // error, not a policy's), then the tenant's policy, which may give
+        // the key its expiry.
+        let permissions = Permissions::parse(new.permissions.clone())?;
+        let expires_at = self.tenant_policy(&actor.tenant).await?.check_new_key(
+            new.environment,
+            permissions.as_slice(),
+            new.expires_at,
+            at,
+        )?;
         let raw = RawKey::generate(&self.prefix, new.environment, &mut rand::rng());
         let parsed = raw.parsed();
         let key_id = format!("key_{}", Uuid::now_v7().simple());
@@ -204,7 +214,7 @@ impl KeyService {
             description: new.description,
             environment: new.environment,
             permissions: new.permissions,
-            expires_at: new.expires_at,
+            expires_at,
             metadata: new.metadata,
             rotated_from,
             owner: new.owner,
@@ -440,7 +450,8 @@ impl KeyService {
         }
     }
 
-    /// Updates a key's fields; `credits` (if given) sets its balance and
+    /// Updates a key's fields, if the tenant's policy allows the permissions
+    /// and expiry it sets; `credits` (if given) sets its balance and
     /// refill (`Some(None)` removes its credit limit) as an event of its
     /// ledger, after the key's own fields are written.
     pub async fn update(
@@ -454,6 +465,18 @@ impl KeyService {
             keyledger_domain::limits::credits(c)?;
         }
         let key_id = self.resolve(actor, id).await?;
+        if update.permissions.is_some() || update.expires_at.is_some() {
+            let permissions = update
+                .permissions
+                .clone()
+                .map(Permissions::parse)
+                .transpose()?;
+            self.tenant_policy(&actor.tenant).await?.check_change(
+                permissions.as_ref().map(Permissions::as_slice),
+                update.expires_at,
+                self.clock.now(),
+            )?;
+        }
         self.command(actor, &key_id, KeyCommandKind::UpdateKey(update))
             .await?;
         if let Some(credits) = credits {
@@ -663,7 +686,25 @@ impl KeyService {
 
     /// The caller's tenant's policy.
     pub async fn policy(&self, actor: &Actor) -> Result<keyledger_domain::policy::Policy, Error> {
-        self.store.policy(&actor.tenant).await
+        self.tenant_policy(&actor.tenant).await
+    }
+
+    /// A tenant's policy, from memory when this node has seen it (kept
+    /// current by the feed), else from its stream.
+    pub async fn tenant_policy(
+        &self,
+        tenant: &str,
+    ) -> Result<keyledger_domain::policy::Policy, Error> {
+        use keyledger_projections::policies::Cached;
+        let cache = self.projections.policies();
+        match cache.get(tenant) {
+            Cached::Hit(policy) => Ok(policy),
+            Cached::Miss { generation } => {
+                let policy = self.store.policy(tenant).await?;
+                cache.fill(tenant, policy.clone(), generation);
+                Ok(policy)
+            }
+        }
     }
 
     /// Replaces the caller's tenant's policy (an event, in the audit log).

@@ -32,6 +32,10 @@ pub enum DomainError {
     /// never contains the presented string itself.
     #[error("malformed key: {reason}")]
     MalformedKey { reason: &'static str },
+    /// The key a command would leave breaks a rule of its tenant's policy;
+    /// `rule` names the policy field.
+    #[error("tenant policy, {rule}: {message}")]
+    PolicyViolation { rule: &'static str, message: String },
     /// A configured key prefix breaks `[a-z][a-z0-9]{0,15}`.
     #[error("invalid key prefix: must match [a-z][a-z0-9]{{0,15}}")]
     InvalidKeyPrefix,

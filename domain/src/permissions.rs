@@ -81,7 +81,7 @@ impl Permissions {
 }
 
 /// What is wrong with one entry, phrased to follow "entry N".
-fn problem_with(permission: &str) -> Option<&'static str> {
+pub(crate) fn problem_with(permission: &str) -> Option<&'static str> {
     if permission.is_empty() {
         Some("is empty")
     } else if permission.chars().count() > MAX_PERMISSION_LEN {

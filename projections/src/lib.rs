@@ -15,6 +15,7 @@ pub mod event;
 mod index_load;
 pub mod inline;
 pub mod key_list;
+pub mod policies;
 mod postgres;
 pub mod projector;
 pub mod replay;

@@ -14,8 +14,10 @@ use crate::checkpoint::Checkpoints;
 use crate::db::ProjectionTables;
 use crate::db::Rebuilt;
 use crate::error::ProjectionError;
+use crate::event::KeyledgerEvent;
 use crate::event::RecordedEvent;
 use crate::key_list::{KeyPage, KeyRow, ListFilter};
+use crate::policies::PolicyCache;
 use crate::sql;
 use crate::usage::{KeyTotal, Retention, Unit, UsageRow};
 use crate::verification::VerificationIndex;
@@ -28,6 +30,8 @@ pub struct Projections {
     index: Arc<VerificationIndex>,
     /// How long usage buckets are kept (the pruner, rebuilds and checks).
     retention: Retention,
+    /// Tenants' policies as the feed last set them.
+    policies: PolicyCache,
 }
 
 impl Projections {
@@ -39,6 +43,7 @@ impl Projections {
             db,
             index,
             retention: Retention::default(),
+            policies: PolicyCache::default(),
         })
     }
 
@@ -49,6 +54,7 @@ impl Projections {
             db: sql::tables(pool),
             index: Arc::new(VerificationIndex::new()),
             retention: Retention::default(),
+            policies: PolicyCache::default(),
         }
     }
 
@@ -60,6 +66,11 @@ impl Projections {
 
     pub fn usage_retention(&self) -> &Retention {
         &self.retention
+    }
+
+    /// Tenants' policies as this node last saw them.
+    pub fn policies(&self) -> &PolicyCache {
+        &self.policies
     }
 
     pub fn index(&self) -> &Arc<VerificationIndex> {
@@ -87,6 +98,9 @@ impl Projections {
         self.db.apply_batch(events, through).await?;
         for e in events {
             self.index.apply(e);
+            if let KeyledgerEvent::Policy(p) = &e.event {
+                self.policies.apply(p);
+            }
         }
         self.index.advance_to(through);
         Ok(())

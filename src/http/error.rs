@@ -25,7 +25,8 @@ pub struct ErrorDetail {
     pub code: String,
     /// Human-readable explanation.
     pub message: String,
-    /// For `validation_failed`: `{"field": <name>}`.
+    /// For `validation_failed`: `{"field": <name>}`; for `policy_violation`:
+    /// `{"rule": <the tenant policy's field>}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub details: Option<Value>,
@@ -57,6 +58,12 @@ fn parts(error: &Error) -> Parts {
             code: "validation_failed",
             message: format!("{field}: {message}"),
             details: Some(json!({ "field": field })),
+        },
+        Error::Domain(DomainError::PolicyViolation { rule, message }) => Parts {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "policy_violation",
+            message: format!("the tenant policy's {rule} rule refuses this: {message}"),
+            details: Some(json!({ "rule": rule })),
         },
         Error::Projection(ProjectionError::InvalidQuery { field, message }) => Parts {
             status: StatusCode::UNPROCESSABLE_ENTITY,

@@ -329,7 +329,7 @@ async fn the_tenant_policy_decides_what_a_leak_leads_to(backend: Backend) {
         return;
     };
     let got = app.get("/v1/policy").await;
-    assert_eq!(got.body, json!({"on_leak": "deactivate"}), "{}", got.text);
+    assert_eq!(got.body["on_leak"], "deactivate", "{}", got.text);
 
     // Notify only: recorded, and the key keeps working.
     let r = app

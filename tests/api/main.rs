@@ -20,6 +20,7 @@ mod lifecycle;
 mod limits;
 mod openapi;
 mod poison;
+mod policy;
 mod proxy_auth;
 mod rebuild;
 mod receiver;

@@ -203,6 +203,48 @@ async fn a_key_revoked_on_one_node_fails_verification_on_another() {
     a.stop().await;
 }
 
+/// Node B checks creates against the policy it holds in memory: a policy
+/// set on node A reaches it by the feed, also after B cached the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_set_on_one_node_is_enforced_by_another() {
+    let Some(a) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let b = second_node(&a).await;
+    // B reads (and caches) the default policy: test keys are allowed.
+    let r = b
+        .post("/v1/keys", json!({"name": "before", "environment": "test"}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let r = a
+        .send(
+            Method::PUT,
+            "/v1/policy",
+            Some(json!({"allowed_environments": ["live"]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let started = Instant::now();
+    loop {
+        let r = b
+            .post("/v1/keys", json!({"name": "after", "environment": "test"}))
+            .await;
+        if r.status == StatusCode::UNPROCESSABLE_ENTITY {
+            assert_eq!(r.body["error"]["code"], "policy_violation", "{}", r.text);
+            break;
+        }
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "node B never learnt the policy"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("the policy reached node B in {:?}", started.elapsed());
+    b.stop().await;
+    a.stop().await;
+}
+
 /// Node B polls once an hour here, so only the notifications of A's commits
 /// can bring them: group commit's, which names the batch's last position
 /// (migrations/postgres/0009), and the sequencer's, which names none.
