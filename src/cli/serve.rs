@@ -134,6 +134,8 @@ impl ServeArgs {
 }
 
 pub async fn run(args: ServeArgs, mut config: Config) -> Result<ExitCode, Error> {
+    // First: from here on a SIGINT or SIGTERM stops the node gracefully.
+    let stop = shutdown_signal();
     config.listen = args.listen;
     config.key_prefix = KeyPrefix::new(&args.key_prefix)
         .map_err(|e| Error::Config(format!("KEYLEDGER_KEY_PREFIX: {e}")))?;
@@ -166,7 +168,7 @@ pub async fn run(args: ServeArgs, mut config: Config) -> Result<ExitCode, Error>
         config.store.describe()
     );
     let app = Application::build(config).await?;
-    app.run_until_stopped(shutdown_signal()).await?;
+    app.run_until_stopped(stop).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -187,33 +189,44 @@ fn seconds(value: u64, name: &str) -> Result<Duration, Error> {
     Ok(Duration::from_secs(value))
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled: called before the node
+/// starts, a signal that comes while it starts (or just after it says it is
+/// listening) stops it gracefully instead of killing it unflushed.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let streams = [SignalKind::interrupt(), SignalKind::terminate()].map(|kind| {
+            signal(kind)
+                .map_err(|e| tracing::error!(error = %e, "cannot listen for {kind:?}"))
+                .ok()
+        });
+        async move {
+            let [interrupt, terminate] = streams;
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(interrupt) => {}
+                () = wait(terminate) => {}
+            }
+            tracing::info!("shutting down");
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %e, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
+        tracing::info!("shutting down");
     }
-    tracing::info!("shutting down");
 }
 
 #[cfg(test)]
