@@ -8,7 +8,11 @@
 //! `POST /v1/leaks/report`.
 //!
 //! Actions run after the answer, in the background: a reporter's answer
-//! never waits on the store.
+//! never waits on the store. They run one report at a time on a node, in
+//! the order the reports came: reports of the same keys that overlap would
+//! otherwise race each other for each key's stream, and a record that kept
+//! losing would be dropped after its answer said it was taken. A conflict
+//! with another node is retried until it goes through.
 
 use std::sync::Arc;
 
@@ -36,6 +40,9 @@ pub mod reporters;
 /// Acts on leak reports.
 pub struct Leaks {
     service: Arc<KeyService>,
+    /// Held while a report is acted on (tokio's mutex is fair: first come,
+    /// first served).
+    turn: Arc<tokio::sync::Mutex<()>>,
     /// Configured secret-scanning partners, by name.
     reporters: std::collections::HashMap<String, Arc<reporters::Reporter>>,
 }
@@ -63,7 +70,11 @@ impl Leaks {
                 )
             })
             .collect();
-        Self { service, reporters }
+        Self {
+            service,
+            turn: Arc::default(),
+            reporters,
+        }
     }
 
     /// A configured reporter, by name.
@@ -91,12 +102,31 @@ impl Leaks {
             url: bounded(found.url),
         };
         tokio::spawn(async move {
+            let _turn = me.turn.clone().lock_owned().await;
             for (key_id, tenant) in keys {
                 if let Err(e) = me.act_on(&reporter, &key_id, &tenant, &found).await {
                     tracing::warn!(key = %key_id, error = %e, "a leak report could not be acted on");
                 }
             }
         });
+    }
+
+    /// Runs a command until it is not lost to a conflict: the command itself
+    /// retries a few times; a report keeps going (a few more rounds, a
+    /// second apart) because nobody is waiting to retry it.
+    async fn persist(&self, actor: &Actor, id: &KeyId, kind: KeyCommandKind) -> Result<(), Error> {
+        const ROUNDS: usize = 30;
+        let mut round = 0;
+        loop {
+            match self.service.run_command(actor, id, kind.clone()).await {
+                Err(Error::Conflict) if round < ROUNDS => {
+                    round += 1;
+                    tracing::debug!(key = %id, round, "a leak action lost a race; trying again");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn act_on(
@@ -115,8 +145,7 @@ impl Leaks {
         };
         let id = KeyId::from(key_id);
         let recorded = self
-            .service
-            .run_command(
+            .persist(
                 &actor,
                 &id,
                 KeyCommandKind::ReportLeak {
@@ -136,7 +165,7 @@ impl Leaks {
                     LeakAction::Notify => None,
                 };
                 match action {
-                    Some(kind) => self.service.run_command(&actor, &id, kind).await,
+                    Some(kind) => self.persist(&actor, &id, kind).await,
                     None => Ok(()),
                 }
             }

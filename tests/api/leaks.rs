@@ -13,7 +13,57 @@ use crate::helpers::{reply, spawn_app, spawn_sqlite_app, token, Backend, Reply, 
 backend_tests!(
     a_reported_key_is_recorded_once_and_deactivated_whatever_its_tenant,
     the_tenant_policy_decides_what_a_leak_leads_to,
+    overlapping_reports_of_the_same_keys_are_all_recorded,
 );
+
+/// Reports answered at once while earlier ones are still being acted on:
+/// every one of them is recorded on every key, none lost to the races
+/// between them.
+async fn overlapping_reports_of_the_same_keys_are_all_recorded(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let mut keys = Vec::new();
+    for i in 0..100 {
+        keys.push(app.create_key(&format!("pasted-{i}")).await.1);
+    }
+    let reports = 19;
+    let sent = futures::future::join_all((0..reports).map(|r| {
+        report(
+            &app,
+            json!({"keys": keys, "url": format!("https://paste.example/{r}")}),
+        )
+    }))
+    .await;
+    assert!(sent.iter().all(|r| r.status == StatusCode::ACCEPTED));
+    let want = reports * keys.len();
+    let started = Instant::now();
+    loop {
+        // Every page of the audit log's leak records.
+        let mut n = 0;
+        let mut cursor = String::new();
+        loop {
+            let r = app
+                .get(&format!(
+                    "/v1/audit?type=KeyLeakReported&limit=1000{cursor}"
+                ))
+                .await;
+            n += r.body["events"].as_array().map_or(0, Vec::len);
+            match r.body["next_cursor"].as_str() {
+                Some(next) => cursor = format!("&cursor={next}"),
+                None => break,
+            }
+        }
+        if n == want {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{n} of {want} leak records after 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
 
 async fn report(app: &TestApp, body: Value) -> Reply {
     // No credential: anyone may report.
