@@ -5,6 +5,7 @@
 //! response to a deactivation on node A to the first `DISABLED` verification on
 //! node B, over many keys. `bench create` measures command throughput from many
 //! concurrent clients. `bench seed` writes load data straight into the store.
+//! `bench leaks` times a node's answer to a signed secret-scanning report.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -13,6 +14,8 @@ use clap::{Parser, Subcommand};
 use keyledger::cli::StoreArgs;
 use keyledger::{Config, Error};
 use serde_json::{json, Value};
+
+mod leaks;
 
 // The server's allocator: seeding allocates as a rebuild does.
 #[global_allocator]
@@ -91,6 +94,12 @@ enum BenchCommand {
         #[arg(long, default_value_t = 20.0)]
         rate: f64,
     },
+    /// Report leaked keys to a running node as a secret-scanning partner
+    /// (GitHub's format, signed): time the answer to a report of many tokens,
+    /// some of them the node's keys. The partner's public keys are served at
+    /// http://KEYS_LISTEN/keys: start the node with
+    /// `--leak-reporter NAME=http://KEYS_LISTEN/keys`.
+    Leaks(LeaksArgs),
     /// Create keys through a running node from many clients for a while; print
     /// commands/s and latency percentiles.
     Create {
@@ -181,12 +190,127 @@ async fn run(command: BenchCommand, config: Config) -> Result<ExitCode, Error> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        BenchCommand::Leaks(args) => leak_reports(&config, args).await,
         BenchCommand::Create {
             url,
             clients,
             duration,
         } => create(&config, &url, clients, duration).await,
     }
+}
+
+#[derive(Debug, clap::Args)]
+struct LeaksArgs {
+    /// Base URL of the node.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Keys of the node, one per line (`seed --keys-out`).
+    #[arg(long)]
+    keys_file: std::path::PathBuf,
+    /// Where to serve the partner's public keys.
+    #[arg(long, default_value = "127.0.0.1:18093")]
+    keys_listen: std::net::SocketAddr,
+    /// The reporter's name at the node (`--leak-reporter NAME=...`).
+    #[arg(long, default_value = "bench")]
+    reporter: String,
+    /// Tenant of the keys (its audit log shows the actions).
+    #[arg(long, default_value = "bench")]
+    tenant: String,
+    /// Tokens in the report.
+    #[arg(long, default_value_t = 1000)]
+    tokens: usize,
+    /// How many of them are keys of the node (drawn from the keys file at
+    /// random); the rest are well-formed keys it never issued.
+    #[arg(long, default_value_t = 500)]
+    ours: usize,
+    /// Reports to time.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..))]
+    rounds: u16,
+    /// Send each report without waiting for the node to act on the one
+    /// before (answers timed while it records the earlier reports).
+    #[arg(long)]
+    overlap: bool,
+}
+
+/// `ours` keys drawn at random from `path` (one key a line).
+fn sample_keys(path: &std::path::Path, ours: usize) -> Result<Vec<String>, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    let all: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    if all.len() < ours {
+        return Err(Error::Config(format!(
+            "{}: {} keys, fewer than --ours {ours}",
+            path.display(),
+            all.len()
+        )));
+    }
+    Ok(rand::seq::index::sample(&mut rand::rng(), all.len(), ours)
+        .into_iter()
+        .map(|i| all[i].to_string())
+        .collect())
+}
+
+async fn leak_reports(config: &Config, args: LeaksArgs) -> Result<ExitCode, Error> {
+    if args.ours > args.tokens {
+        return Err(Error::validation("ours", "at most --tokens"));
+    }
+    let chosen = sample_keys(&args.keys_file, args.ours)?;
+    let report = leaks::Report::mixed(&chosen, args.tokens - args.ours);
+    let partner = leaks::Partner::generate(&args.reporter);
+    let keys_url = partner.publish(args.keys_listen).await?;
+    eprintln!(
+        "partner keys at {keys_url} (--leak-reporter {}={keys_url})",
+        args.reporter
+    );
+    let secret = keyledger::app::server_secret(config)?;
+    let token = keyledger::http::auth::mint(
+        secret.expose(),
+        &args.tenant,
+        "bench-leaks",
+        Duration::from_secs(3600),
+    )?;
+    let plan = leaks::Plan {
+        url: args.url,
+        token,
+        rounds: usize::from(args.rounds),
+        overlap: args.overlap,
+    };
+    let figures = leaks::run(&partner, &report, &plan).await?;
+    let mut answers = figures.answers.clone();
+    answers.sort();
+    let mut acted = figures.acted.clone();
+    acted.sort();
+    println!(
+        "tokens={} true_positive={} false_positive={} rounds={} overlap={} answer_p50_ms={:.1} answer_p90_ms={:.1} answer_max_ms={:.1}",
+        args.tokens,
+        figures.labels.true_positive,
+        figures.labels.false_positive,
+        plan.rounds,
+        plan.overlap,
+        percentile_ms(&answers, 0.5),
+        percentile_ms(&answers, 0.9),
+        percentile_ms(&answers, 1.0),
+    );
+    let ms = |d: &Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
+    println!(
+        "answers_ms={}",
+        figures.answers.iter().map(ms).collect::<Vec<_>>().join(",")
+    );
+    println!(
+        "leak_reports_recorded={} of {} acted_p50_ms={:.0} acted_max_ms={:.0}",
+        figures.reports_recorded,
+        figures.reports_due,
+        percentile_ms(&acted, 0.5),
+        percentile_ms(&acted, 1.0),
+    );
+    if figures.reports_recorded < figures.reports_due {
+        eprintln!(
+            "keyledger-bench: {} leak reports answered true_positive were never recorded",
+            figures.reports_due - figures.reports_recorded
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// What one create client saw.
