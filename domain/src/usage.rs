@@ -60,8 +60,10 @@ pub struct KeyUsageRecorded {
 
 /// Refused verifications of one key, by outcome: what a flush reports beside
 /// its `VALID` count.
+// Unknown outcomes are ignored, as unknown fields of every event are: an
+// outcome a later version adds must not stop an older node's tailer during a
+// rolling upgrade.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Outcomes {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub disabled: u64,
@@ -89,6 +91,19 @@ pub enum Refusal {
     RateLimited,
     UsageExceeded,
     IpNotAllowed,
+}
+
+impl Refusal {
+    /// Every refusal, in the order of [`Outcomes::counts`].
+    pub const ALL: [Refusal; 7] = [
+        Refusal::Disabled,
+        Refusal::Expired,
+        Refusal::WrongEnvironment,
+        Refusal::InsufficientPermissions,
+        Refusal::RateLimited,
+        Refusal::UsageExceeded,
+        Refusal::IpNotAllowed,
+    ];
 }
 
 impl Outcomes {
@@ -144,19 +159,8 @@ impl Outcomes {
 
     /// Adds every count of `other`.
     pub fn merge(&mut self, other: &Outcomes) {
-        for (mine, theirs) in [
-            (&mut self.disabled, other.disabled),
-            (&mut self.expired, other.expired),
-            (&mut self.wrong_environment, other.wrong_environment),
-            (
-                &mut self.insufficient_permissions,
-                other.insufficient_permissions,
-            ),
-            (&mut self.rate_limited, other.rate_limited),
-            (&mut self.usage_exceeded, other.usage_exceeded),
-            (&mut self.ip_not_allowed, other.ip_not_allowed),
-        ] {
-            *mine = mine.saturating_add(theirs);
+        for (refusal, n) in Refusal::ALL.into_iter().zip(other.counts()) {
+            self.add(refusal, n);
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod replay;
 pub mod schema;
 mod sql;
 mod sqlite;
+mod sync;
 pub mod usage;
 pub mod verification;
 

@@ -10,9 +10,11 @@
 //! newest event applied.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::Mutex;
 
 use keyledger_domain::policy::{Policy, PolicyEvent};
+
+use crate::sync::lock;
 
 #[derive(Debug, Default)]
 pub struct PolicyCache {
@@ -33,13 +35,8 @@ pub enum Cached {
 }
 
 impl PolicyCache {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A poisoned lock only means a panic elsewhere; the map is still valid.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     pub fn get(&self, tenant: &str) -> Cached {
-        let inner = self.lock();
+        let inner = lock(&self.inner);
         match inner.by_tenant.get(tenant) {
             Some(p) => Cached::Hit(p.clone()),
             None => Cached::Miss {
@@ -51,7 +48,7 @@ impl PolicyCache {
     /// Keeps `policy`, read from the store after a miss at `generation`,
     /// unless an event was applied meanwhile.
     pub fn fill(&self, tenant: &str, policy: Policy, generation: u64) {
-        let mut inner = self.lock();
+        let mut inner = lock(&self.inner);
         if inner.generation == generation {
             inner.by_tenant.insert(tenant.to_string(), policy);
         }
@@ -60,7 +57,7 @@ impl PolicyCache {
     /// The feed's newest word on a tenant's policy.
     pub fn apply(&self, event: &PolicyEvent) {
         let PolicyEvent::TenantPolicySet(set) = event;
-        let mut inner = self.lock();
+        let mut inner = lock(&self.inner);
         inner.generation += 1;
         inner
             .by_tenant

@@ -335,11 +335,15 @@ where
         limit: i64,
     ) -> Result<Vec<KeyTotal>, ProjectionError> {
         let refused = usage::refused_sum();
-        let rows: Vec<(String, i64, i64)> = sqlx::query_as(&format!(
-            "SELECT subject, CAST(SUM(valid{refused}) AS BIGINT) AS total, \
-             CAST(SUM(valid) AS BIGINT) AS valid FROM usage_buckets \
-             WHERE tenant = $1 AND unit = $2 AND start_ms >= $3 AND start_ms < $4 \
-             AND subject <> $5 GROUP BY subject ORDER BY total DESC, subject LIMIT $6"
+        // The names in the same statement: a deleted key has none.
+        let rows: Vec<(String, i64, i64, Option<String>)> = sqlx::query_as(&format!(
+            "SELECT t.subject, t.total, t.valid, k.name FROM \
+             (SELECT subject, CAST(SUM(valid{refused}) AS BIGINT) AS total, \
+              CAST(SUM(valid) AS BIGINT) AS valid FROM usage_buckets \
+              WHERE tenant = $1 AND unit = $2 AND start_ms >= $3 AND start_ms < $4 \
+              AND subject <> $5 GROUP BY subject ORDER BY total DESC, subject LIMIT $6) t \
+             LEFT JOIN key_list k ON k.id = t.subject AND k.tenant = $1 \
+             ORDER BY t.total DESC, t.subject"
         ))
         .bind(tenant.to_string())
         .bind(unit.as_str())
@@ -351,8 +355,9 @@ where
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(key_id, total, valid)| KeyTotal {
+            .map(|(key_id, total, valid, name)| KeyTotal {
                 key_id,
+                name,
                 total,
                 valid,
             })

@@ -365,10 +365,11 @@ pub(crate) fn refused_sum() -> String {
     Outcomes::NAMES.iter().map(|n| format!(" + {n}")).collect()
 }
 
-/// Top keys of a range: `(key id, total, valid)`.
+/// One of the top keys of a range, with its name while the key exists.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyTotal {
     pub key_id: String,
+    pub name: Option<String>,
     pub total: i64,
     pub valid: i64,
 }

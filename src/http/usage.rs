@@ -246,19 +246,15 @@ pub async fn tenant_usage(
             TOP_KEYS,
         )
         .await?;
-    let mut top_keys = Vec::with_capacity(top.len());
-    for t in top {
-        let name = projections
-            .get_key(&actor.tenant, &t.key_id)
-            .await?
-            .map(|k| k.name);
-        top_keys.push(TopKey {
+    let top_keys = top
+        .into_iter()
+        .map(|t| TopKey {
             key_id: t.key_id,
-            name,
+            name: t.name,
             total: t.total,
             valid: t.valid,
-        });
-    }
+        })
+        .collect();
     Ok(Json(TenantUsage {
         granularity: range.unit.as_str().to_string(),
         since: range.since(),

@@ -363,6 +363,18 @@ impl TestApp {
         )
     }
 
+    /// The Prometheus text of `GET /metrics` (no credential needed).
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
     /// The full history of one key (`GET /v1/keys/{id}/events`), asserting 200.
     pub async fn key_events(&self, id: &str) -> Vec<Value> {
         let r = self.get(&format!("/v1/keys/{id}/events")).await;

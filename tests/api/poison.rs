@@ -354,15 +354,7 @@ async fn a_tailer_that_cannot_apply_an_event_makes_the_node_not_ready(backend: B
     );
     // Verification of what it already knows keeps answering meanwhile.
     assert_eq!(app.verify_code(&key).await, "VALID");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains(keyledger::tailer::TAILER_FAILURES_TOTAL),
         "the failures are counted"

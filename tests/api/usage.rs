@@ -197,4 +197,13 @@ async fn verifications_are_counted_by_outcome_and_survive_a_restart_and_a_rebuil
             .all(|d| d.contains("/minute/") && d.ends_with("is missing")),
         "{diffs:?}"
     );
+
+    // A deleted key stays among the top keys, without a name.
+    let r = app
+        .send(Method::DELETE, &format!("/v1/keys/{id}"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = app.get("/v1/usage?granularity=day").await;
+    assert_eq!(r.body["top_keys"][0]["key_id"], id.as_str(), "{}", r.text);
+    assert!(r.body["top_keys"][0]["name"].is_null(), "{}", r.text);
 }

@@ -39,15 +39,7 @@ async fn a_slow_receiver_holds_back_only_its_own_endpoint() {
     let seen = fast.wait_for(3).await;
     assert!(seen.iter().all(|m| m["verified"] == true));
     assert!(slow.messages().len() <= 1, "{:?}", slow.messages());
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = app.metrics_text().await;
     for name in [
         "keyledger_webhook_attempts_total{outcome=\"delivered\"}",
         "keyledger_webhook_delivery_lag_seconds_bucket",

@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
+use crate::sync::lock;
+
 use chrono::{DateTime, Utc};
 use keyledger_domain::{Ledger, RateLimit, Settlement};
 use smallvec::SmallVec;
@@ -1030,11 +1032,6 @@ impl Owners {
         self.get(&need.subject)
             .is_some_and(|o| lock(&o.windows).fall_back(need))
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A poisoned lock only means a panic elsewhere; the counts are still valid.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -34,6 +34,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use crate::sync::lock;
+
 use chrono::{DateTime, Utc};
 use compact_str::CompactString;
 use keyledger_domain::key::{display_body_of_key, display_body_of_prefix};
@@ -1223,11 +1225,6 @@ impl VerificationIndex {
             None => lock(&self.orphaned).push(usage.clone()),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A poisoned lock only means a panic elsewhere; the data is still valid.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A limited key, held by the index generation that names it.

@@ -9,10 +9,12 @@
 //! never on the `VALID` path.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use keyledger_domain::{Outcomes, Refusal};
+
+use crate::sync::lock;
 
 const SHARDS: usize = 16;
 
@@ -45,11 +47,6 @@ impl Default for RefusalCounts {
             shards: std::array::from_fn(|_| Mutex::default()),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A poisoned lock only means a panic elsewhere; the counts are still valid.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Key ids end in random hex digits (UUIDv7): the last byte spreads them.
