@@ -11,7 +11,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use keyledger_domain::{Credits, Environment, KeyPrefix, Ledger, Permissions, RateLimit, RawKey};
+use std::net::IpAddr;
+
+use keyledger_domain::{
+    AllowedIps, Credits, Environment, KeyPrefix, Ledger, Permissions, RateLimit, RawKey,
+};
 use keyledger_projections::{
     IndexedKey, LimitSpec, Need, VerificationCode, VerificationIndex, VerifyRequest,
 };
@@ -34,6 +38,36 @@ fn population() -> usize {
 /// order. `limited` keys have a rate limit and credits, as `keyledger-bench
 /// seed --limited` gives them.
 fn loaded_index(n: usize, limited: bool) -> (VerificationIndex, Vec<String>) {
+    let (index, keys) = loaded_index_with(n, limited, false);
+    (index, keys.into_iter().map(|(k, _)| k).collect())
+}
+
+/// A tenant's handful of allowed ranges (five, IPv4 and IPv6; each tenant
+/// its own), and an address inside the last one checked: the worst case of
+/// the scan.
+fn tenant_ranges(tenant: usize) -> (AllowedIps, IpAddr) {
+    let t = tenant % 100;
+    let ranges = vec![
+        format!("10.{t}.0.0/16"),
+        format!("192.168.{t}.0/24"),
+        format!("2001:db8:{t:x}::/48"),
+        format!("172.16.{t}.0/24"),
+        format!("203.0.{t}.0/24"),
+    ];
+    let allowed = AllowedIps::parse(ranges).expect("valid ranges");
+    // Canonical order puts IPv6 last: an address in it is checked against
+    // every range.
+    let ip = format!("2001:db8:{t:x}::7").parse().expect("address");
+    (allowed, ip)
+}
+
+/// As [`loaded_index`]; with `restricted`, every key has its tenant's
+/// allowed ranges and is presented with an address inside them.
+fn loaded_index_with(
+    n: usize,
+    limited: bool,
+    restricted: bool,
+) -> (VerificationIndex, Vec<(String, Option<IpAddr>)>) {
     let mut rng = StdRng::seed_from_u64(7);
     let prefix = KeyPrefix::default();
     let permissions = Permissions::parse(vec!["invoices:read".into(), "invoices:write".into()])
@@ -61,6 +95,12 @@ fn loaded_index(n: usize, limited: bool) -> (VerificationIndex, Vec<String>) {
             None,
             true,
         );
+        let (key, ip) = if restricted {
+            let (allowed, ip) = tenant_ranges(i);
+            (key.with_allowed_ips(allowed), Some(ip))
+        } else {
+            (key, None)
+        };
         let key = if limited {
             key.with_limits(LimitSpec {
                 owner: None,
@@ -81,7 +121,7 @@ fn loaded_index(n: usize, limited: bool) -> (VerificationIndex, Vec<String>) {
             key
         };
         index.insert(raw.hash(), key);
-        keys.push(raw.into_exposed());
+        keys.push((raw.into_exposed(), ip));
     }
     keys.shuffle(&mut rng);
     (index, keys)
@@ -98,6 +138,7 @@ fn reserve_ahead(index: &VerificationIndex, keys: &[String], now: chrono::DateTi
             environment: None,
             permissions: &[],
             cost: 0,
+            ip: None,
         };
         loop {
             match index.verify(request, now, |a| a.code) {
@@ -136,6 +177,7 @@ fn valid_with_permission(
                     environment: None,
                     permissions: required,
                     cost: 1,
+                    ip: None,
                 },
                 now,
                 |a| a.code,
@@ -181,6 +223,7 @@ fn verify(c: &mut Criterion) {
                         environment: None,
                         permissions: &required,
                         cost: 1,
+                        ip: None,
                     },
                     now,
                     |a| {
@@ -207,6 +250,7 @@ fn verify(c: &mut Criterion) {
                         environment: None,
                         permissions: &missing,
                         cost: 1,
+                        ip: None,
                     },
                     now,
                     |a| a.code,
@@ -235,6 +279,7 @@ fn verify(c: &mut Criterion) {
                     environment: None,
                     permissions: &[],
                     cost: 1,
+                    ip: None,
                 },
                 now,
                 |a| a.code,
@@ -251,6 +296,7 @@ fn verify(c: &mut Criterion) {
                     environment: None,
                     permissions: &[],
                     cost: 1,
+                    ip: None,
                 },
                 now,
                 |a| a.code,
@@ -286,6 +332,7 @@ fn verify(c: &mut Criterion) {
                         environment: None,
                         permissions: &required,
                         cost: 1,
+                        ip: None,
                     },
                     now,
                     |a| {
@@ -301,6 +348,42 @@ fn verify(c: &mut Criterion) {
     });
     group.finish();
 
+    // The same population with every key pinned to its tenant's handful of
+    // address ranges, presented from the last range checked; against the
+    // plain group's `valid_with_permission` of the same run, this is what
+    // the IP check costs.
+    let (restricted, restricted_keys) = loaded_index_with(n, false, true);
+    let mut group = c.benchmark_group(format!("verify_{n}_restricted_keys"));
+    group.throughput(Throughput::Elements(1));
+    group.measurement_time(Duration::from_secs(10));
+    let mut next = 0usize;
+    let mut batch = move || {
+        next = (next + 1) % restricted_keys.len();
+        restricted_keys[next].clone()
+    };
+    group.bench_function("valid_with_permission", |b| {
+        b.iter_batched_ref(
+            &mut batch,
+            |(key, ip)| {
+                let code = restricted.verify(
+                    VerifyRequest {
+                        key: black_box(key.as_str()),
+                        environment: None,
+                        permissions: &required,
+                        cost: 1,
+                        ip: black_box(*ip),
+                    },
+                    now,
+                    |a| a.code,
+                );
+                debug_assert_eq!(code, Ok(VerificationCode::Valid));
+                black_box(code)
+            },
+            BatchSize::NumIterations(256),
+        )
+    });
+    group.finish();
+
     // Sanity outside the timing: every presented key was found and counted.
     let code = index.verify(
         VerifyRequest {
@@ -308,11 +391,26 @@ fn verify(c: &mut Criterion) {
             environment: None,
             permissions: &required,
             cost: 1,
+            ip: None,
         },
         now,
         |a| a.code,
     );
     assert_eq!(code, Ok(VerificationCode::Valid));
+    // And a restricted key from outside its ranges is refused.
+    let (outside, keys) = loaded_index_with(1, false, true);
+    let code = outside.verify(
+        VerifyRequest {
+            key: &keys[0].0,
+            environment: None,
+            permissions: &required,
+            cost: 1,
+            ip: Some("198.51.100.1".parse().expect("address")),
+        },
+        now,
+        |a| a.code,
+    );
+    assert_eq!(code, Ok(VerificationCode::IpNotAllowed));
 }
 
 criterion_group!(benches, verify);

@@ -96,6 +96,9 @@ impl Application {
                 .await?
                 .with_usage_retention(config.usage_retention),
         );
+        projections
+            .index()
+            .set_import_prefixes(config.import_prefixes.clone());
         let tailer = Arc::new(Tailer::new(store.clone(), projections.clone()));
         tailer.remember_generation().await?;
         // Events committed before a crash may not have been numbered yet, or

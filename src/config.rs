@@ -123,6 +123,10 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// How long usage buckets of each size are kept.
     pub usage_retention: keyledger_projections::usage::Retention,
+    /// Prefixes of keys issued by other systems and imported by their hash
+    /// (`--import-prefix`): verification looks such strings up although they
+    /// are not in keyledger's format.
+    pub import_prefixes: Vec<String>,
 }
 
 /// Which RS256/ES256 management tokens of an identity provider are accepted.
@@ -181,6 +185,7 @@ impl Config {
             idp: None,
             after_commit: None,
             trusted_proxies: Vec::new(),
+            import_prefixes: Vec::new(),
         }
     }
 
@@ -204,6 +209,18 @@ pub fn parse_trusted_proxy(entry: &str) -> Result<ipnet::IpNet, String> {
         .map(|net| net.trunc())
         .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
         .map_err(|_| format!("`{entry}` is not a CIDR (such as 10.0.0.0/8) or an IP address"))
+}
+
+/// One `--import-prefix`: 1-32 visible ASCII characters (`sk_live_`,
+/// `ghp_`). Any string that starts with one is hashed and looked up, so a
+/// prefix is what tells an imported key from garbage.
+pub fn parse_import_prefix(entry: &str) -> Result<String, String> {
+    let ok = (1..=32).contains(&entry.len()) && entry.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(entry.to_string())
+    } else {
+        Err("an import prefix is 1-32 visible ASCII characters, no spaces".into())
+    }
 }
 
 /// Chooses the store from a database URL: `postgres://`/`postgresql://` select

@@ -61,6 +61,10 @@ pub enum Error {
     /// The client did not send its body in time.
     #[error("the request body was not received in time")]
     RequestTimeout,
+    /// An imported key's hash is held by another key that cannot be it (of
+    /// another tenant, or deleted).
+    #[error("{0}")]
+    ImportRefused(String),
     /// Concurrent commands on one key kept colliding.
     #[error("the key was changed concurrently; retry the request")]
     Conflict,

@@ -14,6 +14,7 @@ pub mod fault;
 pub mod group_commit;
 pub mod http;
 pub mod idempotency;
+pub mod import;
 pub mod integrity;
 pub mod leaks;
 pub mod limits;

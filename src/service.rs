@@ -6,9 +6,9 @@
 use std::sync::Arc;
 
 use keyledger_domain::{
-    owner_stream_id, ApiKeyEvent, CreateKey, CreditChange, Credits, DomainError, Environment,
-    KeyCommand, KeyCommandKind, KeyCreditsChanged, KeyId, KeyPrefix, KeyUsageEvent, Ledger,
-    OwnerLimits, Permissions, RateLimit, RawKey, SetOwnerLimits, TenantId, UpdateKey,
+    owner_stream_id, AllowedIps, ApiKeyEvent, CreateKey, CreditChange, Credits, DomainError,
+    Environment, KeyCommand, KeyCommandKind, KeyCreditsChanged, KeyId, KeyPrefix, KeyUsageEvent,
+    Ledger, OwnerLimits, Permissions, RateLimit, RawKey, SetOwnerLimits, TenantId, UpdateKey,
 };
 use keyledger_projections::audit::{AuditFilter, AuditPage};
 use keyledger_projections::event::meta_keys;
@@ -59,6 +59,7 @@ pub struct NewKey {
     pub owner: Option<String>,
     pub ratelimits: Vec<RateLimit>,
     pub credits: Option<Credits>,
+    pub allowed_ips: AllowedIps,
 }
 
 /// Most reservations one verification may need: an owner read, a share of
@@ -126,6 +127,11 @@ impl KeyService {
     pub fn with_key_limit(mut self, max_keys: u64) -> Self {
         self.max_keys = max_keys;
         self
+    }
+
+    /// The most live keys a tenant may hold (`with_key_limit`).
+    pub fn max_keys(&self) -> u64 {
+        self.max_keys
     }
 
     pub fn clock(&self) -> &Clock {
@@ -220,6 +226,8 @@ impl KeyService {
             owner: new.owner,
             ratelimits: new.ratelimits,
             credits: new.credits,
+            allowed_ips: new.allowed_ips,
+            imported: None,
         });
         let command = self.key_command(actor, kind, at);
         let create = self
@@ -354,6 +362,7 @@ impl KeyService {
             owner: old.owner,
             ratelimits: old.ratelimits,
             credits,
+            allowed_ips: old.allowed_ips,
         };
         let successor = self
             .prepare_key(actor, new, Some(old.id.clone()), at)
@@ -775,7 +784,7 @@ impl KeyService {
         self.tailer.show_committed().await
     }
 
-    fn key_command(
+    pub(crate) fn key_command(
         &self,
         actor: &Actor,
         kind: KeyCommandKind,

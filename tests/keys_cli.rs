@@ -153,6 +153,19 @@ impl Server {
         v["id"].as_str().expect("id").to_string()
     }
 
+    /// Replaces the tenant's policy (`PUT /v1/policy`).
+    async fn put_policy(&self, policy: Value) {
+        let r = self
+            .client
+            .put(format!("{}/v1/policy", self.address))
+            .bearer_auth(&self.token)
+            .json(&policy)
+            .send()
+            .await
+            .expect("put policy");
+        assert_eq!(r.status(), 200);
+    }
+
     async fn use_key(&self, key: &str) {
         let v: Value = self
             .client
@@ -434,6 +447,91 @@ async fn keys_list_reads_past_a_page_of_100_up_to_its_limit() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_list_breaks_policy_lists_the_keys_the_current_policy_would_refuse() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let day = chrono::Duration::days(1);
+    let server = Server::start(&data, Clock::system()).await;
+    let in_days = |n: i32| (Utc::now() + day * n).to_rfc3339();
+    let id = |v: Value| v["id"].as_str().expect("id").to_string();
+    let fine = id(server
+        .create(json!({"name": "fine", "permissions": ["read"], "expires_at": in_days(10)}))
+        .await);
+    let extra = id(server
+        .create(
+            json!({"name": "extra", "permissions": ["read", "delete-data"],
+                       "expires_at": in_days(10)}),
+        )
+        .await);
+    let test_env = id(server
+        .create(
+            json!({"name": "test", "environment": "test", "permissions": ["read"],
+                       "expires_at": in_days(10)}),
+        )
+        .await);
+    let forever = id(server
+        .create(json!({"name": "forever", "permissions": ["read"]}))
+        .await);
+    let long = id(server
+        .create(json!({"name": "long", "permissions": ["read"], "expires_at": in_days(60)}))
+        .await);
+    let before = server.view(&forever).await;
+    server.stop().await;
+    let tenant = ["--tenant", TENANT];
+    let owned = |list: &[&String]| -> Vec<String> { list.iter().map(|s| s.to_string()).collect() };
+    let all = listed_ids(&data, &tenant);
+    assert_eq!(all, owned(&[&long, &forever, &test_env, &extra, &fine]));
+    assert!(
+        listed_ids(&data, &["--tenant", TENANT, "--breaks-policy"]).is_empty(),
+        "no policy: nothing breaks it"
+    );
+
+    let server = Server::start(&data, Clock::system()).await;
+    server
+        .put_policy(json!({"max_lifetime_seconds": 30 * 86_400,
+            "allowed_permissions": ["read"], "allowed_environments": ["live"]}))
+        .await;
+    assert_eq!(server.view(&forever).await, before, "the key is unchanged");
+    server.stop().await;
+    assert_eq!(
+        listed_ids(&data, &["--tenant", TENANT, "--breaks-policy"]),
+        owned(&[&long, &forever, &test_env, &extra])
+    );
+    assert_eq!(
+        listed_ids(
+            &data,
+            &["--tenant", TENANT, "--breaks-policy", "--limit", "2"]
+        ),
+        owned(&[&long, &forever])
+    );
+    assert_eq!(
+        listed_ids(
+            &data,
+            &["--tenant", TENANT, "--breaks-policy", "--no-expiry"]
+        ),
+        owned(&[&forever])
+    );
+    assert_eq!(
+        listed_ids(
+            &data,
+            &[
+                "--tenant",
+                TENANT,
+                "--breaks-policy",
+                "--environment",
+                "test"
+            ]
+        ),
+        owned(&[&test_env])
+    );
+    assert!(
+        listed_ids(&data, &["--tenant", "someone-else", "--breaks-policy"]).is_empty(),
+        "only the tenant's keys"
+    );
+    assert_eq!(listed_ids(&data, &tenant), all, "every key is still there");
+}
+
 #[test]
 fn keys_list_refuses_bad_flags_naming_them_without_touching_the_store() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -444,6 +542,10 @@ fn keys_list_refuses_bad_flags_naming_them_without_touching_the_store() {
         (vec!["--expires-within", "soon"], "--expires-within"),
         (vec!["--status", "bogus"], "--status"),
         (vec!["--environment", "staging"], "--environment"),
+        (
+            vec!["--breaks-policy", "--unused-for", "abc"],
+            "--unused-for",
+        ),
     ] {
         let mut all = vec!["--tenant", TENANT];
         all.extend_from_slice(&args);

@@ -143,6 +143,8 @@ pub async fn seed(
                     remaining: keyledger_domain::limits::MAX_CREDITS,
                     refill: None,
                 }),
+                allowed_ips: Default::default(),
+                imported: false,
             });
             ids.push(id.clone());
             let (stream, _) = key_streams

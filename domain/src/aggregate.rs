@@ -90,6 +90,17 @@ impl ApiKey {
         if let Some(credits) = &c.credits {
             limits::credits(credits)?;
         }
+        // An imported key may have been issued before now, never after.
+        let created_at = match c.imported.as_ref().and_then(|i| i.created_at) {
+            Some(issued) if issued > at => {
+                return Err(DomainError::validation(
+                    "created_at",
+                    "must not be in the future",
+                ))
+            }
+            Some(issued) => issued,
+            None => at,
+        };
         Ok(ApiKeyEvent::KeyCreated(KeyCreated {
             tenant,
             key_hash: c.key_hash,
@@ -101,11 +112,13 @@ impl ApiKey {
             expires_at: c.expires_at,
             metadata: c.metadata,
             created_by: actor,
-            created_at: at,
+            created_at,
             rotated_from: c.rotated_from,
             owner: c.owner,
             ratelimits: c.ratelimits,
             credits: c.credits,
+            allowed_ips: c.allowed_ips,
+            imported: c.imported.is_some(),
         }))
     }
 
@@ -166,6 +179,7 @@ impl ApiKey {
             metadata: u.metadata,
             owner: u.owner,
             ratelimits: u.ratelimits,
+            allowed_ips: u.allowed_ips,
             updated_at: at,
         })
     }
@@ -353,6 +367,8 @@ mod tests {
             owner: None,
             ratelimits: Vec::new(),
             credits: None,
+            allowed_ips: Default::default(),
+            imported: Default::default(),
         }
     }
 
@@ -373,6 +389,8 @@ mod tests {
             owner: None,
             ratelimits: Vec::new(),
             credits: None,
+            allowed_ips: Default::default(),
+            imported: Default::default(),
         })
     }
 

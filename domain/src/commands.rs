@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::key::{Environment, KeyHash};
 use crate::limits::{Credits, RateLimit};
+use crate::network::AllowedIps;
 
 /// A command to one API key, with the context every rule needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +67,19 @@ pub struct CreateKey {
     pub owner: Option<String>,
     pub ratelimits: Vec<RateLimit>,
     pub credits: Option<Credits>,
+    /// The addresses that may use the key (empty: any).
+    pub allowed_ips: AllowedIps,
+    /// Set for a key issued by another system and brought in by its hash
+    /// (`POST /v1/keys/import`): when it was issued there, if known (never
+    /// after the command).
+    pub imported: Option<Imported>,
+}
+
+/// Where an imported key came from.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Imported {
+    /// When the other system issued it, if the import said.
+    pub created_at: Option<DateTime<Utc>>,
 }
 
 /// Change descriptive fields. `None` leaves a field alone; `Some(None)` clears a
@@ -79,4 +93,5 @@ pub struct UpdateKey {
     pub metadata: Option<Option<Value>>,
     pub owner: Option<Option<String>>,
     pub ratelimits: Option<Vec<RateLimit>>,
+    pub allowed_ips: Option<AllowedIps>,
 }

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::key::{Environment, KeyHash};
 use crate::limits::{Credits, RateLimit};
+use crate::network::AllowedIps;
 use crate::permissions::Permissions;
 
 /// Aggregate type stored with every key event. Persisted: never change it.
@@ -135,6 +136,15 @@ pub struct KeyCreated {
     /// stream's ledger from then on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credits: Option<Credits>,
+    /// The addresses that may use the key; empty (and absent in events
+    /// written before IP restrictions): any.
+    #[serde(default, skip_serializing_if = "AllowedIps::is_empty")]
+    pub allowed_ips: AllowedIps,
+    /// The key was issued by another system and imported by its hash: it is
+    /// not in keyledger's format, so the verification index places it by its
+    /// hash instead of its display body. Absent (false) in every other event.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub imported: bool,
 }
 
 /// Some descriptive fields changed. A field that is absent did not change; for the
@@ -171,6 +181,8 @@ pub struct KeyUpdated {
     pub owner: Option<Option<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ratelimits: Option<Vec<RateLimit>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_ips: Option<AllowedIps>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -184,6 +196,7 @@ impl KeyUpdated {
             && self.metadata.is_none()
             && self.owner.is_none()
             && self.ratelimits.is_none()
+            && self.allowed_ips.is_none()
     }
 }
 

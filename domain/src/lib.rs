@@ -17,6 +17,7 @@ pub mod json;
 pub mod key;
 pub mod ledger;
 pub mod limits;
+pub mod network;
 pub mod owner;
 pub mod permissions;
 pub mod policy;
@@ -27,7 +28,7 @@ pub mod validate;
 pub mod webhook;
 
 pub use aggregate::{ApiKey, KeyLifecycle};
-pub use commands::{CreateKey, KeyCommand, KeyCommandKind, UpdateKey};
+pub use commands::{CreateKey, Imported, KeyCommand, KeyCommandKind, UpdateKey};
 pub use error::DomainError;
 pub use events::{
     ApiKeyEvent, ExpiryNotice, KeyCreated, KeyDeactivated, KeyDeleted, KeyExpiryNoticed,
@@ -38,6 +39,7 @@ pub use ids::{KeyId, TenantId};
 pub use key::{Environment, KeyHash, KeyPrefix, ParsedKey, RawKey};
 pub use ledger::{CreditChange, Ledger, Settlement};
 pub use limits::{Credits, RateLimit, Refill, RefillInterval};
+pub use network::AllowedIps;
 pub use owner::{
     owner_stream_id, OwnerEvent, OwnerLimits, OwnerRateLimitsSet, SetOwnerLimits,
     OWNER_AGGREGATE_TYPE,

@@ -158,6 +158,8 @@ mod tests {
             owner: None,
             ratelimits: Vec::new(),
             credits: None,
+            allowed_ips: Default::default(),
+            imported: Default::default(),
         })
     }
 
@@ -207,6 +209,8 @@ mod tests {
             owner: None,
             ratelimits: Vec::new(),
             credits: None,
+            allowed_ips: Default::default(),
+            imported: Default::default(),
         });
         assert_eq!(event, expected);
         // Permissions deserialise unvalidated, so the upcaster itself must have

@@ -29,7 +29,7 @@ pub(crate) trait IndexSource: keyledger_sql::Engine {
 
 /// Columns the index needs, in the order [`IndexFields`] lists them.
 pub(crate) const INDEX_COLUMNS: &str = "id, tenant, key_hash, name, environment, permissions, \
-     status, expires_at, prefix, owner, ratelimits, credits";
+     status, expires_at, prefix, owner, ratelimits, credits, allowed_ips, imported";
 
 /// One key-list row, borrowed from the database row.
 pub(crate) struct IndexFields<'r> {
@@ -45,6 +45,8 @@ pub(crate) struct IndexFields<'r> {
     pub owner: Option<&'r str>,
     pub ratelimits: &'r str,
     pub credits: Option<&'r str>,
+    pub allowed_ips: &'r str,
+    pub imported: i64,
 }
 
 #[derive(Default)]
@@ -116,6 +118,20 @@ impl IndexLoader {
                 .transpose()?,
             row.status == STATUS_ACTIVE,
         );
+        // Nearly every key may be used from anywhere: "[]" is not parsed.
+        let key = if row.allowed_ips == "[]" {
+            key
+        } else {
+            key.with_allowed_ips(
+                serde_json::from_str(row.allowed_ips)
+                    .map_err(|e| corrupt("allowed_ips", e.to_string()))?,
+            )
+        };
+        let key = match row.imported {
+            0 => key,
+            1 => key.placed_by_hash(&hash),
+            n => return Err(corrupt("imported", format!("{n} is not 0 or 1"))),
+        };
         // Nearly every key has no limits: "[]" and NULL are not parsed.
         let ratelimits: Vec<RateLimit> = if row.ratelimits == "[]" {
             Vec::new()

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use keyledger_domain::{Ledger, RateLimit};
+use keyledger_domain::{AllowedIps, Ledger, RateLimit};
 
 use crate::error::ProjectionError;
 use crate::schema::{strings_json, Column, Fields, Index, Record, Table, Value, ValueOf};
@@ -42,6 +42,10 @@ pub struct KeyRow {
     pub credits: Option<Ledger>,
     /// When the key was first reported leaked (`KeyLeakReported`), if ever.
     pub leaked_at: Option<DateTime<Utc>>,
+    /// The addresses that may use the key (empty: any).
+    pub allowed_ips: AllowedIps,
+    /// Issued by another system and imported by its hash.
+    pub imported: bool,
 }
 
 /// What a reader sees: `inactive` wins over `expired`, matching verification
@@ -102,7 +106,27 @@ pub struct ListFilter {
     pub expires_by_ms: Option<i64>,
     /// Only keys without an expiry; `false` filters nothing.
     pub no_expiry: bool,
+    /// Only keys that break one of these rules (a tenant's current policy);
+    /// `None` filters nothing, and rules that are all unset list no key.
+    pub breaks: Option<PolicyBreaks>,
     pub limit: u32,
+}
+
+/// The key rules of a tenant's policy, as the list judges keys already
+/// issued by them (`keyledger_domain::policy::Policy`): a key breaks them
+/// when any one says so.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyBreaks {
+    /// The environments keys may be in (`live`, `test`); `None`: any.
+    pub allowed_environments: Option<Vec<String>>,
+    /// The permissions keys may carry, compared as exact strings (a
+    /// wildcard only matches itself); `None`: any.
+    pub allowed_permissions: Option<Vec<String>>,
+    /// Keys must have an expiry (`require_expiry`, or a longest lifetime).
+    pub expiry_required: bool,
+    /// Longest lifetime, `expires_at` minus `created_at`, in milliseconds;
+    /// `None`: any.
+    pub max_lifetime_ms: Option<i64>,
 }
 
 /// One page of keys, newest first.
@@ -114,7 +138,7 @@ pub struct KeyPage {
 }
 
 /// The key list's table.
-pub static TABLE: Table<23> = Table {
+pub static TABLE: Table<25> = Table {
     name: "key_list",
     scratch: "key_list_rebuild",
     checkpoint: crate::checkpoint::KEY_LIST,
@@ -142,6 +166,8 @@ pub static TABLE: Table<23> = Table {
         Column::text("ratelimits"),
         Column::text("credits").nullable(),
         Column::int("leaked_at").nullable(),
+        Column::text("allowed_ips"),
+        Column::int("imported"),
     ],
     primary_key: "id",
     indexes: &[
@@ -160,10 +186,10 @@ pub static TABLE: Table<23> = Table {
     ],
 };
 
-impl Record<23> for KeyRow {
-    const TABLE: &'static Table<23> = &TABLE;
+impl Record<25> for KeyRow {
+    const TABLE: &'static Table<25> = &TABLE;
 
-    fn values(&self) -> [Value; 23] {
+    fn values(&self) -> [Value; 25] {
         [
             Value::text(&self.id),
             Value::text(&self.tenant),
@@ -188,10 +214,12 @@ impl Record<23> for KeyRow {
             Value::text(ratelimits_json(&self.ratelimits)),
             Value::Text(self.credits.as_ref().map(ledger_json)),
             Value::opt_time(self.leaked_at),
+            Value::text(strings_json(&self.allowed_ips.to_strings())),
+            Value::Int(Some(i64::from(self.imported))),
         ]
     }
 
-    fn from_values(values: [Value; 23]) -> Result<Self, ProjectionError> {
+    fn from_values(values: [Value; 25]) -> Result<Self, ProjectionError> {
         let mut f = Fields::new(&TABLE, values, 0);
         Ok(Self {
             id: f.text()?,
@@ -217,6 +245,8 @@ impl Record<23> for KeyRow {
             ratelimits: f.json_as()?,
             credits: f.opt_json_as()?,
             leaked_at: f.opt_time()?,
+            allowed_ips: f.json_as()?,
+            imported: f.int()? != 0,
         })
     }
 }

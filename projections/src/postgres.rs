@@ -97,6 +97,8 @@ impl IndexSource for Postgres {
                     owner: row.try_get(9)?,
                     ratelimits: row.try_get(10)?,
                     credits: row.try_get(11)?,
+                    allowed_ips: row.try_get(12)?,
+                    imported: row.try_get(13)?,
                 };
                 loader.add(&index, fields)?;
             }

@@ -65,6 +65,8 @@ pub fn created_row(e: &RecordedEvent, c: &KeyCreated) -> KeyRow {
             .as_ref()
             .map(|credits| Ledger::opening(credits, c.created_at)),
         leaked_at: None,
+        allowed_ips: c.allowed_ips.clone(),
+        imported: c.imported,
     }
 }
 
@@ -105,6 +107,9 @@ impl KeyListFold {
                     }
                     if let Some(r) = &u.ratelimits {
                         row.ratelimits = r.clone();
+                    }
+                    if let Some(ips) = &u.allowed_ips {
+                        row.allowed_ips = ips.clone();
                     }
                     row.updated_at = at;
                 }
@@ -246,6 +251,8 @@ fn row_fields_diff(want: &KeyRow, got: &KeyRow) -> String {
     field!(ratelimits);
     field!(credits);
     field!(leaked_at);
+    field!(allowed_ips);
+    field!(imported);
     parts.join("; ")
 }
 

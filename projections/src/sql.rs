@@ -1,8 +1,11 @@
 //! The SQL projections (key list, audit log, their checkpoints) on either
 //! engine: one implementation generic over [`keyledger_sql::Engine`]. Only
 //! `$n` parameters and TEXT/64-bit integer columns are used, so each
-//! statement's text is the same on both; the tables' columns come from their
-//! definitions ([`crate::key_list::TABLE`], [`crate::audit::TABLE`]).
+//! statement's text is the same on both, but for the one place JSON arrays are
+//! read in SQL (the key list's `breaks_policy` filter), which asks the engine
+//! for its spelling ([`keyledger_sql::Engine::json_strings`]); the tables'
+//! columns come from their definitions ([`crate::key_list::TABLE`],
+//! [`crate::audit::TABLE`]).
 
 use std::sync::Arc;
 
@@ -161,8 +164,20 @@ where
         now: DateTime<Utc>,
     ) -> Result<KeyPage, ProjectionError> {
         let limit = i64::from(filter.limit.max(1));
-        let mut keys: Vec<KeyRow> = Self::select(
-            &self.pool,
+        // Keys that break the tenant's policy ($11 = 1), by any rule: an
+        // environment not listed ($12), a permission not in the catalogue
+        // ($13, exact strings), no expiry where one is required ($14), a
+        // lifetime longer than the longest ($15, milliseconds). The lists are
+        // bound as JSON arrays; unset rules are NULL or 0, so with none set
+        // no key breaks them. Only the JSON-array reading differs by engine.
+        let breaks = filter.breaks.as_ref();
+        let allowed_environments = breaks
+            .and_then(|b| b.allowed_environments.as_deref())
+            .map(strings_json);
+        let allowed_permissions = breaks
+            .and_then(|b| b.allowed_permissions.as_deref())
+            .map(strings_json);
+        let sql = format!(
             "WHERE tenant = $1 AND created_position < $2 \
              AND ($3 IS NULL OR environment = $3) \
              AND ($4 IS NULL \
@@ -173,22 +188,37 @@ where
              AND ($8 = 0 OR last_used_at IS NULL) \
              AND ($9 IS NULL OR (expires_at > $5 AND expires_at <= $9)) \
              AND ($10 = 0 OR expires_at IS NULL) \
+             AND ($11 = 0 \
+               OR ($12 IS NOT NULL AND environment NOT IN \
+                 (SELECT allowed_environment.value FROM {allowed_environments})) \
+               OR ($13 IS NOT NULL AND EXISTS (SELECT 1 FROM {granted} \
+                 WHERE granted.value NOT IN (SELECT allowed.value FROM {allowed}))) \
+               OR ($14 = 1 AND expires_at IS NULL) \
+               OR ($15 IS NOT NULL AND expires_at - created_at > $15)) \
              ORDER BY created_position DESC LIMIT $6",
-            |q| {
-                // The flags are bound as integers: a boolean parameter is
-                // typed differently by SQLite and PostgreSQL.
-                q.bind(tenant.to_string())
-                    .bind(filter.before_position.unwrap_or(i64::MAX))
-                    .bind(filter.environment.clone())
-                    .bind(filter.status.map(|s| s.as_str().to_string()))
-                    .bind(now.timestamp_millis())
-                    .bind(limit + 1)
-                    .bind(filter.unused_since_ms)
-                    .bind(i64::from(filter.never_used))
-                    .bind(filter.expires_by_ms)
-                    .bind(i64::from(filter.no_expiry))
-            },
-        )
+            allowed_environments = DB::json_strings("$12", "allowed_environment"),
+            granted = DB::json_strings("key_list.permissions", "granted"),
+            allowed = DB::json_strings("$13", "allowed"),
+        );
+        let mut keys: Vec<KeyRow> = Self::select(&self.pool, &sql, |q| {
+            // The flags are bound as integers: a boolean parameter is
+            // typed differently by SQLite and PostgreSQL.
+            q.bind(tenant.to_string())
+                .bind(filter.before_position.unwrap_or(i64::MAX))
+                .bind(filter.environment.clone())
+                .bind(filter.status.map(|s| s.as_str().to_string()))
+                .bind(now.timestamp_millis())
+                .bind(limit + 1)
+                .bind(filter.unused_since_ms)
+                .bind(i64::from(filter.never_used))
+                .bind(filter.expires_by_ms)
+                .bind(i64::from(filter.no_expiry))
+                .bind(i64::from(breaks.is_some()))
+                .bind(allowed_environments)
+                .bind(allowed_permissions)
+                .bind(i64::from(breaks.is_some_and(|b| b.expiry_required)))
+                .bind(breaks.and_then(|b| b.max_lifetime_ms))
+        })
         .await?;
         let more = keys.len() as i64 > limit;
         keys.truncate(limit as usize);
@@ -672,6 +702,9 @@ where
                 }
                 if let Some(r) = &u.ratelimits {
                     sets.push(("ratelimits", Some(key_list::ratelimits_json(r))));
+                }
+                if let Some(ips) = &u.allowed_ips {
+                    sets.push(("allowed_ips", Some(strings_json(&ips.to_strings()))));
                 }
                 for (column, text) in sets {
                     sqlx::query(&format!("UPDATE key_list SET {column} = $1 WHERE id = $2"))

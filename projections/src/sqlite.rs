@@ -110,6 +110,8 @@ fn read(path: &Path) -> Result<VerificationIndex, ProjectionError> {
                             Box::new(e),
                         ))
                     })?,
+                allowed_ips: text(12).map_err(load)?,
+                imported: row.get(13).map_err(load)?,
             };
             loader.add(&index, fields)?;
         }

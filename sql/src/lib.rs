@@ -27,6 +27,12 @@ pub trait Engine: sqlx::Database {
     /// Appends the placeholder of parameter `n` (from 1) to `sql`, for
     /// statements generated with many parameters (multi-row INSERTs).
     fn push_param(sql: &mut String, n: usize);
+
+    /// A table of the strings of the JSON array held as text in `array` (a
+    /// TEXT column or parameter), in a column `value`, named `alias`: what
+    /// follows `FROM` in a subquery (`SELECT 1 FROM {this} WHERE
+    /// {alias}.value = ...`). A NULL `array` is an empty table.
+    fn json_strings(array: &str, alias: &str) -> String;
 }
 
 impl Engine for Sqlite {
@@ -40,6 +46,10 @@ impl Engine for Sqlite {
     /// INSERT (a rebuild's bulk load took five times as long).
     fn push_param(sql: &mut String, _n: usize) {
         sql.push('?');
+    }
+
+    fn json_strings(array: &str, alias: &str) -> String {
+        format!("json_each({array}) AS {alias}")
     }
 }
 
@@ -57,6 +67,10 @@ impl Engine for Postgres {
     fn push_param(sql: &mut String, n: usize) {
         use std::fmt::Write as _;
         let _ = write!(sql, "${n}");
+    }
+
+    fn json_strings(array: &str, alias: &str) -> String {
+        format!("jsonb_array_elements_text(CAST({array} AS jsonb)) AS {alias}(value)")
     }
 }
 

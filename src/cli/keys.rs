@@ -1,6 +1,7 @@
 //! `keyledger keys list`: a tenant's keys from the key list view, with the
 //! hygiene filters of `GET /v1/keys` (unused for a while, never used, expiring
-//! soon, never expiring), as a table or JSON lines.
+//! soon, never expiring, breaking the tenant's current policy), as a table or
+//! JSON lines.
 //!
 //! It reads the projection tables directly, as `keyledger audit` does, so it
 //! needs no running server and no token. The flags are checked by the code
@@ -55,6 +56,11 @@ pub struct ListArgs {
     /// Only keys without an expiry.
     #[arg(long)]
     no_expiry: bool,
+    /// Only keys that break the tenant's current policy (an environment or
+    /// permission it does not allow, no expiry where it requires one, a
+    /// longer lifetime than its longest); they are listed, never changed.
+    #[arg(long)]
+    breaks_policy: bool,
     /// Most keys to print.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     limit: u32,
@@ -71,21 +77,32 @@ pub async fn run(command: KeysCommand, config: Config) -> Result<ExitCode, Error
 
 async fn list(args: ListArgs, config: Config) -> Result<ExitCode, Error> {
     let now = Utc::now();
-    // Checked before the store is opened: a typo creates no data directory.
-    let mut filter = ListQuery {
+    let query = ListQuery {
         status: args.status.as_deref(),
         environment: args.environment.as_deref(),
         unused_for: args.unused_for.as_deref(),
         never_used: args.never_used,
         expires_within: args.expires_within.as_deref(),
         no_expiry: args.no_expiry,
+        breaks_policy: None,
         cursor: None,
         limit: args.limit.min(PAGE),
-    }
-    .filter(now)
-    .map_err(flag_named)?;
+    };
+    // Checked before the store is opened: a typo creates no data directory.
+    let mut filter = query.filter(now).map_err(flag_named)?;
     let store = crate::app::open_store(&config).await?;
     let projections = Projections::unloaded(store.projection_db());
+    if args.breaks_policy {
+        // From its stream: an unloaded node's policy cache is never filled
+        // by a feed, so it would only ever miss.
+        let policy = store.policy(&args.tenant).await?;
+        filter = ListQuery {
+            breaks_policy: Some(&policy),
+            ..query
+        }
+        .filter(now)
+        .map_err(flag_named)?;
+    }
     let tenant = TenantId::new(args.tenant);
     let mut views = Vec::new();
     loop {

@@ -1,6 +1,7 @@
 //! The `keyledger` command line: serve, token, migrate, audit.
 
 mod audit;
+mod import;
 mod keys;
 mod projections;
 mod scan;
@@ -112,6 +113,19 @@ enum Command {
     /// Find keyledger keys in files, directories or a repository's history
     /// (exit 1 when any is found: usable as a pre-commit hook).
     Scan(scan::ScanArgs),
+    /// Import keys issued by another system, by their SHA-256, into a
+    /// running server.
+    ///
+    /// Reads a CSV file (a header row naming item fields: hash, prefix, name,
+    /// description, environment, permissions, expires_at, metadata,
+    /// created_at, allowed_ips; an empty cell is left out, permissions and
+    /// allowed_ips are space-separated, metadata is JSON text) or JSON lines
+    /// (one item object per line) and sends it in batches to POST
+    /// /v1/keys/import. Importing a hash again answers the same key, so a run
+    /// may be repeated. A line that fails (locally or on the server) fails
+    /// alone: see --errors. Prints `imported N, failed M`; exits 0 when every
+    /// line was imported, 1 when some failed, 2 when the run stopped.
+    Import(import::ImportArgs),
 }
 
 impl StoreArgs {
@@ -173,6 +187,10 @@ pub fn run_main(
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Error> {
+    // A client of a running server: the store options are not its business.
+    if let Command::Import(args) = cli.command {
+        return Ok(import::run(args).await);
+    }
     let config = cli.store.config()?;
     match cli.command {
         Command::Serve(args) => serve::run(args, config).await,
@@ -201,6 +219,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Keys { command } => keys::run(command, config).await,
         Command::Projections { command } => projections::run(command, config).await,
         Command::Scan(args) => scan::run(args).await,
+        Command::Import(_) => unreachable!("import is run before the store is configured"),
     }
 }
 

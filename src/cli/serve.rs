@@ -54,6 +54,17 @@ pub struct ServeArgs {
         value_parser = crate::config::parse_trusted_proxy
     )]
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// Prefix of keys issued by another system and imported by their hash
+    /// (POST /v1/keys/import), e.g. `sk_live_`: verification looks such keys
+    /// up although they are not in keyledger's format; repeatable.
+    #[arg(
+        long = "import-prefix",
+        value_name = "PREFIX",
+        env = "KEYLEDGER_IMPORT_PREFIXES",
+        value_delimiter = ',',
+        value_parser = crate::config::parse_import_prefix
+    )]
+    import_prefixes: Vec<String>,
     /// Seconds a client may take to send a request head, from its first byte.
     #[arg(long, env = "KEYLEDGER_HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
     header_read_timeout_secs: u64,
@@ -150,6 +161,7 @@ pub async fn run(args: ServeArgs, mut config: Config) -> Result<ExitCode, Error>
     config.webhook_allow_private = args.webhook_allow_private;
     config.leak_reporters = args.leak_reporters.clone();
     config.trusted_proxies = args.trusted_proxies.clone();
+    config.import_prefixes = args.import_prefixes.clone();
     config.header_read_timeout = seconds(
         args.header_read_timeout_secs,
         "KEYLEDGER_HEADER_READ_TIMEOUT_SECS",

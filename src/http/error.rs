@@ -117,6 +117,9 @@ fn parts(error: &Error) -> Parts {
             error.to_string(),
         ),
         Error::Conflict => p(StatusCode::CONFLICT, "conflict", error.to_string()),
+        Error::ImportRefused(message) => {
+            p(StatusCode::CONFLICT, "import_conflict", message.clone())
+        }
         Error::MalformedRequest(m) => p(StatusCode::BAD_REQUEST, "malformed_request", m.clone()),
         Error::PayloadTooLarge { .. } => p(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -176,6 +179,20 @@ fn unavailable() -> Parts {
         // Idempotency-Key never makes a second key.
         message: "the event store is unavailable; retry later".into(),
         details: None,
+    }
+}
+
+/// The `{"code","message","details"?}` of an error that is answered inside a
+/// successful response (an item of a batch), logged as a response's would be.
+pub fn detail(error: &Error) -> ErrorDetail {
+    let parts = parts(error);
+    if parts.status.is_server_error() {
+        tracing::error!(error = %error, cause = ?std::error::Error::source(error), "item failed");
+    }
+    ErrorDetail {
+        code: parts.code.to_string(),
+        message: parts.message,
+        details: parts.details,
     }
 }
 

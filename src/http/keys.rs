@@ -6,8 +6,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use keyledger_domain::events::present;
-use keyledger_domain::{Credits, Environment, UpdateKey};
-use keyledger_projections::key_list::{KeyRow, KeyStatus, ListFilter};
+use keyledger_domain::policy::{Policy, MAX_LIFETIME_LIMIT_SECONDS};
+use keyledger_domain::{AllowedIps, Credits, Environment, UpdateKey};
+use keyledger_projections::key_list::{KeyRow, KeyStatus, ListFilter, PolicyBreaks};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -62,6 +63,13 @@ pub struct KeyView {
     /// When the key was first reported leaked (`POST /v1/leaks/...`); null
     /// when it never was. A leaked key stays marked after reactivation.
     pub leaked_at: Option<DateTime<Utc>>,
+    /// The client addresses that may use the key (CIDRs, IPv4 or IPv6);
+    /// empty: any address.
+    #[schema(value_type = Vec<String>)]
+    pub allowed_ips: AllowedIps,
+    /// The key was issued by another system and imported by its hash
+    /// (`POST /v1/keys/import`).
+    pub imported: bool,
 }
 
 impl KeyView {
@@ -92,6 +100,8 @@ impl KeyView {
                 .collect(),
             credits: row.credits.as_ref().and_then(CreditsView::of),
             leaked_at: row.leaked_at,
+            allowed_ips: row.allowed_ips,
+            imported: row.imported,
         }
     }
 }
@@ -132,6 +142,10 @@ pub struct CreateKeyRequest {
     #[schema(max_items = 5)]
     pub ratelimits: Option<Vec<RateLimitBody>>,
     pub credits: Option<CreditsBody>,
+    /// At most 50 CIDRs (`10.0.0.0/8`, `2001:db8::/32`) or addresses; the
+    /// key then verifies only for clients inside them. Empty or absent: any.
+    #[schema(max_items = 50, value_type = Option<Vec<String>>)]
+    pub allowed_ips: Option<Vec<String>>,
 }
 
 /// A permission: 1-64 characters of `[a-z0-9:._*-]`.
@@ -170,6 +184,10 @@ pub struct UpdateKeyRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<CreditsBody>)]
     pub credits: Option<Option<CreditsBody>>,
+    /// Replaces the key's address allow-list (`[]`: any address).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Vec<String>, required = false, max_items = 50)]
+    pub allowed_ips: Option<Option<Vec<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -223,6 +241,12 @@ pub struct ListParams {
     pub expires_within: Option<String>,
     /// `true`: only keys without an expiry. `false` (default): no filter.
     pub no_expiry: Option<bool>,
+    /// `true`: only keys that break the tenant's current policy (see
+    /// `GET /v1/policy`): an environment or a permission it does not allow,
+    /// no expiry where it requires one, or a lifetime (`expires_at` minus
+    /// `created_at`) longer than its `max_lifetime_seconds`. A policy
+    /// without key rules lists none. `false` (default): no filter.
+    pub breaks_policy: Option<bool>,
 }
 
 /// A key list as asked for, unchecked: the query of `GET /v1/keys` and the
@@ -240,6 +264,9 @@ pub struct ListQuery<'a> {
     /// A duration (`14d`): keys that expire within that long.
     pub expires_within: Option<&'a str>,
     pub no_expiry: bool,
+    /// The tenant's current policy: only keys that break it. `None`: no
+    /// such filter.
+    pub breaks_policy: Option<&'a Policy>,
     /// A `next_cursor` handed out before.
     pub cursor: Option<&'a str>,
     /// Keys per page, 1-100.
@@ -297,8 +324,27 @@ impl ListQuery<'_> {
             never_used: self.never_used,
             expires_by_ms: expires_by.map(|t| t.timestamp_millis()),
             no_expiry: self.no_expiry,
+            breaks: self.breaks_policy.map(policy_breaks),
             limit: self.limit,
         })
+    }
+}
+
+/// The key rules of `policy` as the list judges keys by them: a longest
+/// lifetime requires an expiry too, as it does of new keys.
+fn policy_breaks(policy: &Policy) -> PolicyBreaks {
+    let max_lifetime_ms = policy.max_lifetime_seconds.map(|seconds| {
+        // At most 100 years (as `Policy::parse` allows): fits in i64 ms.
+        i64::try_from(seconds.min(MAX_LIFETIME_LIMIT_SECONDS)).unwrap_or(i64::MAX / 1000) * 1000
+    });
+    PolicyBreaks {
+        allowed_environments: policy
+            .allowed_environments
+            .as_ref()
+            .map(|list| list.iter().map(|e| e.as_str().to_string()).collect()),
+        allowed_permissions: policy.allowed_permissions.clone(),
+        expiry_required: policy.require_expiry || max_lifetime_ms.is_some(),
+        max_lifetime_ms,
     }
 }
 
@@ -359,6 +405,7 @@ pub async fn create(
         owner: body.owner,
         ratelimits: limits::ratelimits(body.ratelimits.unwrap_or_default())?,
         credits: body.credits.map(Credits::try_from).transpose()?,
+        allowed_ips: AllowedIps::parse(body.allowed_ips.unwrap_or_default())?,
     };
     let service = state.service.clone();
     let run_actor = actor.clone();
@@ -568,6 +615,11 @@ pub async fn list(
     Management(actor): Management,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<KeyList>, Error> {
+    // Read only when asked for: the policy as this node last saw it.
+    let policy = match params.breaks_policy {
+        Some(true) => Some(state.service.tenant_policy(&actor.tenant).await?),
+        _ => None,
+    };
     let filter = ListQuery {
         status: params.status.as_deref(),
         environment: params.environment.as_deref(),
@@ -575,6 +627,7 @@ pub async fn list(
         never_used: params.never_used.unwrap_or(false),
         expires_within: params.expires_within.as_deref(),
         no_expiry: params.no_expiry.unwrap_or(false),
+        breaks_policy: policy.as_ref(),
         cursor: params.cursor.as_deref(),
         limit: params.limit.unwrap_or(50),
     }
@@ -635,6 +688,13 @@ pub async fn update(
             .map(|r| {
                 r.ok_or_else(|| Error::validation("ratelimits", "cannot be null; use []"))
                     .and_then(limits::ratelimits)
+            })
+            .transpose()?,
+        allowed_ips: body
+            .allowed_ips
+            .map(|ips| {
+                ips.ok_or_else(|| Error::validation("allowed_ips", "cannot be null; use []"))
+                    .and_then(|ips| Ok(AllowedIps::parse(ips)?))
             })
             .transpose()?,
     };

@@ -7,6 +7,7 @@ pub mod console;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod import;
 pub mod keys;
 pub mod leaks;
 pub mod limit;

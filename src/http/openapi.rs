@@ -6,15 +6,15 @@ use utoipa::openapi::Required;
 use utoipa::{Modify, OpenApi};
 
 use crate::http::{
-    audit, error, health, keys, leaks, metrics, policy, proxy_auth, usage, usage_limits, verify,
-    webhooks,
+    audit, error, health, import, keys, leaks, metrics, policy, proxy_auth, usage, usage_limits,
+    verify, webhooks,
 };
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "keyledger", description = "Event-sourced API-key lifecycle service"),
     paths(
-        keys::create, keys::list, keys::get, keys::update, keys::deactivate,
+        keys::create, import::import, keys::list, keys::get, keys::update, keys::deactivate,
         keys::reactivate, keys::delete, keys::rotate, usage_limits::credits, usage_limits::set_owner_limits, usage_limits::owner,
         verify::verify, proxy_auth::auth, audit::list, audit::key_events,
         webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete,
@@ -22,7 +22,7 @@ use crate::http::{
         usage::key_usage, usage::tenant_usage,
         health::live, health::ready, metrics::render, document
     ),
-    components(schemas(error::ErrorBody, error::ErrorDetail)),
+    components(schemas(error::ErrorBody, error::ErrorDetail, crate::import::ImportItem)),
     modifiers(&BearerAuth, &OptionalBodies),
     tags((name = "keys"), (name = "verification"), (name = "audit"), (name = "webhooks"), (name = "leaks"), (name = "policy"), (name = "usage"), (name = "health"))
 )]

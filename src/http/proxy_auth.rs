@@ -75,7 +75,7 @@ fn identity_value(s: &str) -> HeaderValue {
     responses(
         (status = 204, description = "valid; X-Key-Id, X-Key-Tenant and X-Key-Permissions set"),
         (status = 401, body = ErrorBody, description = "missing, unknown, disabled or expired key"),
-        (status = 403, body = ErrorBody, description = "a required permission is missing"),
+        (status = 403, body = ErrorBody, description = "a required permission is missing (X-Key-Code INSUFFICIENT_PERMISSIONS), or the client's address is outside the key's allowed_ips (IP_NOT_ALLOWED; the address is the one the trusted proxy names)"),
         (status = 429, body = ErrorBody, description = "rate limited or out of credits (X-Key-Code RATE_LIMITED or USAGE_EXCEEDED, with Retry-After and RateLimit-* headers), or an unknown key from an address that sent too many unknown keys this minute"),
         (status = 503, body = ErrorBody, description = "a limited key's share is used up and the store cannot be reached"),
     ))]
@@ -109,6 +109,9 @@ pub async fn auth(
         environment: None,
         permissions: &required,
         cost: 1,
+        // The client as the trusted proxy names it (`--trusted-proxies`),
+        // else the peer: what a key's `allowed_ips` are checked against.
+        ip: client,
     };
     // The identity headers of a valid key, read while the index holds it.
     let verified = state.service.verify(request, at, |answer| {
@@ -161,6 +164,12 @@ pub async fn auth(
             "usage_exceeded",
             code,
             "the key has no credits left",
+        ),
+        (VerificationCode::IpNotAllowed, _) => refusal(
+            StatusCode::FORBIDDEN,
+            "ip_not_allowed",
+            code,
+            "the key may not be used from this address",
         ),
         (VerificationCode::InsufficientPermissions, _) => refusal(
             StatusCode::FORBIDDEN,

@@ -12,8 +12,8 @@ use tower_http::request_id::{
 
 use crate::error::Error;
 use crate::http::{
-    audit, console, health, keys, leaks, metrics, openapi, policy, proxy_auth, state::AppState,
-    usage, usage_limits, verify, webhooks,
+    audit, console, health, import, keys, leaks, metrics, openapi, policy, proxy_auth,
+    state::AppState, usage, usage_limits, verify, webhooks,
 };
 
 /// The whole HTTP service: request ids around the router.
@@ -36,6 +36,7 @@ fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/verify", post(verify::verify))
+        .route("/v1/keys/import", post(import::import))
         .route("/v1/auth", get(proxy_auth::auth))
         .route(
             "/v1/keys/{id}",

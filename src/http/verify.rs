@@ -29,6 +29,11 @@ pub struct VerifyBody {
     /// credits are left without spending).
     #[schema(minimum = 0, maximum = 1000)]
     pub cost: Option<u64>,
+    /// The caller's client address (IPv4 or IPv6), checked against the key's
+    /// `allowed_ips`: a key with any answers `IP_NOT_ALLOWED` when it is
+    /// outside them or not given.
+    #[schema(value_type = Option<String>, example = "203.0.113.7")]
+    pub ip: Option<std::net::IpAddr>,
 }
 
 /// The verification answer. Key fields are present when the key exists. Its
@@ -38,7 +43,8 @@ pub struct VerifyBody {
 pub struct VerificationView<'a> {
     pub valid: bool,
     /// `VALID`, `NOT_FOUND`, `DISABLED`, `EXPIRED`, `WRONG_ENVIRONMENT`,
-    /// `INSUFFICIENT_PERMISSIONS`, `RATE_LIMITED`, `USAGE_EXCEEDED`.
+    /// `INSUFFICIENT_PERMISSIONS`, `RATE_LIMITED`, `USAGE_EXCEEDED`,
+    /// `IP_NOT_ALLOWED`.
     pub code: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_id: Option<&'a str>,
@@ -200,6 +206,7 @@ pub async fn verify(
         environment,
         permissions: &permissions,
         cost,
+        ip: body.ip,
     };
     let (code, body) = state
         .service

@@ -223,6 +223,9 @@ pub trait Backend: Send + Sync {
     /// The webhook endpoints' table, in that database.
     fn webhooks(&self) -> Arc<dyn crate::store::webhooks::WebhookTable>;
 
+    /// The claims of imported keys' hashes, in that database.
+    fn imports(&self) -> Arc<dyn crate::store::imports::ImportClaimTable>;
+
     /// Closes the connections, waiting for those in use.
     async fn close(&self);
 }

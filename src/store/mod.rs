@@ -13,6 +13,7 @@ pub mod backend;
 pub mod claims;
 mod errors;
 pub mod feed;
+pub mod imports;
 #[cfg(feature = "kurrentdb")]
 pub mod kurrent;
 pub mod ledger;
@@ -441,6 +442,11 @@ impl EventStore {
         self.backend.webhooks()
     }
 
+    /// The claims of imported keys' hashes (`POST /v1/keys/import`).
+    pub fn imports(&self) -> Arc<dyn imports::ImportClaimTable> {
+        self.backend.imports()
+    }
+
     /// Deletes what has expired by `now_ms` beside the events: idempotency
     /// claims (and their sealed keys) and ended rate-limit windows.
     pub async fn purge_expired(&self, now_ms: i64) -> Result<u64, Error> {
@@ -629,6 +635,8 @@ mod tests {
                     owner: None,
                     ratelimits: Vec::new(),
                     credits: None,
+                    allowed_ips: Default::default(),
+                    imported: Default::default(),
                 }),
             },
             metadata: EventMetadata::from([

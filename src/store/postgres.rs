@@ -384,6 +384,12 @@ impl Backend for PostgresStore {
         Arc::new(crate::store::webhooks::SqlWebhooks::new(self.pool.clone()))
     }
 
+    fn imports(&self) -> Arc<dyn crate::store::imports::ImportClaimTable> {
+        Arc::new(crate::store::imports::SqlImportClaims::new(
+            self.pool.clone(),
+        ))
+    }
+
     /// Closes the pool, the writer's connection first: the pool waits for
     /// the connections it has handed out, and that one is never given back.
     async fn close(&self) {

@@ -160,6 +160,12 @@ impl Backend for SqliteStore {
         Arc::new(crate::store::webhooks::SqlWebhooks::new(self.pool.clone()))
     }
 
+    fn imports(&self) -> Arc<dyn crate::store::imports::ImportClaimTable> {
+        Arc::new(crate::store::imports::SqlImportClaims::new(
+            self.pool.clone(),
+        ))
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }

@@ -79,6 +79,8 @@ async fn an_append_that_commits_late_reaches_every_projection() {
         owner: None,
         ratelimits: Vec::new(),
         credits: None,
+        allowed_ips: Default::default(),
+        imported: Default::default(),
     });
     let metadata = json!({"tenant": helpers::TENANT, "actor": "held-writer", "occurred_at": Utc::now().to_rfc3339()});
     let mut held = sqlx::PgConnection::connect(&url).await.expect("connect");
@@ -241,6 +243,67 @@ async fn a_policy_set_on_one_node_is_enforced_by_another() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eprintln!("the policy reached node B in {:?}", started.elapsed());
+    b.stop().await;
+    a.stop().await;
+}
+
+/// Two nodes importing the same 300 hashes at the same moment agree on one
+/// key per hash: the import claims decide, whichever node created the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_importing_the_same_keys_make_each_key_once() {
+    use sha2::{Digest, Sha256};
+    let Some(a) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let prefixes = |c: &mut keyledger::config::Config| c.import_prefixes = vec!["sk_".into()];
+    let b = second_node_with(&a, prefixes).await;
+    let raws: Vec<String> = (0..300)
+        .map(|i| format!("sk_{i}_{}", uuid::Uuid::now_v7().simple()))
+        .collect();
+    let items: Vec<serde_json::Value> = raws
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            json!({
+                "hash": hex::encode(Sha256::digest(raw.as_bytes())),
+                "prefix": &raw[..6],
+                "name": format!("legacy {i}"),
+            })
+        })
+        .collect();
+    let body = json!({ "keys": items });
+    let (ra, rb) = tokio::join!(
+        a.post("/v1/keys/import", body.clone()),
+        b.post("/v1/keys/import", body)
+    );
+    let ids = |r: &helpers::Reply| -> Vec<String> {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert_eq!(r.body["errors"], json!([]), "{}", r.text);
+        r.body["imported"]
+            .as_array()
+            .expect("imported")
+            .iter()
+            .map(|i| i["id"].as_str().expect("id").to_string())
+            .collect()
+    };
+    let (ids_a, ids_b) = (ids(&ra), ids(&rb));
+    assert_eq!(ids_a.len(), 300);
+    assert_eq!(ids_a, ids_b, "both nodes answer the same key for each hash");
+    // Exactly 300 keys exist, and node B verifies one node A may have made.
+    let mut listed = 0;
+    let mut cursor = String::new();
+    loop {
+        let page = a.get(&format!("/v1/keys?limit=100{cursor}")).await;
+        listed += page.body["keys"].as_array().expect("keys").len();
+        match page.body["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(listed, 300);
+    let r = b.verify(json!({"key": raws[17]})).await;
+    assert_eq!(r.body["code"], "VALID", "{}", r.text);
+    assert_eq!(r.body["key_id"], ids_a[17].as_str());
     b.stop().await;
     a.stop().await;
 }
@@ -628,6 +691,8 @@ async fn a_failed_group_commit_gives_each_create_its_own_outcome() {
                             owner: None,
                             ratelimits: Vec::new(),
                             credits: None,
+                            allowed_ips: Default::default(),
+                            imported: Default::default(),
                         },
                     ),
                 },

@@ -40,8 +40,8 @@ use chrono::{DateTime, Utc};
 use compact_str::CompactString;
 use keyledger_domain::key::{display_body_of_key, display_body_of_prefix};
 use keyledger_domain::{
-    ApiKeyEvent, Environment, KeyHash, Ledger, OwnerEvent, ParsedKey, Permissions, RateLimit,
-    Refusal,
+    AllowedIps, ApiKeyEvent, Environment, KeyHash, Ledger, OwnerEvent, ParsedKey, Permissions,
+    RateLimit, Refusal,
 };
 use serde::Serialize;
 
@@ -83,6 +83,7 @@ pub struct IndexedKey {
     tenant: Arc<str>,
     name: CompactString,
     permissions: Arc<Permissions>,
+    allowed_ips: AllowedIps,
     expires_at: Option<DateTime<Utc>>,
     environment: Environment,
     active: bool,
@@ -90,6 +91,29 @@ pub struct IndexedKey {
 }
 
 impl IndexedKey {
+    /// The key usable only from these addresses (empty: any).
+    pub fn with_allowed_ips(mut self, allowed_ips: AllowedIps) -> Self {
+        self.allowed_ips = allowed_ips;
+        self
+    }
+
+    /// An imported key: not in keyledger's format, so it has no display
+    /// body to be placed by; it is placed by its hash instead, which is
+    /// where a verification of a key with an import prefix looks for it.
+    pub fn placed_by_hash(mut self, hash: &KeyHash) -> Self {
+        self.home = home_of_hash(hash);
+        self
+    }
+
+    /// [`IndexedKey::placed_by_hash`] when `imported`.
+    pub fn placed_by_hash_if(self, imported: bool, hash: &KeyHash) -> Self {
+        if imported {
+            self.placed_by_hash(hash)
+        } else {
+            self
+        }
+    }
+
     /// The key with usage limits.
     pub fn with_limits(mut self, spec: LimitSpec) -> Self {
         self.limits = spec.is_limited().then(|| Box::new(spec));
@@ -138,6 +162,7 @@ impl IndexedKey {
             tenant,
             name: CompactString::new(name),
             permissions,
+            allowed_ips: AllowedIps::default(),
             expires_at,
             environment,
             active,
@@ -186,7 +211,7 @@ impl<'g> VerifiedKey<'g> {
     }
 
     pub fn permissions(&self) -> &'g Permissions {
-        self.maps.interned.permissions(self.data.permissions)
+        &self.maps.interned.grant(self.data.grant).permissions
     }
 
     pub fn expires_at(&self) -> Option<DateTime<Utc>> {
@@ -212,6 +237,7 @@ pub enum VerificationCode {
     InsufficientPermissions,
     RateLimited,
     UsageExceeded,
+    IpNotAllowed,
 }
 
 impl VerificationCode {
@@ -226,6 +252,7 @@ impl VerificationCode {
             Self::InsufficientPermissions => Some(Refusal::InsufficientPermissions),
             Self::RateLimited => Some(Refusal::RateLimited),
             Self::UsageExceeded => Some(Refusal::UsageExceeded),
+            Self::IpNotAllowed => Some(Refusal::IpNotAllowed),
         }
     }
 
@@ -240,6 +267,7 @@ impl VerificationCode {
             Self::InsufficientPermissions => "INSUFFICIENT_PERMISSIONS",
             Self::RateLimited => "RATE_LIMITED",
             Self::UsageExceeded => "USAGE_EXCEEDED",
+            Self::IpNotAllowed => "IP_NOT_ALLOWED",
         }
     }
 }
@@ -253,6 +281,9 @@ pub struct VerifyRequest<'a> {
     pub permissions: &'a [String],
     /// Credits a `VALID` answer spends (0 checks without spending).
     pub cost: u64,
+    /// The caller's client address, checked against a key's `allowed_ips`
+    /// (a key with any refuses a request without one).
+    pub ip: Option<std::net::IpAddr>,
 }
 
 /// A verification answer; `key` is set when the key exists.
@@ -320,7 +351,27 @@ pub struct DrainedUsage {
     pub last_used_at: DateTime<Utc>,
 }
 
-/// Tenants, permission sets and long texts, named by index from slots. Only
+/// What a key may do and from where: its permission set and its address
+/// allow-list, interned together so that one index in the slot names both
+/// (the slot has no room for a second).
+#[derive(Debug, Default)]
+struct Grant {
+    permissions: Arc<Permissions>,
+    allowed_ips: AllowedIps,
+}
+
+/// The address allow-list of an entry (or of none) admits `ip`.
+fn ip_allowed(allowed: &AllowedIps, ip: Option<std::net::IpAddr>) -> bool {
+    allowed.is_empty() || ip.is_some_and(|ip| allowed.allows(ip))
+}
+
+/// Where an imported key is placed: by its hash, whose bytes are as random
+/// as a display body's (and cannot be chosen by whoever presents a key).
+fn home_of_hash(hash: &KeyHash) -> u64 {
+    home_of(&hash.as_bytes()[..8])
+}
+
+/// Tenants, grants and long texts, named by index from slots. Only
 /// ever appended to, so an index read from a slot stays valid; shared by a
 /// table and the one that replaces it when it grows. What a key no longer
 /// names (the old text of a renamed long name) stays until the index is next
@@ -328,7 +379,7 @@ pub struct DrainedUsage {
 #[derive(Debug, Default)]
 struct Interned {
     tenants: boxcar::Vec<Arc<str>>,
-    permissions: boxcar::Vec<Arc<Permissions>>,
+    grants: boxcar::Vec<Grant>,
     /// Names longer than a slot holds, and ids not of the issued shape.
     texts: boxcar::Vec<Box<str>>,
     /// Keys with usage limits, named by index from their slots (see
@@ -347,11 +398,11 @@ impl Interned {
         self.tenants.get(i as usize).map_or("", |t| t)
     }
 
-    fn permissions(&self, i: u32) -> &Permissions {
-        static NONE: std::sync::OnceLock<Permissions> = std::sync::OnceLock::new();
-        self.permissions
+    fn grant(&self, i: u32) -> &Grant {
+        static NONE: std::sync::OnceLock<Grant> = std::sync::OnceLock::new();
+        self.grants
             .get(i as usize)
-            .map_or_else(|| NONE.get_or_init(Permissions::default), Arc::as_ref)
+            .unwrap_or_else(|| NONE.get_or_init(Grant::default))
     }
 
     fn text(&self, i: u32) -> &str {
@@ -465,7 +516,8 @@ struct WriterSide {
     used: usize,
     /// Tenant name -> its index in [`Interned::tenants`].
     tenants: HashMap<Arc<str>, u32>,
-    permissions: HashMap<Arc<Permissions>, u32>,
+    /// (Permission set, allow-list) -> its index in [`Interned::grants`].
+    grants: HashMap<(Arc<Permissions>, AllowedIps), u32>,
     /// Key hash -> its limiter's index, for every key that ever had limits.
     limiters: HashMap<[u8; 32], u32>,
 }
@@ -500,7 +552,7 @@ impl WriterSide {
             key_id: [0; 16],
             expires_us: 0,
             tenant,
-            permissions: self.permission_set(interned, &key.permissions),
+            grant: self.grant(interned, &key.permissions, &key.allowed_ips),
             name: [0; slots::NAME_INLINE],
         };
         match &key.key_id {
@@ -520,12 +572,21 @@ impl WriterSide {
         data
     }
 
-    fn permission_set(&mut self, interned: &Interned, set: &Arc<Permissions>) -> u32 {
-        if let Some(&i) = self.permissions.get(set) {
+    fn grant(
+        &mut self,
+        interned: &Interned,
+        permissions: &Arc<Permissions>,
+        allowed_ips: &AllowedIps,
+    ) -> u32 {
+        let key = (permissions.clone(), allowed_ips.clone());
+        if let Some(&i) = self.grants.get(&key) {
             return i;
         }
-        let i = index_u32(interned.permissions.push(set.clone()));
-        self.permissions.insert(set.clone(), i);
+        let i = index_u32(interned.grants.push(Grant {
+            permissions: key.0.clone(),
+            allowed_ips: key.1.clone(),
+        }));
+        self.grants.insert(key, i);
         i
     }
 }
@@ -562,7 +623,13 @@ pub struct VerificationIndex {
     ahead: limits::AheadQueue,
     /// Refused verifications of known keys, by outcome, until flushed.
     refusals: RefusalCounts,
+    /// Prefixes of imported keys (`set_import_prefixes`).
+    import_prefixes: std::sync::OnceLock<Box<[Box<str>]>>,
 }
+
+/// The longest imported key looked up: longer strings carrying an import
+/// prefix are refused without hashing them.
+pub const MAX_IMPORTED_KEY_LEN: usize = 512;
 
 impl Default for VerificationIndex {
     fn default() -> Self {
@@ -593,6 +660,7 @@ impl VerificationIndex {
             owners: Owners::default(),
             ahead: limits::AheadQueue::default(),
             refusals: RefusalCounts::default(),
+            import_prefixes: std::sync::OnceLock::new(),
         }
     }
 
@@ -946,23 +1014,27 @@ impl VerificationIndex {
             key: None,
             limits: None,
         };
-        let Some(body) = display_body_of_key(req.key) else {
-            return Ok(answer(not_found));
-        };
-        let home = home_of(body);
         let maps = self.maps.load();
-        // The slot's memory is on its way while the key is checked and hashed.
-        // A key of the right length that fails its checksum pays for the tag
-        // scan too, a few nanoseconds; it never waits for the prefetch.
-        let first = maps.table.touch(home);
-        let Ok(parsed) = ParsedKey::parse(req.key) else {
-            return Ok(answer(not_found));
+        let found = match display_body_of_key(req.key) {
+            Some(body) => {
+                let home = home_of(body);
+                // The slot's memory is on its way while the key is checked
+                // and hashed. A key of the right length that fails its
+                // checksum pays for the tag scan too, a few nanoseconds; it
+                // never waits for the prefetch.
+                let first = maps.table.touch(home);
+                match ParsedKey::parse(req.key) {
+                    Ok(parsed) => maps.table.find_from(first, home, parsed.hash().as_bytes()),
+                    Err(_) => self.find_imported(&maps, req.key),
+                }
+            }
+            None => self.find_imported(&maps, req.key),
         };
-        let hash = parsed.hash();
-        let Some((i, data)) = maps.table.find_from(first, home, hash.as_bytes()) else {
+        let Some((i, data)) = found else {
             return Ok(answer(not_found));
         };
         let key = VerifiedKey { data, maps: &maps };
+        let grant = maps.interned.grant(data.grant);
         let mut report = None;
         let mut from_tokens = None;
         let now_ms = now.timestamp_millis();
@@ -970,9 +1042,11 @@ impl VerificationIndex {
             VerificationCode::Disabled
         } else if data.has(EXPIRES) && data.expires_us <= now.timestamp_micros() {
             VerificationCode::Expired
+        } else if !ip_allowed(&grant.allowed_ips, req.ip) {
+            VerificationCode::IpNotAllowed
         } else if req.environment.is_some_and(|env| env != key.environment()) {
             VerificationCode::WrongEnvironment
-        } else if !key.permissions().grants_all(req.permissions) {
+        } else if !grant.permissions.grants_all(req.permissions) {
             VerificationCode::InsufficientPermissions
         } else if data.has(LIMITED) && tokens::spend(maps.table.slot(i).tokens(), now_ms, req.cost)
         {
@@ -1025,6 +1099,33 @@ impl VerificationIndex {
             key: Some(key),
             limits,
         }))
+    }
+
+    /// The slot of an imported key: `key` carries one of the configured
+    /// import prefixes and is of a bounded length, so it is hashed whole and
+    /// looked up where imported keys are placed (by that hash). Every other
+    /// string that is not in keyledger's format is refused without a lookup.
+    fn find_imported(&self, maps: &Maps, key: &str) -> Option<(usize, SlotData)> {
+        let prefixes = self.import_prefixes.get()?;
+        if key.len() > MAX_IMPORTED_KEY_LEN || !prefixes.iter().any(|p| key.starts_with(&**p)) {
+            return None;
+        }
+        let hash = KeyHash::of(key);
+        maps.table.find(home_of_hash(&hash), hash.as_bytes())
+    }
+
+    /// Names the prefixes of keys issued by other systems (`serve
+    /// --import-prefix`), looked up although they are not in keyledger's
+    /// format. Set once, at start; a second call changes nothing.
+    pub fn set_import_prefixes(&self, prefixes: Vec<String>) {
+        let prefixes: Vec<Box<str>> = prefixes
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .map(String::into_boxed_str)
+            .collect();
+        if !prefixes.is_empty() {
+            let _ = self.import_prefixes.set(prefixes.into_boxed_slice());
+        }
     }
 
     /// The id and tenant of the key `raw` is, if this index holds it (a live
@@ -1102,6 +1203,8 @@ impl VerificationIndex {
                     c.expires_at,
                     true,
                 )
+                .with_allowed_ips(c.allowed_ips.clone())
+                .placed_by_hash_if(c.imported, &c.key_hash)
                 .with_limits(LimitSpec {
                     owner: c.owner.clone(),
                     ratelimits: c.ratelimits.clone(),
@@ -1116,8 +1219,14 @@ impl VerificationIndex {
                     if let Some(name) = &u.name {
                         set_name(d, interned, name);
                     }
-                    if let Some(p) = &u.permissions {
-                        d.permissions = writer.permission_set(interned, &Arc::new(p.clone()));
+                    if u.permissions.is_some() || u.allowed_ips.is_some() {
+                        let was = interned.grant(d.grant);
+                        let permissions = match &u.permissions {
+                            Some(p) => Arc::new(p.clone()),
+                            None => was.permissions.clone(),
+                        };
+                        let allowed_ips = u.allowed_ips.as_ref().unwrap_or(&was.allowed_ips);
+                        d.grant = writer.grant(interned, &permissions, allowed_ips);
                     }
                     if let Some(exp) = u.expires_at {
                         set_expiry(d, exp);
@@ -1290,6 +1399,7 @@ mod tests {
                     environment: None,
                     permissions: &[],
                     cost: 1,
+                    ip: None,
                 },
                 Utc::now(),
                 |v| v.code,
@@ -1410,6 +1520,7 @@ mod tests {
                                     environment: None,
                                     permissions: &[],
                                     cost,
+                                    ip: None,
                                 };
                                 match index.verify(request, now, |a| a.code) {
                                     Ok(VerificationCode::Valid) => valid += 1,
@@ -1474,6 +1585,7 @@ mod tests {
                     environment: Some(Environment::Live),
                     permissions: &["a:read".to_string()],
                     cost: 1,
+                    ip: None,
                 },
                 Utc::now(),
                 |v| {
@@ -1641,6 +1753,196 @@ mod tests {
         assert_eq!(verify_code(&index, &raws[41]), VerificationCode::Valid);
     }
 
+    fn code_from(
+        index: &VerificationIndex,
+        key: &str,
+        permissions: &[String],
+        ip: Option<&str>,
+    ) -> VerificationCode {
+        index
+            .verify(
+                VerifyRequest {
+                    key,
+                    environment: None,
+                    permissions,
+                    cost: 1,
+                    ip: ip.map(|ip| ip.parse().expect("address")),
+                },
+                Utc::now(),
+                |v| v.code,
+            )
+            .expect("a plain key needs nothing reserved")
+    }
+
+    fn ips(list: &[&str]) -> AllowedIps {
+        AllowedIps::parse(list.iter().map(|s| s.to_string()).collect()).expect("valid")
+    }
+
+    #[test]
+    fn an_address_outside_a_keys_ranges_is_refused_before_its_other_checks() {
+        let index = VerificationIndex::new();
+        let raw = raw_key(3);
+        index.insert(
+            raw.hash(),
+            key(KEY_ID, &raw, "pinned").with_allowed_ips(ips(&["10.0.0.0/8", "2001:db8::/32"])),
+        );
+        let read = ["a:read".to_string()];
+        let write = ["a:write".to_string()];
+        let key = raw.expose();
+        assert_eq!(
+            code_from(&index, key, &read, Some("10.2.3.4")),
+            VerificationCode::Valid
+        );
+        assert_eq!(
+            code_from(&index, key, &read, Some("2001:db8::9")),
+            VerificationCode::Valid
+        );
+        assert_eq!(
+            code_from(&index, key, &read, Some("::ffff:10.2.3.4")),
+            VerificationCode::Valid
+        );
+        assert_eq!(
+            code_from(&index, key, &read, None),
+            VerificationCode::IpNotAllowed
+        );
+        assert_eq!(
+            code_from(&index, key, &write, Some("11.0.0.1")),
+            VerificationCode::IpNotAllowed,
+            "the address first: the permissions of a key are not told to a stranger"
+        );
+        assert_eq!(
+            code_from(&index, key, &write, Some("10.0.0.1")),
+            VerificationCode::InsufficientPermissions
+        );
+        // A permissions change keeps the ranges; a ranges change keeps the
+        // permissions; the two share one index in the slot.
+        let update = |position, u: keyledger_domain::KeyUpdated| {
+            index.apply(&event(position, KEY_ID, ApiKeyEvent::KeyUpdated(u)));
+        };
+        update(
+            1,
+            keyledger_domain::KeyUpdated {
+                permissions: Some(Permissions::parse(vec!["a:write".into()]).expect("valid")),
+                updated_at: Utc::now(),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            code_from(&index, key, &write, Some("11.0.0.1")),
+            VerificationCode::IpNotAllowed
+        );
+        assert_eq!(
+            code_from(&index, key, &write, Some("10.0.0.1")),
+            VerificationCode::Valid
+        );
+        update(
+            2,
+            keyledger_domain::KeyUpdated {
+                allowed_ips: Some(AllowedIps::default()),
+                updated_at: Utc::now(),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            code_from(&index, key, &write, None),
+            VerificationCode::Valid
+        );
+        assert_eq!(
+            code_from(&index, key, &read, None),
+            VerificationCode::InsufficientPermissions
+        );
+        // The refusals were counted for the key.
+        let refused = index.drain_refusals();
+        let total: u64 = refused.iter().map(|r| r.refused.ip_not_allowed).sum();
+        assert_eq!(total, 3, "{refused:?}");
+    }
+
+    #[test]
+    fn an_imported_key_is_found_by_its_hash_only_with_an_import_prefix() {
+        let index = VerificationIndex::new();
+        let foreign = "sk_live_4eC39HqLyjWDarjtT1zdp7dc";
+        let hash = KeyHash::of(foreign);
+        index.insert(
+            hash,
+            IndexedKey::new(
+                KEY_ID,
+                "sk_live_4eC3",
+                "acme",
+                "legacy",
+                Environment::Live,
+                Permissions::default(),
+                None,
+                true,
+            )
+            .placed_by_hash(&hash),
+        );
+        // Not looked up until the prefix is named.
+        assert_eq!(
+            code_from(&index, foreign, &[], None),
+            VerificationCode::NotFound
+        );
+        index.set_import_prefixes(vec!["sk_live_".into(), String::new()]);
+        assert_eq!(
+            code_from(&index, foreign, &[], None),
+            VerificationCode::Valid
+        );
+        assert_eq!(
+            code_from(&index, &format!("{foreign}x"), &[], None),
+            VerificationCode::NotFound
+        );
+        // Growing the table places it again by the same (hash) home.
+        for n in 0..200 {
+            let raw = raw_key(5000 + n);
+            index.insert(raw.hash(), key(&format!("key_{n}"), &raw, "k"));
+        }
+        assert_eq!(
+            code_from(&index, foreign, &[], None),
+            VerificationCode::Valid
+        );
+        // Keyledger keys are unaffected by the prefixes.
+        let raw = raw_key(5001);
+        assert_eq!(verify_code(&index, &raw), VerificationCode::Valid);
+    }
+
+    proptest::proptest! {
+        /// The verdict through the index never depends on the order the
+        /// ranges were given in.
+        #[test]
+        fn a_verdict_through_the_index_never_depends_on_the_order_of_the_ranges(
+            nets in proptest::collection::vec((0u8..=255, 0u8..=255, 8u8..=32), 1..8),
+            probe in (0u8..=255, 0u8..=255, 0u8..=255),
+            rotate in 0usize..8,
+        ) {
+            let ranges: Vec<String> = nets
+                .iter()
+                .map(|(a, b, len)| {
+                    let ip = (u32::from(*a) << 24) | (u32::from(*b) << 16);
+                    let network = ip & (u32::MAX << (32 - u32::from(*len)));
+                    format!("{}/{len}", std::net::Ipv4Addr::from(network))
+                })
+                .collect();
+            let mut turned = ranges.clone();
+            turned.rotate_left(rotate % ranges.len());
+            turned.reverse();
+            let probe = format!("{}.{}.{}.7", nets[0].0, probe.1, probe.2);
+            let other = format!("{}.{}.{}.7", probe.len(), nets[0].1, probe.len());
+            let verdicts: Vec<(VerificationCode, VerificationCode)> = [ranges, turned]
+                .into_iter()
+                .map(|list| {
+                    let index = VerificationIndex::new();
+                    let raw = raw_key(77);
+                    let allowed = AllowedIps::parse(list).expect("valid");
+                    index.insert(raw.hash(), key(KEY_ID, &raw, "k").with_allowed_ips(allowed));
+                    (
+                        code_from(&index, raw.expose(), &[], Some(&probe)),
+                        code_from(&index, raw.expose(), &[], Some(&other)),
+                    )
+                })
+                .collect();
+            proptest::prop_assert_eq!(verdicts[0], verdicts[1]);
+        }
+    }
+
     #[test]
     fn keys_share_tenant_and_permission_sets() {
         let index = VerificationIndex::with_capacity(2);
@@ -1649,7 +1951,7 @@ mod tests {
         index.insert(b.hash(), key("key_held", &b, "b"));
         let maps = index.maps.load();
         assert_eq!(maps.interned.tenants.count(), 1);
-        assert_eq!(maps.interned.permissions.count(), 1);
+        assert_eq!(maps.interned.grants.count(), 1);
         assert_eq!(index.tenant_keys("acme"), 2);
         assert_eq!(index.tenant_keys("globex"), 0);
     }

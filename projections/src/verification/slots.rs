@@ -72,7 +72,7 @@ pub(super) struct Slot {
     hash: [AtomicU64; 4],
     key_id: [AtomicU64; 2],
     expires_us: AtomicI64,
-    /// Tenant index (high half) and permission-set index (low half).
+    /// Tenant index (high half) and grant index (low half).
     shared: AtomicU64,
     name: [AtomicU64; NAME_INLINE / 8],
     /// A limited key's admission tokens (`tokens`), spent by verifications
@@ -94,7 +94,8 @@ pub(super) struct SlotData {
     /// Microseconds since the epoch, when `EXPIRES`.
     pub expires_us: i64,
     pub tenant: u32,
-    pub permissions: u32,
+    /// What the key may do and from where (`Interned::grants`).
+    pub grant: u32,
     /// The name's bytes (its length in `flags`), or a text index in the first
     /// 4 bytes when `LONG_NAME`.
     pub name: [u8; NAME_INLINE],
@@ -220,7 +221,7 @@ impl Slot {
                 key_id: [0; 16],
                 expires_us: self.expires_us.load(Ordering::Relaxed),
                 tenant: 0,
-                permissions: 0,
+                grant: 0,
                 name: [0; NAME_INLINE],
             };
             load_words(&self.hash, &mut data.hash);
@@ -228,7 +229,7 @@ impl Slot {
             load_words(&self.name, &mut data.name);
             let shared = self.shared.load(Ordering::Relaxed);
             data.tenant = (shared >> 32) as u32;
-            data.permissions = shared as u32;
+            data.grant = shared as u32;
             // Orders the copy before the check (the sequence-lock read fence).
             fence(Ordering::Acquire);
             if self.seq.load(Ordering::Relaxed) == before {
@@ -249,7 +250,7 @@ impl Slot {
         store_words(&self.key_id, &data.key_id);
         self.expires_us.store(data.expires_us, Ordering::Relaxed);
         self.shared.store(
-            (u64::from(data.tenant) << 32) | u64::from(data.permissions),
+            (u64::from(data.tenant) << 32) | u64::from(data.grant),
             Ordering::Relaxed,
         );
         store_words(&self.name, &data.name);
@@ -469,7 +470,7 @@ mod tests {
             key_id: [n; 16],
             expires_us: 0,
             tenant: 1,
-            permissions: 2,
+            grant: 2,
             name: [0; NAME_INLINE],
         };
         assert!(d.set_inline_name(&format!("key {n}")));
@@ -495,7 +496,7 @@ mod tests {
             assert_eq!(i, at[usize::from(n - 1)]);
             assert_eq!(data.inline_name(), format!("key {n}").as_bytes());
             assert_eq!(data.tenant, 1);
-            assert_eq!(data.permissions, 2);
+            assert_eq!(data.grant, 2);
         }
         assert_eq!(table.find(42, &[99; 32]), None);
         assert_eq!(table.find(u64::MAX / 2, &[1; 32]), None, "another home");

@@ -342,6 +342,10 @@ impl Backend for KurrentStore {
         self.side.webhooks()
     }
 
+    fn imports(&self) -> Arc<dyn crate::store::imports::ImportClaimTable> {
+        self.side.imports()
+    }
+
     /// Closes the projection database (the client has nothing to close).
     async fn close(&self) {
         self.side.close().await;
