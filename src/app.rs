@@ -27,6 +27,8 @@ const LEAK_REPORTS_PER_MINUTE: u32 = 20;
 pub struct Application {
     listener: TcpListener,
     address: SocketAddr,
+    /// Envoy's ext_authz gRPC API (`--grpc-listen`), if served.
+    grpc: Option<crate::grpc::GrpcListener>,
     state: AppState,
     tailer: Arc<Tailer>,
     /// Sends this node's share of the webhook messages.
@@ -127,6 +129,7 @@ impl Application {
         let address = listener
             .local_addr()
             .map_err(|e| Error::internal_from("the listener's address", e))?;
+        let grpc = crate::grpc::bind(config.grpc_listen).await?;
         let deliverer = Arc::new(crate::webhooks::delivery::Deliverer::new(
             store.clone(),
             service.projections().clone(),
@@ -173,6 +176,7 @@ impl Application {
         Ok(Self {
             listener,
             address,
+            grpc,
             state,
             deliverer,
             tailer,
@@ -244,7 +248,10 @@ impl Application {
         let app = router::app(self.state.clone());
         tracing::info!(address = %self.address, "listening on http://{}", self.address);
         let limits = crate::http::serve::Limits::from_config(&self.config);
+        // The gRPC server stops when the HTTP server does.
+        let (shutdown, grpc) = crate::grpc::spawn(self.grpc, self.state.clone(), shutdown);
         crate::http::serve::serve(self.listener, app, limits, shutdown).await;
+        grpc.stopped().await;
         ahead_stop.cancel();
         let _ = ahead_task.await;
         stop.cancel();

@@ -82,6 +82,9 @@ const KURRENT_SCHEMES: [&str; 6] = [
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Where Envoy's external authorization gRPC API is served
+    /// (`--grpc-listen`); `None`: not served.
+    pub grpc_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub store: StoreConfig,
     /// HS256 secret for management tokens; `None` means "the one in the data dir".
@@ -165,6 +168,7 @@ impl Config {
     pub fn new(data_dir: PathBuf) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            grpc_listen: None,
             data_dir,
             store: StoreConfig::Sqlite,
             jwt_secret: None,

@@ -12,6 +12,7 @@ pub mod error;
 pub mod expiry;
 pub mod fault;
 pub mod group_commit;
+pub mod grpc;
 pub mod http;
 pub mod idempotency;
 pub mod import;

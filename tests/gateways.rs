@@ -1,8 +1,10 @@
 //! keyledger behind a real nginx, configured as the README's `auth_request`
 //! example says (the snippet is read from README.md): one client's garbage
-//! never stops another client's valid key, and with `--trusted-proxies` each
-//! client is limited on its own. Clients are told apart by their source
-//! address (127.0.0.2 and 127.0.0.3, which Linux routes on loopback).
+//! never stops another client's valid key, with `--trusted-proxies` each
+//! client is limited on its own, and a key over its rate limit gets 429 with
+//! `Retry-After` (which `auth_request` alone would turn into 500). Clients are
+//! told apart by their source address (127.0.0.2 and 127.0.0.3, which Linux
+//! routes on loopback).
 //!
 //! Needs nginx (`apt-get install -y nginx`); without it the tests print
 //! `SKIPPED: nginx not installed` and pass, unless `KEYLEDGER_REQUIRE_GATEWAYS=1`.
@@ -166,6 +168,12 @@ impl Keyledger {
     /// Creates a key (`orders:read`, as the README's snippet requires) and
     /// returns its id and raw key.
     async fn create_key(&self, name: &str) -> (String, String) {
+        self.create_key_with(json!({"name": name, "permissions": ["orders:read"]}))
+            .await
+    }
+
+    /// Creates a key from this `POST /v1/keys` body; its id and raw key.
+    async fn create_key_with(&self, body: serde_json::Value) -> (String, String) {
         let token = keyledger::http::auth::mint(
             SECRET.as_bytes(),
             "acme",
@@ -176,7 +184,7 @@ impl Keyledger {
         let r = client(None)
             .post(format!("http://{}/v1/keys", self.address))
             .bearer_auth(token)
-            .json(&json!({"name": name, "permissions": ["orders:read"]}))
+            .json(&body)
             .send()
             .await
             .expect("create");
@@ -383,18 +391,38 @@ async fn call_with(
     key: &str,
     headers: &[(&str, &str)],
 ) -> (StatusCode, String) {
+    let (status, _, body) = exchange(client, nginx, key, headers).await;
+    (status, body)
+}
+
+/// A request for `/api/orders` through nginx with this key and these headers;
+/// the status, headers and body the client got.
+async fn exchange(
+    client: &reqwest::Client,
+    nginx: &Nginx,
+    key: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, reqwest::header::HeaderMap, String) {
     let mut request = client.get(nginx.url()).header("X-Api-Key", key);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
     let r = request.send().await.expect("request through nginx");
-    let status = r.status();
-    (status, r.text().await.unwrap_or_default())
+    let (status, headers) = (r.status(), r.headers().clone());
+    (status, headers, r.text().await.unwrap_or_default())
+}
+
+/// A header of an answer, as text (`""` when absent).
+fn header<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
 }
 
 /// Sends `GARBAGE` unknown keys from `client`; returns how many nginx answered
-/// 401 (keyledger's `NOT_FOUND`) and how many 500 (keyledger's 429, which
-/// `auth_request` turns into 500).
+/// 401 (keyledger's `NOT_FOUND`) and how many 429 (keyledger's 429, which the
+/// README's `error_page` passes on where `auth_request` alone would answer 500).
 async fn send_garbage(client: &reqwest::Client, nginx: &Nginx, tag: &str) -> (usize, usize) {
     let (mut unauthorized, mut refused) = (0, 0);
     for i in 0..GARBAGE {
@@ -405,7 +433,7 @@ async fn send_garbage(client: &reqwest::Client, nginx: &Nginx, tag: &str) -> (us
         };
         match call(client, nginx, &key).await.0 {
             StatusCode::UNAUTHORIZED => unauthorized += 1,
-            StatusCode::INTERNAL_SERVER_ERROR => refused += 1,
+            StatusCode::TOO_MANY_REQUESTS => refused += 1,
             other => panic!("garbage #{i} answered {other}"),
         }
     }
@@ -439,7 +467,7 @@ async fn behind_nginx_one_clients_garbage_never_stops_another_clients_valid_key(
     assert_eq!((unauthorized, refused), (LIMIT, GARBAGE - LIMIT));
     assert_eq!(
         call(&other, &nginx, "garbage-b").await.0,
-        StatusCode::INTERNAL_SERVER_ERROR
+        StatusCode::TOO_MANY_REQUESTS
     );
     // ...but not for keys that exist: the valid one passes, from either
     // client, and a revoked one is refused as revoked (401), not as a guess.
@@ -464,14 +492,15 @@ async fn behind_nginx_with_trusted_proxies_each_client_is_limited_on_its_own() {
     // The noisy client stays blocked for unknown keys, whatever it writes into
     // X-Forwarded-For itself (nginx appends the address it really came from).
     for spoof in ["10.9.9.9", "127.0.0.3", "203.0.113.1, 127.0.0.1"] {
-        let (status, _) = call_with(
+        let (status, headers, _) = exchange(
             &noisy,
             &nginx,
             "garbage-spoofed",
             &[("X-Forwarded-For", spoof)],
         )
         .await;
-        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{spoof}");
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{spoof}");
+        assert_eq!(header(&headers, "retry-after"), "60", "{spoof}");
     }
     // Its valid key still passes.
     assert_passes(&noisy, &nginx, &key, &id).await;
@@ -481,4 +510,41 @@ async fn behind_nginx_with_trusted_proxies_each_client_is_limited_on_its_own() {
     let (unauthorized, refused) = send_garbage(&other, &nginx, "b").await;
     assert_eq!((unauthorized, refused), (LIMIT, GARBAGE - LIMIT));
     assert_passes(&other, &nginx, &key, &id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_nginx_a_rate_limited_key_gets_429_with_retry_after() {
+    let Some(binary) = nginx_or_skip() else {
+        return;
+    };
+    let keyledger = Keyledger::start(&["--trusted-proxies", "127.0.0.1/32"]);
+    let nginx = Nginx::start(&binary, &keyledger.address);
+    // Two per window of 30 days (the longest), so none ends mid-test.
+    let (id, key) = keyledger
+        .create_key_with(json!({
+            "name": "metered",
+            "permissions": ["orders:read"],
+            "ratelimits": [{"name": "burst", "limit": 2, "window_ms": 2_592_000_000u64}],
+        }))
+        .await;
+    let (other_id, other_key) = keyledger.create_key("unmetered").await;
+    let c = client(Some("127.0.0.2"));
+    for _ in 0..2 {
+        assert_passes(&c, &nginx, &key, &id).await;
+    }
+    for _ in 0..3 {
+        let (status, headers, body) = exchange(&c, &nginx, &key, &[]).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        assert_eq!(header(&headers, "x-key-code"), "RATE_LIMITED");
+        let retry: u64 = header(&headers, "retry-after")
+            .parse()
+            .unwrap_or_else(|_| panic!("a Retry-After in seconds: {headers:?}"));
+        assert!((1..=2_592_000).contains(&retry), "Retry-After {retry}");
+    }
+    // Another key is not limited, and refusals keep their own code and status.
+    assert_passes(&c, &nginx, &other_key, &other_id).await;
+    let (status, headers, _) = exchange(&c, &nginx, "kl_live_unknown", &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(header(&headers, "x-key-code"), "NOT_FOUND");
+    assert_eq!(header(&headers, "retry-after"), "");
 }

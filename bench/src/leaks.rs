@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use keyledger::Error;
+use keyledger_client::{AuditFilter, Client, Order};
 use keyledger_domain::{Environment, KeyHash, KeyPrefix, RawKey};
 use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{Signature, SigningKey};
@@ -255,6 +256,10 @@ fn http_error(e: reqwest::Error) -> Error {
     Error::internal_from("bench request", e)
 }
 
+fn audit_error(e: keyledger_client::Error) -> Error {
+    Error::internal(format!("GET /v1/audit: {e}"))
+}
+
 /// Sends `body` as `partner`'s report; returns the answer and its time.
 async fn send(
     client: &reqwest::Client,
@@ -289,46 +294,35 @@ async fn send(
 }
 
 /// Reads the node's audit log of the plan's tenant.
-struct Audit<'a> {
-    client: &'a reqwest::Client,
-    plan: &'a Plan,
+struct Audit {
+    /// The node, with the plan's token.
+    client: Client,
     /// The position read last.
     cursor: i64,
     /// `KeyLeakReported` events by this partner seen after the start.
     reports: usize,
 }
 
-impl<'a> Audit<'a> {
+impl Audit {
     /// Starts after the newest event.
-    async fn from_now(client: &'a reqwest::Client, plan: &'a Plan) -> Result<Self, Error> {
-        let page = Self::page(client, plan, &[("order", "desc"), ("limit", "1")]).await?;
-        let cursor = page["events"][0]["position"].as_i64().unwrap_or(0);
+    async fn from_now(plan: &Plan) -> Result<Self, Error> {
+        let client = Client::new(plan.url.as_str())
+            .map_err(audit_error)?
+            .with_token(plan.token.as_str());
+        let newest = client
+            .audit(&AuditFilter {
+                order: Some(Order::Desc),
+                limit: Some(1),
+                ..AuditFilter::default()
+            })
+            .await
+            .map_err(audit_error)?;
+        let cursor = newest.events.first().map_or(0, |e| e.position);
         Ok(Self {
             client,
-            plan,
             cursor,
             reports: 0,
         })
-    }
-
-    async fn page(
-        client: &reqwest::Client,
-        plan: &Plan,
-        query: &[(&str, &str)],
-    ) -> Result<Value, Error> {
-        let response = client
-            .get(format!("{}/v1/audit", plan.url))
-            .bearer_auth(&plan.token)
-            .query(query)
-            .send()
-            .await
-            .map_err(http_error)?;
-        let status = response.status();
-        let page: Value = response.json().await.map_err(http_error)?;
-        if !status.is_success() {
-            return Err(Error::internal(format!("GET /v1/audit: {status} {page}")));
-        }
-        Ok(page)
     }
 
     /// Reads what is new; true when anything was.
@@ -336,23 +330,20 @@ impl<'a> Audit<'a> {
         let actor = format!("keyledger:leaks:{reporter}");
         let mut any = false;
         loop {
-            let cursor = self.cursor.to_string();
-            let mut query = vec![("limit", "1000")];
-            if self.cursor > 0 {
-                query.push(("cursor", &cursor));
-            }
-            let page = Self::page(self.client, self.plan, &query).await?;
-            let events = page["events"].as_array().cloned().unwrap_or_default();
-            for e in &events {
+            let filter = AuditFilter {
+                limit: Some(1000),
+                cursor: (self.cursor > 0).then(|| self.cursor.to_string()),
+                ..AuditFilter::default()
+            };
+            let page = self.client.audit(&filter).await.map_err(audit_error)?;
+            for e in &page.events {
                 any = true;
-                if let Some(p) = e["position"].as_i64() {
-                    self.cursor = self.cursor.max(p);
-                }
-                if e["type"] == "KeyLeakReported" && e["actor"] == actor.as_str() {
+                self.cursor = self.cursor.max(e.position);
+                if e.event_type == "KeyLeakReported" && e.actor.as_deref() == Some(actor.as_str()) {
                     self.reports += 1;
                 }
             }
-            if events.is_empty() || page["next_cursor"].is_null() {
+            if page.events.is_empty() || page.next_cursor.is_none() {
                 return Ok(any);
             }
         }
@@ -393,7 +384,7 @@ pub async fn run(partner: &Partner, report: &Report, plan: &Plan) -> Result<Figu
     let (answer, _) = send(&client, &endpoint, partner, warm_up.body(0)?).await?;
     warm_up.check(&answer)?;
 
-    let mut audit = Audit::from_now(&client, plan).await?;
+    let mut audit = Audit::from_now(plan).await?;
     let mut figures = Figures {
         answers: Vec::with_capacity(plan.rounds),
         acted: Vec::new(),
@@ -568,17 +559,14 @@ mod tests {
             overlap: false,
         };
         let figures = run(&partner, &report, &plan).await.expect("run");
-        let verified: Value = reqwest::Client::new()
-            .post(format!("{}/v1/keys/verify", plan.url))
-            .json(&json!({"key": seeded[0]}))
-            .send()
+        let verified = Client::new(plan.url.as_str())
+            .expect("client")
+            .verify(&keyledger_client::VerifyRequest::new(seeded[0].as_str()))
             .await
-            .expect("verify")
-            .json()
-            .await
-            .expect("json");
+            .expect("verify");
         assert_eq!(
-            verified["code"], "DISABLED",
+            verified.code,
+            keyledger_client::VerificationCode::Disabled,
             "acted on before the run ended"
         );
         assert_eq!(figures.answers.len(), 3);

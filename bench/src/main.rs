@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use keyledger::cli::StoreArgs;
 use keyledger::{Config, Error};
-use serde_json::{json, Value};
+use keyledger_client::{Client, CreateKey, Secret, VerificationCode, VerifyRequest};
 
 mod leaks;
 
@@ -327,7 +327,7 @@ async fn create(
     duration: Duration,
 ) -> Result<ExitCode, Error> {
     let secret = keyledger::app::server_secret(config)?;
-    let client = reqwest::Client::builder()
+    let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .build()
         .map_err(http_error)?;
@@ -341,28 +341,24 @@ async fn create(
             "bench",
             duration + Duration::from_secs(600),
         )?;
-        let client = client.clone();
-        let endpoint = format!("{url}/v1/keys");
+        // Clients share one connection pool.
+        let client = Client::builder(url)
+            .http_client(http.clone())
+            .token(token)
+            .build()
+            .map_err(client_error)?;
         tasks.push(tokio::spawn(async move {
             let mut tally = CreateTally::default();
             let mut n = 0u64;
             while Instant::now() < deadline {
                 n += 1;
                 let sent = Instant::now();
-                let answer = client
-                    .post(&endpoint)
-                    .bearer_auth(&token)
-                    .json(&json!({ "name": format!("bench-{c}-{n}"), "permissions": ["invoices:read"] }))
-                    .send()
-                    .await;
-                match answer {
-                    Ok(r) if r.status().is_success() => tally.latencies.push(sent.elapsed()),
-                    Ok(r) => {
-                        tally.failures += 1;
-                        if tally.failures == 1 {
-                            eprintln!("client {c}: {}", r.status());
-                        }
-                    }
+                let request = CreateKey {
+                    permissions: Some(vec!["invoices:read".into()]),
+                    ..CreateKey::new(format!("bench-{c}-{n}"))
+                };
+                match client.create_key(&request).await {
+                    Ok(_) => tally.latencies.push(sent.elapsed()),
                     Err(e) => {
                         tally.failures += 1;
                         if tally.failures == 1 {
@@ -413,29 +409,16 @@ fn http_error(e: reqwest::Error) -> Error {
     Error::internal_from("http", e)
 }
 
-async fn verify_code(client: &reqwest::Client, node: &str, key: &str) -> Result<String, Error> {
-    let body: Value = client
-        .post(format!("{node}/v1/keys/verify"))
-        .json(&json!({ "key": key }))
-        .send()
-        .await
-        .map_err(http_error)?
-        .json()
-        .await
-        .map_err(http_error)?;
-    Ok(body["code"].as_str().unwrap_or_default().to_string())
+fn client_error(e: keyledger_client::Error) -> Error {
+    Error::internal_from("http", e)
 }
 
 /// Polls `node` until `key` answers `want`; gives up after 10 s.
-async fn wait_for(
-    client: &reqwest::Client,
-    node: &str,
-    key: &str,
-    want: &str,
-) -> Result<Duration, Error> {
+async fn wait_for(node: &Client, key: &Secret, want: VerificationCode) -> Result<Duration, Error> {
     let started = Instant::now();
+    let request = VerifyRequest::new(key.clone());
     loop {
-        if verify_code(client, node, key).await? == want {
+        if node.verify(&request).await.map_err(client_error)?.code == want {
             return Ok(started.elapsed());
         }
         if started.elapsed() > Duration::from_secs(10) {
@@ -453,44 +436,26 @@ async fn propagation(
     let secret = keyledger::app::server_secret(config)?;
     let token =
         keyledger::http::auth::mint(secret.expose(), "bench", "bench", Duration::from_secs(3600))?;
-    let client = reqwest::Client::new();
+    let node_a = Client::new(node_a).map_err(client_error)?.with_token(token);
+    let node_b = Client::new(node_b).map_err(client_error)?;
     let mut keys = Vec::with_capacity(count);
     for i in 0..count {
-        let created: Value = client
-            .post(format!("{node_a}/v1/keys"))
-            .bearer_auth(&token)
-            .json(&json!({ "name": format!("propagation-{i}") }))
-            .send()
+        let created = node_a
+            .create_key(&CreateKey::new(format!("propagation-{i}")))
             .await
-            .map_err(http_error)?
-            .json()
-            .await
-            .map_err(http_error)?;
-        let id = created["id"].as_str().unwrap_or_default().to_string();
-        let key = created["key"].as_str().unwrap_or_default().to_string();
-        if id.is_empty() || key.is_empty() {
-            return Err(Error::internal(format!("create failed: {created}")));
-        }
-        keys.push((id, key));
+            .map_err(client_error)?;
+        keys.push((created.view.id, created.key));
     }
     for (_, key) in &keys {
-        wait_for(&client, node_b, key, "VALID").await?;
+        wait_for(&node_b, key, VerificationCode::Valid).await?;
     }
     let mut delays = Vec::with_capacity(count);
     for (id, key) in &keys {
-        let response = client
-            .post(format!("{node_a}/v1/keys/{id}/deactivate"))
-            .bearer_auth(&token)
-            .send()
+        node_a
+            .deactivate_key(id, None)
             .await
-            .map_err(http_error)?;
-        if !response.status().is_success() {
-            return Err(Error::internal(format!(
-                "deactivate: {}",
-                response.status()
-            )));
-        }
-        delays.push(wait_for(&client, node_b, key, "DISABLED").await?);
+            .map_err(|e| Error::internal(format!("deactivate: {e}")))?;
+        delays.push(wait_for(&node_b, key, VerificationCode::Disabled).await?);
     }
     delays.sort();
     let pct = |p: f64| percentile_ms(&delays, p);

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use keyledger::Error;
-use serde_json::{json, Value};
+use keyledger_client::{Client, CreateKey, CreateWebhook};
+use serde_json::Value;
 
 #[derive(Default)]
 struct Seen {
@@ -51,7 +52,7 @@ async fn receive(seen: Arc<Mutex<Seen>>, body: axum::body::Bytes) -> axum::http:
     axum::http::StatusCode::NO_CONTENT
 }
 
-fn http_error(e: reqwest::Error) -> Error {
+fn client_error(e: keyledger_client::Error) -> Error {
     Error::internal_from("bench request", e)
 }
 
@@ -80,36 +81,28 @@ pub async fn run(
         .local_addr()
         .map_err(|e| Error::internal_from("receiver", e))?;
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let client = reqwest::Client::new();
-    let created: Value = client
-        .post(format!("{url}/v1/webhooks"))
-        .bearer_auth(token)
-        .json(&json!({"url": format!("http://{address}/hook"), "events": ["key.created"]}))
-        .send()
+    let client = Client::new(url).map_err(client_error)?.with_token(token);
+    client
+        .create_webhook(&CreateWebhook {
+            url: format!("http://{address}/hook"),
+            events: vec!["key.created".into()],
+            description: None,
+        })
         .await
-        .map_err(http_error)?
-        .json()
-        .await
-        .map_err(http_error)?;
-    if created["id"].as_str().is_none() {
-        return Err(Error::internal(format!("endpoint not created: {created}")));
-    }
+        .map_err(|e| Error::internal(format!("endpoint not created: {e}")))?;
 
     // Burst: as fast as the node creates keys.
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..clients {
-        let (client, url, token) = (client.clone(), url.to_string(), token.to_string());
+        let client = client.clone();
         let n = burst / clients + usize::from(c < burst % clients);
         tasks.spawn(async move {
             for i in 0..n {
                 client
-                    .post(format!("{url}/v1/keys"))
-                    .bearer_auth(&token)
-                    .json(&json!({"name": format!("burst-{c}-{i}")}))
-                    .send()
+                    .create_key(&CreateKey::new(format!("burst-{c}-{i}")))
                     .await
-                    .map_err(http_error)?;
+                    .map_err(client_error)?;
             }
             Ok::<_, Error>(())
         });
@@ -124,12 +117,9 @@ pub async fn run(
     let started = Instant::now();
     for i in 0..paced {
         client
-            .post(format!("{url}/v1/keys"))
-            .bearer_auth(token)
-            .json(&json!({"name": format!("paced-{i}")}))
-            .send()
+            .create_key(&CreateKey::new(format!("paced-{i}")))
             .await
-            .map_err(http_error)?;
+            .map_err(client_error)?;
         tokio::time::sleep(gap).await;
     }
     let paced_figures = wait_for(&seen, burst + paced, started).await?;

@@ -25,10 +25,10 @@ use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
 
-use axum::body::Bytes;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Deserialize;
+use keyledger_client::{ApiErrorDetail, Client, ImportResponse as Answer};
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -286,22 +286,13 @@ pub async fn run(args: ImportArgs) -> ExitCode {
 
 async fn import(args: ImportArgs, tally: &mut Tally) -> Result<(), Stop> {
     let format = format_of(&args.file, args.format)?;
-    let endpoint = endpoint(&args.url)?;
+    let client = connect(&args.url, &args.token)?;
     let (source, size) = open(&args.file)?;
     if let Some(path) = &args.errors {
         let file =
             File::create(path).map_err(|e| Stop(format!("--errors {}: {e}", path.display())))?;
         tally.errors = Some(BufWriter::new(file));
     }
-    let client = reqwest::Client::builder()
-        .user_agent(concat!("keyledger-import/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(10))
-        // A thousand creates; a batch timed out is sent again (idempotent).
-        .timeout(Duration::from_secs(300))
-        // A redirect would carry the token and the body elsewhere.
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| Stop::because("the HTTP client", e))?;
     style_bar(&tally.bar, size)?;
 
     let (tx, mut rx) = mpsc::channel(IN_FLIGHT);
@@ -313,8 +304,6 @@ async fn import(args: ImportArgs, tally: &mut Tally) -> Result<(), Stop> {
 
     let sender = Sender {
         client,
-        endpoint,
-        token: args.token,
         bar: tally.bar.clone(),
         quiet: args.quiet,
     };
@@ -426,14 +415,21 @@ fn format_of(path: &Path, given: Option<Format>) -> Result<Format, Stop> {
     }
 }
 
-/// `<url>/v1/keys/import`.
-fn endpoint(url: &str) -> Result<reqwest::Url, Stop> {
-    let endpoint = format!("{}/v1/keys/import", url.trim().trim_end_matches('/'));
-    let parsed = reqwest::Url::parse(&endpoint).map_err(|e| Stop(format!("--url: {e}")))?;
+/// The client of the server at `url`, sending `token`.
+fn connect(url: &str, token: &Token) -> Result<Client, Stop> {
+    let parsed = reqwest::Url::parse(url.trim()).map_err(|e| Stop(format!("--url: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(Stop("--url: must be http:// or https://".into()));
     }
-    Ok(parsed)
+    Client::builder(url.trim())
+        .token(token.0.clone())
+        .user_agent(concat!("keyledger-import/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(10))
+        // A thousand creates; a batch timed out is sent again (idempotent).
+        .timeout(Duration::from_secs(300))
+        .max_response_bytes(MAX_ANSWER_BYTES)
+        .build()
+        .map_err(|e| Stop(format!("--url: {e}")))
 }
 
 /// Where the lines come from.
@@ -865,7 +861,7 @@ fn read_error(e: io::Error) -> Stop {
 struct Chunk {
     items: Vec<Item>,
     failures: Vec<(u64, Value)>,
-    /// Length of the body these items make ([`request_body`]).
+    /// Length of the body these items make: `{"keys":[` items `]}`.
     body_bytes: usize,
     read_bytes: u64,
 }
@@ -969,44 +965,8 @@ fn read_source(
     }
 }
 
-/// `{"keys":[item,...]}`.
-fn request_body(items: &[Item]) -> Vec<u8> {
-    let length = ENVELOPE_BYTES + items.iter().map(|i| i.json.len() + 1).sum::<usize>();
-    let mut body = Vec::with_capacity(length);
-    body.extend_from_slice(b"{\"keys\":[");
-    for (n, item) in items.iter().enumerate() {
-        if n > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(item.json.as_bytes());
-    }
-    body.extend_from_slice(b"]}");
-    body
-}
-
 // ---------------------------------------------------------------------------
 // Sending.
-
-/// The answer to an import request.
-#[derive(Debug, Deserialize)]
-struct Answer {
-    #[serde(default)]
-    imported: Vec<AnsweredId>,
-    #[serde(default)]
-    errors: Vec<AnsweredError>,
-}
-
-#[derive(Debug, Deserialize)]
-struct AnsweredId {
-    index: usize,
-    id: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct AnsweredError {
-    index: usize,
-    error: Value,
-}
 
 /// A batch's answer by line.
 #[derive(Debug, Default, PartialEq)]
@@ -1034,7 +994,7 @@ fn outcome(items: &[Item], answer: Answer) -> Outcome {
                 *seen = true;
                 outcome
                     .failures
-                    .push((items[failed.index].line, failed.error));
+                    .push((items[failed.index].line, error_value(&failed.error)));
             }
         }
     }
@@ -1051,6 +1011,15 @@ fn outcome(items: &[Item], answer: Answer) -> Outcome {
     }
     outcome.failures.sort_by_key(|(line, _)| *line);
     outcome
+}
+
+/// An item's error as the --errors file holds it (the server's shape).
+fn error_value(error: &ApiErrorDetail) -> Value {
+    let mut value = json!({ "code": error.code.as_str(), "message": error.message });
+    if let Some(details) = &error.details {
+        value["details"] = details.clone();
+    }
+    value
 }
 
 /// `code: message` of an error object, escaped and cut short.
@@ -1077,16 +1046,9 @@ fn transient(status: reqwest::StatusCode) -> bool {
     matches!(status.as_u16(), 429 | 502 | 503 | 504)
 }
 
-/// A Retry-After of seconds (the form keyledger sends), bounded.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let seconds: u64 = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(seconds).min(MAX_RETRY_WAIT))
+/// A Retry-After the server sent, bounded.
+fn bounded(after: Option<Duration>) -> Option<Duration> {
+    after.map(|after| after.min(MAX_RETRY_WAIT))
 }
 
 /// Exponential, from 250 ms to 15 s, with up to a quarter more at random.
@@ -1098,27 +1060,61 @@ fn backoff(attempt: u32) -> Duration {
     base.mul_f64(1.0 + jitter)
 }
 
-/// A whole-request error: status, and the body's code and message if it
-/// has the API's error shape.
-fn describe_status(status: reqwest::StatusCode, body: &[u8]) -> String {
-    let error = serde_json::from_slice::<Value>(body)
-        .ok()
-        .map(|v| v["error"].clone())
-        .filter(Value::is_object);
+/// What became of a try that was not answered with an import answer:
+/// status, and the API's code and message when it sent them.
+fn retry(error: keyledger_client::Error) -> Retry {
+    use keyledger_client::Error as E;
+    let after = bounded(error.retry_after());
     match error {
-        Some(error) => format!("{status}: {}", describe_error(&error)),
-        None => format!("{status}"),
+        // Without the URL: it is in the user's hands, and may hold a password.
+        E::Transport(e) => Retry::Again(with_causes(&e.without_url()), None),
+        E::Api {
+            status,
+            code,
+            message,
+            ..
+        } => {
+            let why = if message.is_empty() {
+                format!("{status}: {}", shown(code.as_str()))
+            } else {
+                format!("{status}: {}: {}", shown(code.as_str()), shown(&message))
+            };
+            if transient(status) {
+                Retry::Again(why, after)
+            } else {
+                Retry::Stop(why)
+            }
+        }
+        E::UnexpectedStatus { status, .. } if transient(status) => {
+            Retry::Again(status.to_string(), after)
+        }
+        E::UnexpectedStatus { status, .. } => Retry::Stop(status.to_string()),
+        E::Decode(d) if d.too_large => Retry::Stop(format!(
+            "{}: an answer larger than {MAX_ANSWER_BYTES} bytes",
+            d.status
+        )),
+        E::Decode(d) => Retry::Stop(format!(
+            "{}, but not an import answer (is --url a keyledger server?)",
+            d.status
+        )),
+        E::Config(m) => Retry::Stop(m),
     }
 }
 
 /// Sends batches; clones share one connection pool.
 #[derive(Clone)]
 struct Sender {
-    client: reqwest::Client,
-    endpoint: reqwest::Url,
-    token: Token,
+    client: Client,
     bar: ProgressBar,
     quiet: bool,
+}
+
+/// The items of a batch as the JSON they are, to send as they are.
+fn raw_items(items: &[Item]) -> Result<Vec<Box<RawValue>>, serde_json::Error> {
+    items
+        .iter()
+        .map(|item| RawValue::from_string(item.json.clone()))
+        .collect()
 }
 
 impl Sender {
@@ -1129,10 +1125,11 @@ impl Sender {
             (Some(first), Some(last)) => format!("lines {}-{}", first.line, last.line),
             _ => "an empty batch".to_string(),
         };
-        let body = Bytes::from(request_body(items));
+        // Each item is JSON this program wrote: this cannot fail.
+        let raw = raw_items(items).map_err(|e| Stop(format!("{lines}: {e}")))?;
         let mut why = String::new();
         for attempt in 1..=MAX_TRIES {
-            let wait = match self.try_once(body.clone()).await {
+            let wait = match self.client.import_keys(&raw).await.map_err(retry) {
                 Ok(answer) => return Ok(answer),
                 Err(Retry::Stop(why)) => {
                     return Err(Stop(format!(
@@ -1158,52 +1155,6 @@ impl Sender {
         Err(Stop(format!(
             "{lines}: gave up after {MAX_TRIES} tries: {why}"
         )))
-    }
-
-    async fn try_once(&self, body: Bytes) -> Result<Answer, Retry> {
-        let sent = self
-            .client
-            .post(self.endpoint.clone())
-            .bearer_auth(&self.token.0)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await;
-        let mut response = match sent {
-            Ok(response) => response,
-            // Without the URL: it is in the user's hands, and may hold a password.
-            Err(e) => return Err(Retry::Again(with_causes(&e.without_url()), None)),
-        };
-        let status = response.status();
-        let after = retry_after(response.headers());
-        let mut text = Vec::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    if text.len() + chunk.len() > MAX_ANSWER_BYTES {
-                        return Err(Retry::Stop(format!(
-                            "{status}: an answer larger than {MAX_ANSWER_BYTES} bytes"
-                        )));
-                    }
-                    text.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(e) => return Err(Retry::Again(with_causes(&e.without_url()), after)),
-            }
-        }
-        if status == reqwest::StatusCode::OK {
-            return serde_json::from_slice(&text).map_err(|_| {
-                Retry::Stop(
-                    "200 OK, but not an import answer (is --url a keyledger server?)".into(),
-                )
-            });
-        }
-        let why = describe_status(status, &text);
-        if transient(status) {
-            Err(Retry::Again(why, after))
-        } else {
-            Err(Retry::Stop(why))
-        }
     }
 }
 
@@ -1470,18 +1421,32 @@ mod tests {
     }
 
     #[test]
-    fn the_endpoint_is_under_the_url() {
-        let url = |u: &str| endpoint(u).map(|e| e.to_string());
+    fn the_client_is_of_the_url() {
+        let token: Token = "the-token".parse().expect("token");
+        let url = |u: &str| connect(u, &token).map(|c| c.base_url().to_string());
         assert_eq!(
             url("http://127.0.0.1:8080").ok().as_deref(),
-            Some("http://127.0.0.1:8080/v1/keys/import")
+            Some("http://127.0.0.1:8080/")
         );
         assert_eq!(
-            url("https://keys.example.com/base/").ok().as_deref(),
-            Some("https://keys.example.com/base/v1/keys/import")
+            url(" https://keys.example.com/base/ ").ok().as_deref(),
+            Some("https://keys.example.com/base/")
         );
         assert!(url("ftp://x").is_err());
         assert!(url("not a url").is_err());
+    }
+
+    /// `{"keys":[item,...]}`, as the batcher counts its bytes.
+    fn request_body(items: &[Item]) -> Vec<u8> {
+        let mut body = b"{\"keys\":[".to_vec();
+        for (n, item) in items.iter().enumerate() {
+            if n > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(item.json.as_bytes());
+        }
+        body.extend_from_slice(b"]}");
+        body
     }
 
     fn items(lines: &[u64]) -> Vec<Item> {
@@ -1550,9 +1515,13 @@ mod tests {
     }
 
     #[test]
-    fn the_request_body_is_the_items_in_an_envelope() {
-        let body = request_body(&items(&[3, 9]));
-        let value: Value = serde_json::from_slice(&body).expect("JSON");
+    fn the_body_sent_is_the_items_in_an_envelope_of_the_counted_size() {
+        let items = items(&[3, 9]);
+        let raw = raw_items(&items).expect("raw items");
+        // What the client sends: the items as they are, in `{"keys": [...]}`.
+        let sent = serde_json::to_vec(&json!({ "keys": raw })).expect("body");
+        assert_eq!(sent, request_body(&items));
+        let value: Value = serde_json::from_slice(&sent).expect("JSON");
         assert_eq!(value, json!({"keys": [{"n": 3}, {"n": 9}]}));
     }
 
@@ -1595,31 +1564,50 @@ mod tests {
                 reqwest::StatusCode::from_u16(code).expect("status")
             ));
         }
-        let text = describe_status(
-            reqwest::StatusCode::UNAUTHORIZED,
-            br#"{"error":{"code":"unauthorized","message":"bad \u001b[31m token"}}"#,
-        );
-        assert_eq!(
-            text,
-            "401 Unauthorized: unauthorized: bad \\u{1b}[31m token"
-        );
-        assert_eq!(
-            describe_status(reqwest::StatusCode::BAD_GATEWAY, b"<html>"),
-            "502 Bad Gateway"
-        );
+        let refused = |status: u16, code: &str, message: &str| {
+            retry(keyledger_client::Error::Api {
+                status: reqwest::StatusCode::from_u16(status).expect("status"),
+                code: code.into(),
+                message: message.into(),
+                details: None,
+                retry_after: Some(Duration::from_secs(86400)),
+                request_id: None,
+            })
+        };
+        match refused(401, "unauthorized", "bad \u{1b}[31m token") {
+            Retry::Stop(text) => assert_eq!(
+                text,
+                "401 Unauthorized: unauthorized: bad \\u{1b}[31m token"
+            ),
+            other => panic!("{other:?}"),
+        }
+        match refused(503, "store_unavailable", "later") {
+            Retry::Again(text, after) => {
+                assert_eq!(text, "503 Service Unavailable: store_unavailable: later");
+                assert_eq!(after, Some(MAX_RETRY_WAIT));
+            }
+            other => panic!("{other:?}"),
+        }
+        match retry(keyledger_client::Error::UnexpectedStatus {
+            status: reqwest::StatusCode::BAD_GATEWAY,
+            retry_after: None,
+        }) {
+            Retry::Again(text, None) => assert_eq!(text, "502 Bad Gateway"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
     fn retry_after_and_backoff_are_bounded() {
-        let mut headers = reqwest::header::HeaderMap::new();
-        assert_eq!(retry_after(&headers), None);
-        headers.insert(reqwest::header::RETRY_AFTER, "3".parse().expect("value"));
-        assert_eq!(retry_after(&headers), Some(Duration::from_secs(3)));
-        headers.insert(
-            reqwest::header::RETRY_AFTER,
-            "86400".parse().expect("value"),
+        assert_eq!(bounded(None), None);
+        assert_eq!(
+            bounded(Some(Duration::from_secs(3))),
+            Some(Duration::from_secs(3))
         );
-        assert_eq!(retry_after(&headers), Some(MAX_RETRY_WAIT));
+        assert_eq!(
+            bounded(Some(Duration::from_secs(86400))),
+            Some(MAX_RETRY_WAIT)
+        );
         assert!(backoff(1) < Duration::from_millis(320));
         for attempt in 1..=MAX_TRIES {
             assert!(backoff(attempt) <= Duration::from_secs(19));
@@ -1704,9 +1692,7 @@ mod tests {
 
     fn sender(url: &str) -> Sender {
         Sender {
-            client: reqwest::Client::new(),
-            endpoint: endpoint(url).expect("endpoint"),
-            token: "the-token".parse().expect("token"),
+            client: connect(url, &"the-token".parse().expect("token")).expect("client"),
             bar: ProgressBar::hidden(),
             quiet: true,
         }

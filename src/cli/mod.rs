@@ -78,7 +78,7 @@ pub struct StoreArgs {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the HTTP API.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Mint a management token signed with the server secret.
     Token {
         #[arg(long)]
@@ -193,7 +193,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
     }
     let config = cli.store.config()?;
     match cli.command {
-        Command::Serve(args) => serve::run(args, config).await,
+        Command::Serve(args) => serve::run(*args, config).await,
         Command::Token {
             tenant,
             subject,

@@ -80,9 +80,11 @@ pub async fn run(args: ScanArgs) -> Result<ExitCode, Error> {
         }
     }
     if let (Some(server), Some(token)) = (&args.server, &args.token) {
-        let client = reqwest::Client::new();
+        let client = keyledger_client::Client::new(server.as_str())
+            .map_err(|e| Error::Config(format!("--server {server}: {e}")))?
+            .with_token(token.as_str());
         for f in &mut findings {
-            f.status = Some(status_of(&client, server, token, &f.display_prefix).await?);
+            f.status = Some(status_of(&client, server, &f.display_prefix).await?);
         }
     }
     for f in &findings {
@@ -223,36 +225,23 @@ fn hunk_start(header: &[u8]) -> Option<usize> {
 
 /// Whether the key with `display_prefix` is still live, by the management API.
 async fn status_of(
-    client: &reqwest::Client,
+    client: &keyledger_client::Client,
     server: &str,
-    token: &str,
     display_prefix: &str,
 ) -> Result<String, Error> {
-    let url = format!("{}/v1/keys/{display_prefix}", server.trim_end_matches('/'));
-    let response = client
-        .get(url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .map_err(|e| Error::Config(format!("{server}: {e}")))?;
-    if response.status() == reqwest::StatusCode::NOT_FOUND {
-        return Ok("unknown".into());
-    }
-    if !response.status().is_success() {
-        return Err(Error::Config(format!(
+    use keyledger_client::{Error as E, KeyStatus};
+    match client.get_key(display_prefix).await {
+        Ok(key) => Ok(match key.status {
+            KeyStatus::Active => "live".into(),
+            other => other.to_string(),
+        }),
+        Err(e) if e.status() == Some(reqwest::StatusCode::NOT_FOUND) => Ok("unknown".into()),
+        Err(e @ (E::Api { .. } | E::UnexpectedStatus { .. })) => Err(Error::Config(format!(
             "{server} answered {} (is the token right?)",
-            response.status()
-        )));
+            e.status().map(|s| s.to_string()).unwrap_or_default()
+        ))),
+        Err(e) => Err(Error::Config(format!("{server}: {e}"))),
     }
-    let body: serde_json::Value = response
-        .json()
-        .await
-        .map_err(|e| Error::Config(format!("{server}: {e}")))?;
-    Ok(match body["status"].as_str() {
-        Some("active") => "live".into(),
-        Some(other) => other.to_string(),
-        None => "unknown".into(),
-    })
 }
 
 #[cfg(test)]

@@ -17,6 +17,13 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free one).
     #[arg(long, env = "KEYLEDGER_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Address to serve Envoy's external authorization gRPC API on
+    /// (`envoy.service.auth.v3.Authorization`) [default: not served].
+    // Checked by clap, kept as text: a `SocketAddr` more would make `Serve`
+    // too large a variant of `Command` for clippy's `large_enum_variant`.
+    #[arg(long, value_name = "ADDR", env = "KEYLEDGER_GRPC_LISTEN",
+        value_parser = |s: &str| s.parse::<SocketAddr>().map(|_| s.to_string()))]
+    grpc_listen: Option<String>,
     /// Prefix of issued keys, `[a-z][a-z0-9]{0,15}`.
     #[arg(long, env = "KEYLEDGER_KEY_PREFIX", default_value = "kl")]
     key_prefix: String,
@@ -148,6 +155,12 @@ pub async fn run(args: ServeArgs, mut config: Config) -> Result<ExitCode, Error>
     // First: from here on a SIGINT or SIGTERM stops the node gracefully.
     let stop = shutdown_signal();
     config.listen = args.listen;
+    config.grpc_listen = args
+        .grpc_listen
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e| Error::Config(format!("KEYLEDGER_GRPC_LISTEN: {e}")))?;
     config.key_prefix = KeyPrefix::new(&args.key_prefix)
         .map_err(|e| Error::Config(format!("KEYLEDGER_KEY_PREFIX: {e}")))?;
     if args.usage_flush_secs == 0 {

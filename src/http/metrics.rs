@@ -240,7 +240,7 @@ fn loggable_path(route: &'static str, path: &str) -> Cow<'static, str> {
 
 /// The literal path segments of the routes of `router.rs`, kept in paths of
 /// unmatched requests (a test checks them against the OpenAPI document).
-const ROUTE_WORDS: [&str; 28] = [
+const ROUTE_WORDS: [&str; 29] = [
     "v1",
     "keys",
     "import",
@@ -257,6 +257,7 @@ const ROUTE_WORDS: [&str; 28] = [
     "ratelimits",
     "verify",
     "auth",
+    "envoy",
     "deactivate",
     "reactivate",
     "rotate",

@@ -16,7 +16,7 @@ use crate::http::{
     paths(
         keys::create, import::import, keys::list, keys::get, keys::update, keys::deactivate,
         keys::reactivate, keys::delete, keys::rotate, usage_limits::credits, usage_limits::set_owner_limits, usage_limits::owner,
-        verify::verify, proxy_auth::auth, audit::list, audit::key_events,
+        verify::verify, proxy_auth::auth, proxy_auth::envoy, audit::list, audit::key_events,
         webhooks::create, webhooks::list, webhooks::get, webhooks::update, webhooks::delete,
         webhooks::rotate_secret, webhooks::deliveries, webhooks::retry, leaks::report, leaks::partner, policy::get, policy::set,
         usage::key_usage, usage::tenant_usage,

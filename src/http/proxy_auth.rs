@@ -2,6 +2,8 @@
 //! ext_authz). The key comes in a header, the answer is the status code plus
 //! headers the proxy can forward to the upstream.
 
+use std::net::IpAddr;
+
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -84,8 +86,51 @@ pub async fn auth(
     ClientAddr(client): ClientAddr,
     headers: HeaderMap,
 ) -> Response {
+    authorize(&state, client, &headers).await
+}
+
+/// ANY /v1/auth/envoy/{path}: `/v1/auth` for Envoy's HTTP `ext_authz`
+/// filter, which passes only a 200, asks with the client's own method and
+/// appends the client's path to its `path_prefix`. The answer is the same
+/// in every other respect (the same code decides).
+#[utoipa::path(get, path = "/v1/auth/envoy/{path}", tag = "verification", operation_id = "authorizeEnvoy",
+    params(
+        ("path" = String, Path, description = "the client's path, which Envoy appends; not read (any method is answered)"),
+        ("X-Api-Key" = Option<String>, Header, description = "the API key (or Authorization: Bearer <key>)"),
+        ("X-Required-Permissions" = Option<String>, Header, description = "comma-separated permissions that must all be granted"),
+    ),
+    responses(
+        (status = 200, description = "valid; X-Key-Id, X-Key-Tenant and X-Key-Permissions set"),
+        (status = 401, body = ErrorBody, description = "missing, unknown, disabled or expired key"),
+        (status = 403, body = ErrorBody, description = "a required permission is missing, or the address is outside the key's allowed_ips"),
+        (status = 429, body = ErrorBody, description = "rate limited or out of credits, or too many unknown keys from the address"),
+        (status = 503, body = ErrorBody, description = "a limited key's share is used up and the store cannot be reached"),
+    ))]
+pub async fn envoy(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
+) -> Response {
+    let mut response = authorize(&state, client, &headers).await;
+    if response.status() == StatusCode::NO_CONTENT {
+        *response.status_mut() = StatusCode::OK;
+    }
+    response
+}
+
+/// The names of the identity headers of a valid key's answer, which a proxy
+/// sets on the upstream request (the rest of the answer is for the client).
+pub static IDENTITY_HEADERS: [&HeaderName; 3] = [&X_KEY_ID, &X_KEY_TENANT, &X_KEY_PERMISSIONS];
+
+/// A proxy's question, answered: is the request with these `headers` (the key
+/// in `X-Api-Key` or `Authorization: Bearer`, the required permissions in
+/// `X-Required-Permissions`) from `client` allowed? 204 with the identity
+/// headers, or a refusal (401, 403, 429, 503) with `X-Key-Code` and the error
+/// body. `GET /v1/auth` and Envoy's ext_authz gRPC service (`crate::grpc`)
+/// both answer with it.
+pub async fn authorize(state: &AppState, client: Option<IpAddr>, headers: &HeaderMap) -> Response {
     let at = state.service.clock().now();
-    let Some(key) = presented_key(&headers) else {
+    let Some(key) = presented_key(headers) else {
         return refusal(
             StatusCode::UNAUTHORIZED,
             "unauthorized",

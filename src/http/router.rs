@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -38,6 +38,7 @@ fn router(state: AppState) -> Router {
         .route("/v1/keys/verify", post(verify::verify))
         .route("/v1/keys/import", post(import::import))
         .route("/v1/auth", get(proxy_auth::auth))
+        .route("/v1/auth/envoy/{*path}", any(proxy_auth::envoy))
         .route(
             "/v1/keys/{id}",
             get(keys::get).patch(keys::update).delete(keys::delete),
