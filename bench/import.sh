@@ -53,7 +53,8 @@ run() {
     awk -v s="$started" -v e="$ended" -v n="$keys" \
         'BEGIN {printf "%s keys in %.1f s: %.0f keys/s\n", n, e - s, n / (e - s)}'
 }
-echo "== import of $keys keys (${DB:+PostgreSQL}${DB:-SQLite})"
+store=SQLite; [ -n "${DB:-}" ] && store=PostgreSQL
+echo "== import of $keys keys ($store)"
 run
 echo "== the same file again"
 run
