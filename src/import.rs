@@ -279,13 +279,8 @@ fn candidate(
     policy: &keyledger_domain::policy::Policy,
     at: DateTime<Utc>,
 ) -> Result<Candidate, Error> {
-    if item.hash.len() != 64 {
-        return Err(Error::validation(
-            "hash",
-            "must be 64 hexadecimal characters",
-        ));
-    }
-    let hash = KeyHash::from_hex(&item.hash.to_ascii_lowercase())
+    // Either case: the hash is kept as bytes, so `AB..` and `ab..` are one key.
+    let hash = KeyHash::from_hex(&item.hash)
         .map_err(|_| Error::validation("hash", "must be 64 hexadecimal characters"))?;
     let prefix_ok = (1..=MAX_IMPORT_PREFIX_LEN).contains(&item.prefix.len())
         && item.prefix.bytes().all(|b| b.is_ascii_graphic());
