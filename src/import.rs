@@ -258,12 +258,23 @@ impl KeyService {
         match self.get(actor, id).await {
             Ok(_) => Ok(true),
             Err(Error::Domain(DomainError::NotFound) | Error::KeyNotFound) => {
-                if self.store().exists(&id.into()).await? {
-                    Err(Error::ImportRefused(
-                        "the key with this hash was deleted; it cannot be imported again".into(),
-                    ))
-                } else {
-                    Ok(false)
+                if !self.store().exists(&id.into()).await? {
+                    return Ok(false);
+                }
+                // Another node may have created it after this one caught
+                // up: catch up past its create and look again; only a key
+                // still absent then was deleted.
+                let head = self.store().head().await?;
+                self.tailer().catch_up_to(head).await?;
+                match self.get(actor, id).await {
+                    Ok(_) => Ok(true),
+                    Err(Error::Domain(DomainError::NotFound) | Error::KeyNotFound) => {
+                        Err(Error::ImportRefused(
+                            "the key with this hash was deleted; it cannot be imported again"
+                                .into(),
+                        ))
+                    }
+                    Err(e) => Err(e),
                 }
             }
             Err(e) => Err(e),
