@@ -91,7 +91,7 @@ impl Application {
         let secret = server_secret(&config)?;
         let store = Arc::new(open_store(&config).await?);
         // Where the store can, a create's key-list and audit rows are written
-        // with its event (PostgreSQL group commit).
+        // with its event (group commit, on PostgreSQL and SQLite).
         store.project_inline(Arc::new(keyledger_projections::inline::InlineCreates));
         let projections = Arc::new(
             Projections::open(store.projection_db())

@@ -107,6 +107,9 @@ async fn work(
             events.push(p.event);
             waiting.push(p.done);
         }
+        // How many creates share a commit: what group commit buys (debug
+        // level, for profiling: `RUST_LOG=keyledger::group_commit=debug`).
+        tracing::debug!(creates = creates.len(), "group commit");
         let own = tailer.own_batch();
         let NewKeysOutcome { outcomes, appended } = store.execute_prepared(&creates).await;
         let Appended {

@@ -114,6 +114,18 @@ enum BenchCommand {
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
+    /// SQLite's own durable single-row INSERT rate with keyledger's PRAGMAs
+    /// (the reference for creates on the embedded store): each client its
+    /// own connection, one autocommitted INSERT per transaction.
+    SqliteInsert {
+        /// Database file (created; its `key_events` table is replaced).
+        #[arg(long)]
+        path: std::path::PathBuf,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
 }
 
 async fn run(command: BenchCommand, config: Config) -> Result<ExitCode, Error> {
@@ -196,6 +208,19 @@ async fn run(command: BenchCommand, config: Config) -> Result<ExitCode, Error> {
             clients,
             duration,
         } => create(&config, &url, clients, duration).await,
+        BenchCommand::SqliteInsert {
+            path,
+            clients,
+            duration,
+        } => {
+            let done = keyledger_bench::sqlite_reference::run(&path, clients, duration).await?;
+            println!(
+                "sqlite-insert clients={clients} rows={} inserts_per_s={:.0}",
+                done.rows,
+                done.per_second()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -333,8 +358,18 @@ async fn create(
         .map_err(http_error)?;
     let started = Instant::now();
     let deadline = started + duration;
+    // Ctrl-C (SIGINT) ends the load early and still reports it: the
+    // propagation benchmark runs it in the background until it is done.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let on_interrupt = stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_interrupt.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
     let mut tasks = Vec::with_capacity(clients);
     for c in 0..clients {
+        let stop = stop.clone();
         let token = keyledger::http::auth::mint(
             secret.expose(),
             &format!("bench-create-{c}"),
@@ -350,7 +385,7 @@ async fn create(
         tasks.push(tokio::spawn(async move {
             let mut tally = CreateTally::default();
             let mut n = 0u64;
-            while Instant::now() < deadline {
+            while Instant::now() < deadline && !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 n += 1;
                 let sent = Instant::now();
                 let request = CreateKey {

@@ -21,6 +21,7 @@ mod numbered_append;
 pub mod postgres;
 mod readable;
 pub mod sqlite;
+mod sqlite_append;
 mod webhook_stream;
 pub mod webhooks;
 pub mod windows;

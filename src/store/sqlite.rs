@@ -13,18 +13,21 @@ use cqrs_es::persist::{
 use cqrs_es::{AggregateError, EventStore as _};
 use keyledger_domain::webhook::Webhook;
 use keyledger_domain::{ApiKey, ApiKeyEvent, DomainError, KeyId, KeyUsage, OwnerLimits, RawEvent};
-use keyledger_sql::SqlPool;
+use keyledger_sql::{InlineProjection, SqlPool};
 use sqlite_es::SqliteEventRepository;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool};
+use tokio::sync::Mutex;
 
 use crate::error::Error;
 use crate::store::backend::EventMetadata;
-use crate::store::backend::{Backend, Stream};
+use crate::store::backend::{Appended, Backend, NewEvent, Stream};
 use crate::store::claims::{ClaimTable, SqlClaims};
 use crate::store::errors::persistence_error;
 use crate::store::feed::{store_error, SqlEvents};
 use crate::store::readable::Readable;
+use crate::store::sqlite_append::Tables;
 use crate::store::windows::{SqlWindows, WindowTable};
 
 /// Migrations of the embedded store, embedded in the binary.
@@ -34,6 +37,35 @@ pub struct SqliteStore {
     pool: SqlitePool,
     events: PersistedEventStore<Readable<SqliteEventRepository, SqlEvents<Sqlite>>, ApiKey>,
     sql: SqlEvents<Sqlite>,
+    /// Group commit's connection, kept from one batch to the next (the pool
+    /// would test it on every hand-out: a trip to its worker thread).
+    writer: Mutex<Option<PoolConnection<Sqlite>>>,
+    /// The projection written with group commit's batches.
+    inline: std::sync::Mutex<Inline>,
+}
+
+struct Inline {
+    projection: Option<Arc<dyn InlineProjection>>,
+    tables: Arc<Tables>,
+}
+
+/// How every connection to the embedded store is opened: its PRAGMAs. Public
+/// so that the benchmark's reference writer (`keyledger-bench sqlite-insert`)
+/// measures SQLite with exactly these.
+pub fn connect_options(path: &Path) -> Result<SqliteConnectOptions, Error> {
+    let url = format!("sqlite://{}", path.display());
+    Ok(SqliteConnectOptions::from_str(&url)
+        .map_err(|e| Error::Config(format!("sqlite path {}: {e}", path.display())))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // FULL: an acknowledged command survives power loss, not only a crash.
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(10))
+        // Rows cross from the connection's worker thread in batches: at
+        // start-up a million key-list rows are read, and the default (50)
+        // made that a thread hand-off every 50 rows.
+        .row_buffer_size(4096)
+        .foreign_keys(true))
 }
 
 impl SqliteStore {
@@ -41,19 +73,7 @@ impl SqliteStore {
     pub async fn open(path: &Path) -> Result<Self, Error> {
         create_private(path)?;
         warn_if_shared(path);
-        let url = format!("sqlite://{}", path.display());
-        let options = SqliteConnectOptions::from_str(&url)
-            .map_err(|e| Error::Config(format!("sqlite path {}: {e}", path.display())))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: an acknowledged command survives power loss, not only a crash.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10))
-            // Rows cross from the connection's worker thread in batches: at
-            // start-up a million key-list rows are read, and the default (50)
-            // made that a thread hand-off every 50 rows.
-            .row_buffer_size(4096)
-            .foreign_keys(true);
+        let options = connect_options(path)?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options)
@@ -70,7 +90,22 @@ impl SqliteStore {
             sql.clone(),
         ))
         .with_upcasters(keyledger_domain::upcast::upcasters());
-        Ok(Self { pool, events, sql })
+        Ok(Self {
+            pool,
+            events,
+            sql,
+            writer: Mutex::new(None),
+            inline: std::sync::Mutex::new(Inline {
+                projection: None,
+                tables: Arc::new(Tables::new(None)),
+            }),
+        })
+    }
+
+    fn inline_state(&self) -> std::sync::MutexGuard<'_, Inline> {
+        self.inline
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -113,6 +148,35 @@ impl Backend for SqliteStore {
 
     async fn bulk_append(&self, events: &[SerializedEvent]) -> Result<(), Error> {
         self.sql.bulk_append(events).await
+    }
+
+    /// Appends a group-commit batch and its projection rows in one
+    /// transaction (see `sqlite_append`). After a failure the connection
+    /// goes back to the pool, and the next batch takes a fresh one.
+    async fn append_creates(&self, batch: &[&NewEvent]) -> Result<Appended, Error> {
+        let tables = self.inline_state().tables.clone();
+        let mut writer = self.writer.lock().await;
+        let mut conn = match writer.take() {
+            Some(conn) => conn,
+            None => self.pool.acquire().await.map_err(store_error)?,
+        };
+        let appended = tables.append(&mut conn, batch).await;
+        if appended.is_ok() {
+            *writer = Some(conn);
+        }
+        appended
+    }
+
+    fn set_inline(&self, projection: Arc<dyn InlineProjection>) {
+        let tables = Arc::new(Tables::new(Some(projection.as_ref())));
+        *self.inline_state() = Inline {
+            projection: Some(projection),
+            tables,
+        };
+    }
+
+    fn inline(&self) -> Option<Arc<dyn InlineProjection>> {
+        self.inline_state().projection.clone()
     }
 
     async fn event_at(
@@ -166,7 +230,10 @@ impl Backend for SqliteStore {
         ))
     }
 
+    /// Closes the pool, the writer's connection first: the pool waits for
+    /// the connections it has handed out, and that one is never given back.
     async fn close(&self) {
+        drop(self.writer.lock().await.take());
         self.pool.close().await;
     }
 }

@@ -334,49 +334,94 @@ async fn another_nodes_commits_arrive_by_their_notifications() {
 /// rebuilt one is swapped in at the head it started from). A create's batch
 /// then writes the rows of the projection that stands at its base, and the
 /// tailer the other's: neither may be skipped. Polling is off, so nothing but
-/// the batch and its own catch-up moves the checkpoints.
+/// the batch and its own catch-up moves the checkpoints. Both stores write a
+/// batch's projection rows with its events (group commit).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_after_one_projection_fell_behind_reaches_both() {
-    let Some(store) = TestStore::new(Backend::Postgres).await else {
-        return;
-    };
-    let app = start(store, |c| c.poll_interval = Duration::from_secs(3600)).await;
-    let (first, _) = app.create_key("before").await;
-    let url = app.store.database_url.clone().expect("postgres url");
-    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
-    for behind in ["audit_log", "key_list"] {
-        sqlx::query("UPDATE projection_checkpoints SET position = position - 1 WHERE name = $1")
-            .bind(behind)
-            .execute(&mut conn)
-            .await
-            .expect("move the checkpoint back");
-        let (id, key) = app.create_key(&format!("after {behind} fell behind")).await;
-        let got = app.get(&format!("/v1/keys/{id}")).await;
-        assert_eq!(got.status, StatusCode::OK, "{behind}: {}", got.text);
-        let history = app.get(&format!("/v1/keys/{id}/events")).await;
-        let events = history.body["events"].as_array().expect("events");
-        assert_eq!(events.len(), 1, "{behind}: {}", history.text);
-        assert_eq!(app.verify_code(&key).await, "VALID");
-        let (head, low, high): (i64, i64, i64) = sqlx::query_as(
-            "SELECT (SELECT MAX(global_position) FROM events), MIN(position), MAX(position) \
-               FROM projection_checkpoints WHERE name IN ('key_list', 'audit_log')",
-        )
-        .fetch_one(&mut conn)
-        .await
-        .expect("checkpoints");
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some(store) = TestStore::new(backend).await else {
+            return;
+        };
+        let app = start(store, |c| c.poll_interval = Duration::from_secs(3600)).await;
+        let (first, _) = app.create_key("before").await;
+        let mut db = Db::open(&app).await;
+        for behind in ["audit_log", "key_list"] {
+            db.step_back(behind).await;
+            let (id, key) = app.create_key(&format!("after {behind} fell behind")).await;
+            let got = app.get(&format!("/v1/keys/{id}")).await;
+            assert_eq!(
+                got.status,
+                StatusCode::OK,
+                "{backend:?} {behind}: {}",
+                got.text
+            );
+            let history = app.get(&format!("/v1/keys/{id}/events")).await;
+            let events = history.body["events"].as_array().expect("events");
+            assert_eq!(events.len(), 1, "{backend:?} {behind}: {}", history.text);
+            assert_eq!(app.verify_code(&key).await, "VALID");
+            let (head, low, high) = db.checkpoints().await;
+            assert_eq!(
+                (low, high),
+                (head, head),
+                "{backend:?} {behind}: both checkpoints at the head"
+            );
+        }
+        let list = app.get("/v1/keys").await;
+        assert_eq!(list.body["keys"].as_array().expect("keys").len(), 3);
         assert_eq!(
-            (low, high),
-            (head, head),
-            "{behind}: both checkpoints at the head"
+            app.get(&format!("/v1/keys/{first}")).await.status,
+            StatusCode::OK
         );
+        app.stop().await;
     }
-    let list = app.get("/v1/keys").await;
-    assert_eq!(list.body["keys"].as_array().expect("keys").len(), 3);
-    assert_eq!(
-        app.get(&format!("/v1/keys/{first}")).await.status,
-        StatusCode::OK
-    );
-    app.stop().await;
+}
+
+/// A connection of its own to a running node's database, to move its
+/// projections' checkpoints behind its back.
+enum Db {
+    Postgres(sqlx::PgConnection),
+    Sqlite(sqlx::SqliteConnection),
+}
+
+impl Db {
+    async fn open(app: &TestApp) -> Self {
+        match &app.store.database_url {
+            Some(url) => Self::Postgres(sqlx::PgConnection::connect(url).await.expect("connect")),
+            None => {
+                let path = app.store.data_dir.path().join("keyledger.db");
+                let url = format!("sqlite://{}", path.display());
+                Self::Sqlite(sqlx::SqliteConnection::connect(&url).await.expect("open"))
+            }
+        }
+    }
+
+    async fn step_back(&mut self, name: &str) {
+        let sql = "UPDATE projection_checkpoints SET position = position - 1 WHERE name = $1";
+        let done = match self {
+            Self::Postgres(c) => sqlx::query(sql)
+                .bind(name)
+                .execute(c)
+                .await
+                .map(|r| r.rows_affected()),
+            Self::Sqlite(c) => sqlx::query(sql)
+                .bind(name)
+                .execute(c)
+                .await
+                .map(|r| r.rows_affected()),
+        };
+        assert_eq!(done.expect("move the checkpoint back"), 1, "{name}");
+    }
+
+    /// The head, and the lower and higher of the two checkpoints.
+    async fn checkpoints(&mut self) -> (i64, i64, i64) {
+        let sql = "SELECT (SELECT MAX(global_position) FROM events), MIN(position), MAX(position) \
+                     FROM projection_checkpoints WHERE name IN ('key_list', 'audit_log')";
+        match self {
+            Self::Postgres(c) => sqlx::query_as(sql).fetch_one(c).await,
+            Self::Sqlite(c) => sqlx::query_as(sql).fetch_one(c).await,
+        }
+        .expect("checkpoints")
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
