@@ -646,7 +646,7 @@ impl VerificationIndex {
     pub fn with_capacity(n: usize) -> Self {
         Self {
             maps: arc_swap::ArcSwap::from_pointee(Maps::new(
-                SlotTable::capacity_for(n),
+                SlotTable::capacity_to_load(n),
                 Arc::default(),
             )),
             writer: Mutex::new(WriterSide {
@@ -1730,6 +1730,39 @@ mod tests {
             (drained[1].key_id.as_str(), drained[1].count),
             ("key_gone", 3)
         );
+    }
+
+    #[test]
+    fn an_index_loaded_four_fifths_full_grows_only_past_seven_eighths() {
+        let index = VerificationIndex::with_capacity(400);
+        let capacity = index.maps.load().table.capacity();
+        assert_eq!(capacity, SlotTable::capacity_to_load(400));
+        let raws: Vec<RawKey> = (0..500).map(|n| raw_key(1_000 + n)).collect();
+        let limit = capacity * slots::MAX_LOAD_EIGHTHS / 8;
+        for (n, raw) in raws.iter().enumerate() {
+            index.load_row(raw.hash(), key(&format!("key_{n:032x}"), raw, "k"));
+            let now = index.maps.load().table.capacity();
+            if n < limit {
+                assert_eq!(now, capacity, "key {n} fits the loaded table");
+            } else {
+                assert!(now > capacity, "key {n} grew the table");
+            }
+        }
+        assert_eq!(index.len(), 500);
+        for raw in &raws {
+            assert_eq!(verify_code(&index, raw), VerificationCode::Valid);
+        }
+        // The ids found their slots again in the grown table.
+        index.apply(&event(
+            1,
+            &format!("key_{:032x}", 450),
+            ApiKeyEvent::KeyDeactivated(keyledger_domain::KeyDeactivated {
+                reason: None,
+                at: Utc::now(),
+            }),
+        ));
+        assert_eq!(verify_code(&index, &raws[450]), VerificationCode::Disabled);
+        assert_eq!(verify_code(&index, &raws[449]), VerificationCode::Valid);
     }
 
     #[test]

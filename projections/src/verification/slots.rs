@@ -56,9 +56,12 @@ const NAME_LEN_MASK: u32 = 0x3f << NAME_LEN_SHIFT;
 /// Bytes of a name held in the slot itself.
 pub(super) const NAME_INLINE: usize = 24;
 
-/// A table may hold at most this many used slots in 5 (live and tombstones):
-/// beyond it probes grow long, so the index grows the table first.
-pub(super) const MAX_LOAD_FIFTHS: usize = 4;
+/// A table may hold at most this many used slots in 8 (live and tombstones):
+/// beyond it probes grow long, so the index grows the table first. A
+/// lookup scans tag bytes, not slots, so a long probe costs little: at 7/8
+/// full an unknown key scans about 32 tags (half a cache line's worth of
+/// lines, read in order) and a known one about 4, still one slot read.
+pub(super) const MAX_LOAD_EIGHTHS: usize = 7;
 
 /// One key's entry. `uses` and `last_used_ms` are counters that verifications
 /// add to directly; everything else is written by the writer under the
@@ -331,9 +334,20 @@ impl SlotTable {
         }
     }
 
-    /// The capacity that holds `keys` at two thirds full.
+    /// The capacity a growing table gets for `keys`: two thirds full, so it
+    /// takes nearly a third more keys before it grows again and growth (a
+    /// copy of every key) stays rare.
     pub fn capacity_for(keys: usize) -> usize {
         keys.saturating_mul(3) / 2 + 8
+    }
+
+    /// The capacity for a load of `keys` known in advance (start-up reads the
+    /// key list's row count first): four fifths full, which leaves room for a
+    /// ninth more keys before [`MAX_LOAD_EIGHTHS`] makes it grow. At
+    /// 10,000,000 keys the slots take 160 bytes a key this way, against 192
+    /// at two thirds full (`index_memory`, BENCHMARKS.md's 200-byte budget).
+    pub fn capacity_to_load(keys: usize) -> usize {
+        keys.saturating_mul(5) / 4 + 8
     }
 
     pub fn capacity(&self) -> usize {
@@ -343,7 +357,7 @@ impl SlotTable {
     /// Whether one more key still fits under the load limit when `used` slots
     /// are taken.
     pub fn has_room(&self, used: usize) -> bool {
-        (used + 1) * 5 <= self.capacity() * MAX_LOAD_FIFTHS
+        (used + 1) * 8 <= self.capacity() * MAX_LOAD_EIGHTHS
     }
 
     pub fn slot(&self, i: usize) -> &Slot {
@@ -546,6 +560,89 @@ mod tests {
             "still reachable past the rewritten home slot"
         );
         assert_eq!(table.used_slots().count(), 2);
+    }
+
+    /// Fills `table` with keys of `home` until it refuses one more; returns
+    /// their slots in insertion order.
+    fn fill_to_the_limit(table: &SlotTable, home: u64) -> Vec<usize> {
+        let mut at = Vec::new();
+        while table.has_room(at.len()) {
+            let n = u8::try_from(at.len() + 1).expect("a small table");
+            at.push(table.insert(&entry(home, n)).expect("room"));
+        }
+        at
+    }
+
+    #[test]
+    fn a_table_sized_for_a_load_takes_it_four_fifths_full_with_room_to_spare() {
+        for keys in [0usize, 1, 7, 100, 1000, 10_000_000] {
+            let capacity = SlotTable::capacity_to_load(keys);
+            // Four fifths full, never fuller, and under the growth limit with
+            // room for an eleventh more keys.
+            assert!(keys * 5 <= capacity * 4, "{keys} keys in {capacity}");
+            assert!(capacity <= keys * 5 / 4 + 8, "{keys} keys in {capacity}");
+            let limit = capacity * MAX_LOAD_EIGHTHS / 8;
+            assert!(limit >= keys + keys / 11, "{keys} keys, limit {limit}");
+            // Growth starts a table two thirds full, below the load limit.
+            assert!(SlotTable::capacity_for(keys) * 2 >= keys * 3);
+        }
+    }
+
+    #[test]
+    fn a_table_refuses_a_key_past_seven_eighths() {
+        let table = SlotTable::with_capacity(80);
+        assert!(table.has_room(69), "the 70th key fits: 70 of 80");
+        assert!(!table.has_room(70), "the 71st does not");
+        let at = fill_to_the_limit(&table, 7);
+        assert_eq!(at.len(), 70);
+    }
+
+    #[test]
+    fn probing_wraps_from_the_last_slot_to_the_first() {
+        // A capacity that is not a power of two, and every key's home in the
+        // last slot: the run wraps around to the first slots.
+        let table = SlotTable::with_capacity(13);
+        let home = u64::MAX;
+        assert_eq!(table.home_index(home), 12);
+        let at = fill_to_the_limit(&table, home);
+        assert_eq!(at.len(), 11);
+        assert_eq!(at[0], 12);
+        assert_eq!(&at[1..4], &[0, 1, 2], "wrapped to the start");
+        for (n, &i) in at.iter().enumerate() {
+            let n = u8::try_from(n + 1).expect("small");
+            assert_eq!(table.find(home, &[n; 32]).map(|f| f.0), Some(i), "key {n}");
+            assert_eq!(
+                table
+                    .find_from(table.touch(home), home, &[n; 32])
+                    .map(|f| f.0),
+                Some(i)
+            );
+        }
+        // An unknown key scans the wrapped run and stops at the empty slot.
+        assert_eq!(table.find(home, &[200; 32]), None);
+        // A tombstone inside the wrapped run keeps the keys behind it reachable.
+        table.update(at[1], |d| d.set_state(DELETED));
+        assert_eq!(table.find(home, &[2; 32]), None);
+        assert_eq!(table.find(home, &[11; 32]).map(|f| f.0), Some(at[10]));
+    }
+
+    #[test]
+    fn a_table_full_to_its_limit_finds_every_key_among_others() {
+        let table = SlotTable::with_capacity(SlotTable::capacity_to_load(200));
+        let mut keys = Vec::new();
+        let mut n = 0u64;
+        while table.has_room(keys.len()) {
+            n += 1;
+            let home = home_of(format!("{n:08}").as_bytes());
+            let mut data = entry(home, 1);
+            data.hash[..8].copy_from_slice(&n.to_le_bytes());
+            keys.push((home, data.hash, table.insert(&data).expect("room")));
+        }
+        assert!(keys.len() >= 220, "{} keys", keys.len());
+        for (home, hash, i) in &keys {
+            assert_eq!(table.find(*home, hash).map(|f| f.0), Some(*i));
+        }
+        assert_eq!(table.used_slots().count(), keys.len());
     }
 
     #[test]
