@@ -1,6 +1,6 @@
 //! What the projections do differently on SQLite: bulk loads are multi-row
 //! INSERTs, and the verification index is read with rusqlite (see
-//! `index_load`).
+//! `index_load`), parsed on this thread and inserted on another.
 
 use std::path::Path;
 
@@ -9,7 +9,7 @@ use sqlx::{Pool, Sqlite};
 
 use crate::checkpoint;
 use crate::error::ProjectionError;
-use crate::index_load::{IndexFields, IndexLoader, IndexSource, INDEX_COLUMNS};
+use crate::index_load::{load_in_parallel, IndexFields, IndexSource, INDEX_COLUMNS};
 use crate::schema::Record;
 use crate::sql::{BulkLoad, SqlTables};
 use crate::verification::VerificationIndex;
@@ -61,12 +61,11 @@ fn read(path: &Path) -> Result<VerificationIndex, ProjectionError> {
         .query_row("SELECT COUNT(*) FROM key_list", [], |r| r.get(0))
         .map_err(load)?;
     let index = VerificationIndex::with_capacity(usize::try_from(n).unwrap_or(0));
-    {
+    load_in_parallel(&index, |parallel| {
         let mut stmt = tx
             .prepare(&format!("SELECT {INDEX_COLUMNS} FROM key_list"))
             .map_err(load)?;
         let mut rows = stmt.query([]).map_err(load)?;
-        let mut loader = IndexLoader::default();
         while let Some(row) = rows.next().map_err(load)? {
             let text = |i: usize| -> Result<&str, rusqlite::Error> {
                 row.get_ref(i)?.as_str().map_err(|e| {
@@ -113,9 +112,10 @@ fn read(path: &Path) -> Result<VerificationIndex, ProjectionError> {
                 allowed_ips: text(12).map_err(load)?,
                 imported: row.get(13).map_err(load)?,
             };
-            loader.add(&index, fields)?;
+            parallel.add(fields)?;
         }
-    }
+        Ok(())
+    })?;
     tx.commit().map_err(load)?;
     index.set_checkpoint(cp.unwrap_or(0));
     Ok(index)
