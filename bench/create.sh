@@ -28,27 +28,26 @@ cleanup() {
 }
 trap cleanup EXIT
 cargo build --release -q --workspace --bins
-rel=${CARGO_TARGET_DIR:-target}/release
 psql -q "$admin" -c "CREATE DATABASE $db" -c "CREATE DATABASE ${db}_pgbench"
 psql -q "postgres://postgres@127.0.0.1:5432/${db}_pgbench" -f "$LIMITS/sql/key_events.sql" >/dev/null 2>&1
 
 serve() {  # store-url (empty = embedded) -> starts the node on :18097
     if [ -n "$1" ]; then export DATABASE_URL=$1; else unset DATABASE_URL; fi
-    "$rel"/keyledger --data-dir "$work/data" serve --listen 127.0.0.1:18097 \
+    "$REL"/keyledger --data-dir "$work/data" serve --listen 127.0.0.1:18097 \
         --max-keys-per-tenant 100000000 >>"$work/serve.log" 2>&1 &
     pid=$!
     wait_up http://127.0.0.1:18097/readyz
 }
 stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""; }
 drive() {
-    "$rel"/keyledger-bench --data-dir "$work/data" create \
+    "$REL"/keyledger-bench --data-dir "$work/data" create \
         --url http://127.0.0.1:18097 --clients "$CLIENTS" --duration "$DURATION" \
         | sed -n 's/.*commands_per_s=\([0-9]*\).*/\1/p'
 }
 sqref() {  # SQLite's own durable single-row inserts, in the same directory's file system
     rm -f "$work/reference.db"*
     # Its writers wait on SQLite's lock by design: no slow-statement warnings.
-    RUST_LOG=error "$rel"/keyledger-bench sqlite-insert --path "$work/reference.db" \
+    RUST_LOG=error "$REL"/keyledger-bench sqlite-insert --path "$work/reference.db" \
         --clients "$CLIENTS" --duration "$DURATION" | sed -n 's/.*inserts_per_s=\([0-9]*\).*/\1/p'
 }
 pgb() {  # clients

@@ -32,12 +32,12 @@ WORK=$seeded bench/seed.sh "$keys"
 cp -r "$seeded/data" "$work/data"
 # The node fetches the partner's key on the first report, when
 # keyledger-bench is serving it.
-./target/release/keyledger --data-dir "$work/data" serve --listen "$node" \
+"$REL"/keyledger --data-dir "$work/data" serve --listen "$node" \
     --leak-reporter "bench=http://$partner/keys" >"$work/serve.log" 2>&1 &
 pid=$!
 wait_up "http://$node/readyz"
 echo "== $keys keys"
-./target/release/keyledger-bench --data-dir "$work/data" leaks --url "http://$node" \
+"$REL"/keyledger-bench --data-dir "$work/data" leaks --url "http://$node" \
     --keys-file "$seeded/keys.txt" --keys-listen "$partner" \
     --tokens "$TOKENS" --ours "$OURS" --rounds "$ROUNDS" ${OVERLAP:+--overlap} \
     || { tail -20 "$work/serve.log" >&2; exit 1; }

@@ -1,5 +1,15 @@
 # Shared helpers of the bench scripts (sourced).
 
+# Release binaries go where cargo puts them: CARGO_TARGET_DIR when set (made
+# absolute, since the reference harness is built from its own directory),
+# else ./target. REL is this workspace's release directory.
+if [ -n "${CARGO_TARGET_DIR:-}" ]; then
+    mkdir -p "$CARGO_TARGET_DIR"
+    CARGO_TARGET_DIR=$(cd "$CARGO_TARGET_DIR" && pwd)
+    export CARGO_TARGET_DIR
+fi
+REL=${CARGO_TARGET_DIR:-$PWD/target}/release
+
 # Median of the numbers given as arguments.
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
@@ -34,4 +44,5 @@ require_limits() {
         exit 2
     fi
     LIMITS=$(cd "$dir" && pwd)
+    LIMITS_BIN=${CARGO_TARGET_DIR:-$LIMITS/target}/release/limits
 }

@@ -25,28 +25,28 @@ work=${WORK:-/tmp/keyledger-bench/limits-$keys}
 out="$work/run-$(date +%Y%m%dT%H%M%S)"
 unset DATABASE_URL
 export RUST_LOG=warn KEYLEDGER_JWT_SECRET="bench-secret-0123456789abcdef0123456789abcdef"
-kl=./target/release/keyledger
+kl="$REL"/keyledger
 
 cargo build --release -q --workspace --bins
 (cd "$LIMITS" && cargo build --release -q)
 if [ ! -s "$work/limited.txt" ]; then
     rm -rf "$work"; mkdir -p "$work"
-    ./target/release/keyledger-bench --data-dir "$work/data" seed --keys "$half" --events "$half" \
+    "$REL"/keyledger-bench --data-dir "$work/data" seed --keys "$half" --events "$half" \
         --keys-out "$work/plain.txt"
-    ./target/release/keyledger-bench --data-dir "$work/data" seed --keys "$half" --events "$half" \
+    "$REL"/keyledger-bench --data-dir "$work/data" seed --keys "$half" --events "$half" \
         --limited --keys-out "$work/limited.tmp"
-    ./target/release/keyledger --data-dir "$work/data" projections rebuild
+    "$REL"/keyledger --data-dir "$work/data" projections rebuild
     mv "$work/limited.tmp" "$work/limited.txt"
 fi
 mkdir -p "$out"
 head -n "$HOT" "$work/plain.txt" >"$out/plain-hot.txt"
 head -n "$HOT" "$work/limited.txt" >"$out/limited-hot.txt"
-[ -s /tmp/limits-keys.tsv ] || "$LIMITS/target/release/limits" genkeys --n 100000 --out /tmp/limits-keys.tsv
+[ -s /tmp/limits-keys.tsv ] || "$LIMITS_BIN" genkeys --n 100000 --out /tmp/limits-keys.tsv
 
 pids=()
 # Killed outright: a graceful stop would flush usage into the seeded store.
 trap 'kill -KILL "${pids[1]:-}" 2>/dev/null; kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
-"$LIMITS/target/release/limits" memverify --port 18081 --keys /tmp/limits-keys.tsv >"$out/memverify.log" 2>&1 & pids+=($!)
+"$LIMITS_BIN" memverify --port 18081 --keys /tmp/limits-keys.tsv >"$out/memverify.log" 2>&1 & pids+=($!)
 $kl --data-dir "$work/data" serve --listen 127.0.0.1:18090 --usage-flush-secs 3600 >"$out/keyledger.log" 2>&1 & pids+=($!)
 wait_up http://127.0.0.1:18090/readyz
 

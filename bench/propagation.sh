@@ -7,6 +7,7 @@
 # each node's create rate is printed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 count=${1:-1000}
 db="kl_bench_propagation_$$"
 admin="postgres://postgres@127.0.0.1:5432/postgres"
@@ -21,7 +22,6 @@ cleanup() {
 pids=()
 trap cleanup EXIT
 cargo build --release -q --workspace --bins
-rel=${CARGO_TARGET_DIR:-target}/release
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db"
 export KEYLEDGER_JWT_SECRET="bench-secret-$(date +%s%N)-0123456789abcdef"
 export RUST_LOG=warn
@@ -29,7 +29,7 @@ export RUST_LOG=warn
 # loop, and every DISABLED answer is a failed verification (429 after 100).
 load=${LOAD:-0}
 for node in a:18181 b:18182; do
-    "$rel"/keyledger serve --listen "127.0.0.1:${node#*:}" --verify-failure-limit 0 \
+    "$REL"/keyledger serve --listen "127.0.0.1:${node#*:}" --verify-failure-limit 0 \
         --max-keys-per-tenant 100000000 --data-dir "$work/${node%:*}" & pids+=($!)
 done
 for port in 18181 18182; do
@@ -39,12 +39,12 @@ loaders=()
 if [ "$load" -gt 0 ]; then
     for port in 18181 18182; do
         # SIGINT ends the load early and still prints its rate.
-        "$rel"/keyledger-bench create --url "http://127.0.0.1:$port" \
+        "$REL"/keyledger-bench create --url "http://127.0.0.1:$port" \
             --clients "$load" --duration 3600s >"$work/load-$port.txt" 2>&1 & loaders+=($!)
     done
     sleep 3   # full speed before the first measured key
 fi
-"$rel"/keyledger-bench propagation --node-a http://127.0.0.1:18181 \
+"$REL"/keyledger-bench propagation --node-a http://127.0.0.1:18181 \
     --node-b http://127.0.0.1:18182 --count "$count"
 if [ "$load" -gt 0 ]; then
     kill -INT "${loaders[@]}"; wait "${loaders[@]}" 2>/dev/null || true

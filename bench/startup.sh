@@ -19,7 +19,7 @@ trap 'rm -rf "$empty"' EXIT
 measure() {  # data-dir -> "seconds rss_kib"
     local started pid ms
     started=$(date +%s%N)
-    ./target/release/keyledger --data-dir "$1" serve --listen 127.0.0.1:18095 \
+    "$REL"/keyledger --data-dir "$1" serve --listen 127.0.0.1:18095 \
         --usage-flush-secs 3600 >/dev/null 2>&1 &
     pid=$!
     until curl -sf -o /dev/null http://127.0.0.1:18095/readyz; do

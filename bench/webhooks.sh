@@ -28,12 +28,12 @@ for store in sqlite postgres; do
     else
         unset DATABASE_URL
     fi
-    ./target/release/keyledger --data-dir "$work/$store" serve --listen 127.0.0.1:18098 \
+    "$REL"/keyledger --data-dir "$work/$store" serve --listen 127.0.0.1:18098 \
         --webhook-allow-private --max-keys-per-tenant 100000000 >>"$work/serve.log" 2>&1 &
     pid=$!
     wait_up http://127.0.0.1:18098/readyz
     echo "== $store"
-    ./target/release/keyledger-bench --data-dir "$work/$store" webhooks --url http://127.0.0.1:18098 \
+    "$REL"/keyledger-bench --data-dir "$work/$store" webhooks --url http://127.0.0.1:18098 \
         --burst "$BURST" --paced "$PACED" --rate "$RATE"
     kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
 done
