@@ -10,6 +10,13 @@ pub enum ProjectionError {
     /// The key list could not be read into the verification index.
     #[error("loading the verification index")]
     Load(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Rows could not be bulk-loaded into a rebuild's scratch table.
+    #[error("bulk-loading {table}")]
+    BulkLoad {
+        table: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A rule of this crate was broken (a bug, never input).
     #[error("internal error: {0}")]
     Internal(&'static str),

@@ -47,7 +47,7 @@ fn replayed<const N: usize>(table: &Table<N>) -> String {
 }
 
 /// `INSERT INTO table (columns) VALUES ($1, …), …` for `rows` rows, then `tail`.
-fn insert_statement<DB: Engine, const N: usize>(
+pub(crate) fn insert_statement<DB: Engine, const N: usize>(
     table: &str,
     def: &Table<N>,
     rows: usize,

@@ -1,8 +1,9 @@
-//! What the projections do differently on SQLite: bulk loads are multi-row
-//! INSERTs, and the verification index is read with rusqlite (see
-//! `index_load`), parsed on this thread and inserted on another.
+//! What the projections do differently on SQLite: bulk loads and the
+//! verification index go through rusqlite (see `index_load`), on blocking
+//! threads; the index's rows are parsed on one thread and inserted on another.
 
 use std::path::Path;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::{Pool, Sqlite};
@@ -10,22 +11,65 @@ use sqlx::{Pool, Sqlite};
 use crate::checkpoint;
 use crate::error::ProjectionError;
 use crate::index_load::{load_in_parallel, IndexFields, IndexSource, INDEX_COLUMNS};
-use crate::schema::Record;
-use crate::sql::{BulkLoad, SqlTables};
+use crate::schema::{Record, Value};
+use crate::sql::{insert_statement, BulkLoad};
 use crate::verification::VerificationIndex;
 
 #[async_trait]
 impl BulkLoad for Sqlite {
+    /// One prepared single-row INSERT, run for each row in one transaction,
+    /// with rusqlite on a blocking thread. sqlx re-prepared each multi-row
+    /// statement and moved every parameter through its own argument buffer
+    /// to its worker thread: most of a SQLite rebuild went there.
     async fn load<const N: usize, R: Record<N> + Sync>(
         pool: &Pool<Self>,
         table: &str,
         rows: &[R],
     ) -> Result<(), ProjectionError> {
-        let mut tx = pool.begin().await?;
-        SqlTables::<Sqlite>::insert_rows(&mut *tx, table, rows, "").await?;
-        tx.commit().await?;
-        Ok(())
+        let path = pool.connect_options().get_filename().to_path_buf();
+        let sql = insert_statement::<Sqlite, N>(table, R::TABLE, 1, "");
+        let values: Vec<[Value; N]> = rows.iter().map(Record::values).collect();
+        let loaded = tokio::task::spawn_blocking(move || insert_each(&path, &sql, &values)).await;
+        let source: Box<dyn std::error::Error + Send + Sync> = match loaded {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => Box::new(e),
+            // It panicked, or the runtime is shutting down.
+            Err(e) => Box::new(e),
+        };
+        Err(ProjectionError::BulkLoad {
+            table: table.to_owned(),
+            source,
+        })
     }
+}
+
+/// Runs `sql` (one row's INSERT) for each row, in one transaction.
+fn insert_each<const N: usize>(
+    path: &Path,
+    sql: &str,
+    rows: &[[Value; N]],
+) -> Result<(), rusqlite::Error> {
+    use rusqlite::{OpenFlags, TransactionBehavior};
+    let mut conn = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    // As the store's own connections wait for a writer (see `store::sqlite`).
+    conn.busy_timeout(Duration::from_secs(10))?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut insert = tx.prepare(sql)?;
+        for row in rows {
+            for (i, v) in row.iter().enumerate() {
+                match v {
+                    Value::Text(t) => insert.raw_bind_parameter(i + 1, t.as_deref())?,
+                    Value::Int(n) => insert.raw_bind_parameter(i + 1, *n)?,
+                }
+            }
+            insert.raw_execute()?;
+        }
+    }
+    tx.commit()
 }
 
 #[async_trait]
