@@ -3,21 +3,29 @@
 //! rebuilds), and the verification index streams the key list from one
 //! snapshot.
 
+use std::fmt::Write as _;
+
 use async_trait::async_trait;
 use sqlx::{Pool, Postgres, Row};
 
 use crate::checkpoint;
 use crate::error::ProjectionError;
 use crate::index_load::{IndexFields, IndexLoader, IndexSource, INDEX_COLUMNS};
-use crate::schema::Record;
+use crate::schema::{Record, Value};
 use crate::sql::BulkLoad;
 use crate::verification::VerificationIndex;
 
-/// Appends one field in COPY text format.
-fn field(out: &mut String, value: Option<&str>) {
+/// Appends one field in COPY text format. Most text has nothing to escape and
+/// is copied whole.
+fn field(out: &mut String, value: &Value) {
     match value {
-        None => out.push_str("\\N"),
-        Some(v) => {
+        Value::Text(None) | Value::Int(None) => out.push_str("\\N"),
+        Value::Int(Some(n)) => {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "{n}");
+        }
+        Value::Text(Some(v)) if !v.contains(['\\', '\t', '\n', '\r']) => out.push_str(v),
+        Value::Text(Some(v)) => {
             for c in v.chars() {
                 match c {
                     '\\' => out.push_str("\\\\"),
@@ -44,7 +52,7 @@ impl BulkLoad for Postgres {
                 if i > 0 {
                     data.push('\t');
                 }
-                field(&mut data, v.as_text().as_deref());
+                field(&mut data, v);
             }
             data.push('\n');
         }
@@ -106,5 +114,31 @@ impl IndexSource for Postgres {
         tx.commit().await?;
         index.set_checkpoint(cp.unwrap_or(0));
         Ok(index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copied(value: Value) -> String {
+        let mut out = String::new();
+        field(&mut out, &value);
+        out
+    }
+
+    #[test]
+    fn copy_fields_escape_what_the_text_format_reads_specially() {
+        assert_eq!(copied(Value::Text(None)), "\\N");
+        assert_eq!(copied(Value::Int(None)), "\\N");
+        assert_eq!(copied(Value::Int(Some(-42))), "-42");
+        assert_eq!(
+            copied(Value::Text(Some("plain \u{e9} \"x\"".into()))),
+            "plain \u{e9} \"x\""
+        );
+        assert_eq!(
+            copied(Value::Text(Some("a\tb\\c\nd\re \u{e9}".into()))),
+            "a\\tb\\\\c\\nd\\re \u{e9}"
+        );
     }
 }
