@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use keyledger::Error;
-use keyledger_client::{AuditFilter, Client, Order};
+use keyledger_client::{AuditFilter, Client, Order, PartnerAnswer, PartnerReport, Secret};
 use keyledger_domain::{Environment, KeyHash, KeyPrefix, RawKey};
 use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{Signature, SigningKey};
@@ -173,10 +173,8 @@ impl Report {
 
     /// Checks an answer token by token; returns its counts of
     /// `true_positive` and `false_positive`.
-    pub fn check(&self, answer: &[u8]) -> Result<Labels, Error> {
+    pub fn check(&self, answers: &[PartnerAnswer]) -> Result<Labels, Error> {
         let wrong = |why: String| Error::internal(format!("wrong answer: {why}"));
-        let answers: Vec<Value> =
-            serde_json::from_slice(answer).map_err(|e| wrong(format!("not a JSON list: {e}")))?;
         if answers.len() != self.expected.len() {
             return Err(wrong(format!(
                 "{} answers to {} tokens",
@@ -186,18 +184,17 @@ impl Report {
         }
         let mut labels = Labels::default();
         for (i, (a, e)) in answers.iter().zip(&self.expected).enumerate() {
-            if a["token_type"] != TOKEN_TYPE {
-                return Err(wrong(format!(
-                    "answer {i} has token_type {}",
-                    a["token_type"]
-                )));
+            if a.token_type != TOKEN_TYPE {
+                return Err(wrong(format!("answer {i} has token_type {}", a.token_type)));
             }
-            match (a["label"].as_str(), e) {
-                (Some("true_positive"), Expected::Ours(k)) if a["token_raw"] == k.as_str() => {
+            match (a.label.as_str(), e) {
+                ("true_positive", Expected::Ours(k))
+                    if a.token_raw.as_ref().map(Secret::expose) == Some(k.as_str()) =>
+                {
                     labels.true_positive += 1;
                 }
-                (Some("false_positive"), Expected::NotOurs(h))
-                    if a["token_hash"] == h.as_str() && a.get("token_raw").is_none() =>
+                ("false_positive", Expected::NotOurs(h))
+                    if a.token_hash.as_deref() == Some(h.as_str()) && a.token_raw.is_none() =>
                 {
                     labels.false_positive += 1;
                 }
@@ -252,45 +249,29 @@ pub struct Figures {
     pub reports_recorded: usize,
 }
 
-fn http_error(e: reqwest::Error) -> Error {
-    Error::internal_from("bench request", e)
-}
-
 fn audit_error(e: keyledger_client::Error) -> Error {
     Error::internal(format!("GET /v1/audit: {e}"))
 }
 
-/// Sends `body` as `partner`'s report; returns the answer and its time.
+/// Sends `body` as `partner`'s report; returns the answer and its time
+/// (the time includes decoding the answer's JSON, as a partner would).
 async fn send(
-    client: &reqwest::Client,
-    endpoint: &str,
+    client: &Client,
     partner: &Partner,
     body: Vec<u8>,
-) -> Result<(Vec<u8>, Duration), Error> {
-    let signature = partner.sign(&body);
+) -> Result<(Vec<PartnerAnswer>, Duration), Error> {
+    let report = PartnerReport {
+        reporter: partner.name.clone(),
+        signature: partner.sign(&body),
+        key_identifier: partner.identifier.clone(),
+        body,
+    };
     let sent = Instant::now();
-    let response = client
-        .post(endpoint)
-        .header("content-type", "application/json")
-        .header(
-            format!("{}-public-key-identifier", partner.name),
-            &partner.identifier,
-        )
-        .header(format!("{}-public-key-signature", partner.name), signature)
-        .body(body)
-        .send()
+    let answers = client
+        .report_partner_leaks(&report)
         .await
-        .map_err(http_error)?;
-    let status = response.status();
-    let answer = response.bytes().await.map_err(http_error)?;
-    let took = sent.elapsed();
-    if status != reqwest::StatusCode::OK {
-        return Err(Error::internal(format!(
-            "the report was answered {status}: {}",
-            String::from_utf8_lossy(&answer)
-        )));
-    }
-    Ok((answer.to_vec(), took))
+        .map_err(|e| Error::internal(format!("the report was refused: {e}")))?;
+    Ok((answers, sent.elapsed()))
 }
 
 /// Reads the node's audit log of the plan's tenant.
@@ -377,11 +358,11 @@ impl Audit {
 /// report of strings that are none of its keys (so that the node fetches
 /// the partner's keys before any round is timed).
 pub async fn run(partner: &Partner, report: &Report, plan: &Plan) -> Result<Figures, Error> {
-    let client = reqwest::Client::new();
-    let endpoint = format!("{}/v1/leaks/{}", plan.url, partner.name);
+    let client = Client::new(plan.url.as_str())
+        .map_err(|e| Error::internal(format!("the node's URL: {e}")))?;
 
     let warm_up = Report::mixed(&[], report.len());
-    let (answer, _) = send(&client, &endpoint, partner, warm_up.body(0)?).await?;
+    let (answer, _) = send(&client, partner, warm_up.body(0)?).await?;
     warm_up.check(&answer)?;
 
     let mut audit = Audit::from_now(plan).await?;
@@ -395,7 +376,7 @@ pub async fn run(partner: &Partner, report: &Report, plan: &Plan) -> Result<Figu
     // Reports sent since the audit log was last waited for.
     let mut pending = 0;
     for round in 1..=plan.rounds {
-        let (answer, took) = send(&client, &endpoint, partner, report.body(round)?).await?;
+        let (answer, took) = send(&client, partner, report.body(round)?).await?;
         let answered = Instant::now();
         figures.labels = report.check(&answer)?;
         figures.answers.push(took);
@@ -429,6 +410,10 @@ mod tests {
     }
 
     /// The answer a correct node gives.
+    fn parsed(bytes: &[u8]) -> Vec<PartnerAnswer> {
+        serde_json::from_slice(bytes).expect("answers")
+    }
+
     fn answer_of(report: &Report) -> Vec<Value> {
         report
             .expected
@@ -486,7 +471,7 @@ mod tests {
         let right = answer_of(&report);
         let bytes = serde_json::to_vec(&right).expect("json");
         assert_eq!(
-            report.check(&bytes).expect("right"),
+            report.check(&parsed(&bytes)).expect("right"),
             Labels {
                 true_positive: 3,
                 false_positive: 4
@@ -499,14 +484,17 @@ mod tests {
                 _ => "true_positive".into(),
             };
             let bytes = serde_json::to_vec(&wrong).expect("json");
-            assert!(report.check(&bytes).is_err(), "answer {i} flipped");
+            assert!(report.check(&parsed(&bytes)).is_err(), "answer {i} flipped");
         }
         let short = serde_json::to_vec(&right[1..]).expect("json");
-        assert!(report.check(&short).is_err(), "one answer missing");
+        assert!(report.check(&parsed(&short)).is_err(), "one answer missing");
         let mut reordered = right.clone();
         reordered.reverse();
         let bytes = serde_json::to_vec(&reordered).expect("json");
-        assert!(report.check(&bytes).is_err(), "answers out of order");
+        assert!(
+            report.check(&parsed(&bytes)).is_err(),
+            "answers out of order"
+        );
     }
 
     /// The whole run against a node in this process, with seeded keys.

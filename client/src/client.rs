@@ -736,6 +736,22 @@ impl Client {
         self.call(self.request(Method::GET, &["openapi.json"], Credential::None))
             .await
     }
+
+    /// `GET /metrics`: the node's metrics in Prometheus's text exposition
+    /// format (0.0.4), as text for a scraper or a check to read.
+    pub async fn metrics(&self) -> Result<String, Error> {
+        let answer = self
+            .fetch(self.request(Method::GET, &["metrics"], Credential::None))
+            .await?
+            .ok()?;
+        String::from_utf8(answer.body).map_err(|e| {
+            Error::Decode(DecodeError {
+                status: answer.status,
+                reason: format!("metrics that are not UTF-8: {e}"),
+                too_large: false,
+            })
+        })
+    }
 }
 
 /// The cursor to ask with next: `None` at the end, or if the server hands the

@@ -2,8 +2,11 @@
 //! guards a service with keyledger's API keys.
 //!
 //! [`Client`] has a method for every route of the API (docs/API.md): key
-//! management with a management token (a JWT), and verification, health and
-//! leak reports without one. Answers are typed ([`KeyView`],
+//! management with a management token (a JWT), and verification, health,
+//! metrics and leak reports without one. Two kinds of route are left out on
+//! purpose: `/v1/auth/envoy/{path}`, which only Envoy's HTTP `ext_authz`
+//! filter calls (a client calls [`Client::auth`], the same check), and the
+//! web console's files. Answers are typed ([`KeyView`],
 //! [`Verification`], ...), ignore fields this version does not know, and
 //! never show a raw key or secret in `Debug` output ([`Secret`]). Failures
 //! are an [`Error`]: the API's refusals carry their [`ErrorCode`].

@@ -2,6 +2,7 @@
 //! They keep working unchanged (with `--import-prefix`), have the full
 //! lifecycle, and importing is idempotent on the hash.
 
+use chrono::Utc;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -349,9 +350,24 @@ async fn imports_are_judged_by_the_tenant_policy(backend: Backend) {
     test_env["environment"] = json!("test");
     let mut admin = foreign(3).1;
     admin["permissions"] = json!(["orders:read", "admin"]);
-    let r = import(&app, vec![ok, test_env, admin]).await;
+    let mut long_lived = foreign(4).1;
+    long_lived["expires_at"] = json!((Utc::now() + chrono::Duration::days(2)).to_rfc3339());
+    let mut bad_ips = foreign(5).1;
+    bad_ips["allowed_ips"] = json!(["10.0.0.0/33"]);
+    let r = import(&app, vec![ok, test_env, admin, long_lived, bad_ips]).await;
     let imported = ids(&r);
     assert_eq!(imported.len(), 1, "{}", r.text);
+    assert_eq!(
+        errors(&r),
+        vec![
+            (1, "policy_violation".to_string()),
+            (2, "policy_violation".to_string()),
+            (3, "policy_violation".to_string()),
+            (4, "validation_failed".to_string()),
+        ],
+        "{}",
+        r.text
+    );
     let rules: Vec<Value> = r.body["errors"]
         .as_array()
         .expect("errors")
@@ -360,13 +376,43 @@ async fn imports_are_judged_by_the_tenant_policy(backend: Backend) {
         .collect();
     assert_eq!(
         rules,
-        vec![json!("allowed_environments"), json!("allowed_permissions")],
+        vec![
+            json!("allowed_environments"),
+            json!("allowed_permissions"),
+            json!("max_lifetime_seconds"),
+            Value::Null,
+        ],
         "{}",
         r.text
     );
     // The longest lifetime gives the imported key its expiry.
     let view = app.get(&format!("/v1/keys/{}", imported[0].1)).await;
     assert!(view.body["expires_at"].is_string(), "{}", view.text);
+
+    // A policy that requires an expiry but sets no longest lifetime refuses
+    // an import without one, and takes one with it.
+    let r = app
+        .send(
+            Method::PUT,
+            "/v1/policy",
+            Some(json!({"on_leak": "deactivate", "require_expiry": true})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let mut expiring = foreign(6).1;
+    expiring["expires_at"] = json!((Utc::now() + chrono::Duration::days(400)).to_rfc3339());
+    let r = import(&app, vec![foreign(7).1, expiring]).await;
+    assert_eq!(ids(&r).len(), 1, "{}", r.text);
+    assert_eq!(
+        errors(&r),
+        vec![(0, "policy_violation".to_string())],
+        "{}",
+        r.text
+    );
+    assert_eq!(
+        r.body["errors"][0]["error"]["details"]["rule"],
+        "require_expiry"
+    );
 }
 
 async fn only_new_keys_count_against_the_key_cap(backend: Backend) {

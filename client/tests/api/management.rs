@@ -554,4 +554,13 @@ async fn limits_usage_webhooks_leaks_and_the_service_routes() {
     assert!(ready.ready && ready.store_reachable);
     let document = anonymous.openapi().await.expect("openapi");
     assert!(document["paths"]["/v1/keys/verify"].is_object());
+    let metrics = anonymous.metrics().await.expect("metrics");
+    // This test's verifications were counted (the counters are per process,
+    // so other tests may have added to them).
+    let valid: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("keyledger_verifications_total{code=\"VALID\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no VALID counter in {metrics:.300}"));
+    assert!(valid >= 1, "{valid} VALID verifications counted");
 }
