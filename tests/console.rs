@@ -160,7 +160,7 @@ async fn a_key_goes_through_its_lifecycle_in_the_console_in_a_real_browser() {
     if let Some(why) = missing_browser_prerequisite(&dir) {
         let required = std::env::var("KEYLEDGER_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
         assert!(!required, "KEYLEDGER_REQUIRE_BROWSER=1 but {why}");
-        eprintln!("SKIPPED: browser test of the web console skipped: {why}");
+        helpers::skipped(&format!("browser test of the web console: {why}"));
         return;
     }
 

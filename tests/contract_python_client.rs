@@ -10,6 +10,9 @@
 //! not installed` and passes; with `KEYLEDGER_REQUIRE_OPENAPI_VALIDATOR=1` (as in
 //! `.ci/run`, which installs the pinned version) a skip is a failure.
 
+#[path = "common/skip.rs"]
+mod skip;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -61,7 +64,7 @@ fn a_client_generated_from_openapi_json_runs_the_key_lifecycle() {
         if std::env::var(REQUIRE).as_deref() == Ok("1") {
             panic!("{REQUIRE}=1 but openapi-python-client {pinned} is unavailable: {why}");
         }
-        eprintln!("SKIPPED: openapi-python-client not installed: {why}");
+        skip::skipped(&format!("openapi-python-client not installed: {why}"));
         return;
     }
 

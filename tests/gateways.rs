@@ -10,215 +10,40 @@
 //! `SKIPPED: nginx not installed` and pass, unless `KEYLEDGER_REQUIRE_GATEWAYS=1`.
 
 use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::json;
 
-const BIN: &str = env!("CARGO_BIN_EXE_keyledger");
-const SECRET: &str = "gateway-test-secret-0123456789abcdef0123456789";
+mod common;
+
+use common::gateway::{client, on_path_or_in, or_skip, Keyledger};
+use common::process::{free_port, stop};
+
 /// Garbage requests the noisy client sends: five times the default limit.
 const GARBAGE: usize = 500;
 /// `--verify-failure-limit`'s default.
 const LIMIT: usize = 100;
 
-/// nginx, if installed (Debian puts it in /usr/sbin, often not on PATH).
-fn nginx_binary() -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    on_path
-        .into_iter()
-        .chain(["/usr/sbin", "/usr/local/sbin", "/usr/local/nginx/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join("nginx"))
-        .find(|p| p.is_file())
-}
-
-/// nginx, or `None` after printing why the test is skipped.
+/// nginx, if installed (Debian puts it in /usr/sbin, often not on PATH), or
+/// `None` after saying the test is skipped.
 fn nginx_or_skip() -> Option<PathBuf> {
-    let found = nginx_binary();
-    if found.is_none() {
-        assert!(
-            std::env::var("KEYLEDGER_REQUIRE_GATEWAYS").as_deref() != Ok("1"),
-            "nginx not installed and KEYLEDGER_REQUIRE_GATEWAYS=1 (apt-get install -y nginx)"
-        );
-        println!("SKIPPED: nginx not installed");
-    }
-    found
+    let found = on_path_or_in(
+        "nginx",
+        &["/usr/sbin", "/usr/local/sbin", "/usr/local/nginx/sbin"],
+    );
+    or_skip(found, "nginx", "apt-get install -y nginx")
 }
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// Sends SIGTERM (graceful for both keyledger and nginx, whose master then
-/// stops its workers), waits a bounded time, then kills.
-fn stop(child: &mut Child) {
-    if child.try_wait().ok().flatten().is_some() {
-        return;
-    }
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// Removes ANSI escape sequences (`ESC [ ... letter`).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.next() == Some('[') {
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// `keyledger serve` on a random port over a fresh SQLite store.
-struct Keyledger {
-    child: Child,
-    address: String,
-    _data: tempfile::TempDir,
-}
-
-impl Keyledger {
-    fn start(extra: &[&str]) -> Keyledger {
-        let data = tempfile::tempdir().expect("tempdir");
-        let mut command = Command::new(BIN);
-        for var in [
-            "DATABASE_URL",
-            "KEYLEDGER_EVENT_STORE",
-            "KEYLEDGER_DATA_DIR",
-            "KEYLEDGER_LISTEN",
-            "KEYLEDGER_VERIFY_FAILURE_LIMIT",
-            "KEYLEDGER_TRUSTED_PROXIES",
-            "KEYLEDGER_JWT_PUBLIC_KEYS",
-        ] {
-            command.env_remove(var);
-        }
-        let mut child = command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data.path())
-            .args(extra)
-            .env("KEYLEDGER_JWT_SECRET", SECRET)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn keyledger serve");
-        let (tx, rx) = mpsc::channel::<String>();
-        let pipe = child.stderr.take().expect("stderr");
-        // Keeps draining stderr for the server's lifetime.
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let _ = tx.send(strip_ansi(&line));
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut seen = String::new();
-        let address = loop {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => {
-                    if let Some(rest) = line.split("listening on http://").nth(1) {
-                        break rest.split_whitespace().next().expect("address").to_string();
-                    }
-                    seen.push_str(&line);
-                    seen.push('\n');
-                }
-                Err(e) => {
-                    stop(&mut child);
-                    panic!("keyledger did not start ({e}):\n{seen}");
-                }
-            }
-        };
-        Keyledger {
-            child,
-            address,
-            _data: data,
-        }
-    }
-
-    /// Creates a key (`orders:read`, as the README's snippet requires) and
-    /// returns its id and raw key.
-    async fn create_key(&self, name: &str) -> (String, String) {
-        self.create_key_with(json!({"name": name, "permissions": ["orders:read"]}))
-            .await
-    }
-
-    /// Creates a key from this `POST /v1/keys` body; its id and raw key.
-    async fn create_key_with(&self, body: serde_json::Value) -> (String, String) {
-        let token = keyledger::http::auth::mint(
-            SECRET.as_bytes(),
-            "acme",
-            "gateway-test",
-            Duration::from_secs(600),
-        )
-        .expect("token");
-        let r = client(None)
-            .post(format!("http://{}/v1/keys", self.address))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .expect("create");
-        assert_eq!(r.status(), StatusCode::CREATED);
-        let body: serde_json::Value = r.json().await.expect("json");
-        (
-            body["id"].as_str().expect("id").to_string(),
-            body["key"].as_str().expect("key").to_string(),
-        )
-    }
-
-    async fn deactivate(&self, id: &str) {
-        let token = keyledger::http::auth::mint(
-            SECRET.as_bytes(),
-            "acme",
-            "gateway-test",
-            Duration::from_secs(600),
-        )
-        .expect("token");
-        let r = client(None)
-            .post(format!("http://{}/v1/keys/{id}/deactivate", self.address))
-            .bearer_auth(token)
-            .json(&json!({"reason": "revoked"}))
-            .send()
-            .await
-            .expect("deactivate");
-        assert_eq!(r.status(), StatusCode::OK);
-    }
-}
-
-impl Drop for Keyledger {
-    fn drop(&mut self) {
-        stop(&mut self.child);
-    }
+/// Creates a key granting `orders:read`, as the README's snippet requires;
+/// its id and raw key.
+async fn create_reader(keyledger: &Keyledger, name: &str) -> (String, String) {
+    keyledger
+        .create_key(json!({"name": name, "permissions": ["orders:read"]}))
+        .await
 }
 
 /// The README's nginx snippet, pointed at `keyledger` instead of 127.0.0.1:8080.
@@ -369,17 +194,6 @@ fn is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
-/// An HTTP client whose connections leave from `source` (any loopback address).
-fn client(source: Option<&str>) -> reqwest::Client {
-    let mut builder = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10));
-    if let Some(source) = source {
-        builder = builder.local_address(source.parse::<IpAddr>().expect("ip"));
-    }
-    builder.build().expect("client")
-}
-
 /// A request for `/api/orders` through nginx with this key; the status and body.
 async fn call(client: &reqwest::Client, nginx: &Nginx, key: &str) -> (StatusCode, String) {
     call_with(client, nginx, key, &[]).await
@@ -455,8 +269,8 @@ async fn behind_nginx_one_clients_garbage_never_stops_another_clients_valid_key(
     // As deployed without --trusted-proxies: every client is nginx's 127.0.0.1.
     let keyledger = Keyledger::start(&[]);
     let nginx = Nginx::start(&binary, &keyledger.address);
-    let (id, key) = keyledger.create_key("customer").await;
-    let (revoked_id, revoked) = keyledger.create_key("revoked").await;
+    let (id, key) = create_reader(&keyledger, "customer").await;
+    let (revoked_id, revoked) = create_reader(&keyledger, "revoked").await;
     keyledger.deactivate(&revoked_id).await;
     let (noisy, other) = (client(Some("127.0.0.2")), client(Some("127.0.0.3")));
     assert_passes(&other, &nginx, &key, &id).await;
@@ -484,7 +298,7 @@ async fn behind_nginx_with_trusted_proxies_each_client_is_limited_on_its_own() {
     };
     let keyledger = Keyledger::start(&["--trusted-proxies", "127.0.0.1/32"]);
     let nginx = Nginx::start(&binary, &keyledger.address);
-    let (id, key) = keyledger.create_key("customer").await;
+    let (id, key) = create_reader(&keyledger, "customer").await;
     let (noisy, other) = (client(Some("127.0.0.2")), client(Some("127.0.0.3")));
 
     let (unauthorized, refused) = send_garbage(&noisy, &nginx, "a").await;
@@ -521,13 +335,13 @@ async fn behind_nginx_a_rate_limited_key_gets_429_with_retry_after() {
     let nginx = Nginx::start(&binary, &keyledger.address);
     // Two per window of 30 days (the longest), so none ends mid-test.
     let (id, key) = keyledger
-        .create_key_with(json!({
+        .create_key(json!({
             "name": "metered",
             "permissions": ["orders:read"],
             "ratelimits": [{"name": "burst", "limit": 2, "window_ms": 2_592_000_000u64}],
         }))
         .await;
-    let (other_id, other_key) = keyledger.create_key("unmetered").await;
+    let (other_id, other_key) = create_reader(&keyledger, "unmetered").await;
     let c = client(Some("127.0.0.2"));
     for _ in 0..2 {
         assert_passes(&c, &nginx, &key, &id).await;

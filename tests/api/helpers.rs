@@ -14,6 +14,10 @@ use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+#[path = "../common/skip.rs"]
+mod skip;
+pub use skip::skipped;
+
 pub const SECRET: &str = "test-secret-0123456789abcdef0123456789abcdef";
 pub const TENANT: &str = "acme";
 pub const ACTOR: &str = "alice";
@@ -146,9 +150,7 @@ fn fresh_kurrent_namespace() -> Option<KurrentConfig> {
         .ok()
         .filter(|u| !u.trim().is_empty())
     else {
-        eprintln!(
-            "SKIPPED: KEYLEDGER_TEST_KURRENTDB_URL not set (no KurrentDB server on this machine)"
-        );
+        skipped("KEYLEDGER_TEST_KURRENTDB_URL not set (no KurrentDB server on this machine)");
         return None;
     };
     Some(KurrentConfig {
@@ -169,7 +171,7 @@ async fn fresh_postgres_database() -> Option<String> {
             !postgres_required(),
             "KEYLEDGER_REQUIRE_POSTGRES=1 but neither KEYLEDGER_TEST_DATABASE_URL nor DATABASE_URL is set"
         );
-        eprintln!("SKIPPED: PostgreSQL test skipped: set DATABASE_URL or KEYLEDGER_TEST_DATABASE_URL to run it");
+        skipped("PostgreSQL test: set DATABASE_URL or KEYLEDGER_TEST_DATABASE_URL to run it");
         return None;
     };
     use sqlx::Connection;
@@ -180,7 +182,7 @@ async fn fresh_postgres_database() -> Option<String> {
                 !postgres_required(),
                 "PostgreSQL required but unreachable: {e}"
             );
-            eprintln!("SKIPPED: PostgreSQL test skipped: {url} unreachable: {e}");
+            skipped(&format!("PostgreSQL test: {url} unreachable: {e}"));
             return None;
         }
     };

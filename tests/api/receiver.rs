@@ -29,7 +29,9 @@ impl Receiver {
                 "python3 with standardwebhooks missing and KEYLEDGER_REQUIRE_WEBHOOK_RECEIVER=1 \
                  (python3 -m pip install standardwebhooks==1.0.0)"
             );
-            println!("SKIPPED: python3 -m pip install standardwebhooks==1.0.0");
+            crate::helpers::skipped(
+                "webhook receiver: python3 -m pip install standardwebhooks==1.0.0",
+            );
             return None;
         }
         let dir = tempfile::tempdir().expect("tempdir");

@@ -486,7 +486,7 @@ mod tamper {
     fn unsupported(backend: Backend, reason: &str) -> bool {
         #[cfg(feature = "kurrentdb")]
         if backend == Backend::Kurrent {
-            eprintln!("SKIPPED on KurrentDB: {reason}");
+            helpers::skipped(&format!("not on KurrentDB: {reason}"));
             return true;
         }
         let _ = (backend, reason);
