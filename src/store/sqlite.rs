@@ -15,10 +15,8 @@ use keyledger_domain::webhook::Webhook;
 use keyledger_domain::{ApiKey, ApiKeyEvent, DomainError, KeyId, KeyUsage, OwnerLimits, RawEvent};
 use keyledger_sql::{InlineProjection, SqlPool};
 use sqlite_es::SqliteEventRepository;
-use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool};
-use tokio::sync::Mutex;
 
 use crate::error::Error;
 use crate::store::backend::EventMetadata;
@@ -27,7 +25,7 @@ use crate::store::claims::{ClaimTable, SqlClaims};
 use crate::store::errors::persistence_error;
 use crate::store::feed::{store_error, SqlEvents};
 use crate::store::readable::Readable;
-use crate::store::sqlite_append::Tables;
+use crate::store::sqlite_append::{Tables, Writer};
 use crate::store::windows::{SqlWindows, WindowTable};
 
 /// Migrations of the embedded store, embedded in the binary.
@@ -37,9 +35,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
     events: PersistedEventStore<Readable<SqliteEventRepository, SqlEvents<Sqlite>>, ApiKey>,
     sql: SqlEvents<Sqlite>,
-    /// Group commit's connection, kept from one batch to the next (the pool
-    /// would test it on every hand-out: a trip to its worker thread).
-    writer: Mutex<Option<PoolConnection<Sqlite>>>,
+    /// Group commit's own connection (see `sqlite_append`).
+    writer: Writer,
     /// The projection written with group commit's batches.
     inline: std::sync::Mutex<Inline>,
 }
@@ -94,7 +91,7 @@ impl SqliteStore {
             pool,
             events,
             sql,
-            writer: Mutex::new(None),
+            writer: Writer::new(path),
             inline: std::sync::Mutex::new(Inline {
                 projection: None,
                 tables: Arc::new(Tables::new(None)),
@@ -151,20 +148,10 @@ impl Backend for SqliteStore {
     }
 
     /// Appends a group-commit batch and its projection rows in one
-    /// transaction (see `sqlite_append`). After a failure the connection
-    /// goes back to the pool, and the next batch takes a fresh one.
+    /// transaction, on group commit's own connection (see `sqlite_append`).
     async fn append_creates(&self, batch: &[&NewEvent]) -> Result<Appended, Error> {
         let tables = self.inline_state().tables.clone();
-        let mut writer = self.writer.lock().await;
-        let mut conn = match writer.take() {
-            Some(conn) => conn,
-            None => self.pool.acquire().await.map_err(store_error)?,
-        };
-        let appended = tables.append(&mut conn, batch).await;
-        if appended.is_ok() {
-            *writer = Some(conn);
-        }
-        appended
+        self.writer.append(tables, batch).await
     }
 
     fn set_inline(&self, projection: Arc<dyn InlineProjection>) {
@@ -230,10 +217,9 @@ impl Backend for SqliteStore {
         ))
     }
 
-    /// Closes the pool, the writer's connection first: the pool waits for
-    /// the connections it has handed out, and that one is never given back.
+    /// Closes group commit's connection and the pool.
     async fn close(&self) {
-        drop(self.writer.lock().await.take());
+        self.writer.close();
         self.pool.close().await;
     }
 }
