@@ -14,6 +14,7 @@ pub mod claims;
 mod errors;
 pub mod feed;
 pub mod imports;
+pub(crate) mod inline;
 #[cfg(feature = "kurrentdb")]
 pub mod kurrent;
 pub mod ledger;

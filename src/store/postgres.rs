@@ -28,6 +28,7 @@ use crate::store::backend::{Appended, Backend, FeedListener, NewEvent, Stream};
 use crate::store::claims::{ClaimTable, SqlClaims};
 use crate::store::errors::persistence_error;
 use crate::store::feed::{store_error, SqlEvents};
+use crate::store::inline::Inline;
 use crate::store::numbered_append::Statement;
 use crate::store::readable::Readable;
 use crate::store::windows::{SqlWindows, WindowTable};
@@ -209,12 +210,7 @@ pub struct PostgresStore {
     writer: Mutex<Option<PoolConnection<Postgres>>>,
     /// The projection written with group commit's batches, and the
     /// statement that writes both.
-    inline: std::sync::Mutex<Inline>,
-}
-
-struct Inline {
-    projection: Option<Arc<dyn InlineProjection>>,
-    statement: Arc<Statement>,
+    inline: Inline<Statement>,
 }
 
 impl PostgresStore {
@@ -247,17 +243,8 @@ impl PostgresStore {
             events,
             sql,
             writer: Mutex::new(None),
-            inline: std::sync::Mutex::new(Inline {
-                projection: None,
-                statement: Arc::new(Statement::new(None)),
-            }),
+            inline: Inline::new(Statement::new),
         })
-    }
-
-    fn inline_state(&self) -> std::sync::MutexGuard<'_, Inline> {
-        self.inline
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -306,7 +293,7 @@ impl Backend for PostgresStore {
     /// `numbered_append`). After a failure the connection goes back to the
     /// pool, which tests it, and the next batch takes a fresh one.
     async fn append_creates(&self, batch: &[&NewEvent]) -> Result<Appended, Error> {
-        let statement = self.inline_state().statement.clone();
+        let statement = self.inline.prepared();
         let mut writer = self.writer.lock().await;
         let mut conn = match writer.take() {
             Some(conn) => conn,
@@ -320,15 +307,11 @@ impl Backend for PostgresStore {
     }
 
     fn set_inline(&self, projection: Arc<dyn InlineProjection>) {
-        let statement = Arc::new(Statement::new(Some(projection.as_ref())));
-        *self.inline_state() = Inline {
-            projection: Some(projection),
-            statement,
-        };
+        self.inline.set(projection);
     }
 
     fn inline(&self) -> Option<Arc<dyn InlineProjection>> {
-        self.inline_state().projection.clone()
+        self.inline.projection()
     }
 
     async fn event_at(

@@ -24,6 +24,7 @@ use crate::store::backend::{Appended, Backend, NewEvent, Stream};
 use crate::store::claims::{ClaimTable, SqlClaims};
 use crate::store::errors::persistence_error;
 use crate::store::feed::{store_error, SqlEvents};
+use crate::store::inline::Inline;
 use crate::store::readable::Readable;
 use crate::store::sqlite_append::{Tables, Writer};
 use crate::store::windows::{SqlWindows, WindowTable};
@@ -37,13 +38,8 @@ pub struct SqliteStore {
     sql: SqlEvents<Sqlite>,
     /// Group commit's own connection (see `sqlite_append`).
     writer: Writer,
-    /// The projection written with group commit's batches.
-    inline: std::sync::Mutex<Inline>,
-}
-
-struct Inline {
-    projection: Option<Arc<dyn InlineProjection>>,
-    tables: Arc<Tables>,
+    /// The projection written with group commit's batches, and its tables.
+    inline: Inline<Tables>,
 }
 
 /// How every connection to the embedded store is opened: its PRAGMAs. Public
@@ -92,17 +88,8 @@ impl SqliteStore {
             events,
             sql,
             writer: Writer::new(path),
-            inline: std::sync::Mutex::new(Inline {
-                projection: None,
-                tables: Arc::new(Tables::new(None)),
-            }),
+            inline: Inline::new(Tables::new),
         })
-    }
-
-    fn inline_state(&self) -> std::sync::MutexGuard<'_, Inline> {
-        self.inline
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -150,20 +137,15 @@ impl Backend for SqliteStore {
     /// Appends a group-commit batch and its projection rows in one
     /// transaction, on group commit's own connection (see `sqlite_append`).
     async fn append_creates(&self, batch: &[&NewEvent]) -> Result<Appended, Error> {
-        let tables = self.inline_state().tables.clone();
-        self.writer.append(tables, batch).await
+        self.writer.append(self.inline.prepared(), batch).await
     }
 
     fn set_inline(&self, projection: Arc<dyn InlineProjection>) {
-        let tables = Arc::new(Tables::new(Some(projection.as_ref())));
-        *self.inline_state() = Inline {
-            projection: Some(projection),
-            tables,
-        };
+        self.inline.set(projection);
     }
 
     fn inline(&self) -> Option<Arc<dyn InlineProjection>> {
-        self.inline_state().projection.clone()
+        self.inline.projection()
     }
 
     async fn event_at(
