@@ -3,7 +3,6 @@
 //! threads; the index's rows are parsed on one thread and inserted on another.
 
 use std::path::Path;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::{Pool, Sqlite};
@@ -49,22 +48,13 @@ fn insert_each<const N: usize>(
     sql: &str,
     rows: &[[Value; N]],
 ) -> Result<(), rusqlite::Error> {
-    use rusqlite::{OpenFlags, TransactionBehavior};
-    let mut conn = rusqlite::Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    // As the store's own connections wait for a writer (see `store::sqlite`).
-    conn.busy_timeout(Duration::from_secs(10))?;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut conn = keyledger_sql::open_sqlite(path, false)?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
         let mut insert = tx.prepare(sql)?;
         for row in rows {
             for (i, v) in row.iter().enumerate() {
-                match v {
-                    Value::Text(t) => insert.raw_bind_parameter(i + 1, t.as_deref())?,
-                    Value::Int(n) => insert.raw_bind_parameter(i + 1, *n)?,
-                }
+                insert.raw_bind_parameter(i + 1, v)?;
             }
             insert.raw_execute()?;
         }
@@ -85,13 +75,9 @@ impl IndexSource for Sqlite {
 }
 
 fn read(path: &Path) -> Result<VerificationIndex, ProjectionError> {
-    use rusqlite::{OpenFlags, OptionalExtension};
+    use rusqlite::OptionalExtension;
     let load = |e: rusqlite::Error| ProjectionError::Load(Box::new(e));
-    let mut conn = rusqlite::Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(load)?;
+    let mut conn = keyledger_sql::open_sqlite(path, true).map_err(load)?;
     let tx = conn.transaction().map_err(load)?;
     let cp: Option<i64> = tx
         .query_row(

@@ -6,6 +6,9 @@
 //! here. [`SqlPool`] is the handle one layer gives another (the event store
 //! gives its database to the projections) without either naming an engine.
 
+mod rusqlite_io;
+pub use rusqlite_io::{open_sqlite, SQLITE_BUSY_TIMEOUT};
+
 use sqlx::{PgPool, Pool, Postgres, Sqlite, SqlitePool};
 
 /// A `sqlx` database with what keyledger's SQL needs to know of its dialect.

@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use cqrs_es::persist::{
@@ -53,7 +52,7 @@ pub fn connect_options(path: &Path) -> Result<SqliteConnectOptions, Error> {
         .journal_mode(SqliteJournalMode::Wal)
         // FULL: an acknowledged command survives power loss, not only a crash.
         .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(Duration::from_secs(10))
+        .busy_timeout(keyledger_sql::SQLITE_BUSY_TIMEOUT)
         // Rows cross from the connection's worker thread in batches: at
         // start-up a million key-list rows are read, and the default (50)
         // made that a thread hand-off every 50 rows.

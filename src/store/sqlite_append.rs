@@ -24,7 +24,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use keyledger_sql::{InlineProjection, InlineTable, Value};
-use rusqlite::{ffi, Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{ffi, Connection, TransactionBehavior};
 
 use crate::error::Error;
 use crate::store::backend::{Appended, NewEvent};
@@ -214,17 +214,10 @@ impl Writer {
     }
 }
 
-/// A connection with the store's settings (`store::sqlite::connect_options`:
-/// WAL, which the file keeps; `synchronous = FULL`; the busy timeout).
+/// A read-write connection with the store's settings, as every rusqlite
+/// connection to the file is opened.
 fn open(path: &Path) -> Result<Connection, rusqlite::Error> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", true)?;
-    Ok(conn)
+    keyledger_sql::open_sqlite(path, false)
 }
 
 /// The writer's connection: [`open`], leaving checkpoints to the thread.
@@ -322,10 +315,7 @@ fn insert_rows(
                     + i64::try_from(n + 1).map_err(|e| Error::internal_from("a position", e))?;
                 insert.raw_bind_parameter(i + 1, position)
             } else {
-                match value {
-                    Value::Text(text) => insert.raw_bind_parameter(i + 1, text.as_deref()),
-                    Value::Int(int) => insert.raw_bind_parameter(i + 1, *int),
-                }
+                insert.raw_bind_parameter(i + 1, value)
             };
             bound.map_err(sqlite_error)?;
         }

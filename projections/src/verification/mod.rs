@@ -1407,6 +1407,18 @@ mod tests {
             .expect("a plain key needs nothing reserved")
     }
 
+    /// Key `key_id`'s deactivation, at position 1.
+    fn deactivated(key_id: &str) -> RecordedEvent {
+        event(
+            1,
+            key_id,
+            ApiKeyEvent::KeyDeactivated(keyledger_domain::KeyDeactivated {
+                reason: None,
+                at: Utc::now(),
+            }),
+        )
+    }
+
     fn event(position: i64, key_id: &str, event: ApiKeyEvent) -> RecordedEvent {
         RecordedEvent {
             position,
@@ -1615,14 +1627,7 @@ mod tests {
         let raw = raw_key(3);
         index.insert(raw.hash(), key(KEY_ID, &raw, "billing"));
         assert_eq!(verify_code(&index, &raw), VerificationCode::Valid);
-        index.apply(&event(
-            1,
-            KEY_ID,
-            ApiKeyEvent::KeyDeactivated(keyledger_domain::KeyDeactivated {
-                reason: None,
-                at: Utc::now(),
-            }),
-        ));
+        index.apply(&deactivated(KEY_ID));
         assert_eq!(verify_code(&index, &raw), VerificationCode::Disabled);
         index.apply(&event(
             2,
@@ -1753,14 +1758,7 @@ mod tests {
             assert_eq!(verify_code(&index, raw), VerificationCode::Valid);
         }
         // The ids found their slots again in the grown table.
-        index.apply(&event(
-            1,
-            &format!("key_{:032x}", 450),
-            ApiKeyEvent::KeyDeactivated(keyledger_domain::KeyDeactivated {
-                reason: None,
-                at: Utc::now(),
-            }),
-        ));
+        index.apply(&deactivated(&format!("key_{:032x}", 450)));
         assert_eq!(verify_code(&index, &raws[450]), VerificationCode::Disabled);
         assert_eq!(verify_code(&index, &raws[449]), VerificationCode::Valid);
     }
@@ -1774,14 +1772,7 @@ mod tests {
         }
         assert_eq!(index.len(), 100);
         assert_eq!(index.tenant_keys("acme"), 100);
-        index.apply(&event(
-            1,
-            &format!("key_{:032x}", 42),
-            ApiKeyEvent::KeyDeactivated(keyledger_domain::KeyDeactivated {
-                reason: None,
-                at: Utc::now(),
-            }),
-        ));
+        index.apply(&deactivated(&format!("key_{:032x}", 42)));
         assert_eq!(verify_code(&index, &raws[42]), VerificationCode::Disabled);
         assert_eq!(verify_code(&index, &raws[41]), VerificationCode::Valid);
     }
